@@ -1,0 +1,36 @@
+use clap::Parser;
+
+fn main() {
+    let cli = match ptguard::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ptguard::exit::USAGE
+            } else {
+                ptguard::exit::OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(cli.verbose);
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = ptguard::run(cli, &mut stdout) {
+        eprintln!("ptguard: {e:#}");
+        std::process::exit(ptguard::exit::FAILURE);
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("PTGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
