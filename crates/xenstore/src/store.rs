@@ -74,7 +74,7 @@ struct Node {
     generation: u64,
 }
 
-type Tree = OrdMap<String, Arc<Node>>;
+type Tree = OrdMap<Arc<str>, Arc<Node>>;
 
 /// One change that may fire watches.
 #[derive(Clone, Debug)]
@@ -183,7 +183,7 @@ impl OpCtx<'_> {
     fn put(&mut self, p: &str, mut node: Node) {
         node.generation = self.next_gen();
         self.log.accessed.insert(p.to_string());
-        self.tree.insert(p.to_string(), Arc::new(node));
+        self.tree.insert(Arc::from(p), Arc::new(node));
     }
 
     fn count(&mut self, owner: XsDomId, delta: i64) {
@@ -428,7 +428,7 @@ impl Store {
             stats: StoreStats::default(),
         };
         s.tree.insert(
-            "/".to_string(),
+            Arc::from("/"),
             Arc::new(Node {
                 value: Arc::from(&b""[..]),
                 perms: PermList::owned_by(0, Access::None),
@@ -930,7 +930,7 @@ impl Store {
                     self.generation += 1;
                     let mut n = (**n).clone();
                     n.generation = self.generation;
-                    self.tree.insert(p.clone(), Arc::new(n));
+                    self.tree.insert(Arc::from(p.as_str()), Arc::new(n));
                 }
                 None => {
                     self.tree.remove(p.as_str());

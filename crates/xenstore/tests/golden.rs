@@ -122,7 +122,11 @@ fn every_operation_request_and_reply() {
             frame(17, 13, 0, b"4\0"),
             frame(17, 13, 0, b"F\0"),
         ),
-        ("INTRODUCE", frame(8, 14, 0, b"4\x00123456\x001\x00"), ok(8, 14)),
+        (
+            "INTRODUCE",
+            frame(8, 14, 0, b"4\x00123456\x001\x00"),
+            ok(8, 14),
+        ),
         (
             "IS_DOMAIN_INTRODUCED 4 now",
             frame(17, 15, 0, b"4\0"),
@@ -134,7 +138,11 @@ fn every_operation_request_and_reply() {
             frame(18, 17, 0, b"5\0"),
             frame(16, 17, 0, b"ENOENT\0"),
         ),
-        ("INTRODUCE 5", frame(8, 18, 0, b"5\x00-1\x002\x00"), ok(8, 18)),
+        (
+            "INTRODUCE 5",
+            frame(8, 18, 0, b"5\x00-1\x002\x00"),
+            ok(8, 18),
+        ),
         ("SET_TARGET", frame(19, 19, 0, b"5\x004\x00"), ok(19, 19)),
         ("RELEASE", frame(9, 20, 0, b"5\0"), ok(9, 20)),
         (
@@ -191,7 +199,11 @@ fn every_operation_request_and_reply() {
             frame(16, 33, 0, b"ENOSYS\0"),
         ),
         // The reply's generation varies; checked field by field below.
-        ("DIRECTORY_PART", frame(22, 34, 0, b"/g\x000\x00"), Vec::new()),
+        (
+            "DIRECTORY_PART",
+            frame(22, 34, 0, b"/g\x000\x00"),
+            Vec::new(),
+        ),
     ];
     for (name, req, expect) in cases {
         if name == "DIRECTORY_PART" {
