@@ -85,13 +85,15 @@ struct MNode {
 }
 
 type MTree = BTreeMap<String, MNode>;
+/// (changed path, exact-only, the node's permissions)
+type MChange = (String, bool, Vec<(u8, u32)>);
 
 #[derive(Clone, Debug)]
 struct MTx {
     base: MTree,
     work: MTree,
     accessed: BTreeSet<String>,
-    changes: Vec<(String, bool, Vec<(u8, u32)>)>,
+    changes: Vec<MChange>,
 }
 
 #[derive(Clone, Debug)]
@@ -159,7 +161,7 @@ struct Ctx<'a> {
     ver: &'a mut u64,
     domid: u32,
     accessed: BTreeSet<String>,
-    changes: Vec<(String, bool, Vec<(u8, u32)>)>,
+    changes: Vec<MChange>,
 }
 
 impl Ctx<'_> {
@@ -349,7 +351,7 @@ impl Model {
         }
     }
 
-    fn fire(&mut self, changes: &[(String, bool, Vec<(u8, u32)>)]) {
+    fn fire(&mut self, changes: &[MChange]) {
         for (path, exact, perms) in changes {
             for c in &mut self.conns {
                 if !can(perms, c.domid, b'r') {
