@@ -671,8 +671,8 @@ proptest! {
             for (i, w) in wires.iter_mut().enumerate() {
                 w.call(Op::GetDomainPath, 0, b"0\0".to_vec(), &mut got_events[i]);
             }
-            for i in 0..3 {
-                prop_assert_eq!(&got_events[i], &model.conns[i].events, "events of conn {} after {:?}", i, op);
+            for (i, (got, conn)) in got_events.iter().zip(&model.conns).enumerate() {
+                prop_assert_eq!(got, &conn.events, "events of conn {} after {:?}", i, op);
             }
         }
     }
