@@ -21,8 +21,8 @@ ENVIRONMENT:
 #[derive(Debug, Parser)]
 #[command(name = "ptguard", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug); PTGUARD_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output on stderr (--verbose info, twice debug); PTGUARD_LOG overrides.
+    #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
     #[command(subcommand)]
@@ -38,8 +38,35 @@ pub enum Command {
     /// XENSTORED_RUNDIR=DIR) and ptguard itself can use it. Logs go to stderr;
     /// SIGTERM or SIGINT stop it cleanly and remove the socket.
     Xenstored(XenstoredArgs),
+    /// List PCI devices with driver, reset methods, MSI and MSI-X state.
+    ///
+    /// Reads SYSFS/bus/pci/devices (config space, driver link, reset_method,
+    /// irq, msi_irqs). With -v prints, per device, the Command register, the
+    /// reset methods and every capability; MSI-X lines use lspci's words
+    /// (Enable, Count, Masked = Function Mask, Vector table / PBA BAR and
+    /// offset). Config space beyond 64 bytes is readable only by root.
+    Lspci(LspciArgs),
     /// Measure ptguard against baselines taken in the same run.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LspciArgs {
+    /// Only this device (SSSS:BB:DD.F or BB:DD.F).
+    #[arg(value_name = "SBDF")]
+    pub sbdf: Option<String>,
+
+    /// Show capabilities, Command register, reset methods and IRQs.
+    #[arg(short = 'v', long = "details")]
+    pub details: bool,
+
+    /// Print as JSON (every field, whatever -v says).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Root of the sysfs tree.
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
 }
 
 #[derive(Debug, Args)]

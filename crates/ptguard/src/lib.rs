@@ -23,6 +23,7 @@ pub mod exit {
 pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Xenstored(args) => commands::xenstored::run(args, out),
+        Command::Lspci(args) => commands::lspci::run(args, out),
         Command::Bench(args) => bench::run(args, out),
     }
 }
