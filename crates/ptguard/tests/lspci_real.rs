@@ -90,14 +90,20 @@ fn agrees_with_lspci_vv_on_this_machine() {
         .args(["lspci", "--json"])
         .output()
         .unwrap();
-    assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
     let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
     let ours = ours.as_array().unwrap();
     assert_eq!(ours.len(), theirs.len(), "same devices");
     let mut compared_msix = 0;
     for dev in ours {
         let sbdf = dev["sbdf"].as_str().unwrap();
-        let seen = theirs.get(sbdf).unwrap_or_else(|| panic!("lspci does not list {sbdf}"));
+        let seen = theirs
+            .get(sbdf)
+            .unwrap_or_else(|| panic!("lspci does not list {sbdf}"));
         if seen.denied || dev["config_bytes"].as_u64() < Some(256) {
             eprintln!("{sbdf}: config space not readable; nothing to compare");
             continue;
@@ -118,15 +124,26 @@ fn agrees_with_lspci_vv_on_this_machine() {
             (serde_json::Value::Null, None) => {}
             (m, Some((enable, count, masked))) if !m.is_null() => {
                 assert_eq!(m["enabled"].as_bool(), Some(enable), "{sbdf}: MSI-X Enable");
-                assert_eq!(m["table_size"].as_u64(), Some(u64::from(count)), "{sbdf}: Count");
+                assert_eq!(
+                    m["table_size"].as_u64(),
+                    Some(u64::from(count)),
+                    "{sbdf}: Count"
+                );
                 assert_eq!(m["function_mask"].as_bool(), Some(masked), "{sbdf}: Masked");
                 compared_msix += 1;
             }
             (m, s) => panic!("{sbdf}: MSI-X ours {m} theirs {s:?}"),
         }
         if let Some(en) = seen.msi_enabled {
-            assert_eq!(cfg["msi"]["enabled"].as_bool(), Some(en), "{sbdf}: MSI Enable");
+            assert_eq!(
+                cfg["msi"]["enabled"].as_bool(),
+                Some(en),
+                "{sbdf}: MSI Enable"
+            );
         }
     }
-    eprintln!("compared {} devices, {compared_msix} with MSI-X", ours.len());
+    eprintln!(
+        "compared {} devices, {compared_msix} with MSI-X",
+        ours.len()
+    );
 }

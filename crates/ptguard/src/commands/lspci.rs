@@ -160,7 +160,11 @@ fn print_text(out: &mut dyn Write, r: &DeviceReport, verbose: bool) -> std::io::
                         "\t\tVector table: BAR={} offset={:08x}",
                         m.table_bir, m.table_offset
                     )?;
-                    writeln!(out, "\t\tPBA: BAR={} offset={:08x}", m.pba_bir, m.pba_offset)?;
+                    writeln!(
+                        out,
+                        "\t\tPBA: BAR={} offset={:08x}",
+                        m.pba_bir, m.pba_offset
+                    )?;
                 }
             }
             regs::CAP_ID_MSI => {

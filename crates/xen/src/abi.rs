@@ -1,0 +1,324 @@
+//! Xen 4.17 public ABI: hypercall numbers, sub-op codes and structures laid out exactly as
+//! `xen/include/public/{xen,physdev,domctl,version}.h` (x86_64). `tests/layout.rs` compiles
+//! Debian's headers and checks every size, offset and constant here against them.
+
+#![allow(non_camel_case_types)]
+
+pub const HYPERVISOR_XEN_VERSION: u64 = 17;
+pub const HYPERVISOR_PHYSDEV_OP: u64 = 33;
+pub const HYPERVISOR_DOMCTL: u64 = 36;
+
+pub const XENVER_VERSION: u64 = 0;
+
+pub const PHYSDEVOP_MAP_PIRQ: u32 = 13;
+pub const PHYSDEVOP_UNMAP_PIRQ: u32 = 14;
+pub const PHYSDEVOP_PREPARE_MSIX: u32 = 30;
+pub const PHYSDEVOP_RELEASE_MSIX: u32 = 31;
+
+pub const MAP_PIRQ_TYPE_MSI: i32 = 0;
+pub const MAP_PIRQ_TYPE_GSI: i32 = 1;
+pub const MAP_PIRQ_TYPE_UNKNOWN: i32 = 2;
+pub const MAP_PIRQ_TYPE_MSI_SEG: i32 = 3;
+pub const MAP_PIRQ_TYPE_MULTI_MSI: i32 = 4;
+
+/// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17.
+pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
+pub const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
+pub const XEN_DOMCTL_IRQ_PERMISSION: u32 = 19;
+pub const XEN_DOMCTL_IOMEM_PERMISSION: u32 = 20;
+pub const XEN_DOMCTL_IOPORT_PERMISSION: u32 = 21;
+pub const XEN_DOMCTL_ASSIGN_DEVICE: u32 = 37;
+pub const XEN_DOMCTL_BIND_PT_IRQ: u32 = 38;
+pub const XEN_DOMCTL_TEST_ASSIGN_DEVICE: u32 = 45;
+pub const XEN_DOMCTL_DEASSIGN_DEVICE: u32 = 47;
+pub const XEN_DOMCTL_UNBIND_PT_IRQ: u32 = 48;
+
+pub const XEN_DOMCTL_DEV_PCI: u32 = 0;
+pub const XEN_DOMCTL_DEV_RDM_RELAXED: u32 = 1;
+
+pub const PT_IRQ_TYPE_PCI: u32 = 0;
+pub const PT_IRQ_TYPE_ISA: u32 = 1;
+pub const PT_IRQ_TYPE_MSI: u32 = 2;
+pub const PT_IRQ_TYPE_MSI_TRANSLATE: u32 = 3;
+pub const XEN_DOMCTL_VMSI_X86_UNMASKED: u32 = 0x10000;
+
+pub const XEN_DOMINF_DYING: u32 = 1 << 0;
+pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;
+pub const XEN_DOMINF_SHUTDOWN: u32 = 1 << 2;
+pub const XEN_DOMINF_PAUSED: u32 = 1 << 3;
+
+pub const DOMID_SELF: u16 = 0x7ff0;
+pub const DOMID_IO: u16 = 0x7ff1;
+
+/// `struct physdev_map_pirq`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct physdev_map_pirq {
+    pub domid: u16,
+    pub type_: i32,
+    pub index: i32,
+    pub pirq: i32,
+    pub bus: i32,
+    pub devfn: i32,
+    pub entry_nr: i32,
+    pub table_base: u64,
+}
+
+/// `struct physdev_unmap_pirq`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct physdev_unmap_pirq {
+    pub domid: u16,
+    pub pirq: i32,
+}
+
+/// `struct physdev_pci_device` (argument of prepare_msix / release_msix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct physdev_pci_device {
+    pub seg: u16,
+    pub bus: u8,
+    pub devfn: u8,
+}
+
+/// `struct xen_domctl_assign_device` (PCI member of the union).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_assign_device {
+    pub dev: u32,
+    pub flags: u32,
+    pub machine_sbdf: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `struct xen_domctl_bind_pt_irq`; `u` holds `u.pci {bus, device, intx}` or
+/// `u.msi {gvec @8, gflags @12, gtable @16}` (offsets from the start of the struct).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_bind_pt_irq {
+    pub machine_irq: u32,
+    pub irq_type: u32,
+    pub u: [u8; 16],
+}
+
+impl xen_domctl_bind_pt_irq {
+    pub fn msi(pirq: u32, gvec: u8, gflags: u32, gtable: u64) -> Self {
+        let mut u = [0u8; 16];
+        u[0] = gvec;
+        u[4..8].copy_from_slice(&gflags.to_ne_bytes());
+        u[8..16].copy_from_slice(&gtable.to_ne_bytes());
+        xen_domctl_bind_pt_irq {
+            machine_irq: pirq,
+            irq_type: PT_IRQ_TYPE_MSI,
+            u,
+        }
+    }
+    pub fn pci(pirq: u32, bus: u8, device: u8, intx: u8) -> Self {
+        let mut u = [0u8; 16];
+        u[0] = bus;
+        u[1] = device;
+        u[2] = intx;
+        xen_domctl_bind_pt_irq {
+            machine_irq: pirq,
+            irq_type: PT_IRQ_TYPE_PCI,
+            u,
+        }
+    }
+}
+
+/// `struct xen_domctl_irq_permission`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_irq_permission {
+    pub pirq: u32,
+    pub allow_access: u8,
+    pub pad: [u8; 3],
+}
+
+/// `struct xen_domctl_iomem_permission`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_iomem_permission {
+    pub first_mfn: u64,
+    pub nr_mfns: u64,
+    pub allow_access: u8,
+}
+
+/// `struct xen_domctl_ioport_permission`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_ioport_permission {
+    pub first_port: u32,
+    pub nr_ports: u32,
+    pub allow_access: u8,
+}
+
+/// The leading fields of `struct xen_domctl_getdomaininfo` that ptguard reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_getdomaininfo_head {
+    pub domain: u16,
+    pub pad1: u16,
+    pub flags: u32,
+}
+
+/// `struct xen_domctl`: 16-byte header and a 128-byte union (8-byte aligned).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct xen_domctl {
+    pub cmd: u32,
+    pub interface_version: u32,
+    pub domain: u16,
+    pub _pad: [u16; 3],
+    pub u: [u8; 128],
+}
+
+impl xen_domctl {
+    pub fn new(cmd: u32, domain: u16) -> xen_domctl {
+        xen_domctl {
+            cmd,
+            interface_version: XEN_DOMCTL_INTERFACE_VERSION,
+            domain,
+            _pad: [0; 3],
+            u: [0; 128],
+        }
+    }
+
+    /// Writes `bytes` into the union at `offset` (payloads are encoded field by field, at
+    /// the offsets the layout test checks, so no padding byte is ever read).
+    pub fn put(&mut self, offset: usize, bytes: &[u8]) -> &mut xen_domctl {
+        self.u[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self
+    }
+    pub fn put_u8(&mut self, offset: usize, v: u8) -> &mut xen_domctl {
+        self.put(offset, &[v])
+    }
+    pub fn put_u32(&mut self, offset: usize, v: u32) -> &mut xen_domctl {
+        self.put(offset, &v.to_ne_bytes())
+    }
+    pub fn put_u64(&mut self, offset: usize, v: u64) -> &mut xen_domctl {
+        self.put(offset, &v.to_ne_bytes())
+    }
+    pub fn get_u16(&self, offset: usize) -> u16 {
+        u16::from_ne_bytes([self.u[offset], self.u[offset + 1]])
+    }
+    pub fn get_u32(&self, offset: usize) -> u32 {
+        let b = &self.u[offset..offset + 4];
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// `struct privcmd_hypercall` of Linux's `xen/privcmd.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct privcmd_hypercall {
+    pub op: u64,
+    pub arg: [u64; 5],
+}
+
+/// `IOCTL_PRIVCMD_HYPERCALL` = `_IOC(_IOC_NONE, 'P', 0, sizeof(privcmd_hypercall_t))`.
+pub const IOCTL_PRIVCMD_HYPERCALL: u64 =
+    ((std::mem::size_of::<privcmd_hypercall>() as u64) << 16) | ((b'P' as u64) << 8);
+
+/// Byte encodings of the physdev arguments, field by field at their `repr(C)` offsets.
+macro_rules! put {
+    ($buf:expr, $ty:ty, $field:ident, $v:expr) => {{
+        let off = std::mem::offset_of!($ty, $field);
+        let bytes = $v.to_ne_bytes();
+        $buf[off..off + bytes.len()].copy_from_slice(&bytes);
+    }};
+}
+macro_rules! get {
+    ($buf:expr, $ty:ty, $field:ident, $t:ty) => {{
+        let off = std::mem::offset_of!($ty, $field);
+        let mut b = [0u8; std::mem::size_of::<$t>()];
+        b.copy_from_slice(&$buf[off..off + std::mem::size_of::<$t>()]);
+        <$t>::from_ne_bytes(b)
+    }};
+}
+
+impl physdev_map_pirq {
+    pub fn to_bytes(&self) -> [u8; std::mem::size_of::<physdev_map_pirq>()] {
+        let mut b = [0u8; std::mem::size_of::<physdev_map_pirq>()];
+        put!(b, physdev_map_pirq, domid, self.domid);
+        put!(b, physdev_map_pirq, type_, self.type_);
+        put!(b, physdev_map_pirq, index, self.index);
+        put!(b, physdev_map_pirq, pirq, self.pirq);
+        put!(b, physdev_map_pirq, bus, self.bus);
+        put!(b, physdev_map_pirq, devfn, self.devfn);
+        put!(b, physdev_map_pirq, entry_nr, self.entry_nr);
+        put!(b, physdev_map_pirq, table_base, self.table_base);
+        b
+    }
+    /// Reads back the OUT fields (`pirq`, and `entry_nr` for MULTI_MSI).
+    pub fn read_out(&mut self, b: &[u8]) {
+        self.pirq = get!(b, physdev_map_pirq, pirq, i32);
+        self.entry_nr = get!(b, physdev_map_pirq, entry_nr, i32);
+    }
+}
+
+impl physdev_unmap_pirq {
+    pub fn to_bytes(&self) -> [u8; std::mem::size_of::<physdev_unmap_pirq>()] {
+        let mut b = [0u8; std::mem::size_of::<physdev_unmap_pirq>()];
+        put!(b, physdev_unmap_pirq, domid, self.domid);
+        put!(b, physdev_unmap_pirq, pirq, self.pirq);
+        b
+    }
+}
+
+impl physdev_pci_device {
+    pub fn to_bytes(&self) -> [u8; std::mem::size_of::<physdev_pci_device>()] {
+        let mut b = [0u8; std::mem::size_of::<physdev_pci_device>()];
+        put!(b, physdev_pci_device, seg, self.seg);
+        put!(b, physdev_pci_device, bus, self.bus);
+        put!(b, physdev_pci_device, devfn, self.devfn);
+        b
+    }
+}
+
+impl xen_domctl {
+    pub fn to_bytes(&self) -> [u8; std::mem::size_of::<xen_domctl>()] {
+        let mut b = [0u8; std::mem::size_of::<xen_domctl>()];
+        put!(b, xen_domctl, cmd, self.cmd);
+        put!(b, xen_domctl, interface_version, self.interface_version);
+        put!(b, xen_domctl, domain, self.domain);
+        let off = std::mem::offset_of!(xen_domctl, u);
+        b[off..off + self.u.len()].copy_from_slice(&self.u);
+        b
+    }
+    pub fn read_back(&mut self, b: &[u8]) {
+        let off = std::mem::offset_of!(xen_domctl, u);
+        let n = self.u.len();
+        self.u.copy_from_slice(&b[off..off + n]);
+        self.domain = get!(b, xen_domctl, domain, u16);
+    }
+}
+
+/// Offsets inside `xen_domctl.u` of the payload fields ptguard writes.
+pub mod payload {
+    use super::*;
+    use std::mem::offset_of;
+
+    pub const ASSIGN_DEV: usize = offset_of!(xen_domctl_assign_device, dev);
+    pub const ASSIGN_FLAGS: usize = offset_of!(xen_domctl_assign_device, flags);
+    pub const ASSIGN_MACHINE_SBDF: usize = offset_of!(xen_domctl_assign_device, machine_sbdf);
+    pub const BIND_MACHINE_IRQ: usize = offset_of!(xen_domctl_bind_pt_irq, machine_irq);
+    pub const BIND_IRQ_TYPE: usize = offset_of!(xen_domctl_bind_pt_irq, irq_type);
+    pub const BIND_U: usize = offset_of!(xen_domctl_bind_pt_irq, u);
+    pub const BIND_MSI_GVEC: usize = BIND_U;
+    pub const BIND_MSI_GFLAGS: usize = BIND_U + 4;
+    pub const BIND_MSI_GTABLE: usize = BIND_U + 8;
+    pub const BIND_PCI_BUS: usize = BIND_U;
+    pub const BIND_PCI_DEVICE: usize = BIND_U + 1;
+    pub const BIND_PCI_INTX: usize = BIND_U + 2;
+    pub const IRQ_PERM_PIRQ: usize = offset_of!(xen_domctl_irq_permission, pirq);
+    pub const IRQ_PERM_ALLOW: usize = offset_of!(xen_domctl_irq_permission, allow_access);
+    pub const IOMEM_FIRST_MFN: usize = offset_of!(xen_domctl_iomem_permission, first_mfn);
+    pub const IOMEM_NR_MFNS: usize = offset_of!(xen_domctl_iomem_permission, nr_mfns);
+    pub const IOMEM_ALLOW: usize = offset_of!(xen_domctl_iomem_permission, allow_access);
+    pub const IOPORT_FIRST_PORT: usize = offset_of!(xen_domctl_ioport_permission, first_port);
+    pub const IOPORT_NR_PORTS: usize = offset_of!(xen_domctl_ioport_permission, nr_ports);
+    pub const IOPORT_ALLOW: usize = offset_of!(xen_domctl_ioport_permission, allow_access);
+    pub const DOMINFO_DOMAIN: usize = offset_of!(xen_domctl_getdomaininfo_head, domain);
+    pub const DOMINFO_FLAGS: usize = offset_of!(xen_domctl_getdomaininfo_head, flags);
+}

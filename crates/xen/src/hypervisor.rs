@@ -1,0 +1,234 @@
+//! The hypercalls ptguard makes, as a trait: implemented over `/dev/xen/privcmd`
+//! ([`crate::privcmd`]), by the simulated host, and by [`crate::record::Recorder`] (counting
+//! and dry-run).
+
+use std::fmt;
+
+use pci::Sbdf;
+use serde::{Deserialize, Serialize};
+
+use crate::XenError;
+
+/// A domain id (`domid_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DomId(pub u16);
+
+impl DomId {
+    pub const DOM0: DomId = DomId(0);
+    /// `DOMID_IO`: the owner of quarantined devices.
+    pub const IO: DomId = DomId(crate::abi::DOMID_IO);
+    /// Highest id of a real domain (`DOMID_FIRST_RESERVED - 1`).
+    pub const MAX: DomId = DomId(0x7fef);
+}
+
+impl fmt::Display for DomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == DomId::IO {
+            f.write_str("dom_io")
+        } else {
+            write!(f, "d{}", self.0)
+        }
+    }
+}
+
+/// A physical IRQ number in one domain's pirq space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Pirq(pub i32);
+
+impl fmt::Display for Pirq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a pirq is mapped to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MapSource {
+    /// A GSI (INTx); `MAP_PIRQ_TYPE_GSI` with `index` = GSI.
+    Gsi { gsi: u32 },
+    /// An MSI or MSI-X vector; `MAP_PIRQ_TYPE_MSI_SEG`, `index` = -1. MSI-X when
+    /// `table_base` (the host address of the BAR holding the table) is non-zero.
+    Msi {
+        sbdf: Sbdf,
+        entry_nr: u16,
+        table_base: u64,
+    },
+}
+
+/// `PHYSDEVOP_map_pirq` arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapPirq {
+    pub domid: DomId,
+    pub source: MapSource,
+    /// The pirq to use, or `None` to let Xen choose.
+    pub pirq: Option<Pirq>,
+}
+
+/// `XEN_DOMCTL_bind_pt_irq` / `unbind_pt_irq` arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PtIrq {
+    /// `PT_IRQ_TYPE_MSI`: guest vector, flags (`XEN_DOMCTL_VMSI_X86_*`), guest address of
+    /// the emulated MSI-X table.
+    Msi {
+        pirq: Pirq,
+        gvec: u8,
+        gflags: u32,
+        gtable: u64,
+    },
+    /// `PT_IRQ_TYPE_PCI`: INTx of a virtual device.
+    Pci {
+        pirq: Pirq,
+        bus: u8,
+        device: u8,
+        intx: u8,
+    },
+}
+
+impl PtIrq {
+    pub fn pirq(&self) -> Pirq {
+        match *self {
+            PtIrq::Msi { pirq, .. } | PtIrq::Pci { pirq, .. } => pirq,
+        }
+    }
+}
+
+/// What `XEN_DOMCTL_getdomaininfo` says about a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    pub domid: DomId,
+    pub dying: bool,
+    pub shutdown: bool,
+    pub hvm: bool,
+    pub paused: bool,
+}
+
+/// `XENVER_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct XenVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl fmt::Display for XenVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The hypercalls, by the names Xen's headers give them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum HypercallOp {
+    XenVersion,
+    MapPirq,
+    UnmapPirq,
+    PrepareMsix,
+    ReleaseMsix,
+    BindPtIrq,
+    UnbindPtIrq,
+    AssignDevice,
+    TestAssignDevice,
+    DeassignDevice,
+    IomemPermission,
+    IoportPermission,
+    IrqPermission,
+    GetDomainInfo,
+}
+
+impl HypercallOp {
+    pub const ALL: [HypercallOp; 14] = [
+        HypercallOp::XenVersion,
+        HypercallOp::MapPirq,
+        HypercallOp::UnmapPirq,
+        HypercallOp::PrepareMsix,
+        HypercallOp::ReleaseMsix,
+        HypercallOp::BindPtIrq,
+        HypercallOp::UnbindPtIrq,
+        HypercallOp::AssignDevice,
+        HypercallOp::TestAssignDevice,
+        HypercallOp::DeassignDevice,
+        HypercallOp::IomemPermission,
+        HypercallOp::IoportPermission,
+        HypercallOp::IrqPermission,
+        HypercallOp::GetDomainInfo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HypercallOp::XenVersion => "XENVER_version",
+            HypercallOp::MapPirq => "PHYSDEVOP_map_pirq",
+            HypercallOp::UnmapPirq => "PHYSDEVOP_unmap_pirq",
+            HypercallOp::PrepareMsix => "PHYSDEVOP_prepare_msix",
+            HypercallOp::ReleaseMsix => "PHYSDEVOP_release_msix",
+            HypercallOp::BindPtIrq => "XEN_DOMCTL_bind_pt_irq",
+            HypercallOp::UnbindPtIrq => "XEN_DOMCTL_unbind_pt_irq",
+            HypercallOp::AssignDevice => "XEN_DOMCTL_assign_device",
+            HypercallOp::TestAssignDevice => "XEN_DOMCTL_test_assign_device",
+            HypercallOp::DeassignDevice => "XEN_DOMCTL_deassign_device",
+            HypercallOp::IomemPermission => "XEN_DOMCTL_iomem_permission",
+            HypercallOp::IoportPermission => "XEN_DOMCTL_ioport_permission",
+            HypercallOp::IrqPermission => "XEN_DOMCTL_irq_permission",
+            HypercallOp::GetDomainInfo => "XEN_DOMCTL_getdomaininfo",
+        }
+    }
+
+    /// Whether the call changes hypervisor state (a dry run must not make it).
+    pub fn mutates(self) -> bool {
+        !matches!(
+            self,
+            HypercallOp::XenVersion | HypercallOp::GetDomainInfo | HypercallOp::TestAssignDevice
+        )
+    }
+}
+
+impl fmt::Display for HypercallOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The hypervisor as ptguard uses it. Methods take `&self`; implementations synchronise.
+pub trait Hypervisor: Send + Sync {
+    fn version(&self) -> Result<XenVersion, XenError>;
+    /// `PHYSDEVOP_map_pirq`; returns the pirq Xen chose (or was given).
+    fn map_pirq(&self, req: &MapPirq) -> Result<Pirq, XenError>;
+    /// `PHYSDEVOP_unmap_pirq`.
+    fn unmap_pirq(&self, domid: DomId, pirq: Pirq) -> Result<(), XenError>;
+    /// `PHYSDEVOP_prepare_msix`.
+    fn prepare_msix(&self, sbdf: Sbdf) -> Result<(), XenError>;
+    /// `PHYSDEVOP_release_msix`.
+    fn release_msix(&self, sbdf: Sbdf) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_bind_pt_irq`.
+    fn bind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_unbind_pt_irq`.
+    fn unbind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_assign_device` (PCI; `flags` = `XEN_DOMCTL_DEV_RDM_RELAXED` or 0).
+    fn assign_device(&self, domid: DomId, sbdf: Sbdf, flags: u32) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_test_assign_device`.
+    fn test_assign_device(&self, sbdf: Sbdf) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_deassign_device`.
+    fn deassign_device(&self, domid: DomId, sbdf: Sbdf) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_iomem_permission`.
+    fn iomem_permission(
+        &self,
+        domid: DomId,
+        first_mfn: u64,
+        nr_mfns: u64,
+        allow: bool,
+    ) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_ioport_permission`.
+    fn ioport_permission(
+        &self,
+        domid: DomId,
+        first_port: u32,
+        nr_ports: u32,
+        allow: bool,
+    ) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_irq_permission`; `pirq` is in the caller's (dom0's) space.
+    fn irq_permission(&self, domid: DomId, pirq: Pirq, allow: bool) -> Result<(), XenError>;
+    /// `XEN_DOMCTL_getdomaininfo` for exactly `domid` (`None`: no such domain).
+    fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, XenError>;
+}

@@ -1,0 +1,378 @@
+//! Layout proof: compiles a C program against Debian's Xen public headers (libxen-dev) that
+//! prints the size and field offsets of every structure ptguard passes to Xen and the value
+//! of every constant it uses, and compares each with the Rust definition.
+//!
+//! Skipped with a message when the headers or a C compiler are missing, unless `CI` is set
+//! (`.ci/run` installs libxen-dev, so there a skip is a failure).
+
+use std::collections::BTreeMap;
+use std::mem::{offset_of, size_of};
+use std::process::Command;
+
+use xen::abi::{self, payload, *};
+
+const C_PROGRAM: &str = r#"
+#define __XEN_TOOLS__ 1
+#define __XEN_INTERFACE_VERSION__ 0x00040e00
+#include <stddef.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <linux/types.h>
+#include <xen/xen.h>
+#include <xen/version.h>
+#include <xen/physdev.h>
+#include <xen/domctl.h>
+#include <xen/sys/privcmd.h>
+#define P(name, v) printf("%s %lld\n", name, (long long)(v))
+#define S(t) P("sizeof " #t, sizeof(struct t))
+#define O(t, f) P("offsetof " #t "." #f, offsetof(struct t, f))
+#define C(c) P(#c, c)
+int main(void) {
+    S(physdev_map_pirq); O(physdev_map_pirq, domid); O(physdev_map_pirq, type);
+    O(physdev_map_pirq, index); O(physdev_map_pirq, pirq); O(physdev_map_pirq, bus);
+    O(physdev_map_pirq, devfn); O(physdev_map_pirq, entry_nr); O(physdev_map_pirq, table_base);
+    S(physdev_unmap_pirq); O(physdev_unmap_pirq, domid); O(physdev_unmap_pirq, pirq);
+    S(physdev_pci_device); O(physdev_pci_device, seg); O(physdev_pci_device, bus);
+    O(physdev_pci_device, devfn);
+    S(xen_domctl); O(xen_domctl, cmd); O(xen_domctl, interface_version); O(xen_domctl, domain);
+    O(xen_domctl, u);
+    S(xen_domctl_assign_device); O(xen_domctl_assign_device, dev);
+    O(xen_domctl_assign_device, flags); O(xen_domctl_assign_device, u.pci.machine_sbdf);
+    S(xen_domctl_bind_pt_irq); O(xen_domctl_bind_pt_irq, machine_irq);
+    O(xen_domctl_bind_pt_irq, irq_type); O(xen_domctl_bind_pt_irq, u.msi.gvec);
+    O(xen_domctl_bind_pt_irq, u.msi.gflags); O(xen_domctl_bind_pt_irq, u.msi.gtable);
+    O(xen_domctl_bind_pt_irq, u.pci.bus); O(xen_domctl_bind_pt_irq, u.pci.device);
+    O(xen_domctl_bind_pt_irq, u.pci.intx);
+    S(xen_domctl_irq_permission); O(xen_domctl_irq_permission, pirq);
+    O(xen_domctl_irq_permission, allow_access);
+    S(xen_domctl_iomem_permission); O(xen_domctl_iomem_permission, first_mfn);
+    O(xen_domctl_iomem_permission, nr_mfns); O(xen_domctl_iomem_permission, allow_access);
+    S(xen_domctl_ioport_permission); O(xen_domctl_ioport_permission, first_port);
+    O(xen_domctl_ioport_permission, nr_ports); O(xen_domctl_ioport_permission, allow_access);
+    O(xen_domctl_getdomaininfo, domain); O(xen_domctl_getdomaininfo, flags);
+    P("sizeof privcmd_hypercall", sizeof(privcmd_hypercall_t));
+    C(IOCTL_PRIVCMD_HYPERCALL);
+    C(__HYPERVISOR_xen_version); C(__HYPERVISOR_physdev_op); C(__HYPERVISOR_domctl);
+    C(XENVER_version);
+    C(PHYSDEVOP_map_pirq); C(PHYSDEVOP_unmap_pirq); C(PHYSDEVOP_prepare_msix);
+    C(PHYSDEVOP_release_msix);
+    C(MAP_PIRQ_TYPE_MSI); C(MAP_PIRQ_TYPE_GSI); C(MAP_PIRQ_TYPE_UNKNOWN);
+    C(MAP_PIRQ_TYPE_MSI_SEG); C(MAP_PIRQ_TYPE_MULTI_MSI);
+    C(XEN_DOMCTL_INTERFACE_VERSION); C(XEN_DOMCTL_getdomaininfo); C(XEN_DOMCTL_irq_permission);
+    C(XEN_DOMCTL_iomem_permission); C(XEN_DOMCTL_ioport_permission);
+    C(XEN_DOMCTL_assign_device); C(XEN_DOMCTL_bind_pt_irq); C(XEN_DOMCTL_test_assign_device);
+    C(XEN_DOMCTL_deassign_device); C(XEN_DOMCTL_unbind_pt_irq);
+    C(XEN_DOMCTL_DEV_PCI); C(XEN_DOMCTL_DEV_RDM_RELAXED);
+    C(PT_IRQ_TYPE_PCI); C(PT_IRQ_TYPE_ISA); C(PT_IRQ_TYPE_MSI); C(PT_IRQ_TYPE_MSI_TRANSLATE);
+    C(XEN_DOMCTL_VMSI_X86_UNMASKED);
+    C(XEN_DOMINF_dying); C(XEN_DOMINF_hvm_guest); C(XEN_DOMINF_shutdown); C(XEN_DOMINF_paused);
+    C(DOMID_SELF); C(DOMID_IO);
+    return 0;
+}
+"#;
+
+fn rust_values() -> Vec<(&'static str, i64)> {
+    macro_rules! s {
+        ($t:ty) => {
+            size_of::<$t>() as i64
+        };
+    }
+    macro_rules! o {
+        ($t:ty, $f:ident) => {
+            offset_of!($t, $f) as i64
+        };
+    }
+    type Map = physdev_map_pirq;
+    type Unmap = physdev_unmap_pirq;
+    type Dev = physdev_pci_device;
+    type Dc = xen_domctl;
+    vec![
+        ("sizeof physdev_map_pirq", s!(Map)),
+        ("offsetof physdev_map_pirq.domid", o!(Map, domid)),
+        ("offsetof physdev_map_pirq.type", o!(Map, type_)),
+        ("offsetof physdev_map_pirq.index", o!(Map, index)),
+        ("offsetof physdev_map_pirq.pirq", o!(Map, pirq)),
+        ("offsetof physdev_map_pirq.bus", o!(Map, bus)),
+        ("offsetof physdev_map_pirq.devfn", o!(Map, devfn)),
+        ("offsetof physdev_map_pirq.entry_nr", o!(Map, entry_nr)),
+        ("offsetof physdev_map_pirq.table_base", o!(Map, table_base)),
+        ("sizeof physdev_unmap_pirq", s!(Unmap)),
+        ("offsetof physdev_unmap_pirq.domid", o!(Unmap, domid)),
+        ("offsetof physdev_unmap_pirq.pirq", o!(Unmap, pirq)),
+        ("sizeof physdev_pci_device", s!(Dev)),
+        ("offsetof physdev_pci_device.seg", o!(Dev, seg)),
+        ("offsetof physdev_pci_device.bus", o!(Dev, bus)),
+        ("offsetof physdev_pci_device.devfn", o!(Dev, devfn)),
+        ("sizeof xen_domctl", s!(Dc)),
+        ("offsetof xen_domctl.cmd", o!(Dc, cmd)),
+        (
+            "offsetof xen_domctl.interface_version",
+            o!(Dc, interface_version),
+        ),
+        ("offsetof xen_domctl.domain", o!(Dc, domain)),
+        ("offsetof xen_domctl.u", o!(Dc, u)),
+        (
+            "sizeof xen_domctl_assign_device",
+            s!(xen_domctl_assign_device),
+        ),
+        (
+            "offsetof xen_domctl_assign_device.dev",
+            payload::ASSIGN_DEV as i64,
+        ),
+        (
+            "offsetof xen_domctl_assign_device.flags",
+            payload::ASSIGN_FLAGS as i64,
+        ),
+        (
+            "offsetof xen_domctl_assign_device.u.pci.machine_sbdf",
+            payload::ASSIGN_MACHINE_SBDF as i64,
+        ),
+        ("sizeof xen_domctl_bind_pt_irq", s!(xen_domctl_bind_pt_irq)),
+        (
+            "offsetof xen_domctl_bind_pt_irq.machine_irq",
+            payload::BIND_MACHINE_IRQ as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.irq_type",
+            payload::BIND_IRQ_TYPE as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.msi.gvec",
+            payload::BIND_MSI_GVEC as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.msi.gflags",
+            payload::BIND_MSI_GFLAGS as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.msi.gtable",
+            payload::BIND_MSI_GTABLE as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.pci.bus",
+            payload::BIND_PCI_BUS as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.pci.device",
+            payload::BIND_PCI_DEVICE as i64,
+        ),
+        (
+            "offsetof xen_domctl_bind_pt_irq.u.pci.intx",
+            payload::BIND_PCI_INTX as i64,
+        ),
+        (
+            "sizeof xen_domctl_irq_permission",
+            s!(xen_domctl_irq_permission),
+        ),
+        (
+            "offsetof xen_domctl_irq_permission.pirq",
+            payload::IRQ_PERM_PIRQ as i64,
+        ),
+        (
+            "offsetof xen_domctl_irq_permission.allow_access",
+            payload::IRQ_PERM_ALLOW as i64,
+        ),
+        (
+            "sizeof xen_domctl_iomem_permission",
+            s!(xen_domctl_iomem_permission),
+        ),
+        (
+            "offsetof xen_domctl_iomem_permission.first_mfn",
+            payload::IOMEM_FIRST_MFN as i64,
+        ),
+        (
+            "offsetof xen_domctl_iomem_permission.nr_mfns",
+            payload::IOMEM_NR_MFNS as i64,
+        ),
+        (
+            "offsetof xen_domctl_iomem_permission.allow_access",
+            payload::IOMEM_ALLOW as i64,
+        ),
+        (
+            "sizeof xen_domctl_ioport_permission",
+            s!(xen_domctl_ioport_permission),
+        ),
+        (
+            "offsetof xen_domctl_ioport_permission.first_port",
+            payload::IOPORT_FIRST_PORT as i64,
+        ),
+        (
+            "offsetof xen_domctl_ioport_permission.nr_ports",
+            payload::IOPORT_NR_PORTS as i64,
+        ),
+        (
+            "offsetof xen_domctl_ioport_permission.allow_access",
+            payload::IOPORT_ALLOW as i64,
+        ),
+        (
+            "offsetof xen_domctl_getdomaininfo.domain",
+            payload::DOMINFO_DOMAIN as i64,
+        ),
+        (
+            "offsetof xen_domctl_getdomaininfo.flags",
+            payload::DOMINFO_FLAGS as i64,
+        ),
+        ("sizeof privcmd_hypercall", s!(privcmd_hypercall)),
+        ("IOCTL_PRIVCMD_HYPERCALL", IOCTL_PRIVCMD_HYPERCALL as i64),
+        ("__HYPERVISOR_xen_version", HYPERVISOR_XEN_VERSION as i64),
+        ("__HYPERVISOR_physdev_op", HYPERVISOR_PHYSDEV_OP as i64),
+        ("__HYPERVISOR_domctl", HYPERVISOR_DOMCTL as i64),
+        ("XENVER_version", XENVER_VERSION as i64),
+        ("PHYSDEVOP_map_pirq", PHYSDEVOP_MAP_PIRQ.into()),
+        ("PHYSDEVOP_unmap_pirq", PHYSDEVOP_UNMAP_PIRQ.into()),
+        ("PHYSDEVOP_prepare_msix", PHYSDEVOP_PREPARE_MSIX.into()),
+        ("PHYSDEVOP_release_msix", PHYSDEVOP_RELEASE_MSIX.into()),
+        ("MAP_PIRQ_TYPE_MSI", MAP_PIRQ_TYPE_MSI.into()),
+        ("MAP_PIRQ_TYPE_GSI", MAP_PIRQ_TYPE_GSI.into()),
+        ("MAP_PIRQ_TYPE_UNKNOWN", MAP_PIRQ_TYPE_UNKNOWN.into()),
+        ("MAP_PIRQ_TYPE_MSI_SEG", MAP_PIRQ_TYPE_MSI_SEG.into()),
+        ("MAP_PIRQ_TYPE_MULTI_MSI", MAP_PIRQ_TYPE_MULTI_MSI.into()),
+        (
+            "XEN_DOMCTL_INTERFACE_VERSION",
+            XEN_DOMCTL_INTERFACE_VERSION.into(),
+        ),
+        ("XEN_DOMCTL_getdomaininfo", XEN_DOMCTL_GETDOMAININFO.into()),
+        (
+            "XEN_DOMCTL_irq_permission",
+            XEN_DOMCTL_IRQ_PERMISSION.into(),
+        ),
+        (
+            "XEN_DOMCTL_iomem_permission",
+            XEN_DOMCTL_IOMEM_PERMISSION.into(),
+        ),
+        (
+            "XEN_DOMCTL_ioport_permission",
+            XEN_DOMCTL_IOPORT_PERMISSION.into(),
+        ),
+        ("XEN_DOMCTL_assign_device", XEN_DOMCTL_ASSIGN_DEVICE.into()),
+        ("XEN_DOMCTL_bind_pt_irq", XEN_DOMCTL_BIND_PT_IRQ.into()),
+        (
+            "XEN_DOMCTL_test_assign_device",
+            XEN_DOMCTL_TEST_ASSIGN_DEVICE.into(),
+        ),
+        (
+            "XEN_DOMCTL_deassign_device",
+            XEN_DOMCTL_DEASSIGN_DEVICE.into(),
+        ),
+        ("XEN_DOMCTL_unbind_pt_irq", XEN_DOMCTL_UNBIND_PT_IRQ.into()),
+        ("XEN_DOMCTL_DEV_PCI", XEN_DOMCTL_DEV_PCI.into()),
+        (
+            "XEN_DOMCTL_DEV_RDM_RELAXED",
+            XEN_DOMCTL_DEV_RDM_RELAXED.into(),
+        ),
+        ("PT_IRQ_TYPE_PCI", PT_IRQ_TYPE_PCI.into()),
+        ("PT_IRQ_TYPE_ISA", PT_IRQ_TYPE_ISA.into()),
+        ("PT_IRQ_TYPE_MSI", PT_IRQ_TYPE_MSI.into()),
+        (
+            "PT_IRQ_TYPE_MSI_TRANSLATE",
+            PT_IRQ_TYPE_MSI_TRANSLATE.into(),
+        ),
+        (
+            "XEN_DOMCTL_VMSI_X86_UNMASKED",
+            XEN_DOMCTL_VMSI_X86_UNMASKED.into(),
+        ),
+        ("XEN_DOMINF_dying", XEN_DOMINF_DYING.into()),
+        ("XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST.into()),
+        ("XEN_DOMINF_shutdown", XEN_DOMINF_SHUTDOWN.into()),
+        ("XEN_DOMINF_paused", XEN_DOMINF_PAUSED.into()),
+        ("DOMID_SELF", DOMID_SELF.into()),
+        ("DOMID_IO", DOMID_IO.into()),
+    ]
+}
+
+#[test]
+fn rust_abi_matches_xen_public_headers() {
+    let header = std::path::Path::new("/usr/include/xen/domctl.h");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    if !header.exists() || Command::new(&cc).arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have libxen-dev and a C compiler (.ci/run installs them)"
+        );
+        eprintln!("SKIPPED: Xen headers (libxen-dev) or C compiler missing");
+        return;
+    }
+    let dir = tempfile_dir();
+    let src = dir.join("layout.c");
+    let bin = dir.join("layout");
+    std::fs::write(&src, C_PROGRAM).unwrap();
+    let out = Command::new(&cc)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&bin).output().unwrap();
+    assert!(run.status.success());
+    let c: BTreeMap<String, i64> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect();
+    let rust = rust_values();
+    let mut mismatches = Vec::new();
+    for (name, value) in &rust {
+        match c.get(*name) {
+            Some(cv) if cv == value => {}
+            Some(cv) => mismatches.push(format!("{name}: C {cv}, Rust {value}")),
+            None => mismatches.push(format!("{name}: not printed by the C program")),
+        }
+    }
+    assert_eq!(c.len(), rust.len(), "every C value has a Rust twin");
+    assert!(
+        mismatches.is_empty(),
+        "ABI mismatches:\n{}",
+        mismatches.join("\n")
+    );
+    // The union holds every payload.
+    for size in [
+        size_of::<xen_domctl_assign_device>(),
+        size_of::<xen_domctl_bind_pt_irq>(),
+        size_of::<xen_domctl_iomem_permission>(),
+    ] {
+        assert!(size <= 128);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = abi::xen_domctl::new(0, 0);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ptguard-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn payload_encodings_put_fields_where_xen_reads_them() {
+    let m = physdev_map_pirq {
+        domid: 5,
+        type_: MAP_PIRQ_TYPE_MSI_SEG,
+        index: -1,
+        pirq: -1,
+        bus: 0x0001_0003,
+        devfn: 0x10,
+        entry_nr: 2,
+        table_base: 0xfebf_0000,
+    };
+    let b = m.to_bytes();
+    assert_eq!(&b[0..2], &5u16.to_ne_bytes());
+    assert_eq!(&b[4..8], &3i32.to_ne_bytes());
+    assert_eq!(&b[12..16], &(-1i32).to_ne_bytes());
+    assert_eq!(&b[16..20], &0x0001_0003i32.to_ne_bytes());
+    assert_eq!(&b[32..40], &0xfebf_0000u64.to_ne_bytes());
+    let mut d = xen_domctl::new(XEN_DOMCTL_ASSIGN_DEVICE, 7);
+    d.put_u32(payload::ASSIGN_MACHINE_SBDF, 0x0003_0010);
+    let bytes = d.to_bytes();
+    assert_eq!(bytes.len(), 144);
+    assert_eq!(&bytes[4..8], &0x15u32.to_ne_bytes());
+    assert_eq!(&bytes[8..10], &7u16.to_ne_bytes());
+    assert_eq!(&bytes[16 + 8..16 + 12], &0x0003_0010u32.to_ne_bytes());
+}
