@@ -45,6 +45,7 @@ impl Errno {
     pub const ENOSYS: Errno = Errno(38);
     pub const ENODATA: Errno = Errno(61);
     pub const EOPNOTSUPP: Errno = Errno(95);
+    pub const EALREADY: Errno = Errno(114);
 
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -68,6 +69,7 @@ impl Errno {
             38 => "ENOSYS",
             61 => "ENODATA",
             95 => "EOPNOTSUPP",
+            114 => "EALREADY",
             _ => "errno",
         }
     }

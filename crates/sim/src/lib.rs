@@ -1,0 +1,24 @@
+//! The simulated Xen host.
+//!
+//! This crate owns a deterministic model of everything ptguard touches on a real dom0: the
+//! hypervisor's domains, pirq tables and per-device MSI-X bookkeeping ([`world`]), PCI
+//! functions with config space, MSI-X table and reset semantics ([`device`]), dom0 Linux's
+//! PCI core and pciback ([`linux`]), guests and device models with well-behaved, crashing,
+//! killed-early and hostile behaviours ([`dm`]), and the legacy libxl toolstack order the seed
+//! failure needs ([`libxl`]). Every rule comes from `../shared/xen/*.md` and cites it. The
+//! host is reached through the same `Hypervisor` and `PciHost` traits as a real one
+//! ([`SimHost`]). It must not depend on ptguard's engine: the engine is what it tests.
+
+pub mod device;
+pub mod dm;
+pub mod host;
+pub mod libxl;
+pub mod linux;
+pub mod profile;
+pub mod world;
+
+pub use device::{DeviceSpec, ResetMethod};
+pub use dm::{DeviceModel, DmBehaviour, VectorBroker};
+pub use host::{DomainEventSink, SimHost, SimOp};
+pub use profile::{PcibackProfile, Profile, XenProfile};
+pub use world::World;
