@@ -779,3 +779,12 @@ impl PciHost for SimHost {
         )
     }
 }
+
+impl DomainEventSink for xenstore::local::LocalXenstore {
+    fn introduced(&self, domid: DomId) {
+        self.introduce_domain(u32::from(domid.0));
+    }
+    fn released(&self, domid: DomId) {
+        self.release_domain(u32::from(domid.0));
+    }
+}

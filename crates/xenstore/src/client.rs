@@ -51,8 +51,15 @@ pub fn default_socket_path() -> PathBuf {
     rundir.join("socket")
 }
 
+/// How a client reaches its xenstored.
+enum Transport {
+    Socket(UnixStream),
+    /// An in-process [`crate::local::LocalXenstore`]: same state machine, no socket.
+    Local(crate::local::LocalConn),
+}
+
 pub struct XsClient {
-    stream: UnixStream,
+    stream: Transport,
     path: Option<PathBuf>,
     decoder: FrameDecoder,
     next_req: u32,
@@ -82,6 +89,14 @@ impl XsClient {
 
     /// Wraps an already connected stream (e.g. a domain connection of the embedded server).
     pub fn from_stream(stream: UnixStream) -> XsClient {
+        XsClient::with_transport(Transport::Socket(stream))
+    }
+
+    pub(crate) fn from_local(conn: crate::local::LocalConn) -> XsClient {
+        XsClient::with_transport(Transport::Local(conn))
+    }
+
+    fn with_transport(stream: Transport) -> XsClient {
         XsClient {
             stream,
             path: None,
@@ -117,7 +132,15 @@ impl XsClient {
             if let Some(m) = self.decoder.next_message()? {
                 return Ok(m);
             }
-            let n = self.stream.read(&mut buf).map_err(Self::io(op, path))?;
+            let stream = match &mut self.stream {
+                Transport::Socket(s) => s,
+                Transport::Local(l) => {
+                    return l.next_message().ok_or_else(|| XenstoreError::Closed {
+                        context: format!("{op} {path}"),
+                    })
+                }
+            };
+            let n = stream.read(&mut buf).map_err(Self::io(op, path))?;
             if n == 0 {
                 return Err(XenstoreError::Closed {
                     context: format!("{op} {path}"),
@@ -163,9 +186,10 @@ impl XsClient {
         let req_id = self.next_req;
         self.next_req = self.next_req.wrapping_add(1).max(1);
         let msg = Message::new(op, req_id, tx.0, payload);
-        self.stream
-            .write_all(&msg.encode())
-            .map_err(Self::io(op, path))?;
+        match &mut self.stream {
+            Transport::Socket(s) => s.write_all(&msg.encode()).map_err(Self::io(op, path))?,
+            Transport::Local(l) => l.send(msg),
+        }
         self.stats.requests += 1;
         loop {
             let m = self.read_message(op, path)?;
@@ -387,6 +411,22 @@ impl XsClient {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
+            if let Transport::Local(l) = &mut self.stream {
+                match l.next_message() {
+                    Some(m) if m.msg_type == Op::WatchEvent.code() => {
+                        self.queue_event(&m)?;
+                        continue;
+                    }
+                    Some(m) => {
+                        return Err(XenstoreError::Protocol {
+                            op: Op::WatchEvent,
+                            reason: format!("unsolicited message of type {}", m.msg_type),
+                        })
+                    }
+                    // In-process: nothing queued means nothing arrives while we wait.
+                    None => return Ok(None),
+                }
+            }
             let wait = match deadline {
                 Some(d) => {
                     let now = Instant::now();
@@ -397,11 +437,15 @@ impl XsClient {
                 }
                 None => None,
             };
-            self.stream
+            let stream = match &mut self.stream {
+                Transport::Socket(s) => s,
+                Transport::Local(_) => return Ok(None),
+            };
+            stream
                 .set_read_timeout(wait)
                 .map_err(Self::io(Op::WatchEvent, ""))?;
-            let r = self.stream.read(&mut buf);
-            self.stream
+            let r = stream.read(&mut buf);
+            stream
                 .set_read_timeout(None)
                 .map_err(Self::io(Op::WatchEvent, ""))?;
             match r {

@@ -9,6 +9,7 @@
 //! ledger, and must not: it is a general Xenstore.
 
 pub mod client;
+pub mod local;
 pub mod path;
 pub mod perms;
 pub mod server;
