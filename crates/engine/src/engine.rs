@@ -1,0 +1,948 @@
+//! The lifecycle: assignable-add/remove, attach, the broker, the teardown of DESIGN.md §2 and
+//! recovery. Every ledger change with more than one node is one Xenstore transaction; a
+//! single-node change is one request (xenstored applies each request atomically).
+
+use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
+use pci::{pciback, ConfigSpace, Sbdf};
+use serde::Serialize;
+use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
+use xen::{DomId, Errno, MapPirq, MapSource, Pirq, XenError};
+use xenstore::{Access, Perm, PermList, TxId, XsClient};
+
+use crate::ledger::*;
+use crate::{EngineError, Platform};
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// How a teardown ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Clean, reset and prepared; ready for the next guest.
+    Assignable { epoch: u64 },
+    /// Not provably clean; kept away from guests until the reason goes away.
+    Quarantined { reason: String },
+    Failed { reason: String },
+}
+
+/// What a device model asks the broker to bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BindKind {
+    Intx { gsi: u32 },
+    Msix { entry: u16, table_base: u64 },
+}
+
+/// A broker request (in-process API; the unix-socket protocol carries the same fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BindRequest {
+    pub domid: DomId,
+    pub sbdf: Sbdf,
+    /// The epoch the device model was started with.
+    pub epoch: u64,
+    pub kind: BindKind,
+    pub gvec: u8,
+    pub gflags: u32,
+    pub gtable: u64,
+}
+
+impl BindRequest {
+    fn key(&self) -> BindingKey {
+        match self.kind {
+            BindKind::Intx { .. } => BindingKey::Intx,
+            BindKind::Msix { entry, .. } => BindingKey::Msix(entry),
+        }
+    }
+}
+
+/// ptguard's engine over one Xenstore connection and one platform.
+pub struct Engine<'a> {
+    xs: &'a mut XsClient,
+    platform: &'a dyn Platform,
+    fuel: Option<u64>,
+    /// Crash points passed so far (the explorer enumerates them).
+    pub checkpoints: u64,
+    /// Loud notices (quarantine, unknown bindings) for the caller to print.
+    pub notices: Vec<String>,
+}
+
+fn corrupt(path: String, value: &str, reason: impl Into<String>) -> EngineError {
+    EngineError::LedgerCorrupt {
+        path,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// "Already gone" answers of unbind/unmap/deassign/permission calls during teardown.
+fn gone(e: &XenError) -> bool {
+    matches!(
+        e.errno(),
+        Some(Errno::EINVAL) | Some(Errno::ESRCH) | Some(Errno::ENODEV) | Some(Errno::EPERM)
+    )
+}
+
+fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option<String>> {
+    match xs.read_optional(tx, path)? {
+        Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+        None => Ok(None),
+    }
+}
+
+/// Reads one device's record inside `tx` (`None`: not in the ledger).
+pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
+    let Some(state_text) = read_opt(xs, tx, &field_path(sbdf, "state"))? else {
+        return Ok(None);
+    };
+    let state: DeviceState = state_text
+        .parse()
+        .map_err(|_| corrupt(field_path(sbdf, "state"), &state_text, "unknown state"))?;
+    let owner = match read_opt(xs, tx, &field_path(sbdf, "owner"))? {
+        None => None,
+        Some(t) => Some(DomId(t.parse().map_err(|_| {
+            corrupt(field_path(sbdf, "owner"), &t, "not a domain id")
+        })?)),
+    };
+    let epoch = match read_opt(xs, tx, &field_path(sbdf, "epoch"))? {
+        None => return Err(corrupt(field_path(sbdf, "epoch"), "", "missing")),
+        Some(t) => t
+            .parse()
+            .map_err(|_| corrupt(field_path(sbdf, "epoch"), &t, "not a number"))?,
+    };
+    let step = match read_opt(xs, tx, &field_path(sbdf, "step"))? {
+        None => None,
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| corrupt(field_path(sbdf, "step"), &t, "unknown step"))?,
+        ),
+    };
+    let reason = read_opt(xs, tx, &field_path(sbdf, "reason"))?;
+    let driver = read_opt(xs, tx, &field_path(sbdf, "driver"))?.filter(|d| !d.is_empty());
+    let msix_size = match read_opt(xs, tx, &field_path(sbdf, "msix-size"))? {
+        None => 0,
+        Some(t) => t
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n <= 2048)
+            .ok_or_else(|| corrupt(field_path(sbdf, "msix-size"), &t, "not a table size"))?,
+    };
+    if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
+        return Err(corrupt(field_path(sbdf, "owner"), "", format!("a {state} device needs an owner")));
+    }
+    let mut bindings = Vec::new();
+    let dir = format!("{}/binding", device_path(sbdf));
+    let names = match xs.directory(tx, &dir) {
+        Ok(n) => n,
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for name in names {
+        let path = format!("{dir}/{name}");
+        let key: BindingKey = name
+            .parse()
+            .map_err(|_| corrupt(path.clone(), &name, "unknown binding key"))?;
+        if let BindingKey::Msix(e) = key {
+            if e >= msix_size {
+                return Err(corrupt(path, &name, "entry beyond the MSI-X table"));
+            }
+        }
+        let text = read_opt(xs, tx, &path)?.unwrap_or_default();
+        bindings.push(Binding::decode(key, &text).map_err(|r| corrupt(path, &text, r))?);
+    }
+    Ok(Some(DeviceRecord {
+        sbdf,
+        state,
+        owner,
+        epoch,
+        step,
+        reason,
+        driver,
+        msix_size,
+        bindings,
+    }))
+}
+
+fn write(xs: &mut XsClient, tx: TxId, path: &str, v: &str) -> Result<()> {
+    xs.write(tx, path, v.as_bytes()).map_err(Into::into)
+}
+
+fn rm(xs: &mut XsClient, tx: TxId, path: &str) -> Result<()> {
+    match xs.rm(tx, path) {
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(()),
+        r => r.map_err(Into::into),
+    }
+}
+
+fn backend_dir(domid: DomId) -> String {
+    format!("/local/domain/0/backend/pci/{}/0", domid.0)
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(xs: &'a mut XsClient, platform: &'a dyn Platform) -> Engine<'a> {
+        Engine {
+            xs,
+            platform,
+            fuel: None,
+            checkpoints: 0,
+            notices: Vec::new(),
+        }
+    }
+
+    /// Makes the engine "crash" (return [`EngineError::Crashed`]) at crash point `n`.
+    pub fn crash_at(mut self, n: u64) -> Engine<'a> {
+        self.fuel = Some(n);
+        self
+    }
+
+    fn checkpoint(&mut self, at: impl FnOnce() -> String) -> Result<()> {
+        self.checkpoints += 1;
+        if let Some(f) = &mut self.fuel {
+            if *f == 0 {
+                return Err(EngineError::Crashed { at: at() });
+            }
+            *f -= 1;
+        }
+        Ok(())
+    }
+
+    fn notice(&mut self, msg: String) {
+        tracing::warn!("{msg}");
+        self.notices.push(msg);
+    }
+
+    /// Creates `/ptguard` readable and writable by dom0 only (`n0`).
+    pub fn init_ledger(&mut self) -> Result<()> {
+        if read_opt(self.xs, TxId::NONE, ROOT)?.is_none() {
+            self.xs.mkdir(TxId::NONE, ROOT)?;
+        }
+        let perms = PermList::from_vec(vec![Perm::new(Access::None, 0)]).unwrap_or_else(|| {
+            PermList::owned_by(0, Access::None)
+        });
+        self.xs.set_perms(TxId::NONE, ROOT, &perms)?;
+        if read_opt(self.xs, TxId::NONE, DEVICES)?.is_none() {
+            self.xs.mkdir(TxId::NONE, DEVICES)?;
+        }
+        Ok(())
+    }
+
+    pub fn record(&mut self, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
+        read_record(self.xs, TxId::NONE, sbdf)
+    }
+
+    fn require(&mut self, sbdf: Sbdf) -> Result<DeviceRecord> {
+        self.record(sbdf)?
+            .ok_or(EngineError::UnknownDevice { sbdf })
+    }
+
+    /// Every managed device (entries that fail to parse are returned as errors in place).
+    pub fn list(&mut self) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
+        let names = match self.xs.directory(TxId::NONE, DEVICES) {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            match n.parse::<Sbdf>() {
+                Ok(sbdf) => match read_record(self.xs, TxId::NONE, sbdf) {
+                    Ok(Some(r)) => out.push(Ok(r)),
+                    Ok(None) => {}
+                    Err(e) => out.push(Err(e)),
+                },
+                Err(_) => out.push(Err(corrupt(format!("{DEVICES}/{n}"), &n, "not a PCI address"))),
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // assignable-add / -remove
+    // ---------------------------------------------------------------------------------
+
+    /// Seizes the device into pciback, quarantines it in `dom_io` and records it.
+    pub fn assignable_add(&mut self, sbdf: Sbdf) -> Result<DeviceRecord> {
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        if let Some(r) = self.record(sbdf)? {
+            return Err(EngineError::AlreadyManaged {
+                sbdf,
+                state: r.state,
+            });
+        }
+        self.init_ledger()?;
+        let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
+            .and_then(|c| c.parse())
+            .map_err(|source| pci::PciError::Config {
+                sbdf,
+                file: "config".into(),
+                source,
+            })?;
+        let msix_size = cfg.msix.map_or(0, |m| m.table_size);
+        self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
+        let seized = pciback::seize(pci, sbdf)?;
+        self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
+        self.platform
+            .hypervisor()
+            .assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
+        self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
+        let driver = seized.original_driver.unwrap_or_default();
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
+            write(xs, tx, &field_path(sbdf, "epoch"), "0")?;
+            write(xs, tx, &field_path(sbdf, "driver"), &driver)?;
+            write(xs, tx, &field_path(sbdf, "msix-size"), &msix_size.to_string())?;
+            Ok(())
+        })?;
+        self.require(sbdf)
+    }
+
+    /// Returns an assignable device to dom0 and its original driver, and forgets it.
+    pub fn assignable_remove(&mut self, sbdf: Sbdf) -> Result<()> {
+        let rec = self.require(sbdf)?;
+        if rec.state != DeviceState::Assignable {
+            return Err(EngineError::NotAssignable {
+                sbdf,
+                state: rec.state,
+                hint: " (detach it first)",
+            });
+        }
+        let hv = self.platform.hypervisor();
+        match hv.deassign_device(DomId::IO, sbdf) {
+            Err(e) if !gone(&e) => return Err(e.into()),
+            _ => {}
+        }
+        self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
+        pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
+        rm(self.xs, TxId::NONE, &device_path(sbdf))
+    }
+
+    // ---------------------------------------------------------------------------------
+    // attach
+    // ---------------------------------------------------------------------------------
+
+    /// Gives an assignable device to `domid`; returns the new epoch.
+    pub fn attach(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        let hv = self.platform.hypervisor();
+        match hv.domain_info(domid)? {
+            None => return Err(EngineError::UnknownDomain { domid }),
+            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(_) => {}
+        }
+        let epoch = self.xs.transaction(|xs, tx| -> Result<u64> {
+            let rec = read_record(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            match (rec.state, rec.owner) {
+                (DeviceState::Assignable, _) => {}
+                (DeviceState::Attached, Some(owner)) => {
+                    return Err(EngineError::AttachedElsewhere { sbdf, owner })
+                }
+                (state, _) => {
+                    return Err(EngineError::NotAssignable {
+                        sbdf,
+                        state,
+                        hint: " (see `ptguard show`)",
+                    })
+                }
+            }
+            let epoch = rec.epoch + 1;
+            write(xs, tx, &field_path(sbdf, "state"), "attached")?;
+            write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
+            write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+            write(xs, tx, &field_path(sbdf, "step"), Step::Attach.as_str())?;
+            Ok(epoch)
+        })?;
+        match self.attach_steps(sbdf, domid) {
+            Ok(()) => Ok(epoch),
+            Err(e) if e.is_crash() => Err(e),
+            Err(e) => {
+                // Roll back through the teardown: it is idempotent and leaves the device
+                // assignable (or quarantined if something is off).
+                self.notice(format!("{sbdf}: attach to {domid} failed ({e}); rolling back"));
+                self.teardown(sbdf, "attach-failed")?;
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_steps(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        self.checkpoint(|| format!("{sbdf} attach: test_assign"))?;
+        hv.test_assign_device(sbdf)?;
+        if pci.can_reset(sbdf)? {
+            self.checkpoint(|| format!("{sbdf} attach: reset"))?;
+            pci.reset(sbdf)?;
+        }
+        self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
+        for r in pci.resources(sbdf)?.iter().take(6).filter(|r| !r.is_empty()) {
+            if r.is_io() {
+                hv.ioport_permission(domid, r.start as u32, r.len() as u32, true)?;
+            } else {
+                hv.iomem_permission(domid, r.start >> 12, r.len().div_ceil(4096), true)?;
+            }
+        }
+        let irq = pci.irq(sbdf)?;
+        if irq > 0 && irq < 0xff {
+            // The INTx pirq is a binding like any other: intent, map, confirm.
+            let b = Binding {
+                key: BindingKey::Intx,
+                state: BindingState::Intent,
+                pirq: None,
+                gsi: irq,
+                gvec: 0,
+                gflags: 0,
+                gtable: 0,
+            };
+            write(self.xs, TxId::NONE, &binding_path(sbdf, &b.key), &b.encode())?;
+            self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
+            let pirq = hv.map_pirq(&MapPirq {
+                domid,
+                source: MapSource::Gsi { gsi: irq },
+                pirq: Some(Pirq(irq as i32)),
+            })?;
+            let b = Binding {
+                state: BindingState::Mapped,
+                pirq: Some(pirq),
+                ..b
+            };
+            write(self.xs, TxId::NONE, &binding_path(sbdf, &b.key), &b.encode())?;
+            self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
+            hv.irq_permission(domid, Pirq(irq as i32), true)?;
+        }
+        self.checkpoint(|| format!("{sbdf} attach: assign_device"))?;
+        hv.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
+        self.checkpoint(|| format!("{sbdf} attach: backend"))?;
+        self.write_backend(sbdf, domid)?;
+        self.platform.backend_changed(sbdf, Some(domid));
+        self.checkpoint(|| format!("{sbdf} attach: done"))?;
+        rm(self.xs, TxId::NONE, &field_path(sbdf, "step"))
+    }
+
+    /// The PCI backend and frontend nodes as libxl writes them (xen-semantics.md §4.2).
+    fn write_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let be = backend_dir(domid);
+        let fe = format!("/local/domain/{}/device/pci/0", domid.0);
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            for i in 0..n {
+                if read_opt(xs, tx, &format!("{be}/dev-{i}"))?.as_deref() == Some(&sbdf.to_string()) {
+                    return Ok(());
+                }
+            }
+            if n == 0 {
+                write(xs, tx, &format!("{be}/frontend"), &fe)?;
+                write(xs, tx, &format!("{be}/frontend-id"), &domid.0.to_string())?;
+                write(xs, tx, &format!("{be}/online"), "1")?;
+                write(xs, tx, &format!("{be}/state"), "1")?;
+                write(xs, tx, &format!("{be}/domain"), &format!("domain-{}", domid.0))?;
+                write(xs, tx, &format!("{fe}/backend"), &be)?;
+                write(xs, tx, &format!("{fe}/backend-id"), "0")?;
+                write(xs, tx, &format!("{fe}/state"), "1")?;
+            } else {
+                write(xs, tx, &format!("{be}/state"), "7")?;
+            }
+            write(xs, tx, &format!("{be}/key-{n}"), &sbdf.to_string())?;
+            write(xs, tx, &format!("{be}/dev-{n}"), &sbdf.to_string())?;
+            write(xs, tx, &format!("{be}/vdevfn-{n}"), &format!("{:#x}", (n + 1) << 3))?;
+            write(
+                xs,
+                tx,
+                &format!("{be}/opts-{n}"),
+                "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=relaxed",
+            )?;
+            write(xs, tx, &format!("{be}/state-{n}"), "1")?;
+            write(xs, tx, &format!("{be}/num_devs"), &(n + 1).to_string())?;
+            Ok(())
+        })
+    }
+
+    /// Removes the device's backend entry; the whole backend goes with the last device.
+    fn remove_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let be = backend_dir(domid);
+        let fe = format!("/local/domain/{}/device/pci", domid.0);
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut devs = Vec::new();
+            for i in 0..n {
+                if let Some(d) = read_opt(xs, tx, &format!("{be}/dev-{i}"))? {
+                    devs.push(d);
+                }
+            }
+            let before = devs.len();
+            devs.retain(|d| *d != sbdf.to_string());
+            if devs.len() == before {
+                return Ok(());
+            }
+            if devs.is_empty() {
+                rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
+                rm(xs, tx, &fe)?;
+                return Ok(());
+            }
+            for i in 0..n {
+                for k in ["key", "dev", "vdevfn", "opts", "state"] {
+                    rm(xs, tx, &format!("{be}/{k}-{i}"))?;
+                }
+            }
+            for (i, d) in devs.iter().enumerate() {
+                write(xs, tx, &format!("{be}/key-{i}"), d)?;
+                write(xs, tx, &format!("{be}/dev-{i}"), d)?;
+                write(xs, tx, &format!("{be}/state-{i}"), "4")?;
+            }
+            write(xs, tx, &format!("{be}/num_devs"), &devs.len().to_string())?;
+            Ok(())
+        })
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Broker
+    // ---------------------------------------------------------------------------------
+
+    /// Records, maps and binds one interrupt for a device model. One Xenstore transaction
+    /// (check + intent) and one write (confirmation) per bind.
+    pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
+        let key = req.key();
+        let refuse = |reason: String| EngineError::Refused {
+            sbdf: req.sbdf,
+            domid: req.domid,
+            reason,
+        };
+        let existing = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
+            let rec = read_record(xs, tx, req.sbdf)?
+                .ok_or_else(|| refuse("the device is not managed by ptguard".into()))?;
+            if rec.state != DeviceState::Attached || rec.step.is_some() {
+                return Err(refuse(format!("the device is {} (step {:?})", rec.state, rec.step)));
+            }
+            if rec.owner != Some(req.domid) {
+                return Err(refuse(format!(
+                    "the device is attached to {}, not {}",
+                    rec.owner.map_or("nobody".into(), |d| d.to_string()),
+                    req.domid
+                )));
+            }
+            if rec.epoch != req.epoch {
+                return Err(refuse(format!(
+                    "stale epoch {} (current {})",
+                    req.epoch, rec.epoch
+                )));
+            }
+            if let BindKind::Msix { entry, .. } = req.kind {
+                if entry >= rec.msix_size {
+                    return Err(refuse(format!(
+                        "MSI-X entry {entry} is beyond the table ({} entries)",
+                        rec.msix_size
+                    )));
+                }
+            }
+            let existing = rec.bindings.iter().find(|b| b.key == key).copied();
+            match existing {
+                // The INTx pirq attach mapped: qemu binds it.
+                Some(b) if key == BindingKey::Intx && b.state == BindingState::Mapped => {}
+                Some(_) => return Err(refuse(format!("{key} is already bound"))),
+                None => {
+                    let intent = Binding {
+                        key,
+                        state: BindingState::Intent,
+                        pirq: None,
+                        gsi: match req.kind {
+                            BindKind::Intx { gsi } => gsi,
+                            BindKind::Msix { .. } => 0,
+                        },
+                        gvec: req.gvec,
+                        gflags: req.gflags,
+                        gtable: req.gtable,
+                    };
+                    write(xs, tx, &binding_path(req.sbdf, &key), &intent.encode())?;
+                }
+            }
+            Ok(existing)
+        })?;
+        let hv = self.platform.hypervisor();
+        let path = binding_path(req.sbdf, &key);
+        let pirq = match existing.and_then(|b| b.pirq) {
+            Some(p) => p,
+            None => {
+                self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
+                let map = match req.kind {
+                    BindKind::Intx { gsi } => MapPirq {
+                        domid: req.domid,
+                        source: MapSource::Gsi { gsi },
+                        pirq: Some(Pirq(gsi as i32)),
+                    },
+                    BindKind::Msix { entry, table_base } => MapPirq {
+                        domid: req.domid,
+                        source: MapSource::Msi {
+                            sbdf: req.sbdf,
+                            entry_nr: entry,
+                            table_base,
+                        },
+                        pirq: None,
+                    },
+                };
+                match hv.map_pirq(&map) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        rm(self.xs, TxId::NONE, &path)?;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let bound = Binding {
+            key,
+            state: BindingState::Bound,
+            pirq: Some(pirq),
+            gsi: match req.kind {
+                BindKind::Intx { gsi } => gsi,
+                BindKind::Msix { .. } => 0,
+            },
+            gvec: req.gvec,
+            gflags: req.gflags,
+            gtable: req.gtable,
+        };
+        self.checkpoint(|| format!("{} bind {key}: bind_pt_irq", req.sbdf))?;
+        if let Err(e) = hv.bind_pt_irq(req.domid, &bound.pt_irq(pirq, req.sbdf)) {
+            let _ = hv.unmap_pirq(req.domid, pirq);
+            rm(self.xs, TxId::NONE, &path)?;
+            return Err(e.into());
+        }
+        self.checkpoint(|| format!("{} bind {key}: confirm", req.sbdf))?;
+        write(self.xs, TxId::NONE, &path, &bound.encode())?;
+        Ok(pirq)
+    }
+
+    /// Unbinds and unmaps one interrupt a device model bound through the broker.
+    pub fn unbind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
+        let key = req.key();
+        let path = binding_path(req.sbdf, &key);
+        let found = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
+            let Some(rec) = read_record(xs, tx, req.sbdf)? else {
+                return Ok(None);
+            };
+            if rec.owner != Some(req.domid) {
+                return Err(EngineError::Refused {
+                    sbdf: req.sbdf,
+                    domid: req.domid,
+                    reason: "the device is not attached to this domain".into(),
+                });
+            }
+            let Some(b) = rec.bindings.iter().find(|b| b.key == key && b.pirq == Some(pirq)).copied() else {
+                return Ok(None);
+            };
+            let u = Binding {
+                state: BindingState::Unbinding,
+                ..b
+            };
+            write(xs, tx, &path, &u.encode())?;
+            Ok(Some(b))
+        })?;
+        let Some(b) = found else {
+            return Ok(());
+        };
+        let hv = self.platform.hypervisor();
+        self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
+        if let Err(e) = hv.unbind_pt_irq(req.domid, &b.pt_irq(pirq, req.sbdf)) {
+            if !gone(&e) {
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = hv.unmap_pirq(req.domid, pirq) {
+            if !gone(&e) {
+                return Err(e.into());
+            }
+        }
+        self.checkpoint(|| format!("{} unbind {key}: forget", req.sbdf))?;
+        rm(self.xs, TxId::NONE, &path)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Teardown (DESIGN.md §2)
+    // ---------------------------------------------------------------------------------
+
+    /// Hot-unplug: tears the device down while its owner may still run.
+    pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        self.teardown(sbdf, "unplug")
+    }
+
+    /// The owner is gone or going (reboot, destroy): tears down every device it had.
+    pub fn domain_released(&mut self, domid: DomId) -> Result<Vec<(Sbdf, Outcome)>> {
+        let mut out = Vec::new();
+        for rec in self.list()?.into_iter().flatten() {
+            if rec.owner == Some(domid) {
+                out.push((rec.sbdf, self.teardown(rec.sbdf, "destroy")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts (or resumes) the teardown of one device.
+    pub fn teardown(&mut self, sbdf: Sbdf, reason: &str) -> Result<Outcome> {
+        let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
+            let rec = read_record(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            match rec.state {
+                DeviceState::Assignable => Ok(Some(Outcome::Assignable { epoch: rec.epoch })),
+                DeviceState::Failed => Ok(Some(Outcome::Failed {
+                    reason: rec.reason.unwrap_or_default(),
+                })),
+                DeviceState::Attached => {
+                    write(xs, tx, &field_path(sbdf, "state"), "tearing-down")?;
+                    write(xs, tx, &field_path(sbdf, "step"), Step::Revoke.as_str())?;
+                    write(xs, tx, &field_path(sbdf, "reason"), reason)?;
+                    Ok(None)
+                }
+                DeviceState::TearingDown | DeviceState::Quarantined => Ok(None),
+            }
+        })?;
+        if let Some(o) = start {
+            return Ok(o);
+        }
+        self.run_teardown(sbdf)
+    }
+
+    fn set_step(&mut self, sbdf: Sbdf, step: Step) -> Result<()> {
+        write(self.xs, TxId::NONE, &field_path(sbdf, "step"), step.as_str())
+    }
+
+    fn quarantine(&mut self, sbdf: Sbdf, reason: String) -> Result<Outcome> {
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            write(xs, tx, &field_path(sbdf, "state"), "quarantined")?;
+            write(xs, tx, &field_path(sbdf, "reason"), &reason)?;
+            Ok(())
+        })?;
+        self.notice(format!("{sbdf}: QUARANTINED: {reason}"));
+        Ok(Outcome::Quarantined { reason })
+    }
+
+    /// Turns memory decoding on so Xen masks vectors in the table instead of falling back
+    /// to `host_maskall` (DESIGN.md §2 step 2, xen-semantics.md §1.3).
+    fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
+        let pci = self.platform.pci();
+        let cfg = pci.read_config(sbdf)?;
+        let cmd = u16::from_le_bytes([cfg.get(4).copied().unwrap_or(0), cfg.get(5).copied().unwrap_or(0)]);
+        if cmd & COMMAND_MEMORY == 0 {
+            pci.write_config(sbdf, COMMAND, &(cmd | COMMAND_MEMORY).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        loop {
+            let rec = self.require(sbdf)?;
+            let owner = rec.owner.ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
+            let step = rec.step.unwrap_or(Step::Revoke);
+            self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
+            let next = match step {
+                Step::Attach | Step::Revoke => {
+                    for r in pci.resources(sbdf)?.iter().take(6).filter(|r| !r.is_empty()) {
+                        let res = if r.is_io() {
+                            hv.ioport_permission(owner, r.start as u32, r.len() as u32, false)
+                        } else {
+                            hv.iomem_permission(owner, r.start >> 12, r.len().div_ceil(4096), false)
+                        };
+                        if let Err(e) = res {
+                            if !gone(&e) {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    let irq = pci.irq(sbdf)?;
+                    if irq > 0 && irq < 0xff {
+                        if let Err(e) = hv.irq_permission(owner, Pirq(irq as i32), false) {
+                            if !gone(&e) {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    self.remove_backend(sbdf, owner)?;
+                    self.platform.backend_changed(sbdf, None);
+                    Step::Unbind
+                }
+                Step::Unbind => {
+                    self.ensure_memory_decoding(sbdf)?;
+                    let known: Vec<Binding> =
+                        rec.bindings.iter().filter(|b| b.pirq.is_some()).copied().collect();
+                    for b in &known {
+                        let Some(pirq) = b.pirq else { continue };
+                        self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
+                        if let Err(e) = hv.unbind_pt_irq(owner, &b.pt_irq(pirq, sbdf)) {
+                            if !gone(&e) {
+                                return Err(e.into());
+                            }
+                        }
+                        if let Err(e) = hv.unmap_pirq(owner, pirq) {
+                            if !gone(&e) {
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
+                    self.xs.transaction(|xs, tx| -> Result<()> {
+                        for b in &known {
+                            rm(xs, tx, &binding_path(sbdf, &b.key))?;
+                        }
+                        write(xs, tx, &field_path(sbdf, "step"), Step::Deassign.as_str())
+                    })?;
+                    continue;
+                }
+                Step::Deassign => {
+                    if let Err(e) = hv.deassign_device(owner, sbdf) {
+                        if !gone(&e) {
+                            return Err(e.into());
+                        }
+                    }
+                    Step::Release
+                }
+                Step::Release => {
+                    if rec.msix_size == 0 {
+                        Step::Reset
+                    } else {
+                        let mut released = hv.release_msix(sbdf);
+                        if released.as_ref().err().and_then(XenError::errno) == Some(Errno::EBUSY)
+                            && hv.prepare_msix(sbdf).is_ok()
+                        {
+                            // The count was 0: a crash hit after our release and before the
+                            // step was recorded. Prepare took it back to 1; release again.
+                            released = hv.release_msix(sbdf);
+                        }
+                        match released {
+                            Ok(()) => Step::Reset,
+                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                                let info = hv.domain_info(owner)?;
+                                let unknown = rec.bindings.len();
+                                let why = match info {
+                                    Some(i) if !i.dying => format!(
+                                        "release_msix answered -EBUSY while {owner} still runs: bindings the ledger does not know ({unknown} unconfirmed) — a device model bypassed the broker; kept until {owner} is gone"
+                                    ),
+                                    Some(_) => format!(
+                                        "release_msix answered -EBUSY; waiting for dying {owner} to be destroyed"
+                                    ),
+                                    None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
+                                };
+                                return self.quarantine(sbdf, why);
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Step::Reset => {
+                    if pci.can_reset(sbdf)? {
+                        pci.reset(sbdf)?;
+                    } else {
+                        self.notice(format!("{sbdf}: no reset method; relying on prepare and a cleared Message Control"));
+                    }
+                    Step::Prepare
+                }
+                Step::Prepare => {
+                    if rec.msix_size > 0 {
+                        let mut r = hv.prepare_msix(sbdf);
+                        if r.as_ref().err().and_then(XenError::errno) == Some(Errno::ENXIO) {
+                            self.ensure_memory_decoding(sbdf)?;
+                            r = hv.prepare_msix(sbdf);
+                        }
+                        match r {
+                            Ok(()) => {}
+                            // Already prepared: a resumed teardown that crashed after this call.
+                            Err(e) if e.errno() == Some(Errno::EBUSY) && self.prepared_by_us(sbdf)? => {}
+                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                                return self.quarantine(sbdf, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                        // Enable and Function Mask off: some devices keep MASKALL across reset.
+                        let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
+                        if let Ok(Some(m)) = cfg.map(|c| c.msix) {
+                            pci.write_config(sbdf, m.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+                        }
+                    }
+                    Step::Verify
+                }
+                Step::Verify => {
+                    let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
+                    let mut problem = match cfg {
+                        Ok(c) => match c.msix {
+                            Some(m) if m.function_mask => Some("MSI-X Function Mask still set".to_string()),
+                            Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
+                            _ => None,
+                        },
+                        Err(e) => Some(format!("config space unreadable: {e}")),
+                    };
+                    if problem.is_none() {
+                        problem = self.platform.verify_clean(sbdf).err();
+                    }
+                    if let Some(p) = problem {
+                        return self.quarantine(sbdf, format!("verification failed: {p}"));
+                    }
+                    let epoch = rec.epoch + 1;
+                    self.xs.transaction(|xs, tx| -> Result<()> {
+                        write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
+                        write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+                        for f in ["owner", "step", "reason", "binding"] {
+                            rm(xs, tx, &field_path(sbdf, f))?;
+                        }
+                        Ok(())
+                    })?;
+                    return Ok(Outcome::Assignable { epoch });
+                }
+            };
+            self.set_step(sbdf, next)?;
+        }
+    }
+
+    /// Whether the device is prepared by pciback/us already (the step after a crash that
+    /// happened between `prepare_msix` and recording it): a second release would say so.
+    fn prepared_by_us(&mut self, sbdf: Sbdf) -> Result<bool> {
+        // release_msix succeeds only with exactly prepare's reference; redo prepare at once.
+        let hv = self.platform.hypervisor();
+        match hv.release_msix(sbdf) {
+            Ok(()) => {
+                hv.prepare_msix(sbdf)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Recovery
+    // ---------------------------------------------------------------------------------
+
+    /// Finishes whatever a crash left half done: teardowns, quarantines whose owner is gone,
+    /// attaches interrupted midway, devices whose owner died while ptguard was down.
+    pub fn recover(&mut self) -> Result<Vec<(Sbdf, Outcome)>> {
+        let hv = self.platform.hypervisor();
+        let mut out = Vec::new();
+        for rec in self.list()? {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    self.notice(format!("recover: skipping a corrupt ledger entry: {e}"));
+                    continue;
+                }
+            };
+            let sbdf = rec.sbdf;
+            let owner_alive = match rec.owner {
+                Some(d) => hv.domain_info(d)?.is_some_and(|i| !i.dying && !i.shutdown),
+                None => false,
+            };
+            let outcome = match rec.state {
+                DeviceState::TearingDown => Some(self.run_teardown(sbdf)?),
+                DeviceState::Quarantined => Some(self.run_teardown(sbdf)?),
+                DeviceState::Attached if rec.step == Some(Step::Attach) => {
+                    Some(self.teardown(sbdf, "attach-interrupted")?)
+                }
+                DeviceState::Attached if !owner_alive => Some(self.teardown(sbdf, "destroy")?),
+                _ => None,
+            };
+            if let Some(o) = outcome {
+                out.push((sbdf, o));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,298 @@
+//! The binding ledger's schema in Xenstore (documented in `docs/ledger.md`).
+//!
+//! ```text
+//! /ptguard                                   n0 (dom0 only)
+//! /ptguard/device/<sbdf>/state               assignable | attached | tearing-down | quarantined | failed
+//! /ptguard/device/<sbdf>/owner               domid (attached, tearing-down, quarantined)
+//! /ptguard/device/<sbdf>/epoch               assignments so far; a request with another is stale
+//! /ptguard/device/<sbdf>/step                journal: attach | revoke | unbind | deassign | release | reset | prepare | verify
+//! /ptguard/device/<sbdf>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
+//! /ptguard/device/<sbdf>/driver              driver to rebind on assignable-remove ("" for none)
+//! /ptguard/device/<sbdf>/msix-size           MSI-X table size (0: no MSI-X)
+//! /ptguard/device/<sbdf>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use pci::Sbdf;
+use serde::Serialize;
+use xen::{DomId, Pirq, PtIrq};
+
+pub const ROOT: &str = "/ptguard";
+pub const DEVICES: &str = "/ptguard/device";
+
+pub fn device_path(sbdf: Sbdf) -> String {
+    format!("{DEVICES}/{sbdf}")
+}
+pub fn field_path(sbdf: Sbdf, field: &str) -> String {
+    format!("{DEVICES}/{sbdf}/{field}")
+}
+pub fn binding_path(sbdf: Sbdf, key: &BindingKey) -> String {
+    format!("{DEVICES}/{sbdf}/binding/{key}")
+}
+
+/// A device's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    Assignable,
+    Attached,
+    TearingDown,
+    Quarantined,
+    Failed,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Assignable => "assignable",
+            DeviceState::Attached => "attached",
+            DeviceState::TearingDown => "tearing-down",
+            DeviceState::Quarantined => "quarantined",
+            DeviceState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<DeviceState, ()> {
+        Ok(match s {
+            "assignable" => DeviceState::Assignable,
+            "attached" => DeviceState::Attached,
+            "tearing-down" => DeviceState::TearingDown,
+            "quarantined" => DeviceState::Quarantined,
+            "failed" => DeviceState::Failed,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// The journaled steps of attach and teardown, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Attach,
+    Revoke,
+    Unbind,
+    Deassign,
+    Release,
+    Reset,
+    Prepare,
+    Verify,
+}
+
+impl Step {
+    pub const TEARDOWN: [Step; 7] = [
+        Step::Revoke,
+        Step::Unbind,
+        Step::Deassign,
+        Step::Release,
+        Step::Reset,
+        Step::Prepare,
+        Step::Verify,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Attach => "attach",
+            Step::Revoke => "revoke",
+            Step::Unbind => "unbind",
+            Step::Deassign => "deassign",
+            Step::Release => "release",
+            Step::Reset => "reset",
+            Step::Prepare => "prepare",
+            Step::Verify => "verify",
+        }
+    }
+}
+
+impl FromStr for Step {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Step, ()> {
+        Ok(match s {
+            "attach" => Step::Attach,
+            "revoke" => Step::Revoke,
+            "unbind" => Step::Unbind,
+            "deassign" => Step::Deassign,
+            "release" => Step::Release,
+            "reset" => Step::Reset,
+            "prepare" => Step::Prepare,
+            "verify" => Step::Verify,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// Which interrupt of a device a binding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum BindingKey {
+    Intx,
+    Msix(u16),
+}
+
+impl fmt::Display for BindingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindingKey::Intx => f.write_str("intx"),
+            BindingKey::Msix(e) => write!(f, "msix-{e}"),
+        }
+    }
+}
+
+impl FromStr for BindingKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<BindingKey, ()> {
+        if s == "intx" {
+            return Ok(BindingKey::Intx);
+        }
+        let e = s.strip_prefix("msix-").ok_or(())?;
+        if e.len() > 4 || e.starts_with('+') {
+            return Err(());
+        }
+        let e: u16 = e.parse().map_err(|_| ())?;
+        if e >= 2048 {
+            return Err(());
+        }
+        Ok(BindingKey::Msix(e))
+    }
+}
+
+/// Where a binding is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingState {
+    /// Recorded before `map_pirq`; the pirq is not known yet.
+    Intent,
+    /// `map_pirq` succeeded; `bind_pt_irq` may not have.
+    Mapped,
+    Bound,
+    /// Being unbound and unmapped.
+    Unbinding,
+}
+
+/// One IRQ binding of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub key: BindingKey,
+    pub state: BindingState,
+    pub pirq: Option<Pirq>,
+    pub gsi: u32,
+    pub gvec: u8,
+    pub gflags: u32,
+    pub gtable: u64,
+}
+
+impl Binding {
+    /// The `bind_pt_irq`/`unbind_pt_irq` argument.
+    pub fn pt_irq(&self, pirq: Pirq, sbdf: Sbdf) -> PtIrq {
+        match self.key {
+            BindingKey::Intx => PtIrq::Pci {
+                pirq,
+                bus: 0,
+                device: sbdf.dev(),
+                intx: 0,
+            },
+            BindingKey::Msix(_) => PtIrq::Msi {
+                pirq,
+                gvec: self.gvec,
+                gflags: self.gflags,
+                gtable: self.gtable,
+            },
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let state = match self.state {
+            BindingState::Intent => "intent",
+            BindingState::Mapped => "mapped",
+            BindingState::Bound => "bound",
+            BindingState::Unbinding => "unbinding",
+        };
+        let pirq = self.pirq.map_or("-".to_string(), |p| p.0.to_string());
+        format!(
+            "state={state} pirq={pirq} gsi={} gvec={:#x} gflags={:#x} gtable={:#x}",
+            self.gsi, self.gvec, self.gflags, self.gtable
+        )
+    }
+
+    /// Parses a binding node; any deviation is an error (the ledger may be edited by hand).
+    pub fn decode(key: BindingKey, text: &str) -> Result<Binding, String> {
+        let mut fields = BTreeMap::new();
+        for part in text.split_whitespace() {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("field {part:?} is not key=value"))?;
+            if fields.insert(k, v).is_some() {
+                return Err(format!("field {k:?} appears twice"));
+            }
+        }
+        let get = |k: &str| fields.get(k).copied().ok_or_else(|| format!("missing {k}="));
+        let num = |k: &str, v: &str| -> Result<u64, String> {
+            let r = match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => v.parse(),
+            };
+            r.map_err(|_| format!("{k}={v:?} is not a number"))
+        };
+        let state = match get("state")? {
+            "intent" => BindingState::Intent,
+            "mapped" => BindingState::Mapped,
+            "bound" => BindingState::Bound,
+            "unbinding" => BindingState::Unbinding,
+            s => return Err(format!("unknown binding state {s:?}")),
+        };
+        let pirq = match get("pirq")? {
+            "-" => None,
+            p => Some(Pirq(
+                p.parse::<i32>()
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| format!("pirq={p:?} is not a pirq"))?,
+            )),
+        };
+        if pirq.is_none() && state != BindingState::Intent {
+            return Err(format!("a {state:?} binding must name its pirq"));
+        }
+        let gsi = num("gsi", get("gsi")?)?;
+        let gvec = num("gvec", get("gvec")?)?;
+        let gflags = num("gflags", get("gflags")?)?;
+        let gtable = num("gtable", get("gtable")?)?;
+        if gsi > 0xff || gvec > 0xff || gflags > u64::from(u32::MAX) {
+            return Err("gsi, gvec or gflags out of range".into());
+        }
+        if fields.len() != 6 {
+            return Err("unexpected extra fields".into());
+        }
+        Ok(Binding {
+            key,
+            state,
+            pirq,
+            gsi: gsi as u32,
+            gvec: gvec as u8,
+            gflags: gflags as u32,
+            gtable,
+        })
+    }
+}
+
+/// A device's ledger record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceRecord {
+    pub sbdf: Sbdf,
+    pub state: DeviceState,
+    pub owner: Option<DomId>,
+    pub epoch: u64,
+    pub step: Option<Step>,
+    pub reason: Option<String>,
+    pub driver: Option<String>,
+    pub msix_size: u16,
+    pub bindings: Vec<Binding>,
+}

@@ -1,0 +1,91 @@
+//! ptguard's core: the IRQ binding ledger, the broker, the device lifecycle with its safe
+//! teardown, and crash recovery.
+//!
+//! This crate owns the policy of `DESIGN.md` §2: what is recorded in the ledger
+//! ([`ledger`]), when, and in which order hypercalls, sysfs writes and Xenstore transactions
+//! happen ([`Engine`]). It reaches the world only through the `xenstore` client, the `xen`
+//! [`Hypervisor`] trait and the `pci` [`PciHost`] trait (bundled as a [`Platform`]), so the
+//! same code runs on a real dom0 and on the simulated host, and a crash can be injected
+//! before any step. It must not reach around those traits (no direct file, device or socket
+//! I/O of its own).
+
+pub mod engine;
+pub mod ledger;
+
+use pci::{PciError, PciHost, Sbdf};
+use xen::{DomId, Hypervisor, XenError};
+use xenstore::XenstoreError;
+
+pub use engine::{BindKind, BindRequest, Engine, Outcome};
+pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
+
+/// The host ptguard manages: hypervisor and PCI devices.
+pub trait Platform: Send + Sync {
+    fn hypervisor(&self) -> &dyn Hypervisor;
+    fn pci(&self) -> &dyn PciHost;
+    /// The PCI backend of `domid` now holds the device (`Some`) or gave it back (`None`).
+    /// On a real host pciback reacts to the backend nodes ptguard writes in Xenstore; the
+    /// simulated host is told here.
+    fn backend_changed(&self, _sbdf: Sbdf, _domid: Option<DomId>) {}
+    /// Proves the device clean beyond what its config space shows (the simulated host checks
+    /// Xen's MSI-X state). A real host has nothing more to read.
+    fn verify_clean(&self, _sbdf: Sbdf) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong in the engine; each names the device, domain and step.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Xenstore(#[from] XenstoreError),
+    #[error(transparent)]
+    Xen(#[from] XenError),
+    #[error(transparent)]
+    Pci(#[from] PciError),
+    #[error("{sbdf}: not managed by ptguard (add it with `ptguard assignable-add {sbdf}`)")]
+    UnknownDevice { sbdf: Sbdf },
+    #[error("{sbdf}: no such PCI device on this host (see `ptguard lspci`)")]
+    NoSuchDevice { sbdf: Sbdf },
+    #[error("{sbdf}: is {state}, not assignable{hint}")]
+    NotAssignable {
+        sbdf: Sbdf,
+        state: DeviceState,
+        hint: &'static str,
+    },
+    #[error("{sbdf}: already attached to {owner} (detach it first: `ptguard detach {sbdf}`)")]
+    AttachedElsewhere { sbdf: Sbdf, owner: DomId },
+    #[error("{domid}: no such domain")]
+    UnknownDomain { domid: DomId },
+    #[error("{domid}: the domain is dying; attach to a running domain")]
+    DomainDying { domid: DomId },
+    #[error("{sbdf}: already managed by ptguard (state {state})")]
+    AlreadyManaged { sbdf: Sbdf, state: DeviceState },
+    #[error("ledger entry {path} is corrupt ({reason}): {value:?}; fix or remove it by hand (`xenstore-rm {path}`) after checking the device with `ptguard doctor`")]
+    LedgerCorrupt {
+        path: String,
+        value: String,
+        reason: String,
+    },
+    #[error("broker refused {domid}'s request for {sbdf}: {reason}")]
+    Refused {
+        sbdf: Sbdf,
+        domid: DomId,
+        reason: String,
+    },
+    #[error("{sbdf}: {step} failed: {reason}")]
+    StepFailed {
+        sbdf: Sbdf,
+        step: &'static str,
+        reason: String,
+    },
+    /// Injected by the explorer: the process "died" here.
+    #[error("crash injected at {at}")]
+    Crashed { at: String },
+}
+
+impl EngineError {
+    pub fn is_crash(&self) -> bool {
+        matches!(self, EngineError::Crashed { .. })
+    }
+}
