@@ -19,10 +19,16 @@ type Result<T> = std::result::Result<T, EngineError>;
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// Clean, reset and prepared; ready for the next guest.
-    Assignable { epoch: u64 },
+    Assignable {
+        epoch: u64,
+    },
     /// Not provably clean; kept away from guests until the reason goes away.
-    Quarantined { reason: String },
-    Failed { reason: String },
+    Quarantined {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// What a device model asks the broker to bind.
@@ -127,7 +133,11 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
             .ok_or_else(|| corrupt(field_path(sbdf, "msix-size"), &t, "not a table size"))?,
     };
     if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
-        return Err(corrupt(field_path(sbdf, "owner"), "", format!("a {state} device needs an owner")));
+        return Err(corrupt(
+            field_path(sbdf, "owner"),
+            "",
+            format!("a {state} device needs an owner"),
+        ));
     }
     let mut bindings = Vec::new();
     let dir = format!("{}/binding", device_path(sbdf));
@@ -206,7 +216,8 @@ impl<'a> Engine<'a> {
     }
 
     fn notice(&mut self, msg: String) {
-        tracing::warn!("{msg}");
+        // The caller prints notices to the operator; the log keeps a copy.
+        tracing::info!("{msg}");
         self.notices.push(msg);
     }
 
@@ -215,9 +226,8 @@ impl<'a> Engine<'a> {
         if read_opt(self.xs, TxId::NONE, ROOT)?.is_none() {
             self.xs.mkdir(TxId::NONE, ROOT)?;
         }
-        let perms = PermList::from_vec(vec![Perm::new(Access::None, 0)]).unwrap_or_else(|| {
-            PermList::owned_by(0, Access::None)
-        });
+        let perms = PermList::from_vec(vec![Perm::new(Access::None, 0)])
+            .unwrap_or_else(|| PermList::owned_by(0, Access::None));
         self.xs.set_perms(TxId::NONE, ROOT, &perms)?;
         if read_opt(self.xs, TxId::NONE, DEVICES)?.is_none() {
             self.xs.mkdir(TxId::NONE, DEVICES)?;
@@ -243,13 +253,17 @@ impl<'a> Engine<'a> {
         };
         let mut out = Vec::new();
         for n in names {
-            match n.parse::<Sbdf>() {
+            match Sbdf::from_xs_key(&n) {
                 Ok(sbdf) => match read_record(self.xs, TxId::NONE, sbdf) {
                     Ok(Some(r)) => out.push(Ok(r)),
                     Ok(None) => {}
                     Err(e) => out.push(Err(e)),
                 },
-                Err(_) => out.push(Err(corrupt(format!("{DEVICES}/{n}"), &n, "not a PCI address"))),
+                Err(_) => out.push(Err(corrupt(
+                    format!("{DEVICES}/{n}"),
+                    &n,
+                    "not a PCI address",
+                ))),
             }
         }
         Ok(out)
@@ -292,7 +306,12 @@ impl<'a> Engine<'a> {
             write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
             write(xs, tx, &field_path(sbdf, "epoch"), "0")?;
             write(xs, tx, &field_path(sbdf, "driver"), &driver)?;
-            write(xs, tx, &field_path(sbdf, "msix-size"), &msix_size.to_string())?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "msix-size"),
+                &msix_size.to_string(),
+            )?;
             Ok(())
         })?;
         self.require(sbdf)
@@ -358,7 +377,9 @@ impl<'a> Engine<'a> {
             Err(e) => {
                 // Roll back through the teardown: it is idempotent and leaves the device
                 // assignable (or quarantined if something is off).
-                self.notice(format!("{sbdf}: attach to {domid} failed ({e}); rolling back"));
+                self.notice(format!(
+                    "{sbdf}: attach to {domid} failed ({e}); rolling back"
+                ));
                 self.teardown(sbdf, "attach-failed")?;
                 Err(e)
             }
@@ -375,7 +396,12 @@ impl<'a> Engine<'a> {
             pci.reset(sbdf)?;
         }
         self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
-        for r in pci.resources(sbdf)?.iter().take(6).filter(|r| !r.is_empty()) {
+        for r in pci
+            .resources(sbdf)?
+            .iter()
+            .take(6)
+            .filter(|r| !r.is_empty())
+        {
             if r.is_io() {
                 hv.ioport_permission(domid, r.start as u32, r.len() as u32, true)?;
             } else {
@@ -394,7 +420,12 @@ impl<'a> Engine<'a> {
                 gflags: 0,
                 gtable: 0,
             };
-            write(self.xs, TxId::NONE, &binding_path(sbdf, &b.key), &b.encode())?;
+            write(
+                self.xs,
+                TxId::NONE,
+                &binding_path(sbdf, &b.key),
+                &b.encode(),
+            )?;
             self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
             let pirq = hv.map_pirq(&MapPirq {
                 domid,
@@ -406,7 +437,12 @@ impl<'a> Engine<'a> {
                 pirq: Some(pirq),
                 ..b
             };
-            write(self.xs, TxId::NONE, &binding_path(sbdf, &b.key), &b.encode())?;
+            write(
+                self.xs,
+                TxId::NONE,
+                &binding_path(sbdf, &b.key),
+                &b.encode(),
+            )?;
             self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
             hv.irq_permission(domid, Pirq(irq as i32), true)?;
         }
@@ -428,7 +464,8 @@ impl<'a> Engine<'a> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             for i in 0..n {
-                if read_opt(xs, tx, &format!("{be}/dev-{i}"))?.as_deref() == Some(&sbdf.to_string()) {
+                if read_opt(xs, tx, &format!("{be}/dev-{i}"))?.as_deref() == Some(&sbdf.to_string())
+                {
                     return Ok(());
                 }
             }
@@ -437,7 +474,12 @@ impl<'a> Engine<'a> {
                 write(xs, tx, &format!("{be}/frontend-id"), &domid.0.to_string())?;
                 write(xs, tx, &format!("{be}/online"), "1")?;
                 write(xs, tx, &format!("{be}/state"), "1")?;
-                write(xs, tx, &format!("{be}/domain"), &format!("domain-{}", domid.0))?;
+                write(
+                    xs,
+                    tx,
+                    &format!("{be}/domain"),
+                    &format!("domain-{}", domid.0),
+                )?;
                 write(xs, tx, &format!("{fe}/backend"), &be)?;
                 write(xs, tx, &format!("{fe}/backend-id"), "0")?;
                 write(xs, tx, &format!("{fe}/state"), "1")?;
@@ -446,7 +488,12 @@ impl<'a> Engine<'a> {
             }
             write(xs, tx, &format!("{be}/key-{n}"), &sbdf.to_string())?;
             write(xs, tx, &format!("{be}/dev-{n}"), &sbdf.to_string())?;
-            write(xs, tx, &format!("{be}/vdevfn-{n}"), &format!("{:#x}", (n + 1) << 3))?;
+            write(
+                xs,
+                tx,
+                &format!("{be}/vdevfn-{n}"),
+                &format!("{:#x}", (n + 1) << 3),
+            )?;
             write(
                 xs,
                 tx,
@@ -502,8 +549,9 @@ impl<'a> Engine<'a> {
     // Broker
     // ---------------------------------------------------------------------------------
 
-    /// Records, maps and binds one interrupt for a device model. One Xenstore transaction
-    /// (check + intent) and one write (confirmation) per bind.
+    /// Records, maps and binds one interrupt for a device model: one Xenstore transaction
+    /// (check + intent), then one write recording the pirq Xen chose and one confirming the
+    /// bind.
     pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
         let key = req.key();
         let refuse = |reason: String| EngineError::Refused {
@@ -515,7 +563,10 @@ impl<'a> Engine<'a> {
             let rec = read_record(xs, tx, req.sbdf)?
                 .ok_or_else(|| refuse("the device is not managed by ptguard".into()))?;
             if rec.state != DeviceState::Attached || rec.step.is_some() {
-                return Err(refuse(format!("the device is {} (step {:?})", rec.state, rec.step)));
+                return Err(refuse(format!(
+                    "the device is {} (step {:?})",
+                    rec.state, rec.step
+                )));
             }
             if rec.owner != Some(req.domid) {
                 return Err(refuse(format!(
@@ -538,12 +589,21 @@ impl<'a> Engine<'a> {
                     )));
                 }
             }
-            let existing = rec.bindings.iter().find(|b| b.key == key).copied();
+            let existing = rec
+                .bindings
+                .iter()
+                .find(|b| b.key == key)
+                .copied()
+                .filter(|b| b.state != BindingState::Intent);
             match existing {
                 // The INTx pirq attach mapped: qemu binds it.
-                Some(b) if key == BindingKey::Intx && b.state == BindingState::Mapped => {}
-                Some(_) => return Err(refuse(format!("{key} is already bound"))),
-                None => {
+                Some(b) if b.state == BindingState::Mapped => {}
+                Some(b) if b.state != BindingState::Intent => {
+                    return Err(refuse(format!("{key} is already bound")))
+                }
+                // No binding, or an unconfirmed intent a crash left behind: (re)record it. An
+                // earlier map that did happen is caught by release_msix at teardown.
+                _ => {
                     let intent = Binding {
                         key,
                         state: BindingState::Intent,
@@ -563,7 +623,20 @@ impl<'a> Engine<'a> {
         })?;
         let hv = self.platform.hypervisor();
         let path = binding_path(req.sbdf, &key);
+        let mut record = Binding {
+            key,
+            state: BindingState::Mapped,
+            pirq: None,
+            gsi: match req.kind {
+                BindKind::Intx { gsi } => gsi,
+                BindKind::Msix { .. } => 0,
+            },
+            gvec: req.gvec,
+            gflags: req.gflags,
+            gtable: req.gtable,
+        };
         let pirq = match existing.and_then(|b| b.pirq) {
+            // Mapped before (INTx by attach, or a bind a crash interrupted): bind it.
             Some(p) => p,
             None => {
                 self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
@@ -583,35 +656,30 @@ impl<'a> Engine<'a> {
                         pirq: None,
                     },
                 };
-                match hv.map_pirq(&map) {
+                let pirq = match hv.map_pirq(&map) {
                     Ok(p) => p,
                     Err(e) => {
                         rm(self.xs, TxId::NONE, &path)?;
                         return Err(e.into());
                     }
-                }
+                };
+                // Recorded at once: Xen chose the pirq and offers no way to list a domain's
+                // pirqs, so this write is what lets a teardown find it (docs/ledger.md).
+                record.pirq = Some(pirq);
+                write(self.xs, TxId::NONE, &path, &record.encode())?;
+                pirq
             }
         };
-        let bound = Binding {
-            key,
-            state: BindingState::Bound,
-            pirq: Some(pirq),
-            gsi: match req.kind {
-                BindKind::Intx { gsi } => gsi,
-                BindKind::Msix { .. } => 0,
-            },
-            gvec: req.gvec,
-            gflags: req.gflags,
-            gtable: req.gtable,
-        };
+        record.pirq = Some(pirq);
         self.checkpoint(|| format!("{} bind {key}: bind_pt_irq", req.sbdf))?;
-        if let Err(e) = hv.bind_pt_irq(req.domid, &bound.pt_irq(pirq, req.sbdf)) {
+        if let Err(e) = hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf)) {
             let _ = hv.unmap_pirq(req.domid, pirq);
             rm(self.xs, TxId::NONE, &path)?;
             return Err(e.into());
         }
         self.checkpoint(|| format!("{} bind {key}: confirm", req.sbdf))?;
-        write(self.xs, TxId::NONE, &path, &bound.encode())?;
+        record.state = BindingState::Bound;
+        write(self.xs, TxId::NONE, &path, &record.encode())?;
         Ok(pirq)
     }
 
@@ -630,7 +698,12 @@ impl<'a> Engine<'a> {
                     reason: "the device is not attached to this domain".into(),
                 });
             }
-            let Some(b) = rec.bindings.iter().find(|b| b.key == key && b.pirq == Some(pirq)).copied() else {
+            let Some(b) = rec
+                .bindings
+                .iter()
+                .find(|b| b.key == key && b.pirq == Some(pirq))
+                .copied()
+            else {
                 return Ok(None);
             };
             let u = Binding {
@@ -704,7 +777,12 @@ impl<'a> Engine<'a> {
     }
 
     fn set_step(&mut self, sbdf: Sbdf, step: Step) -> Result<()> {
-        write(self.xs, TxId::NONE, &field_path(sbdf, "step"), step.as_str())
+        write(
+            self.xs,
+            TxId::NONE,
+            &field_path(sbdf, "step"),
+            step.as_str(),
+        )
     }
 
     fn quarantine(&mut self, sbdf: Sbdf, reason: String) -> Result<Outcome> {
@@ -722,7 +800,10 @@ impl<'a> Engine<'a> {
     fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
         let pci = self.platform.pci();
         let cfg = pci.read_config(sbdf)?;
-        let cmd = u16::from_le_bytes([cfg.get(4).copied().unwrap_or(0), cfg.get(5).copied().unwrap_or(0)]);
+        let cmd = u16::from_le_bytes([
+            cfg.get(4).copied().unwrap_or(0),
+            cfg.get(5).copied().unwrap_or(0),
+        ]);
         if cmd & COMMAND_MEMORY == 0 {
             pci.write_config(sbdf, COMMAND, &(cmd | COMMAND_MEMORY).to_le_bytes())?;
         }
@@ -734,12 +815,19 @@ impl<'a> Engine<'a> {
         let pci = self.platform.pci();
         loop {
             let rec = self.require(sbdf)?;
-            let owner = rec.owner.ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
+            let owner = rec
+                .owner
+                .ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
             let next = match step {
                 Step::Attach | Step::Revoke => {
-                    for r in pci.resources(sbdf)?.iter().take(6).filter(|r| !r.is_empty()) {
+                    for r in pci
+                        .resources(sbdf)?
+                        .iter()
+                        .take(6)
+                        .filter(|r| !r.is_empty())
+                    {
                         let res = if r.is_io() {
                             hv.ioport_permission(owner, r.start as u32, r.len() as u32, false)
                         } else {
@@ -765,8 +853,12 @@ impl<'a> Engine<'a> {
                 }
                 Step::Unbind => {
                     self.ensure_memory_decoding(sbdf)?;
-                    let known: Vec<Binding> =
-                        rec.bindings.iter().filter(|b| b.pirq.is_some()).copied().collect();
+                    let known: Vec<Binding> = rec
+                        .bindings
+                        .iter()
+                        .filter(|b| b.pirq.is_some())
+                        .copied()
+                        .collect();
                     for b in &known {
                         let Some(pirq) = b.pirq else { continue };
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
@@ -786,7 +878,7 @@ impl<'a> Engine<'a> {
                         for b in &known {
                             rm(xs, tx, &binding_path(sbdf, &b.key))?;
                         }
-                        write(xs, tx, &field_path(sbdf, "step"), Step::Deassign.as_str())
+                        write(xs, tx, &field_path(sbdf, "step"), Step::Release.as_str())
                     })?;
                     continue;
                 }
@@ -796,11 +888,11 @@ impl<'a> Engine<'a> {
                             return Err(e.into());
                         }
                     }
-                    Step::Release
+                    Step::Reset
                 }
                 Step::Release => {
                     if rec.msix_size == 0 {
-                        Step::Reset
+                        Step::Deassign
                     } else {
                         let mut released = hv.release_msix(sbdf);
                         if released.as_ref().err().and_then(XenError::errno) == Some(Errno::EBUSY)
@@ -811,16 +903,18 @@ impl<'a> Engine<'a> {
                             released = hv.release_msix(sbdf);
                         }
                         match released {
-                            Ok(()) => Step::Reset,
+                            // Deassign only once no stale binding is left: until then the
+                            // device stays with its (dying) owner, never with a new one.
+                            Ok(()) => Step::Deassign,
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                                 let info = hv.domain_info(owner)?;
-                                let unknown = rec.bindings.len();
+                                let unconfirmed = rec.bindings.len();
                                 let why = match info {
-                                    Some(i) if !i.dying => format!(
-                                        "release_msix answered -EBUSY while {owner} still runs: bindings the ledger does not know ({unknown} unconfirmed) — a device model bypassed the broker; kept until {owner} is gone"
+                                    Some(i) if !i.dying && !i.shutdown => format!(
+                                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know ({unconfirmed} unconfirmed intents) — its device model bypassed the broker; kept from every guest until {owner} is gone"
                                     ),
                                     Some(_) => format!(
-                                        "release_msix answered -EBUSY; waiting for dying {owner} to be destroyed"
+                                        "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
                                     ),
                                     None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
                                 };
@@ -848,7 +942,9 @@ impl<'a> Engine<'a> {
                         match r {
                             Ok(()) => {}
                             // Already prepared: a resumed teardown that crashed after this call.
-                            Err(e) if e.errno() == Some(Errno::EBUSY) && self.prepared_by_us(sbdf)? => {}
+                            Err(e)
+                                if e.errno() == Some(Errno::EBUSY)
+                                    && self.prepared_by_us(sbdf)? => {}
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                                 return self.quarantine(sbdf, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
                             }
@@ -866,7 +962,9 @@ impl<'a> Engine<'a> {
                     let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
                     let mut problem = match cfg {
                         Ok(c) => match c.msix {
-                            Some(m) if m.function_mask => Some("MSI-X Function Mask still set".to_string()),
+                            Some(m) if m.function_mask => {
+                                Some("MSI-X Function Mask still set".to_string())
+                            }
                             Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
                             _ => None,
                         },

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! /ptguard                                   n0 (dom0 only)
-//! /ptguard/device/<sbdf>/state               assignable | attached | tearing-down | quarantined | failed
-//! /ptguard/device/<sbdf>/owner               domid (attached, tearing-down, quarantined)
-//! /ptguard/device/<sbdf>/epoch               assignments so far; a request with another is stale
-//! /ptguard/device/<sbdf>/step                journal: attach | revoke | unbind | deassign | release | reset | prepare | verify
-//! /ptguard/device/<sbdf>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
-//! /ptguard/device/<sbdf>/driver              driver to rebind on assignable-remove ("" for none)
-//! /ptguard/device/<sbdf>/msix-size           MSI-X table size (0: no MSI-X)
-//! /ptguard/device/<sbdf>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
+//! /ptguard/device/<SSSS-BB-DD-F>/state               assignable | attached | tearing-down | quarantined | failed
+//! /ptguard/device/<SSSS-BB-DD-F>/owner               domid (attached, tearing-down, quarantined)
+//! /ptguard/device/<SSSS-BB-DD-F>/epoch               assignments so far; a request with another is stale
+//! /ptguard/device/<SSSS-BB-DD-F>/step                journal: attach | revoke | unbind | release | deassign | reset | prepare | verify
+//! /ptguard/device/<SSSS-BB-DD-F>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
+//! /ptguard/device/<SSSS-BB-DD-F>/driver              driver to rebind on assignable-remove ("" for none)
+//! /ptguard/device/<SSSS-BB-DD-F>/msix-size           MSI-X table size (0: no MSI-X)
+//! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,14 +23,15 @@ use xen::{DomId, Pirq, PtIrq};
 pub const ROOT: &str = "/ptguard";
 pub const DEVICES: &str = "/ptguard/device";
 
+/// Devices are keyed by libxl's Xenstore form of the address, `SSSS-BB-DD-F`.
 pub fn device_path(sbdf: Sbdf) -> String {
-    format!("{DEVICES}/{sbdf}")
+    format!("{DEVICES}/{}", sbdf.xs_key())
 }
 pub fn field_path(sbdf: Sbdf, field: &str) -> String {
-    format!("{DEVICES}/{sbdf}/{field}")
+    format!("{}/{field}", device_path(sbdf))
 }
 pub fn binding_path(sbdf: Sbdf, key: &BindingKey) -> String {
-    format!("{DEVICES}/{sbdf}/binding/{key}")
+    format!("{}/binding/{key}", device_path(sbdf))
 }
 
 /// A device's lifecycle state.
@@ -83,8 +84,8 @@ pub enum Step {
     Attach,
     Revoke,
     Unbind,
-    Deassign,
     Release,
+    Deassign,
     Reset,
     Prepare,
     Verify,
@@ -94,8 +95,8 @@ impl Step {
     pub const TEARDOWN: [Step; 7] = [
         Step::Revoke,
         Step::Unbind,
-        Step::Deassign,
         Step::Release,
+        Step::Deassign,
         Step::Reset,
         Step::Prepare,
         Step::Verify,
@@ -234,7 +235,12 @@ impl Binding {
                 return Err(format!("field {k:?} appears twice"));
             }
         }
-        let get = |k: &str| fields.get(k).copied().ok_or_else(|| format!("missing {k}="));
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .copied()
+                .ok_or_else(|| format!("missing {k}="))
+        };
         let num = |k: &str, v: &str| -> Result<u64, String> {
             let r = match v.strip_prefix("0x") {
                 Some(h) => u64::from_str_radix(h, 16),

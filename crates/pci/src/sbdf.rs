@@ -78,6 +78,34 @@ impl Sbdf {
         Sbdf::from_devfn((v >> 16) as u16, (v >> 8) as u8, v as u8)
     }
 
+    /// `SSSS-BB-DD-F`: libxl's `PCI_BDF_XSPATH`, the form a PCI address takes in a Xenstore
+    /// path (Xenstore allows no `:` or `.`).
+    pub fn xs_key(self) -> String {
+        format!(
+            "{:04x}-{:02x}-{:02x}-{:x}",
+            self.seg, self.bus, self.dev, self.func
+        )
+    }
+
+    /// Parses [`Sbdf::xs_key`] back.
+    pub fn from_xs_key(key: &str) -> Result<Sbdf, SbdfError> {
+        let parts: Vec<&str> = key.split('-').collect();
+        match parts.as_slice() {
+            [s, b, d, f] if s.len() == 4 && b.len() == 2 && d.len() == 2 && f.len() == 1 => {
+                format!("{s}:{b}:{d}.{f}")
+                    .parse()
+                    .map_err(|e: SbdfError| SbdfError {
+                        text: key.to_string(),
+                        reason: e.reason,
+                    })
+            }
+            _ => Err(SbdfError {
+                text: key.to_string(),
+                reason: "expected SSSS-BB-DD-F (Xenstore form)",
+            }),
+        }
+    }
+
     /// `seg << 16 | bus`: the `bus` field of `PHYSDEVOP_map_pirq` with `MAP_PIRQ_TYPE_MSI_SEG`.
     pub fn map_pirq_bus(self) -> i32 {
         ((u32::from(self.seg) << 16) | u32::from(self.bus)) as i32
@@ -181,6 +209,10 @@ mod tests {
         assert_eq!(b.machine_sbdf(), 0x00ab_feff);
         assert_eq!(Sbdf::from_machine_sbdf(b.machine_sbdf()), b);
         assert_eq!(b.map_pirq_bus(), 0x00ab_00fe);
+        assert_eq!(b.xs_key(), "00ab-fe-1f-7");
+        assert_eq!(Sbdf::from_xs_key("00ab-fe-1f-7").unwrap(), b);
+        assert!(Sbdf::from_xs_key("00ab:fe:1f.7").is_err());
+        assert!(Sbdf::from_xs_key("00ab-fe-1f-8").is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod platform;
+pub mod rig;
 
 pub use cli::{Cli, Command};
 
@@ -24,6 +26,8 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Xenstored(args) => commands::xenstored::run(args, out),
         Command::Lspci(args) => commands::lspci::run(args, out),
+        Command::Scenario(args) => commands::scenario::run(args, out),
+        Command::Explore(args) => commands::explore::run(args, out),
         Command::Bench(args) => bench::run(args, out),
     }
 }

@@ -323,13 +323,16 @@ impl DeviceModel {
     }
 
     /// The guest shuts down: a well-behaved stack disables MSI-X first; a model that
-    /// `Crashes` dies now.
+    /// `Crashes` dies now; a `KilledEarly` one is killed before it can unmap.
     pub fn guest_shutdown(&mut self, host: &SimHost, broker: &dyn VectorBroker, sbdf: Sbdf) {
         match self.behaviour {
-            DmBehaviour::WellBehaved | DmBehaviour::Hostile | DmBehaviour::KilledEarly => {
+            DmBehaviour::WellBehaved | DmBehaviour::Hostile => {
                 self.guest_disable_msix(host, broker, sbdf)
             }
             DmBehaviour::Crashes => self.crash(),
+            // The toolstack kills the model as the domain goes down, before the guest's
+            // driver disable reaches it.
+            DmBehaviour::KilledEarly => self.kill(),
         }
     }
 

@@ -1,0 +1,166 @@
+//! `ptguard explore`: every crash point of ptguard × every device-model behaviour × the
+//! lifecycle scenarios, with DESIGN.md §5's invariants checked after each step and the end
+//! state compared with the run without a crash.
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+use sim::dm::DmBehaviour;
+
+use crate::cli::ExploreArgs;
+use crate::commands::scenario::load_scenarios;
+use crate::rig::{Policy, Rig};
+
+/// One violation with what replays it.
+#[derive(Debug, Serialize)]
+pub struct Violation {
+    /// `scenario/behaviour/crash-point`: pass to `--replay`.
+    pub seed: String,
+    pub what: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ExploreSummary {
+    pub profile: String,
+    pub cases: u64,
+    pub crash_points: u64,
+    pub violations: Vec<Violation>,
+    pub quarantined_runs: u64,
+}
+
+pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let scenarios = load_scenarios(&args.scenario)?;
+    let behaviours = if args.dm.is_empty() {
+        DmBehaviour::ALL.to_vec()
+    } else {
+        args.dm.clone()
+    };
+    let (xen, pciback) = (args.profile.xen(), args.profile.pciback());
+    let mut summary = ExploreSummary {
+        profile: format!("{} {}", xen.name(), pciback.name()),
+        ..Default::default()
+    };
+    let replay = args.replay.as_deref().map(parse_seed).transpose()?;
+    let progress = !args.json && std::io::stderr().is_terminal();
+    for s in &scenarios {
+        for b in &behaviours {
+            if let Some((rs, rb, _)) = &replay {
+                if rs != &s.name || rb != b {
+                    continue;
+                }
+            }
+            let mut base = Rig::new(Policy::Ptguard, *b, xen, pciback, s.vectors);
+            let baseline = base.run(s);
+            summary.cases += 1;
+            for v in &baseline.violations {
+                summary.violations.push(Violation {
+                    seed: format!("{}/{}/none", s.name, b.name()),
+                    what: v.clone(),
+                });
+            }
+            let points: Vec<u64> = match &replay {
+                Some((_, _, Some(k))) => vec![*k],
+                _ => (0..baseline.checkpoints).collect(),
+            };
+            summary.crash_points += points.len() as u64;
+            for k in points {
+                let mut rig = Rig::new(Policy::Ptguard, *b, xen, pciback, s.vectors);
+                rig.crash_at(k);
+                let r = rig.run(s);
+                summary.cases += 1;
+                if r.quarantined {
+                    summary.quarantined_runs += 1;
+                }
+                let seed = format!("{}/{}/{k}", s.name, b.name());
+                for v in &r.violations {
+                    summary.violations.push(Violation {
+                        seed: seed.clone(),
+                        what: v.clone(),
+                    });
+                }
+                if r.crashed_at.is_some() && r.end_state != baseline.end_state {
+                    summary.violations.push(Violation {
+                        seed: seed.clone(),
+                        what: format!(
+                            "invariant 4: crash at {:?} ends in {} instead of {}",
+                            r.crashed_at, r.end_state, baseline.end_state
+                        ),
+                    });
+                }
+                if args.replay.is_some() {
+                    writeln!(out, "replay {seed}: crashed at {:?}", r.crashed_at)?;
+                    writeln!(out, "  end state: {}", r.end_state)?;
+                    writeln!(out, "  baseline:  {}", baseline.end_state)?;
+                    for n in &r.notices {
+                        writeln!(out, "  notice: {n}")?;
+                    }
+                }
+                if progress && summary.cases.is_multiple_of(16) {
+                    eprint!(
+                        "\rexplore: {} cases, {} violations",
+                        summary.cases,
+                        summary.violations.len()
+                    );
+                }
+            }
+        }
+    }
+    if progress {
+        eprintln!(
+            "\rexplore: {} cases, {} violations",
+            summary.cases,
+            summary.violations.len()
+        );
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &summary)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "explored {} cases ({} crash points of ptguard x {} device-model behaviours x {} scenarios) on {}",
+            summary.cases,
+            summary.crash_points,
+            behaviours.len(),
+            scenarios.len(),
+            summary.profile
+        )?;
+        writeln!(
+            out,
+            "runs ending with the device quarantined: {}",
+            summary.quarantined_runs
+        )?;
+        writeln!(out, "invariant violations: {}", summary.violations.len())?;
+        for v in summary.violations.iter().take(20) {
+            writeln!(
+                out,
+                "  {}  (replay: ptguard explore --replay {})",
+                v.what, v.seed
+            )?;
+        }
+    }
+    if !summary.violations.is_empty() {
+        anyhow::bail!("{} invariant violations", summary.violations.len());
+    }
+    Ok(())
+}
+
+fn parse_seed(s: &str) -> anyhow::Result<(String, DmBehaviour, Option<u64>)> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [scn, dm, k] = parts.as_slice() else {
+        anyhow::bail!("replay seed {s:?}: expected SCENARIO/BEHAVIOUR/CRASH-POINT");
+    };
+    let b = DmBehaviour::ALL
+        .into_iter()
+        .find(|b| b.name() == *dm)
+        .ok_or_else(|| anyhow::anyhow!("replay seed {s:?}: unknown behaviour {dm:?}"))?;
+    let k = if *k == "none" {
+        None
+    } else {
+        Some(
+            k.parse()
+                .map_err(|_| anyhow::anyhow!("replay seed {s:?}: bad crash point {k:?}"))?,
+        )
+    };
+    Ok((scn.to_string(), b, k))
+}

@@ -1,0 +1,429 @@
+//! The engine against the simulated host and an in-process xenstored: the policy comparison,
+//! the crash explorer, the broker's checks and every kind of bad input of issue #5.
+
+use engine::{BindKind, BindRequest, DeviceState, Engine, EngineError, Outcome};
+use pci::Sbdf;
+use ptguard::cli::SimProfileArgs;
+use ptguard::commands::scenario::{load_scenarios, run_matrix};
+use ptguard::platform::SimPlatform;
+use ptguard::rig::{Policy, Rig};
+use sim::dm::DmBehaviour;
+use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, XenProfile};
+use xen::{DomId, Hypervisor};
+use xenstore::local::LocalXenstore;
+use xenstore::store::Quotas;
+use xenstore::{ErrorCode, TxId, XsClient};
+
+fn profile(xen: &str, pciback: &str) -> SimProfileArgs {
+    SimProfileArgs {
+        xen: xen.into(),
+        pciback: pciback.into(),
+    }
+}
+
+#[test]
+fn legacy_fails_the_seed_scenario_and_ptguard_does_not() {
+    let scenarios = load_scenarios(&[]).unwrap();
+    let rows = run_matrix(
+        &scenarios,
+        &DmBehaviour::ALL,
+        &Policy::ALL,
+        &profile("4.11.0", "old"),
+    );
+    assert_eq!(rows.len(), 3 * 4 * 3);
+    let get = |s: &str, b: DmBehaviour, p: Policy| {
+        rows.iter()
+            .find(|r| r.scenario == s && r.device_model == b && r.policy == p)
+            .unwrap()
+    };
+    // The seed: reboot with a crashed device model.
+    assert!(!get("reboot", DmBehaviour::Crashes, Policy::Legacy).works);
+    assert!(
+        get("reboot", DmBehaviour::Crashes, Policy::Legacy)
+            .report
+            .forced_mask
+    );
+    assert!(
+        !get(
+            "reboot",
+            DmBehaviour::Crashes,
+            Policy::PcibackReleasePrepare
+        )
+        .works
+    );
+    assert!(get("reboot", DmBehaviour::WellBehaved, Policy::Legacy).works);
+    for r in rows.iter().filter(|r| r.policy == Policy::Ptguard) {
+        assert!(
+            r.report.violations.is_empty(),
+            "{} {:?}: {:?}",
+            r.scenario,
+            r.device_model,
+            r.report.violations
+        );
+        assert!(
+            !r.report.forced_mask && r.report.leaked_bindings == 0,
+            "{} {:?}",
+            r.scenario,
+            r.device_model
+        );
+        let hostile_unplug = r.scenario == "hot-unplug" && r.device_model == DmBehaviour::Hostile;
+        assert_eq!(
+            r.works, !hostile_unplug,
+            "{} {:?}",
+            r.scenario, r.device_model
+        );
+        assert_eq!(r.report.quarantined, hostile_unplug);
+    }
+    // Legacy hands over stale bindings after a forced hot-unplug.
+    assert_eq!(
+        get("hot-unplug", DmBehaviour::Crashes, Policy::Legacy)
+            .report
+            .leaked_bindings,
+        3
+    );
+}
+
+#[test]
+fn explorer_finds_no_violation_for_ptguard_and_flags_legacy() {
+    let scenarios = load_scenarios(&["reboot".into()]).unwrap();
+    let s = &scenarios[0];
+    for b in DmBehaviour::ALL {
+        let mut base = Rig::new(
+            Policy::Ptguard,
+            b,
+            XenProfile::Xen4_11_0,
+            PcibackProfile::BeforeCommandFix,
+            s.vectors,
+        );
+        let baseline = base.run(s);
+        assert!(
+            baseline.checkpoints > 20,
+            "{b:?}: {} crash points",
+            baseline.checkpoints
+        );
+        for k in 0..baseline.checkpoints {
+            let mut rig = Rig::new(
+                Policy::Ptguard,
+                b,
+                XenProfile::Xen4_11_0,
+                PcibackProfile::BeforeCommandFix,
+                s.vectors,
+            );
+            rig.crash_at(k);
+            let r = rig.run(s);
+            assert!(r.crashed_at.is_some(), "{b:?}/{k}: the crash happened");
+            assert!(r.violations.is_empty(), "{b:?}/{k}: {:?}", r.violations);
+            assert_eq!(
+                r.end_state, baseline.end_state,
+                "{b:?}/{k} crashed at {:?}",
+                r.crashed_at
+            );
+        }
+    }
+    let mut legacy = Rig::new(
+        Policy::Legacy,
+        DmBehaviour::Crashes,
+        XenProfile::Xen4_11_0,
+        PcibackProfile::BeforeCommandFix,
+        s.vectors,
+    );
+    assert!(
+        !legacy.run(s).violations.is_empty(),
+        "the checker catches the seed failure"
+    );
+}
+
+struct Fixture {
+    host: SimHost,
+    xs: LocalXenstore,
+    platform: SimPlatform,
+    client: XsClient,
+}
+
+fn fixture() -> Fixture {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(
+        XenProfile::Xen4_17,
+        PcibackProfile::AfterCommandFix,
+    ))
+    .with_sink(std::sync::Arc::new(xs.clone()));
+    host.add_device(DeviceSpec::nic(dev(), 8));
+    host.add_device(DeviceSpec::nic("0000:04:00.0".parse().unwrap(), 4));
+    let platform = SimPlatform { host: host.clone() };
+    let client = xs.connect(0);
+    Fixture {
+        host,
+        xs,
+        platform,
+        client,
+    }
+}
+
+fn dev() -> Sbdf {
+    "0000:03:00.0".parse().unwrap()
+}
+
+fn req(domid: DomId, epoch: u64, entry: u16) -> BindRequest {
+    BindRequest {
+        domid,
+        sbdf: dev(),
+        epoch,
+        kind: BindKind::Msix {
+            entry,
+            table_base: 0x40_0000_0000 + u64::from(dev().machine_sbdf()) * 0x10_0000,
+        },
+        gvec: 0x40,
+        gflags: 0x10000,
+        gtable: 0xf100_0000,
+    }
+}
+
+#[test]
+fn broker_checks_owner_epoch_entry_and_state() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let b = f.host.create_domain("B", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), a).unwrap();
+    let refused = |r: Result<xen::Pirq, EngineError>| match r {
+        Err(EngineError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(refused(e.bind(&req(b, epoch, 0))).contains("attached to d1, not d2"));
+    assert!(refused(e.bind(&req(a, epoch - 1, 0))).contains("stale epoch"));
+    assert!(refused(e.bind(&req(a, epoch, 8))).contains("beyond the table"));
+    let p = e.bind(&req(a, epoch, 0)).unwrap();
+    assert!(refused(e.bind(&req(a, epoch, 0))).contains("already bound"));
+    let rec = e.record(dev()).unwrap().unwrap();
+    let bnd = rec
+        .bindings
+        .iter()
+        .find(|b| b.key == engine::BindingKey::Msix(0))
+        .unwrap();
+    assert_eq!(
+        (bnd.state, bnd.pirq),
+        (engine::BindingState::Bound, Some(p))
+    );
+    // Unbinding through the broker removes the record and the mapping.
+    e.unbind(&req(a, epoch, 0), p).unwrap();
+    assert!(e
+        .record(dev())
+        .unwrap()
+        .unwrap()
+        .bindings
+        .iter()
+        .all(|b| b.key != engine::BindingKey::Msix(0)));
+    // A device being torn down refuses new bindings.
+    e.bind(&req(a, epoch, 1)).unwrap();
+    assert!(matches!(
+        e.detach(dev()).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    assert!(refused(e.bind(&req(a, epoch, 2))).contains("assignable"));
+    // The detach force-unbound entry 1: nothing of A is left on the device.
+    f.host
+        .with_world(|w| assert_eq!(w.descs.values().filter(|d| d.sbdf == dev()).count(), 0));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let ghost: Sbdf = "0000:09:00.0".parse().unwrap();
+    assert!(matches!(
+        e.assignable_add(ghost),
+        Err(EngineError::NoSuchDevice { .. })
+    ));
+    assert!(matches!(
+        e.attach(dev(), a),
+        Err(EngineError::UnknownDevice { .. })
+    ));
+    e.assignable_add(dev()).unwrap();
+    assert!(matches!(
+        e.assignable_add(dev()),
+        Err(EngineError::AlreadyManaged { .. })
+    ));
+    assert!(matches!(
+        e.attach(dev(), DomId(77)),
+        Err(EngineError::UnknownDomain { .. })
+    ));
+    let z = f.host.create_domain("Z", true);
+    f.host.hold_reference(z).unwrap();
+    f.host.destroy_domain(z).unwrap();
+    let err = e.attach(dev(), z).unwrap_err();
+    assert!(matches!(err, EngineError::DomainDying { .. }), "{err}");
+    e.attach(dev(), a).unwrap();
+    let b = f.host.create_domain("B", true);
+    let err = e.attach(dev(), b).unwrap_err();
+    assert!(
+        matches!(err, EngineError::AttachedElsewhere { owner, .. } if owner == a),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ptguard detach 0000:03:00.0"));
+    assert!(matches!(
+        e.assignable_remove(dev()),
+        Err(EngineError::NotAssignable { .. })
+    ));
+    // Nothing of that changed the device.
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert_eq!((rec.state, rec.owner), (DeviceState::Attached, Some(a)));
+}
+
+#[test]
+fn a_ledger_edited_into_nonsense_is_reported_not_trusted() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    let base = engine::ledger::device_path(dev());
+    for (node, value) in [
+        ("state", "attachd"),
+        ("owner", "dom1"),
+        (
+            "binding/msix-0",
+            "state=bound pirq=-5 gsi=0 gvec=0x40 gflags=0 gtable=0",
+        ),
+        (
+            "binding/msix-999",
+            "state=bound pirq=1 gsi=0 gvec=0x40 gflags=0 gtable=0",
+        ),
+        ("binding/bogus", "x"),
+        ("msix-size", "4097"),
+    ] {
+        let mut admin = f.xs.connect(0);
+        let path = format!("{base}/{node}");
+        let old = admin.read_optional(TxId::NONE, &path).unwrap();
+        admin.write(TxId::NONE, &path, value.as_bytes()).unwrap();
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        let err = e.record(dev()).unwrap_err();
+        assert!(
+            matches!(err, EngineError::LedgerCorrupt { .. }),
+            "{node}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&path) || err.to_string().contains(&base),
+            "{err}"
+        );
+        // detach refuses to act on it.
+        assert!(e.detach(dev()).is_err());
+        match old {
+            Some(v) => admin.write(TxId::NONE, &path, &v).unwrap(),
+            None => admin.rm(TxId::NONE, &path).unwrap(),
+        }
+    }
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    assert!(matches!(
+        e.detach(dev()).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+}
+
+#[test]
+fn concurrent_commands_on_one_device_are_decided_by_transactions() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let b = f.host.create_domain("B", true);
+    Engine::new(&mut f.client, &f.platform)
+        .assignable_add(dev())
+        .unwrap();
+    // Two ptguard processes race to attach the device: exactly one wins.
+    let mut c2 = f.xs.connect(0);
+    let r1 = Engine::new(&mut f.client, &f.platform).attach(dev(), a);
+    let r2 = Engine::new(&mut c2, &f.platform).attach(dev(), b);
+    assert!(r1.is_ok());
+    assert!(matches!(r2, Err(EngineError::AttachedElsewhere { .. })));
+    // Interleaved transactions: the second commit gets EAGAIN and is retried.
+    let t1 = f.client.transaction_start().unwrap();
+    let t2 = c2.transaction_start().unwrap();
+    let state = engine::ledger::field_path(dev(), "state");
+    f.client.read(t1, &state).unwrap();
+    c2.read(t2, &state).unwrap();
+    f.client.write(t1, &state, b"tearing-down").unwrap();
+    c2.write(t2, &state, b"attached").unwrap();
+    f.client.transaction_end(t1, false).unwrap();
+    c2.transaction_end(t2, true).unwrap();
+    let t1 = f.client.transaction_start().unwrap();
+    f.client.read(t1, &state).unwrap();
+    c2.write(TxId::NONE, &state, b"attached").unwrap();
+    f.client.write(t1, &state, b"tearing-down").unwrap();
+    assert_eq!(
+        f.client.transaction_end(t1, true).unwrap_err().code(),
+        Some(ErrorCode::Eagain)
+    );
+}
+
+#[test]
+fn the_ledger_is_dom0_only() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    let mut guest = f.xs.connect(u32::from(a.0));
+    let state = engine::ledger::field_path(dev(), "state");
+    assert_eq!(
+        guest.read(TxId::NONE, &state).unwrap_err().code(),
+        Some(ErrorCode::Eacces)
+    );
+    assert_eq!(
+        guest
+            .write(TxId::NONE, &state, b"assignable")
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::Eacces)
+    );
+    let perms = f.client.get_perms(TxId::NONE, "/ptguard").unwrap();
+    assert_eq!(perms.to_string(), "n0");
+}
+
+#[test]
+fn teardown_resumes_from_the_journal_and_is_idempotent() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        let ep = e.attach(dev(), a).unwrap();
+        for entry in 0..3 {
+            e.bind(&req(a, ep, entry)).unwrap();
+        }
+    }
+    // Crash in the middle of the force-unbind, then recover as a restarted ptguard.
+    let mut e = Engine::new(&mut f.client, &f.platform).crash_at(5);
+    let err = e.detach(dev()).unwrap_err();
+    assert!(err.is_crash());
+    let rec = Engine::new(&mut f.client, &f.platform)
+        .record(dev())
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.state, DeviceState::TearingDown);
+    assert!(rec.step.is_some());
+    let out = Engine::new(&mut f.client, &f.platform).recover().unwrap();
+    assert!(matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()));
+    // Running it again does nothing more.
+    assert!(Engine::new(&mut f.client, &f.platform)
+        .recover()
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        Engine::new(&mut f.client, &f.platform)
+            .detach(dev())
+            .unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    let x = f.host.with_world(|w| w.device(dev()).unwrap().xen.clone());
+    assert_eq!(x.used_entries, 1);
+    assert!(!x.host_maskall);
+    assert_eq!(
+        f.host.domain_info(a).unwrap().map(|i| i.dying),
+        Some(false),
+        "A still runs"
+    );
+}
