@@ -32,7 +32,7 @@ pub enum Outcome {
 }
 
 /// What a device model asks the broker to bind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BindKind {
     Intx { gsi: u32 },
@@ -40,7 +40,7 @@ pub enum BindKind {
 }
 
 /// A broker request (in-process API; the unix-socket protocol carries the same fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BindRequest {
     pub domid: DomId,
     pub sbdf: Sbdf,

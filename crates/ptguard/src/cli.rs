@@ -25,6 +25,21 @@ pub struct Cli {
     #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// The host to act on: `real` (this dom0: /dev/xen/privcmd, /sys, xenstored) or
+    /// `sim:DIR` (a simulated Xen host whose state is kept in DIR; create it with
+    /// `ptguard --host sim:DIR sim init`).
+    #[arg(long, global = true, value_name = "HOST", default_value = "real")]
+    pub host: crate::hostctx::HostSpec,
+
+    /// Print the hypercalls and sysfs writes a mutating command would make, in order,
+    /// without making them (nothing is written to Xenstore either).
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// After the command, print every hypercall and sysfs write it made, in order.
+    #[arg(long, global = true)]
+    pub trace: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,6 +53,51 @@ pub enum Command {
     /// XENSTORED_RUNDIR=DIR) and ptguard itself can use it. Logs go to stderr;
     /// SIGTERM or SIGINT stop it cleanly and remove the socket.
     Xenstored(XenstoredArgs),
+    /// Seize a device into pciback and quarantine it in dom_io, ready for guests.
+    ///
+    /// Unbinds the device from its driver (remembered in the ledger), binds it to
+    /// pciback (which prepares Xen's MSI-X state), assigns it to dom_io and records
+    /// it in the ledger as assignable.
+    #[command(name = "assignable-add")]
+    AssignableAdd(SbdfArg),
+    /// Return an assignable device to dom0 and its original driver.
+    #[command(name = "assignable-remove")]
+    AssignableRemove(SbdfArg),
+    /// List the devices ptguard manages and what pciback holds.
+    #[command(name = "assignable-list")]
+    AssignableList(JsonArg),
+    /// Give an assignable device to a domain.
+    ///
+    /// Checks the device is assignable and the domain exists and is not dying,
+    /// resets the device, grants the BAR and IRQ permissions, maps the INTx pirq
+    /// (recorded in the ledger), assigns the device and writes the PCI backend
+    /// nodes as libxl does. Prints the epoch device models must present.
+    Attach(AttachArgs),
+    /// Hot-unplug: take a device from its (running) domain and make it clean.
+    ///
+    /// Runs the teardown: revoke permissions, force-unbind every binding in the
+    /// ledger with memory decoding on, release_msix (quarantine on -EBUSY),
+    /// deassign, reset, prepare_msix, verify.
+    Detach(SbdfArg),
+    /// List managed devices with state, owner, epoch and bindings.
+    List(JsonArg),
+    /// Show one device: ledger record and what the host says about it.
+    Show(ShowArgs),
+    /// Find stuck or dirty devices and say what would fix each.
+    Doctor(DoctorArgs),
+    /// The daemon: finish teardowns when domains go away, serve the broker.
+    ///
+    /// Follows @releaseDomain and tears down the devices of domains that are gone,
+    /// resumes teardowns a crash left half done, retries quarantined devices
+    /// whose owner is gone, and serves device models' bind/unbind requests on a
+    /// unix socket (docs/broker.md).
+    Watch(WatchArgs),
+    /// Tear down every device of a domain that is gone (what `watch` does on
+    /// @releaseDomain).
+    #[command(name = "release-domain")]
+    ReleaseDomain(DomidArg),
+    /// Drive the simulated host: create it, create domains, start guests.
+    Sim(SimArgs),
     /// List PCI devices with driver, reset methods, MSI and MSI-X state.
     ///
     /// Reads SYSFS/bus/pci/devices (config space, driver link, reset_method,
@@ -218,6 +278,135 @@ pub struct BenchXenstoreArgs {
     pub seconds: f64,
 
     /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SbdfArg {
+    /// PCI address, SSSS:BB:DD.F or BB:DD.F.
+    #[arg(value_name = "SBDF")]
+    pub sbdf: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DomidArg {
+    /// Domain id.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[arg(value_name = "SBDF")]
+    pub sbdf: String,
+    /// Domain id to give the device to.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[arg(value_name = "SBDF")]
+    pub sbdf: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Root of the sysfs tree to inspect (real host).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Process what is pending (gone domains, half-done teardowns) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Unix socket for the broker protocol.
+    #[arg(long, value_name = "PATH", default_value = "/run/ptguard/broker.sock")]
+    pub broker_socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub what: SimCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Create a simulated host in the --host sim:DIR directory.
+    Init(SimInitArgs),
+    /// Create a domain (HVM unless --pv); prints its domid.
+    Create(SimCreateArgs),
+    /// Start a guest's use of a device: its device model binds through ptguard's
+    /// broker and the guest driver enables MSI-X, then checks every vector.
+    Start(SimStartArgs),
+    /// Make each of the guest's vectors fire and report which arrived.
+    Check(SimStartArgs),
+    /// Reboot a guest as xl does: shutdown (the device model behaves as it was
+    /// started), kill the device model, destroy the domain, create a new one.
+    Reboot(DomidArg),
+    /// Xen's and the hardware's view of a device.
+    State(SbdfArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SimInitArgs {
+    #[command(flatten)]
+    pub profile: SimProfileArgs,
+    /// Number of MSI-X NICs (0000:03:00.0, 0000:04:00.0, ...).
+    #[arg(long, default_value_t = 2)]
+    pub devices: u8,
+    /// MSI-X table size of each device.
+    #[arg(long, default_value_t = 8)]
+    pub entries: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct SimCreateArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// A PV guest (pcifront) instead of HVM.
+    #[arg(long)]
+    pub pv: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimStartArgs {
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    #[arg(value_name = "SBDF")]
+    pub sbdf: String,
+    /// MSI-X vectors the guest driver enables.
+    #[arg(long, default_value_t = 3)]
+    pub vectors: u16,
+    /// How the guest's device model behaves.
+    #[arg(long, value_name = "BEHAVIOUR", value_parser = parse_dm, default_value = "well-behaved")]
+    pub dm: sim::DmBehaviour,
     #[arg(long)]
     pub json: bool,
 }

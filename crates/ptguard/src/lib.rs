@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod hostctx;
 pub mod platform;
 pub mod rig;
 
@@ -23,11 +24,30 @@ pub mod exit {
 
 /// Runs a parsed command line, writing its normal output to `out`.
 pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    use commands::lifecycle as lc;
+    match &cli.command {
+        Command::AssignableAdd(a) => lc::assignable_add(&cli, &a.sbdf, a.json, out),
+        Command::AssignableRemove(a) => lc::assignable_remove(&cli, &a.sbdf, a.json, out),
+        Command::AssignableList(a) => lc::assignable_list(&cli, a.json, out),
+        Command::Attach(a) => lc::attach(&cli, &a.sbdf, a.domid, a.json, out),
+        Command::Detach(a) => lc::detach(&cli, &a.sbdf, a.json, out),
+        Command::List(a) => lc::list(&cli, a.json, out),
+        Command::Show(a) => lc::show(&cli, &a.sbdf, a.json, out),
+        Command::ReleaseDomain(a) => lc::release_domain(&cli, a.domid, a.json, out),
+        Command::Doctor(a) => commands::doctor::run(&cli, a, out),
+        Command::Watch(a) => commands::watch::run(&cli, a, out),
+        Command::Sim(a) => commands::simcmd::run(&cli, &a.what, out),
+        _ => run_owned(cli, out),
+    }
+}
+
+fn run_owned(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Xenstored(args) => commands::xenstored::run(args, out),
         Command::Lspci(args) => commands::lspci::run(args, out),
         Command::Scenario(args) => commands::scenario::run(args, out),
         Command::Explore(args) => commands::explore::run(args, out),
         Command::Bench(args) => bench::run(args, out),
+        _ => Ok(()),
     }
 }

@@ -141,7 +141,7 @@ const GTABLE: u64 = 0xf100_0000;
 const GVEC_BASE: u8 = 0x40;
 
 /// The device model of one HVM guest.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceModel {
     pub domid: DomId,
     pub behaviour: DmBehaviour,

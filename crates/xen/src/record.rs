@@ -36,7 +36,11 @@ pub struct Recorder<H> {
     inner: H,
     dry_run: bool,
     log: Mutex<Vec<HypercallRecord>>,
+    on_call: Option<CallSink>,
 }
+
+/// Called with every record as it is made (to interleave it with other logs).
+pub type CallSink = Box<dyn Fn(&HypercallRecord) + Send + Sync>;
 
 impl<H: Hypervisor> Recorder<H> {
     pub fn new(inner: H) -> Recorder<H> {
@@ -44,7 +48,12 @@ impl<H: Hypervisor> Recorder<H> {
             inner,
             dry_run: false,
             log: Mutex::new(Vec::new()),
+            on_call: None,
         }
+    }
+    pub fn on_call(mut self, sink: CallSink) -> Recorder<H> {
+        self.on_call = Some(sink);
+        self
     }
     pub fn dry_run(mut self, on: bool) -> Recorder<H> {
         self.dry_run = on;
@@ -85,13 +94,17 @@ impl<H: Hypervisor> Recorder<H> {
             Ok(dry_value)
         };
         let errno = result.as_ref().err().and_then(XenError::errno);
+        let record = HypercallRecord {
+            op,
+            args,
+            errno,
+            performed,
+        };
+        if let Some(sink) = &self.on_call {
+            sink(&record);
+        }
         if let Ok(mut l) = self.log.lock() {
-            l.push(HypercallRecord {
-                op,
-                args,
-                errno,
-                performed,
-            });
+            l.push(record);
         }
         result
     }

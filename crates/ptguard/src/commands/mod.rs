@@ -1,6 +1,10 @@
 //! One module per subcommand.
 
+pub mod doctor;
 pub mod explore;
+pub mod lifecycle;
 pub mod lspci;
 pub mod scenario;
+pub mod simcmd;
+pub mod watch;
 pub mod xenstored;

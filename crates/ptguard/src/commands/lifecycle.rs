@@ -1,0 +1,373 @@
+//! The xl-like lifecycle commands: assignable-add/-remove/-list, attach, detach, list, show,
+//! release-domain.
+
+use std::io::Write;
+
+use anyhow::Context;
+use engine::{DeviceRecord, Outcome};
+use pci::Sbdf;
+use serde::Serialize;
+use xen::DomId;
+
+use crate::cli::Cli;
+use crate::hostctx::HostCtx;
+
+fn sbdf(text: &str) -> anyhow::Result<Sbdf> {
+    Ok(text.parse::<Sbdf>()?)
+}
+
+/// Opens the host and, unless this is a dry run, finishes whatever a crash left half done
+/// (every command resumes interrupted teardowns).
+pub fn open(cli: &Cli) -> anyhow::Result<HostCtx> {
+    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    if !cli.dry_run {
+        let done = ctx.engine().recover()?;
+        for (s, o) in done {
+            tracing::warn!(
+                "finished the pending teardown of {s} (owner gone or teardown interrupted): {o:?}"
+            );
+        }
+    }
+    Ok(ctx)
+}
+
+/// Prints the operation log after a dry run or with --trace.
+pub fn print_log(cli: &Cli, ctx: &HostCtx, out: &mut dyn Write) -> anyhow::Result<()> {
+    if cli.dry_run || cli.trace {
+        if cli.dry_run {
+            writeln!(
+                out,
+                "dry run: nothing was changed; these would be made, in order:"
+            )?;
+        }
+        for l in ctx.log.lines() {
+            writeln!(out, "  {l}")?;
+        }
+    }
+    Ok(())
+}
+
+fn finish(cli: &Cli, ctx: &mut HostCtx, out: &mut dyn Write) -> anyhow::Result<()> {
+    ctx.save()?;
+    print_log(cli, ctx, out)
+}
+
+#[derive(Serialize)]
+struct Done<'a, T: Serialize> {
+    sbdf: Sbdf,
+    action: &'a str,
+    #[serde(flatten)]
+    result: T,
+}
+
+pub fn assignable_add(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let s = sbdf(s)?;
+    let mut ctx = open(cli)?;
+    let rec = ctx.engine().assignable_add(s)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &rec)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{s}: assignable (seized into pciback from {}, quarantined in dom_io)",
+            rec.driver.as_deref().unwrap_or("no driver")
+        )?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
+pub fn assignable_remove(
+    cli: &Cli,
+    s: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let s = sbdf(s)?;
+    let mut ctx = open(cli)?;
+    ctx.engine().assignable_remove(s)?;
+    if json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &Done {
+                sbdf: s,
+                action: "assignable-remove",
+                result: (),
+            },
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{s}: returned to dom0")?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
+pub fn attach(
+    cli: &Cli,
+    s: &str,
+    domid: u16,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let s = sbdf(s)?;
+    let mut ctx = open(cli)?;
+    let epoch = ctx.engine().attach(s, DomId(domid))?;
+    #[derive(Serialize)]
+    struct R {
+        domid: u16,
+        epoch: u64,
+    }
+    if json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &Done {
+                sbdf: s,
+                action: "attach",
+                result: R { domid, epoch },
+            },
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{s}: attached to d{domid} (epoch {epoch})")?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
+fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<()> {
+    match o {
+        Outcome::Assignable { epoch } => writeln!(out, "{s}: clean and assignable (epoch {epoch})"),
+        Outcome::Quarantined { reason } => writeln!(out, "{s}: QUARANTINED: {reason}"),
+        Outcome::Failed { reason } => writeln!(out, "{s}: FAILED: {reason}"),
+    }
+}
+
+pub fn detach(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let s = sbdf(s)?;
+    let mut ctx = open(cli)?;
+    let mut e = ctx.engine();
+    let o = e.detach(s)?;
+    let mut n = std::mem::take(&mut e.notices);
+    drop(e);
+    if json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &Done {
+                sbdf: s,
+                action: "detach",
+                result: &o,
+            },
+        )?;
+        writeln!(out)?;
+    } else {
+        for l in n.drain(..) {
+            writeln!(out, "NOTICE: {l}")?;
+        }
+        print_outcome(out, s, &o)?;
+    }
+    finish(cli, &mut ctx, out)?;
+    if matches!(o, Outcome::Assignable { .. }) {
+        Ok(())
+    } else {
+        anyhow::bail!("{s} is not clean; it stays away from guests (see `ptguard show {s}`)")
+    }
+}
+
+pub fn release_domain(
+    cli: &Cli,
+    domid: u16,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut ctx = open(cli)?;
+    let mut e = ctx.engine();
+    let done = e.domain_released(DomId(domid))?;
+    let n = std::mem::take(&mut e.notices);
+    drop(e);
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &done)?;
+        writeln!(out)?;
+    } else {
+        for l in n {
+            writeln!(out, "NOTICE: {l}")?;
+        }
+        if done.is_empty() {
+            writeln!(out, "d{domid} had no device managed by ptguard")?;
+        }
+        for (s, o) in &done {
+            print_outcome(out, *s, o)?;
+        }
+    }
+    finish(cli, &mut ctx, out)
+}
+
+fn records(ctx: &mut HostCtx) -> anyhow::Result<Vec<Result<DeviceRecord, String>>> {
+    Ok(ctx
+        .engine()
+        .list()?
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect())
+}
+
+fn print_record(out: &mut dyn Write, r: &DeviceRecord) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:<13} {:<6} {:>5} {:<9} {}",
+        r.sbdf.to_string(),
+        r.state.as_str(),
+        r.owner.map_or("-".into(), |d| d.to_string()),
+        r.epoch,
+        r.step.map_or("-", |s| s.as_str()),
+        r.bindings
+            .iter()
+            .map(|b| format!("{}={}", b.key, b.pirq.map_or("?".into(), |p| p.to_string())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+pub fn list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let recs = records(&mut ctx)?;
+    if json {
+        let v: Vec<serde_json::Value> = recs
+            .iter()
+            .map(|r| match r {
+                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e }),
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<14} {:<13} {:<6} {:>5} {:<9} bindings (key=pirq)",
+        "device", "state", "owner", "epoch", "step"
+    )?;
+    for r in &recs {
+        match r {
+            Ok(r) => print_record(out, r)?,
+            Err(e) => writeln!(out, "CORRUPT: {e}")?,
+        }
+    }
+    Ok(())
+}
+
+pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let slots = engine::Platform::pci(&ctx.platform)
+        .pciback_slots()
+        .unwrap_or_default();
+    let recs: Vec<DeviceRecord> = records(&mut ctx)?
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    if json {
+        #[derive(Serialize)]
+        struct L {
+            managed: Vec<DeviceRecord>,
+            pciback_slots: Vec<Sbdf>,
+        }
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &L {
+                managed: recs,
+                pciback_slots: slots,
+            },
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for r in &recs {
+        writeln!(out, "{} {}", r.sbdf, r.state)?;
+    }
+    for s in slots.iter().filter(|s| !recs.iter().any(|r| r.sbdf == **s)) {
+        writeln!(out, "{s} (pciback slot, not managed by ptguard)")?;
+    }
+    Ok(())
+}
+
+pub fn show(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let s = sbdf(s)?;
+    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let rec = ctx
+        .engine()
+        .record(s)
+        .with_context(|| format!("cannot read the ledger entry of {s}"))?;
+    let pci = engine::Platform::pci(&ctx.platform);
+    let driver = pci.driver(s).ok().flatten();
+    let msix = pci
+        .read_config(s)
+        .ok()
+        .and_then(|b| pci::ConfigSpace::new(b).ok())
+        .and_then(|c| c.parse().ok())
+        .and_then(|c| c.msix);
+    if json {
+        #[derive(Serialize)]
+        struct S {
+            sbdf: Sbdf,
+            ledger: Option<DeviceRecord>,
+            driver: Option<String>,
+            msix: Option<pci::MsixCap>,
+        }
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &S {
+                sbdf: s,
+                ledger: rec,
+                driver,
+                msix,
+            },
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    match &rec {
+        None => writeln!(out, "{s}: not managed by ptguard")?,
+        Some(r) => {
+            writeln!(out, "{s}: {}", r.state)?;
+            if let Some(o) = r.owner {
+                writeln!(out, "  owner: {o}")?;
+            }
+            writeln!(out, "  epoch: {}", r.epoch)?;
+            if let Some(st) = r.step {
+                writeln!(out, "  teardown step: {}", st.as_str())?;
+            }
+            if let Some(why) = &r.reason {
+                writeln!(out, "  reason: {why}")?;
+            }
+            for b in &r.bindings {
+                writeln!(out, "  binding {}: {}", b.key, b.encode())?;
+            }
+        }
+    }
+    writeln!(out, "  driver: {}", driver.as_deref().unwrap_or("-"))?;
+    if let Some(m) = msix {
+        writeln!(
+            out,
+            "  MSI-X: {} entries, Enable{} Masked{}",
+            m.table_size,
+            if m.enabled { '+' } else { '-' },
+            if m.function_mask { '+' } else { '-' }
+        )?;
+    }
+    if let Some((host, _, _)) = &ctx.sim {
+        host.with_world(|w| -> std::io::Result<()> {
+            if let Some(d) = w.device(s) {
+                writeln!(
+                    out,
+                    "  xen: owner {} used_entries {} host_maskall {} guest_maskall {} mapped vectors {}",
+                    d.xen.owner,
+                    d.xen.used_entries,
+                    d.xen.host_maskall,
+                    d.xen.guest_maskall,
+                    w.descs.values().filter(|x| x.sbdf == s).count()
+                )?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! Which host a command acts on: the real dom0 (privcmd, /sys, xenstored's socket) or a
+//! simulated host whose state lives in a directory (`--host sim:DIR`), and the dry-run
+//! wrapper that records instead of acting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use engine::Platform;
+use pci::host::{PciHost, Resource};
+use pci::sysfs::SysfsHost;
+use pci::{PciError, Sbdf};
+use serde::{Deserialize, Serialize};
+use sim::dm::DeviceModel;
+use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, SimOp, XenProfile};
+use xen::record::Recorder;
+use xen::{DomId, Hypervisor, XenError};
+use xenstore::local::LocalXenstore;
+use xenstore::store::Quotas;
+use xenstore::{PermList, TxId, XsClient};
+
+use crate::platform::SimPlatform;
+
+/// `--host`: `real` or `sim:DIR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostSpec {
+    Real,
+    Sim(PathBuf),
+}
+
+impl std::str::FromStr for HostSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HostSpec, String> {
+        if s == "real" {
+            return Ok(HostSpec::Real);
+        }
+        match s.strip_prefix("sim:") {
+            Some(d) if !d.is_empty() => Ok(HostSpec::Sim(PathBuf::from(d))),
+            _ => Err("expected `real` or `sim:DIR`".into()),
+        }
+    }
+}
+
+/// What a simulated host directory holds besides its Xenstore.
+#[derive(Serialize, Deserialize)]
+pub struct SimState {
+    pub profile: Profile,
+    pub journal: Vec<SimOp>,
+    /// Device models of running HVM guests, by domid.
+    pub device_models: BTreeMap<u16, DeviceModel>,
+    /// Epoch each device model was started with.
+    pub dm_epochs: BTreeMap<u16, u64>,
+}
+
+/// One Xenstore node, for saving a simulated host's store.
+#[derive(Serialize, Deserialize)]
+struct XsNode {
+    path: String,
+    value: String,
+    perms: String,
+}
+
+/// A shared, ordered log of what a command did (or, in a dry run, would do).
+#[derive(Clone, Default)]
+pub struct OpLog(Arc<Mutex<Vec<String>>>);
+
+impl OpLog {
+    pub fn push(&self, line: String) {
+        if let Ok(mut l) = self.0.lock() {
+            l.push(line);
+        }
+    }
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A `PciHost` that logs every write and, in a dry run, skips it.
+pub struct LoggedPci {
+    inner: Arc<dyn PciHost>,
+    log: OpLog,
+    dry_run: bool,
+}
+
+impl LoggedPci {
+    fn write(
+        &self,
+        what: String,
+        f: impl FnOnce() -> Result<(), PciError>,
+    ) -> Result<(), PciError> {
+        self.log.push(format!("sysfs     {what}"));
+        if self.dry_run {
+            Ok(())
+        } else {
+            f()
+        }
+    }
+}
+
+const SYS: &str = "/sys/bus/pci";
+
+impl PciHost for LoggedPci {
+    fn list_devices(&self) -> Result<Vec<Sbdf>, PciError> {
+        self.inner.list_devices()
+    }
+    fn exists(&self, s: Sbdf) -> Result<bool, PciError> {
+        self.inner.exists(s)
+    }
+    fn read_config(&self, s: Sbdf) -> Result<Vec<u8>, PciError> {
+        self.inner.read_config(s)
+    }
+    fn write_config(&self, s: Sbdf, off: u16, data: &[u8]) -> Result<(), PciError> {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        self.write(
+            format!("{SYS}/devices/{s}/config @{off:#x} <- {hex}"),
+            || self.inner.write_config(s, off, data),
+        )
+    }
+    fn resources(&self, s: Sbdf) -> Result<Vec<Resource>, PciError> {
+        self.inner.resources(s)
+    }
+    fn irq(&self, s: Sbdf) -> Result<u32, PciError> {
+        self.inner.irq(s)
+    }
+    fn msi_irqs(&self, s: Sbdf) -> Result<Vec<u32>, PciError> {
+        self.inner.msi_irqs(s)
+    }
+    fn enabled(&self, s: Sbdf) -> Result<bool, PciError> {
+        self.inner.enabled(s)
+    }
+    fn driver(&self, s: Sbdf) -> Result<Option<String>, PciError> {
+        self.inner.driver(s)
+    }
+    fn driver_override(&self, s: Sbdf) -> Result<Option<String>, PciError> {
+        self.inner.driver_override(s)
+    }
+    fn set_driver_override(&self, s: Sbdf, d: Option<&str>) -> Result<(), PciError> {
+        self.write(
+            format!("{SYS}/devices/{s}/driver_override <- {d:?}"),
+            || self.inner.set_driver_override(s, d),
+        )
+    }
+    fn reset_methods(&self, s: Sbdf) -> Result<Option<Vec<String>>, PciError> {
+        self.inner.reset_methods(s)
+    }
+    fn can_reset(&self, s: Sbdf) -> Result<bool, PciError> {
+        self.inner.can_reset(s)
+    }
+    fn reset(&self, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/devices/{s}/reset <- 1"), || {
+            self.inner.reset(s)
+        })
+    }
+    fn driver_bind(&self, d: &str, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/drivers/{d}/bind <- {s}"), || {
+            self.inner.driver_bind(d, s)
+        })
+    }
+    fn driver_unbind(&self, d: &str, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/drivers/{d}/unbind <- {s}"), || {
+            self.inner.driver_unbind(d, s)
+        })
+    }
+    fn pciback_slots(&self) -> Result<Vec<Sbdf>, PciError> {
+        self.inner.pciback_slots()
+    }
+    fn pciback_new_slot(&self, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/drivers/pciback/new_slot <- {s}"), || {
+            self.inner.pciback_new_slot(s)
+        })
+    }
+    fn pciback_remove_slot(&self, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/drivers/pciback/remove_slot <- {s}"), || {
+            self.inner.pciback_remove_slot(s)
+        })
+    }
+    fn pciback_permissive(&self, s: Sbdf) -> Result<(), PciError> {
+        self.write(format!("{SYS}/drivers/pciback/permissive <- {s}"), || {
+            self.inner.pciback_permissive(s)
+        })
+    }
+    fn pciback_allow_interrupt_control(&self, s: Sbdf) -> Result<(), PciError> {
+        self.write(
+            format!("{SYS}/drivers/pciback/allow_interrupt_control <- {s}"),
+            || self.inner.pciback_allow_interrupt_control(s),
+        )
+    }
+}
+
+/// The platform a command runs on, with every hypercall and sysfs write logged.
+pub struct CmdPlatform {
+    hv: Recorder<Arc<dyn Hypervisor>>,
+    pci: LoggedPci,
+    sim: Option<SimPlatform>,
+    dry_run: bool,
+}
+
+impl Platform for CmdPlatform {
+    fn hypervisor(&self) -> &dyn Hypervisor {
+        &self.hv
+    }
+    fn pci(&self) -> &dyn PciHost {
+        &self.pci
+    }
+    fn backend_changed(&self, sbdf: Sbdf, domid: Option<DomId>) {
+        if let (Some(s), false) = (&self.sim, self.dry_run) {
+            s.backend_changed(sbdf, domid);
+        }
+    }
+    fn verify_clean(&self, sbdf: Sbdf) -> Result<(), String> {
+        match (&self.sim, self.dry_run) {
+            (Some(s), false) => s.verify_clean(sbdf),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything a command needs.
+pub struct HostCtx {
+    pub spec: HostSpec,
+    pub platform: CmdPlatform,
+    pub xs: XsClient,
+    pub log: OpLog,
+    pub sim: Option<(SimHost, LocalXenstore, SimState)>,
+    pub dry_run: bool,
+}
+
+fn sim_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("sim.json"), dir.join("xenstore.json"))
+}
+
+/// Creates a simulated host directory.
+pub fn sim_init(
+    dir: &Path,
+    xen: XenProfile,
+    pciback: PcibackProfile,
+    devices: &[DeviceSpec],
+) -> anyhow::Result<()> {
+    let (state_file, _) = sim_paths(dir);
+    if state_file.exists() {
+        bail!(
+            "{} already holds a simulated host (remove the directory to start over)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let host = SimHost::new(Profile::new(xen, pciback));
+    for d in devices {
+        host.add_device(d.clone());
+    }
+    let state = SimState {
+        profile: host.profile(),
+        journal: host.journal(),
+        device_models: BTreeMap::new(),
+        dm_epochs: BTreeMap::new(),
+    };
+    let xs = LocalXenstore::new(Quotas::default());
+    save_sim(dir, &state, &xs)
+}
+
+fn save_sim(dir: &Path, state: &SimState, xs: &LocalXenstore) -> anyhow::Result<()> {
+    let (state_file, xs_file) = sim_paths(dir);
+    let mut nodes = Vec::new();
+    let mut c = xs.connect(0);
+    walk(&mut c, "/", &mut nodes)?;
+    let write = |p: &Path, v: String| -> anyhow::Result<()> {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, v).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, p).with_context(|| format!("cannot replace {}", p.display()))
+    };
+    write(&state_file, serde_json::to_string_pretty(state)?)?;
+    write(&xs_file, serde_json::to_string_pretty(&nodes)?)
+}
+
+fn walk(c: &mut XsClient, path: &str, out: &mut Vec<XsNode>) -> anyhow::Result<()> {
+    for child in c.directory(TxId::NONE, path)? {
+        let p = if path == "/" {
+            format!("/{child}")
+        } else {
+            format!("{path}/{child}")
+        };
+        let value = String::from_utf8_lossy(&c.read(TxId::NONE, &p)?).into_owned();
+        let perms = c.get_perms(TxId::NONE, &p)?.to_string();
+        out.push(XsNode {
+            path: p.clone(),
+            value,
+            perms,
+        });
+        walk(c, &p, out)?;
+    }
+    Ok(())
+}
+
+impl HostCtx {
+    /// Opens the host. A real host needs privcmd and xenstored; a missing one fails here,
+    /// before anything is written.
+    pub fn open(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
+        let log = OpLog::default();
+        match spec {
+            HostSpec::Real => {
+                let hv = xen::privcmd::Privcmd::open()?;
+                let xs = XsClient::open()?;
+                let pci: Arc<dyn PciHost> = Arc::new(SysfsHost::new("/sys"));
+                let hv: Arc<dyn Hypervisor> = Arc::new(hv);
+                Ok(HostCtx {
+                    spec: spec.clone(),
+                    platform: platform(hv, pci, None, &log, dry_run),
+                    xs,
+                    log,
+                    sim: None,
+                    dry_run,
+                })
+            }
+            HostSpec::Sim(dir) => {
+                let (state_file, xs_file) = sim_paths(dir);
+                let text = std::fs::read_to_string(&state_file).with_context(|| {
+                    format!(
+                        "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
+                        dir.display(),
+                        dir.display()
+                    )
+                })?;
+                let state: SimState = serde_json::from_str(&text).with_context(|| {
+                    format!("{} is not a simulated host state", state_file.display())
+                })?;
+                let host = SimHost::replay(state.profile, &state.journal);
+                let xs = LocalXenstore::new(Quotas::default());
+                for d in host.with_world(|w| w.domains.keys().copied().collect::<Vec<_>>()) {
+                    if d != DomId::DOM0 {
+                        xs.introduce_domain(u32::from(d.0));
+                    }
+                }
+                let nodes: Vec<XsNode> = match std::fs::read_to_string(&xs_file) {
+                    Ok(t) => serde_json::from_str(&t)
+                        .with_context(|| format!("{} is not a Xenstore dump", xs_file.display()))?,
+                    Err(_) => Vec::new(),
+                };
+                let mut c = xs.connect(0);
+                for n in &nodes {
+                    c.write(TxId::NONE, &n.path, n.value.as_bytes())?;
+                    if let Ok(p) = PermList::parse_all(n.perms.split(',').map(str::as_bytes)) {
+                        c.set_perms(TxId::NONE, &n.path, &p)?;
+                    }
+                }
+                let host = host.with_sink(Arc::new(xs.clone()));
+                let simp = SimPlatform { host: host.clone() };
+                let hv: Arc<dyn Hypervisor> = Arc::new(host.clone());
+                let pci: Arc<dyn PciHost> = Arc::new(host.clone());
+                Ok(HostCtx {
+                    spec: spec.clone(),
+                    platform: platform(hv, pci, Some(simp), &log, dry_run),
+                    xs: c,
+                    log,
+                    sim: Some((host, xs, state)),
+                    dry_run,
+                })
+            }
+        }
+    }
+
+    /// Saves a simulated host's state (nothing to do for a real host or a dry run).
+    pub fn save(&mut self) -> anyhow::Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
+        if let (HostSpec::Sim(dir), Some((host, xs, state))) = (&self.spec, &mut self.sim) {
+            state.journal = host.journal();
+            save_sim(dir, state, xs)?;
+        }
+        Ok(())
+    }
+
+    pub fn engine(&mut self) -> engine::Engine<'_> {
+        engine::Engine::new(&mut self.xs, &self.platform)
+    }
+}
+
+fn platform(
+    hv: Arc<dyn Hypervisor>,
+    pci: Arc<dyn PciHost>,
+    sim: Option<SimPlatform>,
+    log: &OpLog,
+    dry_run: bool,
+) -> CmdPlatform {
+    let l = log.clone();
+    CmdPlatform {
+        hv: Recorder::new(hv)
+            .dry_run(dry_run)
+            .on_call(Box::new(move |r| l.push(format!("hypercall {r}")))),
+        pci: LoggedPci {
+            inner: pci,
+            log: log.clone(),
+            dry_run,
+        },
+        sim,
+        dry_run,
+    }
+}
+
+/// `XenError` for commands that need a hypervisor and find none.
+pub fn no_xen_hint(e: &XenError) -> Option<&'static str> {
+    matches!(e, XenError::NoXen { .. })
+        .then_some("use --host sim:DIR to try ptguard on the simulated host")
+}
