@@ -33,6 +33,10 @@ pub trait Platform: Send + Sync {
     fn verify_clean(&self, _sbdf: Sbdf) -> Result<(), String> {
         Ok(())
     }
+    /// A dry run: mutations are recorded, not made, so there is nothing to verify.
+    fn is_dry_run(&self) -> bool {
+        false
+    }
 }
 
 /// Everything that can go wrong in the engine; each names the device, domain and step.

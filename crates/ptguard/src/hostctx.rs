@@ -214,6 +214,9 @@ impl Platform for CmdPlatform {
             _ => Ok(()),
         }
     }
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// Everything a command needs.

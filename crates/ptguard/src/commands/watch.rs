@@ -107,7 +107,9 @@ pub fn serve_broker(
             match listener.accept() {
                 Ok((s, _)) => {
                     let _ = s.set_nonblocking(false);
-                    serve_conn(&ctx, s);
+                    // One thread per device model; requests are serialised by the lock.
+                    let ctx = ctx.clone();
+                    std::thread::spawn(move || serve_conn(&ctx, s));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20))

@@ -1,0 +1,75 @@
+//! The broker's unix-socket protocol (docs/broker.md) served by `ptguard watch`'s code:
+//! bind, unbind, refusals and garbage, one JSON object per line.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ptguard::commands::watch::{serve_broker, BrokerReply};
+use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
+use sim::{DeviceSpec, PcibackProfile, XenProfile};
+
+#[test]
+fn bind_unbind_and_refusals_over_the_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+    sim_init(
+        &dir,
+        XenProfile::Xen4_17,
+        PcibackProfile::AfterCommandFix,
+        &[DeviceSpec::nic(dev, 4)],
+    )
+    .unwrap();
+    let mut ctx = HostCtx::open(&HostSpec::Sim(dir.clone()), false).unwrap();
+    let host = ctx.sim.as_ref().map(|(h, _, _)| h.clone()).unwrap();
+    let a = host.create_domain("A", true);
+    let epoch = {
+        let mut e = ctx.engine();
+        e.assignable_add(dev).unwrap();
+        e.attach(dev, a).unwrap()
+    };
+    let ctx = Arc::new(Mutex::new(ctx));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sock = tmp.path().join("broker.sock");
+    let server = serve_broker(ctx.clone(), &sock, stop.clone()).unwrap();
+    let mode = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let mut s = UnixStream::connect(&sock).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut ask = |line: String| -> BrokerReply {
+        writeln!(s, "{line}").unwrap();
+        let mut reply = String::new();
+        r.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    };
+    let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
+    let bind = |domid: u16, epoch: u64, entry: u16| {
+        format!(
+            r#"{{"op":"bind","domid":{domid},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":{entry},"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056}}"#
+        )
+    };
+    let ok = ask(bind(a.0, epoch, 0));
+    assert!(ok.ok, "{ok:?}");
+    let pirq = ok.pirq.unwrap();
+    assert_eq!(pirq, 1023);
+    let stale = ask(bind(a.0, epoch + 5, 1));
+    assert!(!stale.ok && stale.error.unwrap().contains("stale epoch"));
+    let other = ask(bind(7, epoch, 1));
+    assert!(!other.ok && other.error.unwrap().contains("not d7"));
+    let garbage = ask("{\"op\":\"format-disk\"}".into());
+    assert!(!garbage.ok && garbage.error.unwrap().contains("malformed request"));
+    let unbind = ask(format!(
+        r#"{{"op":"unbind","pirq":{pirq},"domid":{},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056}}"#,
+        a.0
+    ));
+    assert!(unbind.ok, "{unbind:?}");
+    host.with_world(|w| assert!(w.descs.is_empty(), "unmapped in Xen"));
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+}

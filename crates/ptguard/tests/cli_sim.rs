@@ -1,0 +1,184 @@
+//! The README's walk-through through the real binary on a simulated host kept in a
+//! directory: attach, guest reboot with a crashed device model, the device works again.
+//! Also: commands that need Xen fail fast without it, and dry runs change nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ptguard(dir: &Path, args: &[&str]) -> Output {
+    let host = format!("sim:{}", dir.display());
+    Command::new(env!("CARGO_BIN_EXE_ptguard"))
+        .arg("--host")
+        .arg(host)
+        .args(args)
+        .env("PTGUARD_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = ptguard(dir, args);
+    assert!(
+        o.status.success(),
+        "ptguard {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn reboot_with_a_crashed_device_model_then_the_device_works_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.11.0", "--pciback", "old"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    let dom: String = ok(&d, &["sim", "create", "guest1"]).trim().to_string();
+    assert_eq!(dom, "1");
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    let start = ok(
+        &d,
+        &["sim", "start", "1", "0000:03:00.0", "--dm", "crashes"],
+    );
+    assert!(start.contains("3 of 3"), "{start}");
+    let list = ok(&d, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v[0]["state"], "attached");
+    assert_eq!(
+        v[0]["bindings"].as_array().unwrap().len(),
+        4,
+        "INTx + 3 MSI-X"
+    );
+    let reboot = ok(&d, &["sim", "reboot", "1"]);
+    assert!(reboot.trim().ends_with('2'), "{reboot}");
+    // The daemon's job on @releaseDomain.
+    let w = ok(&d, &["watch", "--once"]);
+    assert!(w.contains("clean and assignable"), "{w}");
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["sim", "state", "0000:03:00.0", "--json"])).unwrap();
+    assert_eq!(state["host_maskall"], false);
+    assert_eq!(state["used_entries"], 1);
+    ok(&d, &["attach", "0000:03:00.0", "2"]);
+    let again = ok(&d, &["sim", "start", "2", "0000:03:00.0"]);
+    assert!(
+        again.contains("3 of 3"),
+        "the rebooted guest's interrupts arrive: {again}"
+    );
+    let doctor = ptguard(&d, &["doctor"]);
+    assert!(
+        doctor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+}
+
+#[test]
+fn dry_run_prints_the_teardown_sequence_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "g"]);
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    ok(
+        &d,
+        &["sim", "start", "1", "0000:03:00.0", "--dm", "crashes"],
+    );
+    let before = std::fs::read_to_string(d.join("sim.json")).unwrap();
+    let plan = ok(&d, &["--dry-run", "detach", "0000:03:00.0"]);
+    let lines: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} missing from:\n{plan}"))
+    };
+    // DESIGN.md §2: revoke, force-unbind (unbind then unmap), release, deassign, reset,
+    // prepare — in that order.
+    let revoke = pos("iomem_permission");
+    let unbind = pos("unbind_pt_irq d1 pirq 1023");
+    let unmap = pos("unmap_pirq d1 pirq 1023");
+    let release = pos("release_msix");
+    let deassign = pos("deassign_device");
+    let reset = pos("/reset <- 1");
+    let prepare = pos("prepare_msix");
+    assert!(
+        revoke < unbind && unbind < unmap && unmap < release,
+        "{plan}"
+    );
+    assert!(
+        release < deassign && deassign < reset && reset < prepare,
+        "{plan}"
+    );
+    assert_eq!(
+        before,
+        std::fs::read_to_string(d.join("sim.json")).unwrap(),
+        "nothing changed"
+    );
+    let list = ok(&d, &["list", "--json"]);
+    assert!(list.contains("\"attached\""));
+}
+
+#[test]
+fn bad_input_is_refused_with_the_text_and_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["sim", "create", "g"]);
+    for (args, needle) in [
+        (
+            vec!["attach", "0000:03:00.8", "1"],
+            "function number must be 0..7",
+        ),
+        (
+            vec!["attach", "0000:03:00.0", "1"],
+            "not managed by ptguard",
+        ),
+        (vec!["assignable-add", "0000:09:00.0"], "no such PCI device"),
+        (vec!["show", "1:2:3"], "invalid PCI address \"1:2:3\""),
+    ] {
+        let o = ptguard(&d, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    let o = ptguard(&d, &["attach", "0000:03:00.0", "42"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("d42: no such domain"));
+    let o = ptguard(&d, &["attach"]);
+    assert_eq!(o.status.code(), Some(2), "usage error");
+    let missing = tmp.path().join("nothing-here");
+    let o = ptguard(&missing, &["list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sim init"));
+}
+
+#[test]
+fn without_xen_real_host_commands_fail_fast_and_write_nothing() {
+    if Path::new("/dev/xen/privcmd").exists() {
+        eprintln!("SKIPPED: this machine runs on Xen");
+        return;
+    }
+    for args in [
+        vec!["attach", "0000:00:03.0", "1"],
+        vec!["assignable-add", "0000:00:03.0"],
+        vec!["detach", "0000:00:03.0"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("/dev/xen/privcmd"), "{args:?}: {err}");
+    }
+    // The device is still with its driver: nothing was written.
+    let link = std::fs::read_link("/sys/bus/pci/devices/0000:00:03.0/driver");
+    if let Ok(l) = link {
+        assert!(!l.to_string_lossy().ends_with("pciback"));
+    }
+}
