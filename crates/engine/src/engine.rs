@@ -813,8 +813,10 @@ impl<'a> Engine<'a> {
     fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
         let hv = self.platform.hypervisor();
         let pci = self.platform.pci();
+        // Read once; each step journals its successor and updates this copy (the broker
+        // refuses a tearing-down device, so nobody else changes the record meanwhile).
+        let mut rec = self.require(sbdf)?;
         loop {
-            let rec = self.require(sbdf)?;
             let owner = rec
                 .owner
                 .ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
@@ -874,12 +876,20 @@ impl<'a> Engine<'a> {
                         }
                     }
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
+                    let all_known = known.len() == rec.bindings.len();
                     self.xs.transaction(|xs, tx| -> Result<()> {
-                        for b in &known {
-                            rm(xs, tx, &binding_path(sbdf, &b.key))?;
+                        if all_known {
+                            // One recursive rm instead of one per binding.
+                            rm(xs, tx, &field_path(sbdf, "binding"))?;
+                        } else {
+                            for b in &known {
+                                rm(xs, tx, &binding_path(sbdf, &b.key))?;
+                            }
                         }
                         write(xs, tx, &field_path(sbdf, "step"), Step::Release.as_str())
                     })?;
+                    rec.bindings.retain(|b| b.pirq.is_none());
+                    rec.step = Some(Step::Release);
                     continue;
                 }
                 Step::Deassign => {
@@ -991,6 +1001,7 @@ impl<'a> Engine<'a> {
                 }
             };
             self.set_step(sbdf, next)?;
+            rec.step = Some(next);
         }
     }
 
