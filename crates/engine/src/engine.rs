@@ -95,8 +95,8 @@ fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option<String>> {
     }
 }
 
-/// Reads one device's record inside `tx` (`None`: not in the ledger).
-pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
+/// Reads a device's record without its bindings (a constant number of requests).
+pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
     let Some(state_text) = read_opt(xs, tx, &field_path(sbdf, "state"))? else {
         return Ok(None);
     };
@@ -139,6 +139,41 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
             format!("a {state} device needs an owner"),
         ));
     }
+    Ok(Some(DeviceRecord {
+        sbdf,
+        state,
+        owner,
+        epoch,
+        step,
+        reason,
+        driver,
+        msix_size,
+        bindings: Vec::new(),
+    }))
+}
+
+/// Reads one binding node (`None`: absent).
+fn read_binding(
+    xs: &mut XsClient,
+    tx: TxId,
+    sbdf: Sbdf,
+    key: BindingKey,
+) -> Result<Option<Binding>> {
+    let path = binding_path(sbdf, &key);
+    match read_opt(xs, tx, &path)? {
+        None => Ok(None),
+        Some(text) => Binding::decode(key, &text)
+            .map(Some)
+            .map_err(|r| corrupt(path, &text, r)),
+    }
+}
+
+/// Reads one device's record inside `tx`, bindings included (`None`: not in the ledger).
+pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
+    let Some(mut rec) = read_head(xs, tx, sbdf)? else {
+        return Ok(None);
+    };
+    let msix_size = rec.msix_size;
     let mut bindings = Vec::new();
     let dir = format!("{}/binding", device_path(sbdf));
     let names = match xs.directory(tx, &dir) {
@@ -159,17 +194,8 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
         let text = read_opt(xs, tx, &path)?.unwrap_or_default();
         bindings.push(Binding::decode(key, &text).map_err(|r| corrupt(path, &text, r))?);
     }
-    Ok(Some(DeviceRecord {
-        sbdf,
-        state,
-        owner,
-        epoch,
-        step,
-        reason,
-        driver,
-        msix_size,
-        bindings,
-    }))
+    rec.bindings = bindings;
+    Ok(Some(rec))
 }
 
 fn write(xs: &mut XsClient, tx: TxId, path: &str, v: &str) -> Result<()> {
@@ -350,7 +376,7 @@ impl<'a> Engine<'a> {
             Some(_) => {}
         }
         let epoch = self.xs.transaction(|xs, tx| -> Result<u64> {
-            let rec = read_record(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match (rec.state, rec.owner) {
                 (DeviceState::Assignable, _) => {}
                 (DeviceState::Attached, Some(owner)) => {
@@ -560,7 +586,7 @@ impl<'a> Engine<'a> {
             reason,
         };
         let existing = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
-            let rec = read_record(xs, tx, req.sbdf)?
+            let rec = read_head(xs, tx, req.sbdf)?
                 .ok_or_else(|| refuse("the device is not managed by ptguard".into()))?;
             if rec.state != DeviceState::Attached || rec.step.is_some() {
                 return Err(refuse(format!(
@@ -589,12 +615,8 @@ impl<'a> Engine<'a> {
                     )));
                 }
             }
-            let existing = rec
-                .bindings
-                .iter()
-                .find(|b| b.key == key)
-                .copied()
-                .filter(|b| b.state != BindingState::Intent);
+            let existing =
+                read_binding(xs, tx, req.sbdf, key)?.filter(|b| b.state != BindingState::Intent);
             match existing {
                 // The INTx pirq attach mapped: qemu binds it.
                 Some(b) if b.state == BindingState::Mapped => {}
@@ -688,7 +710,7 @@ impl<'a> Engine<'a> {
         let key = req.key();
         let path = binding_path(req.sbdf, &key);
         let found = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
-            let Some(rec) = read_record(xs, tx, req.sbdf)? else {
+            let Some(rec) = read_head(xs, tx, req.sbdf)? else {
                 return Ok(None);
             };
             if rec.owner != Some(req.domid) {
@@ -698,11 +720,7 @@ impl<'a> Engine<'a> {
                     reason: "the device is not attached to this domain".into(),
                 });
             }
-            let Some(b) = rec
-                .bindings
-                .iter()
-                .find(|b| b.key == key && b.pirq == Some(pirq))
-                .copied()
+            let Some(b) = read_binding(xs, tx, req.sbdf, key)?.filter(|b| b.pirq == Some(pirq))
             else {
                 return Ok(None);
             };
@@ -755,7 +773,7 @@ impl<'a> Engine<'a> {
     /// Starts (or resumes) the teardown of one device.
     pub fn teardown(&mut self, sbdf: Sbdf, reason: &str) -> Result<Outcome> {
         let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
-            let rec = read_record(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match rec.state {
                 DeviceState::Assignable => Ok(Some(Outcome::Assignable { epoch: rec.epoch })),
                 DeviceState::Failed => Ok(Some(Outcome::Failed {

@@ -21,7 +21,17 @@ use crate::cli::{BenchArgs, BenchWhat, BenchXenstoreArgs};
 
 pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match args.what {
-        BenchWhat::Xenstore(a) => {
+        None => {
+            let r = crate::bench_engine::run_all(args.quick)?;
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &r)?;
+                writeln!(out)?;
+            } else {
+                crate::bench_engine::print(&r, out)?;
+            }
+            Ok(())
+        }
+        Some(BenchWhat::Xenstore(a)) => {
             let report = xenstore_bench(&a)?;
             if a.json {
                 serde_json::to_writer_pretty(&mut *out, &report)?;

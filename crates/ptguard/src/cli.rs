@@ -256,8 +256,17 @@ pub struct XenstoredArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// What to measure; without one, the engine benchmarks (teardown, bind, scale, storm).
     #[command(subcommand)]
-    pub what: BenchWhat,
+    pub what: Option<BenchWhat>,
+
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Smaller sizes (for a quick look; the published figures use the full sizes).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 //! through [`run`].
 
 pub mod bench;
+pub mod bench_engine;
 pub mod cli;
 pub mod commands;
 pub mod hostctx;

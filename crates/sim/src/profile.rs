@@ -75,6 +75,10 @@ pub struct Profile {
     /// Chao Gao's unmerged pciback patch: `release_msix` + `prepare_msix` whenever a device
     /// comes back from a guest (the "pciback release+prepare only" policy).
     pub pciback_release_prepare_on_put: bool,
+    /// Each domain's `nr_pirqs` (default 1024; raised on real hosts with Xen's
+    /// `extra_guest_irqs=` option, needed to map thousands of vectors in one domain).
+    #[serde(default)]
+    pub nr_pirqs: Option<u32>,
 }
 
 impl Profile {
@@ -83,6 +87,7 @@ impl Profile {
             xen,
             pciback,
             pciback_release_prepare_on_put: false,
+            nr_pirqs: None,
         }
     }
 }

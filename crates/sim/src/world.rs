@@ -15,8 +15,9 @@ use crate::profile::Profile;
 
 /// GSIs of the simulated host (`nr_irqs_gsi`).
 pub const NR_IRQS_GSI: i32 = 48;
-/// Size of every domain's pirq space (`nr_pirqs`); MSI pirqs come from the top down, so a
-/// fresh domain's first vectors get 1023, 1022, ... (xen-semantics.md §1.7).
+/// Default size of a domain's pirq space (`nr_pirqs`); MSI pirqs come from the top down, so
+/// a fresh domain's first vectors get 1023, 1022, ... (xen-semantics.md §1.7). Xen's
+/// `extra_guest_irqs=` boot option raises it ([`crate::Profile::nr_pirqs`]).
 pub const NR_PIRQS: i32 = 1024;
 
 /// Where a domain is in its life.
@@ -204,6 +205,11 @@ impl World {
             next_domid: 1,
             next_irq: 100,
         }
+    }
+
+    /// `nr_pirqs` of every domain.
+    pub fn nr_pirqs(&self) -> i32 {
+        self.profile.nr_pirqs.map_or(NR_PIRQS, |n| n as i32)
     }
 
     pub(crate) fn log(&mut self, line: String) {
@@ -499,22 +505,23 @@ impl World {
     // PHYSDEVOP_* (§1.5)
     // ----------------------------------------------------------------------------------
 
-    fn get_free_pirq(d: &Domain, msi: bool) -> R<i32> {
+    fn get_free_pirq(d: &Domain, msi: bool, nr_pirqs: i32) -> R<i32> {
         if !msi {
             if let Some(p) = (16..NR_IRQS_GSI).find(|p| !d.pirqs.contains_key(p)) {
                 return Ok(p);
             }
         }
-        (NR_IRQS_GSI..NR_PIRQS)
+        (NR_IRQS_GSI..nr_pirqs)
             .rev()
             .find(|p| !d.pirqs.contains_key(p))
             .ok_or(Errno::ENOSPC)
     }
 
     pub fn map_pirq(&mut self, req: &MapPirq) -> R<Pirq> {
+        let nr = self.nr_pirqs();
         let d = self.domain(req.domid)?;
         if let Some(p) = req.pirq {
-            if p.0 >= NR_PIRQS || p.0 < 0 {
+            if p.0 >= nr || p.0 < 0 {
                 return Err(Errno::EINVAL);
             }
         }
@@ -531,7 +538,7 @@ impl World {
                 let pirq = match (req.pirq, existing) {
                     (Some(p), _) => p.0,
                     (None, Some(p)) => p,
-                    (None, None) => Self::get_free_pirq(d, false)?,
+                    (None, None) => Self::get_free_pirq(d, false, nr)?,
                 };
                 if let Some(e) = d.pirqs.get(&pirq) {
                     if e.source != (PirqSource::Gsi { gsi }) {
@@ -562,7 +569,7 @@ impl World {
             } => {
                 let pirq = match req.pirq {
                     Some(p) => p.0,
-                    None => Self::get_free_pirq(d, true)?,
+                    None => Self::get_free_pirq(d, true, nr)?,
                 };
                 if d.pirqs.contains_key(&pirq) {
                     // map_domain_pirq: already mapped → warning, returns 0 (§1.5.1).
@@ -674,7 +681,7 @@ impl World {
 
     pub fn unmap_pirq(&mut self, domid: DomId, pirq: Pirq) -> R<()> {
         self.domain(domid)?;
-        if pirq.0 < 0 || pirq.0 >= NR_PIRQS {
+        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs() {
             return Err(Errno::EINVAL);
         }
         self.unmap_domain_pirq(domid, pirq.0)
@@ -926,7 +933,7 @@ impl World {
     /// `pirq` is in dom0's space (§1.6 irq_permission).
     pub fn irq_permission(&mut self, domid: DomId, pirq: Pirq, allow: bool) -> R<()> {
         self.domain(domid)?;
-        if pirq.0 < 0 || pirq.0 >= NR_PIRQS {
+        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs() {
             return Err(Errno::EINVAL);
         }
         let irq = self
