@@ -302,3 +302,98 @@ pub struct DeviceRecord {
     pub msix_size: u16,
     pub bindings: Vec<Binding>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_binding() -> impl Strategy<Value = Binding> {
+        (
+            prop_oneof![
+                Just(BindingKey::Intx),
+                (0u16..2048).prop_map(BindingKey::Msix)
+            ],
+            prop_oneof![
+                Just(BindingState::Intent),
+                Just(BindingState::Mapped),
+                Just(BindingState::Bound),
+                Just(BindingState::Unbinding)
+            ],
+            0i32..1_000_000,
+            0u32..256,
+            any::<u8>(),
+            any::<u32>(),
+            any::<u64>(),
+        )
+            .prop_map(|(key, state, p, gsi, gvec, gflags, gtable)| Binding {
+                key,
+                state,
+                pirq: (state != BindingState::Intent).then_some(Pirq(p)),
+                gsi,
+                gvec,
+                gflags,
+                gtable,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn bindings_round_trip(b in arb_binding()) {
+            prop_assert_eq!(Binding::decode(b.key, &b.encode()), Ok(b));
+        }
+
+        /// Hand-edited or garbage node values never panic and never parse into something
+        /// that encodes differently.
+        #[test]
+        fn garbage_is_rejected_or_canonical(text in "[a-z=0-9x -]{0,80}") {
+            if let Ok(b) = Binding::decode(BindingKey::Msix(0), &text) {
+                prop_assert_eq!(Binding::decode(BindingKey::Msix(0), &b.encode()), Ok(b));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_and_states_parse_strictly() {
+        assert_eq!("msix-7".parse(), Ok(BindingKey::Msix(7)));
+        assert_eq!("intx".parse(), Ok(BindingKey::Intx));
+        for bad in [
+            "msix-2048",
+            "msix-+1",
+            "msix-",
+            "msix-00001",
+            "MSIX-1",
+            "intx ",
+        ] {
+            assert!(bad.parse::<BindingKey>().is_err(), "{bad}");
+        }
+        for s in [
+            "assignable",
+            "attached",
+            "tearing-down",
+            "quarantined",
+            "failed",
+        ] {
+            assert_eq!(s.parse::<DeviceState>().map(|d| d.as_str()), Ok(s));
+        }
+        assert!("Attached".parse::<DeviceState>().is_err());
+        for st in Step::TEARDOWN {
+            assert_eq!(st.as_str().parse(), Ok(st));
+        }
+        assert!(Binding::decode(
+            BindingKey::Intx,
+            "state=bound pirq=- gsi=0 gvec=0 gflags=0 gtable=0"
+        )
+        .is_err());
+        assert!(Binding::decode(
+            BindingKey::Intx,
+            "state=bound pirq=3 pirq=4 gsi=0 gvec=0 gflags=0 gtable=0"
+        )
+        .is_err());
+        assert!(Binding::decode(
+            BindingKey::Intx,
+            "state=bound pirq=3 gsi=0 gvec=0x100 gflags=0 gtable=0"
+        )
+        .is_err());
+    }
+}

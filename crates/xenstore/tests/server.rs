@@ -459,7 +459,9 @@ fn oversized_frame_closes_only_that_connection() {
     good.write(TxId::NONE, "/keep", b"1").unwrap();
     let mut bad = Raw::new(&h);
     bad.send(&header(2, 1, 0, 4097));
-    bad.send(&[b'a'; 100]);
+    // The server may already have closed the connection on seeing the header: a broken
+    // pipe here is the behaviour under test, not a failure.
+    let _ = bad.s.write_all(&[b'a'; 100]);
     assert!(
         bad.closed(),
         "xenstored drops a client that exceeds the payload limit"
