@@ -120,26 +120,26 @@ pub struct EngineBroker<'c> {
     pub epoch: u64,
 }
 
-impl EngineBroker<'_> {
-    fn request(&self, req: &VectorRequest) -> BindRequest {
-        BindRequest {
-            domid: req.domid,
-            sbdf: req.sbdf,
-            epoch: self.epoch,
-            kind: match req.kind {
-                VectorKind::Intx { gsi } => BindKind::Intx { gsi },
-                VectorKind::Msix { entry, table_base } => BindKind::Msix { entry, table_base },
-            },
-            gvec: req.gvec,
-            gflags: req.gflags,
-            gtable: req.gtable,
-        }
+/// The broker request for a device model's vector request, with the epoch it was started
+/// with.
+pub fn bind_request(req: &VectorRequest, epoch: u64) -> BindRequest {
+    BindRequest {
+        domid: req.domid,
+        sbdf: req.sbdf,
+        epoch,
+        kind: match req.kind {
+            VectorKind::Intx { gsi } => BindKind::Intx { gsi },
+            VectorKind::Msix { entry, table_base } => BindKind::Msix { entry, table_base },
+        },
+        gvec: req.gvec,
+        gflags: req.gflags,
+        gtable: req.gtable,
     }
 }
 
 impl VectorBroker for EngineBroker<'_> {
     fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
-        let r = self.request(req);
+        let r = bind_request(req, self.epoch);
         let mut ctl = self.ctl.borrow_mut();
         match ctl.call(|e| e.bind(&r)) {
             // ptguard restarted under the device model: it asks again.
@@ -148,7 +148,7 @@ impl VectorBroker for EngineBroker<'_> {
         }
     }
     fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
-        let r = self.request(req);
+        let r = bind_request(req, self.epoch);
         let mut ctl = self.ctl.borrow_mut();
         match ctl.call(|e| e.unbind(&r, pirq)) {
             Err(EngineError::Crashed { .. }) => {

@@ -5,16 +5,16 @@ use std::cell::RefCell;
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use engine::{BindKind, BindRequest};
 use pci::Sbdf;
 use serde::Serialize;
-use sim::dm::{check_interrupts, DeviceModel, VectorBroker, VectorKind, VectorRequest};
+use sim::dm::{check_interrupts, DeviceModel, VectorBroker, VectorRequest};
 use sim::{DeviceSpec, SimHost};
 use xen::{DomId, Pirq};
 
 use crate::cli::{Cli, SimCommand};
 use crate::commands::lifecycle::{open, print_log};
 use crate::hostctx::{sim_init, HostCtx, HostSpec};
+use crate::platform::bind_request;
 
 /// The broker as a device model started from the command line reaches it.
 struct CtxBroker<'c> {
@@ -22,26 +22,9 @@ struct CtxBroker<'c> {
     epoch: u64,
 }
 
-impl CtxBroker<'_> {
-    fn request(&self, req: &VectorRequest) -> BindRequest {
-        BindRequest {
-            domid: req.domid,
-            sbdf: req.sbdf,
-            epoch: self.epoch,
-            kind: match req.kind {
-                VectorKind::Intx { gsi } => BindKind::Intx { gsi },
-                VectorKind::Msix { entry, table_base } => BindKind::Msix { entry, table_base },
-            },
-            gvec: req.gvec,
-            gflags: req.gflags,
-            gtable: req.gtable,
-        }
-    }
-}
-
 impl VectorBroker for CtxBroker<'_> {
     fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
-        let r = self.request(req);
+        let r = bind_request(req, self.epoch);
         self.ctx
             .borrow_mut()
             .engine()
@@ -49,7 +32,7 @@ impl VectorBroker for CtxBroker<'_> {
             .map_err(|e| e.to_string())
     }
     fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
-        let r = self.request(req);
+        let r = bind_request(req, self.epoch);
         self.ctx
             .borrow_mut()
             .engine()
