@@ -59,6 +59,43 @@ impl BindRequest {
             BindKind::Msix { entry, .. } => BindingKey::Msix(entry),
         }
     }
+
+    /// The ledger record of this request in `state`.
+    fn binding(&self, state: BindingState, pirq: Option<Pirq>) -> Binding {
+        Binding {
+            key: self.key(),
+            state,
+            pirq,
+            gsi: match self.kind {
+                BindKind::Intx { gsi } => gsi,
+                BindKind::Msix { .. } => 0,
+            },
+            gvec: self.gvec,
+            gflags: self.gflags,
+            gtable: self.gtable,
+        }
+    }
+
+    /// `PHYSDEVOP_map_pirq`'s argument: INTx with pirq == GSI as libxc does, MSI-X with the
+    /// pirq left to Xen.
+    fn map_request(&self) -> MapPirq {
+        match self.kind {
+            BindKind::Intx { gsi } => MapPirq {
+                domid: self.domid,
+                source: MapSource::Gsi { gsi },
+                pirq: Some(Pirq(gsi as i32)),
+            },
+            BindKind::Msix { entry, table_base } => MapPirq {
+                domid: self.domid,
+                source: MapSource::Msi {
+                    sbdf: self.sbdf,
+                    entry_nr: entry,
+                    table_base,
+                },
+                pirq: None,
+            },
+        }
+    }
 }
 
 /// ptguard's engine over one Xenstore connection and one platform.
@@ -626,18 +663,7 @@ impl<'a> Engine<'a> {
                 // No binding, or an unconfirmed intent a crash left behind: (re)record it. An
                 // earlier map that did happen is caught by release_msix at teardown.
                 _ => {
-                    let intent = Binding {
-                        key,
-                        state: BindingState::Intent,
-                        pirq: None,
-                        gsi: match req.kind {
-                            BindKind::Intx { gsi } => gsi,
-                            BindKind::Msix { .. } => 0,
-                        },
-                        gvec: req.gvec,
-                        gflags: req.gflags,
-                        gtable: req.gtable,
-                    };
+                    let intent = req.binding(BindingState::Intent, None);
                     write(xs, tx, &binding_path(req.sbdf, &key), &intent.encode())?;
                 }
             }
@@ -645,39 +671,13 @@ impl<'a> Engine<'a> {
         })?;
         let hv = self.platform.hypervisor();
         let path = binding_path(req.sbdf, &key);
-        let mut record = Binding {
-            key,
-            state: BindingState::Mapped,
-            pirq: None,
-            gsi: match req.kind {
-                BindKind::Intx { gsi } => gsi,
-                BindKind::Msix { .. } => 0,
-            },
-            gvec: req.gvec,
-            gflags: req.gflags,
-            gtable: req.gtable,
-        };
+        let mut record = req.binding(BindingState::Mapped, None);
         let pirq = match existing.and_then(|b| b.pirq) {
             // Mapped before (INTx by attach, or a bind a crash interrupted): bind it.
             Some(p) => p,
             None => {
                 self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
-                let map = match req.kind {
-                    BindKind::Intx { gsi } => MapPirq {
-                        domid: req.domid,
-                        source: MapSource::Gsi { gsi },
-                        pirq: Some(Pirq(gsi as i32)),
-                    },
-                    BindKind::Msix { entry, table_base } => MapPirq {
-                        domid: req.domid,
-                        source: MapSource::Msi {
-                            sbdf: req.sbdf,
-                            entry_nr: entry,
-                            table_base,
-                        },
-                        pirq: None,
-                    },
-                };
+                let map = req.map_request();
                 let pirq = match hv.map_pirq(&map) {
                     Ok(p) => p,
                     Err(e) => {
