@@ -155,6 +155,12 @@ pub enum SimOp {
         domid: DomId,
         pirq: Pirq,
     },
+    GuestTableWrite {
+        domid: DomId,
+        sbdf: Sbdf,
+        entry: u16,
+        masked: bool,
+    },
 }
 
 impl SimOp {
@@ -366,6 +372,22 @@ impl SimHost {
         self.unit(SimOp::PvBindEvtchn { domid, pirq })
     }
 
+    /// The guest writes a table entry's mask bit through its BAR mapping.
+    pub fn guest_table_write(
+        &self,
+        domid: DomId,
+        sbdf: Sbdf,
+        entry: u16,
+        masked: bool,
+    ) -> Result<(), Errno> {
+        self.unit(SimOp::GuestTableWrite {
+            domid,
+            sbdf,
+            entry,
+            masked,
+        })
+    }
+
     /// The device signals MSI-X entry `entry`.
     pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), String> {
         self.lock().world.raise(sbdf, entry)
@@ -487,6 +509,14 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
         SimOp::PcibackPut { sbdf } => w.pciback_put(sbdf).map(|_| Unit),
         SimOp::PvEnableMsix { sbdf, nvec } => w.pv_enable_msix(sbdf, nvec).map(SimValue::Pirqs),
         SimOp::PvBindEvtchn { domid, pirq } => w.pv_bind_evtchn(domid, pirq).map(|_| Unit),
+        SimOp::GuestTableWrite {
+            domid,
+            sbdf,
+            entry,
+            masked,
+        } => w
+            .guest_table_write(domid, sbdf, entry, masked)
+            .map(|_| Unit),
     }
 }
 

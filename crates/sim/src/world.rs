@@ -951,6 +951,33 @@ impl World {
         Ok(())
     }
 
+    /// A guest writes an MSI-X table entry's Vector Control directly through its mapping of
+    /// the BAR. While Xen has the table recorded (`used_entries > 0`) the table and PBA pages
+    /// are in `mmio_ro_ranges` and the write is dropped (msix-essentials.md §1); otherwise it
+    /// reaches the device.
+    pub fn guest_table_write(
+        &mut self,
+        domid: DomId,
+        sbdf: Sbdf,
+        entry: u16,
+        masked: bool,
+    ) -> R<()> {
+        let dev = self.dev_mut(sbdf)?;
+        if dev.xen.owner != domid {
+            return Err(Errno::EPERM);
+        }
+        if dev.xen.table_recorded {
+            return Err(Errno::EACCES);
+        }
+        let e = dev
+            .hw
+            .table
+            .get_mut(usize::from(entry))
+            .ok_or(Errno::EINVAL)?;
+        e.masked = masked;
+        Ok(())
+    }
+
     // ----------------------------------------------------------------------------------
     // Interrupt delivery (§7 last bullet)
     // ----------------------------------------------------------------------------------

@@ -561,3 +561,22 @@ fn reset_methods_clear_exactly_what_the_spec_says() {
         ["pm"]
     );
 }
+
+#[test]
+fn msix_table_pages_are_read_only_to_guests_while_xen_records_the_table() {
+    let host = s0(V417, NEW);
+    let (a, _ma) = boot(&host, "A", DmBehaviour::WellBehaved);
+    // Entry 3 was never enabled: masked. A direct write to unmask it is dropped.
+    assert_eq!(host.guest_table_write(a, f(), 3, false), Err(Errno::EACCES));
+    assert!(host.with_world(|w| w.device(f()).unwrap().hw.table[3].masked));
+    // Another domain may not touch it at all.
+    let b = host.create_domain("B", true);
+    assert_eq!(host.guest_table_write(b, f(), 0, true), Err(Errno::EPERM));
+    // An unprepared device with no vector mapped: nothing protects the table (4.11.0).
+    let old = SimHost::new(Profile::new(V411, NEW));
+    old.add_device(DeviceSpec::nic(f(), 4));
+    let c = old.create_domain("C", true);
+    old.assign_device(c, f(), 0).unwrap();
+    old.guest_table_write(c, f(), 1, false).unwrap();
+    assert!(!old.with_world(|w| w.device(f()).unwrap().hw.table[1].masked));
+}
