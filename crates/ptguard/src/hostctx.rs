@@ -276,6 +276,35 @@ fn save_sim(dir: &Path, state: &SimState, xs: &LocalXenstore) -> anyhow::Result<
     write(&xs_file, serde_json::to_string_pretty(&nodes)?)
 }
 
+/// An in-process xenstored holding a copy of the subtrees `roots` of `real`.
+pub fn copy_to_local(real: &mut XsClient, roots: &[&str]) -> anyhow::Result<XsClient> {
+    let local = LocalXenstore::new(Quotas::default());
+    let mut c = local.connect(0);
+    for root in roots {
+        let Some(value) = real.read_optional(TxId::NONE, root)? else {
+            continue;
+        };
+        let mut nodes = vec![XsNode {
+            path: root.to_string(),
+            value: String::from_utf8_lossy(&value).into_owned(),
+            perms: real.get_perms(TxId::NONE, root)?.to_string(),
+        }];
+        walk(real, root, &mut nodes)?;
+        restore(&mut c, &nodes)?;
+    }
+    Ok(c)
+}
+
+fn restore(c: &mut XsClient, nodes: &[XsNode]) -> anyhow::Result<()> {
+    for n in nodes {
+        c.write(TxId::NONE, &n.path, n.value.as_bytes())?;
+        if let Ok(p) = PermList::parse_all(n.perms.split(',').map(str::as_bytes)) {
+            c.set_perms(TxId::NONE, &n.path, &p)?;
+        }
+    }
+    Ok(())
+}
+
 fn walk(c: &mut XsClient, path: &str, out: &mut Vec<XsNode>) -> anyhow::Result<()> {
     for child in c.directory(TxId::NONE, path)? {
         let p = if path == "/" {
@@ -303,7 +332,15 @@ impl HostCtx {
         match spec {
             HostSpec::Real => {
                 let hv = xen::privcmd::Privcmd::open()?;
-                let xs = XsClient::open()?;
+                let mut xs = XsClient::open()?;
+                if dry_run {
+                    // A dry run works on an in-process copy of what ptguard reads and
+                    // writes, so the real Xenstore is never written.
+                    xs = copy_to_local(
+                        &mut xs,
+                        &[engine::ledger::ROOT, "/local/domain/0/backend/pci"],
+                    )?;
+                }
                 let pci: Arc<dyn PciHost> = Arc::new(SysfsHost::new("/sys"));
                 let hv: Arc<dyn Hypervisor> = Arc::new(hv);
                 Ok(HostCtx {
@@ -340,12 +377,7 @@ impl HostCtx {
                     Err(_) => Vec::new(),
                 };
                 let mut c = xs.connect(0);
-                for n in &nodes {
-                    c.write(TxId::NONE, &n.path, n.value.as_bytes())?;
-                    if let Ok(p) = PermList::parse_all(n.perms.split(',').map(str::as_bytes)) {
-                        c.set_perms(TxId::NONE, &n.path, &p)?;
-                    }
-                }
+                restore(&mut c, &nodes)?;
                 let host = host.with_sink(Arc::new(xs.clone()));
                 let simp = SimPlatform { host: host.clone() };
                 let hv: Arc<dyn Hypervisor> = Arc::new(host.clone());
