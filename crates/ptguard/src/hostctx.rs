@@ -328,6 +328,12 @@ impl HostCtx {
     /// Opens the host. A real host needs privcmd and xenstored; a missing one fails here,
     /// before anything is written.
     pub fn open(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
+        let mut ctx = HostCtx::open_untraced(spec, dry_run)?;
+        ctx.trace_xenstore();
+        Ok(ctx)
+    }
+
+    fn open_untraced(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
         let log = OpLog::default();
         match spec {
             HostSpec::Real => {
@@ -404,6 +410,26 @@ impl HostCtx {
             save_sim(dir, state, xs)?;
         }
         Ok(())
+    }
+
+    /// Logs every Xenstore request that changes something, interleaved with the hypercalls
+    /// and sysfs writes.
+    fn trace_xenstore(&mut self) {
+        let log = self.log.clone();
+        self.xs.set_trace(Some(Box::new(move |op, tx, path| {
+            use xenstore::Op::*;
+            if matches!(
+                op,
+                Write | Mkdir | Rm | SetPerms | TransactionStart | TransactionEnd
+            ) {
+                let tx = if tx == TxId::NONE {
+                    String::new()
+                } else {
+                    format!(" (tx {})", tx.0)
+                };
+                log.push(format!("xenstore  {op} {path}{tx}"));
+            }
+        })));
     }
 
     pub fn engine(&mut self) -> engine::Engine<'_> {

@@ -65,7 +65,11 @@ pub struct XsClient {
     next_req: u32,
     events: VecDeque<WatchEvent>,
     stats: ClientStats,
+    trace: Option<RequestTrace>,
 }
+
+/// Called with every request a client sends (operation, transaction, path), for `--trace`.
+pub type RequestTrace = Box<dyn FnMut(Op, TxId, &str) + Send>;
 
 /// How many times [`XsClient::transaction`] retries a conflicting commit.
 pub const TRANSACTION_RETRIES: usize = 64;
@@ -104,6 +108,7 @@ impl XsClient {
             next_req: 1,
             events: VecDeque::new(),
             stats: ClientStats::default(),
+            trace: None,
         }
     }
 
@@ -117,6 +122,11 @@ impl XsClient {
 
     pub fn stats(&self) -> ClientStats {
         self.stats
+    }
+
+    /// Reports every request to `trace` from now on (`None` stops it).
+    pub fn set_trace(&mut self, trace: Option<RequestTrace>) {
+        self.trace = trace;
     }
 
     fn io(op: Op, path: &str) -> impl FnOnce(io::Error) -> XenstoreError + '_ {
@@ -191,6 +201,9 @@ impl XsClient {
             Transport::Local(l) => l.send(msg),
         }
         self.stats.requests += 1;
+        if let Some(t) = &mut self.trace {
+            t(op, tx, path);
+        }
         loop {
             let m = self.read_message(op, path)?;
             if m.msg_type == Op::WatchEvent.code() {
