@@ -140,6 +140,20 @@ pub struct SimProfileArgs {
 }
 
 impl SimProfileArgs {
+    /// Every combination of the two Xen and the two pciback profiles.
+    pub fn all() -> Vec<SimProfileArgs> {
+        let mut v = Vec::new();
+        for xen in ["4.11.0", "4.17"] {
+            for pciback in ["old", "new"] {
+                v.push(SimProfileArgs {
+                    xen: xen.into(),
+                    pciback: pciback.into(),
+                });
+            }
+        }
+        v
+    }
+
     pub fn xen(&self) -> sim::XenProfile {
         if self.xen == "4.17" {
             sim::XenProfile::Xen4_17
@@ -187,6 +201,11 @@ pub struct ScenarioArgs {
 
     #[command(flatten)]
     pub profile: SimProfileArgs,
+
+    /// Run every version profile: Xen 4.11.0 and 4.17 × pciback old and new (overrides
+    /// --xen and --pciback).
+    #[arg(long)]
+    pub all_profiles: bool,
 
     /// Print every run as JSON (with notices and counters).
     #[arg(long)]

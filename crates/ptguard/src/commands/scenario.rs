@@ -35,6 +35,8 @@ pub fn load_scenarios(names: &[String]) -> anyhow::Result<Vec<Scenario>> {
 
 #[derive(Serialize)]
 pub struct Row {
+    /// `xen-4.11.0/pciback-old` etc.
+    pub profile: String,
     pub scenario: String,
     pub device_model: DmBehaviour,
     pub policy: Policy,
@@ -56,6 +58,7 @@ pub fn run_matrix(
                 let mut rig = Rig::new(*p, *b, profile.xen(), profile.pciback(), s.vectors);
                 let report = rig.run(s);
                 rows.push(Row {
+                    profile: format!("{}/{}", profile.xen().name(), profile.pciback().name()),
                     scenario: s.name.clone(),
                     device_model: *b,
                     policy: *p,
@@ -80,53 +83,65 @@ pub fn run(args: ScenarioArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else {
         args.policy.clone()
     };
-    let rows = run_matrix(&scenarios, &behaviours, &policies, &args.profile);
+    let profiles = if args.all_profiles {
+        SimProfileArgs::all()
+    } else {
+        vec![args.profile.clone()]
+    };
+    let rows: Vec<Row> = profiles
+        .iter()
+        .flat_map(|p| run_matrix(&scenarios, &behaviours, &policies, p))
+        .collect();
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "simulated host: {} with {} (device {})",
-        args.profile.xen().name(),
-        args.profile.pciback().name(),
-        crate::rig::scenario_device()
-    )?;
-    writeln!(
-        out,
-        "{:<11} {:<13} {:<24} {:<12} {:>6} {:>6} {:>11} {:>10} {:>9}",
-        "scenario",
-        "device model",
-        "policy",
-        "next guest",
-        "leaked",
-        "forced",
-        "quarantined",
-        "hypercalls",
-        "xs ops/tx"
-    )?;
-    for r in &rows {
+    for p in &profiles {
+        writeln!(
+            out,
+            "simulated host: {} with {} (device {})",
+            p.xen().name(),
+            p.pciback().name(),
+            crate::rig::scenario_device()
+        )?;
         writeln!(
             out,
             "{:<11} {:<13} {:<24} {:<12} {:>6} {:>6} {:>11} {:>10} {:>9}",
-            r.scenario,
-            r.device_model.name(),
-            r.policy.name(),
-            if r.works { "works" } else { "NO IRQs" },
-            r.report.leaked_bindings,
-            if r.report.forced_mask { "yes" } else { "no" },
-            if r.report.quarantined { "yes" } else { "no" },
-            r.report.hypercalls,
-            if r.policy == Policy::Ptguard {
-                format!(
-                    "{}/{}",
-                    r.report.xenstore_requests, r.report.xenstore_transactions
-                )
-            } else {
-                "-".to_string()
-            },
+            "scenario",
+            "device model",
+            "policy",
+            "next guest",
+            "leaked",
+            "forced",
+            "quarantined",
+            "hypercalls",
+            "xs ops/tx"
         )?;
+        let tag = format!("{}/{}", p.xen().name(), p.pciback().name());
+        for r in rows.iter().filter(|r| r.profile == tag) {
+            writeln!(
+                out,
+                "{:<11} {:<13} {:<24} {:<12} {:>6} {:>6} {:>11} {:>10} {:>9}",
+                r.scenario,
+                r.device_model.name(),
+                r.policy.name(),
+                if r.works { "works" } else { "NO IRQs" },
+                r.report.leaked_bindings,
+                if r.report.forced_mask { "yes" } else { "no" },
+                if r.report.quarantined { "yes" } else { "no" },
+                r.report.hypercalls,
+                if r.policy == Policy::Ptguard {
+                    format!(
+                        "{}/{}",
+                        r.report.xenstore_requests, r.report.xenstore_transactions
+                    )
+                } else {
+                    "-".to_string()
+                },
+            )?;
+        }
+        writeln!(out)?;
     }
     writeln!(
         out,
@@ -139,7 +154,7 @@ pub fn run(args: ScenarioArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .count();
     writeln!(
         out,
-        "\n{} runs; next guest without interrupts: {} ({} under ptguard, where a quarantined device is kept from guests on purpose); ptguard invariant violations: {ptguard_bad}",
+        "{} runs; next guest without interrupts: {} ({} under ptguard, where a quarantined device is kept from guests on purpose); ptguard invariant violations: {ptguard_bad}",
         rows.len(),
         broken.len(),
         broken.iter().filter(|r| r.policy == Policy::Ptguard).count(),
