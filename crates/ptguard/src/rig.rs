@@ -161,6 +161,9 @@ pub struct RunReport {
     pub checkpoints: u64,
     /// Comparable end state for the crash explorer.
     pub end_state: String,
+    /// Every simulated operation in order, when traced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
 }
 
 impl RunReport {
@@ -216,6 +219,11 @@ impl Rig {
             ctl: RefCell::new(ctl),
             report: RunReport::default(),
         }
+    }
+
+    /// Keeps a trace of every hypercall, sysfs write, guest action and Xen console line.
+    pub fn trace(&mut self) {
+        self.host.set_tracing(true);
     }
 
     /// Plans an injected ptguard crash at crash point `k` of this run.
@@ -307,6 +315,7 @@ impl Rig {
         r.xenstore_transactions = stats.transactions_started;
         r.notices.extend(ctl.notices.iter().cloned());
         r.crashed_at = ctl.crashed_at.clone();
+        r.trace = self.host.take_trace();
         r.checkpoints = ctl.checkpoints;
         drop(ctl);
         let ledger = self.ledger_state();

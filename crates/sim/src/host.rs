@@ -301,13 +301,13 @@ impl SimHost {
             if op.is_sysfs_write() {
                 w.counters.sysfs_writes += 1;
             }
-            let desc = format!("{op:?}");
+            if w.trace.is_some() {
+                w.note(format!("{op:?}"));
+            }
             let result = apply_to(w, op);
-            let outcome = match &result {
-                Ok(_) => String::new(),
-                Err(e) => format!(" -> {e}"),
-            };
-            w.note(format!("{desc}{outcome}"));
+            if let Err(e) = &result {
+                w.note(format!("  -> {e}"));
+            }
             (result, std::mem::take(&mut w.events))
         };
         if let Some(sink) = &self.sink {

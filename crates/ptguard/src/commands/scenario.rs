@@ -51,11 +51,24 @@ pub fn run_matrix(
     policies: &[Policy],
     profile: &SimProfileArgs,
 ) -> Vec<Row> {
+    run_matrix_traced(scenarios, behaviours, policies, profile, false)
+}
+
+pub fn run_matrix_traced(
+    scenarios: &[Scenario],
+    behaviours: &[DmBehaviour],
+    policies: &[Policy],
+    profile: &SimProfileArgs,
+    trace: bool,
+) -> Vec<Row> {
     let mut rows = Vec::new();
     for s in scenarios {
         for b in behaviours {
             for p in policies {
                 let mut rig = Rig::new(*p, *b, profile.xen(), profile.pciback(), s.vectors);
+                if trace {
+                    rig.trace();
+                }
                 let report = rig.run(s);
                 rows.push(Row {
                     profile: format!("{}/{}", profile.xen().name(), profile.pciback().name()),
@@ -71,7 +84,7 @@ pub fn run_matrix(
     rows
 }
 
-pub fn run(args: ScenarioArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run(args: ScenarioArgs, trace: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let scenarios = load_scenarios(&args.scenario)?;
     let behaviours = if args.dm.is_empty() {
         DmBehaviour::ALL.to_vec()
@@ -90,7 +103,7 @@ pub fn run(args: ScenarioArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let rows: Vec<Row> = profiles
         .iter()
-        .flat_map(|p| run_matrix(&scenarios, &behaviours, &policies, p))
+        .flat_map(|p| run_matrix_traced(&scenarios, &behaviours, &policies, p, trace))
         .collect();
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &rows)?;
@@ -159,6 +172,21 @@ pub fn run(args: ScenarioArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         broken.len(),
         broken.iter().filter(|r| r.policy == Policy::Ptguard).count(),
     )?;
+    if trace {
+        for r in &rows {
+            writeln!(
+                out,
+                "\n== trace: {} {} {} {} ==",
+                r.profile,
+                r.scenario,
+                r.device_model.name(),
+                r.policy.name()
+            )?;
+            for l in &r.report.trace {
+                writeln!(out, "  {l}")?;
+            }
+        }
+    }
     if args.notices {
         for r in &rows {
             for n in r.report.notices.iter().chain(&r.report.violations) {
