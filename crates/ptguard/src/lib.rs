@@ -45,7 +45,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
 fn run_owned(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Xenstored(args) => commands::xenstored::run(args, out),
-        Command::Lspci(args) => commands::lspci::run(args, out),
+        Command::Lspci(args) => commands::lspci::run(args, &cli.host, out),
         Command::Scenario(args) => commands::scenario::run(args, cli.trace, out),
         Command::Explore(args) => commands::explore::run(args, out),
         Command::Bench(args) => bench::run(args, out),

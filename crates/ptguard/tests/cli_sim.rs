@@ -64,6 +64,14 @@ fn reboot_with_a_crashed_device_model_then_the_device_works_again() {
         again.contains("3 of 3"),
         "the rebooted guest's interrupts arrive: {again}"
     );
+    let lspci: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["lspci", "--json", "0000:03:00.0"])).unwrap();
+    assert_eq!(lspci[0]["driver"], "pciback");
+    assert_eq!(
+        lspci[0]["config"]["msix"]["enabled"], true,
+        "the guest's MSI-X is on"
+    );
+    assert_eq!(lspci[0]["config"]["msix"]["function_mask"], false);
     let doctor = ptguard(&d, &["doctor"]);
     assert!(
         doctor.status.success(),

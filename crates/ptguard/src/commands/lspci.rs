@@ -6,6 +6,8 @@ use std::io::Write;
 use pci::config::regs;
 use pci::host::PciHost;
 use pci::sysfs::SysfsHost;
+
+use crate::hostctx::{HostCtx, HostSpec};
 use pci::{ConfigSpace, DeviceConfig, Sbdf};
 use serde::Serialize;
 
@@ -29,7 +31,7 @@ pub struct DeviceReport {
     pub config_error: Option<String>,
 }
 
-fn report(host: &SysfsHost, sbdf: Sbdf) -> Result<DeviceReport, pci::PciError> {
+fn report(host: &dyn PciHost, sbdf: Sbdf) -> Result<DeviceReport, pci::PciError> {
     let bytes = host.read_config(sbdf)?;
     let config_bytes = bytes.len();
     let (config, config_error) = match ConfigSpace::new(bytes).and_then(|c| c.parse()) {
@@ -213,15 +215,24 @@ fn print_text(out: &mut dyn Write, r: &DeviceReport, verbose: bool) -> std::io::
     Ok(())
 }
 
-pub fn run(args: LspciArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let host = SysfsHost::new(&args.sysfs);
+pub fn run(args: LspciArgs, host_spec: &HostSpec, out: &mut dyn Write) -> anyhow::Result<()> {
+    let sysfs = SysfsHost::new(&args.sysfs);
+    // On a simulated host, its devices; otherwise the sysfs tree.
+    let sim = match host_spec {
+        HostSpec::Sim(_) => Some(HostCtx::open(host_spec, true)?),
+        HostSpec::Real => None,
+    };
+    let host: &dyn PciHost = match &sim {
+        Some(ctx) => engine::Platform::pci(&ctx.platform),
+        None => &sysfs,
+    };
     let devices = match &args.sbdf {
         Some(s) => {
             let sbdf: Sbdf = s.parse()?;
             if !host.exists(sbdf)? {
                 anyhow::bail!(
                     "{sbdf}: no such PCI device under {} (list them with `ptguard lspci`)",
-                    host.devices_dir().display()
+                    sysfs.devices_dir().display()
                 );
             }
             vec![sbdf]
@@ -230,7 +241,7 @@ pub fn run(args: LspciArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for sbdf in devices {
-        match report(&host, sbdf) {
+        match report(host, sbdf) {
             Ok(r) => reports.push(r),
             // A device removed while we list is reported, not fatal.
             Err(e @ (pci::PciError::Vanished { .. } | pci::PciError::NoSuchDevice { .. })) => {
