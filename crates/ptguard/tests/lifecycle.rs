@@ -85,50 +85,58 @@ fn legacy_fails_the_seed_scenario_and_ptguard_does_not() {
 
 #[test]
 fn explorer_finds_no_violation_for_ptguard_and_flags_legacy() {
-    let scenarios = load_scenarios(&["reboot".into()]).unwrap();
-    let s = &scenarios[0];
-    for b in DmBehaviour::ALL {
-        let mut base = Rig::new(
-            Policy::Ptguard,
-            b,
-            XenProfile::Xen4_11_0,
-            PcibackProfile::BeforeCommandFix,
-            s.vectors,
-        );
-        let baseline = base.run(s);
-        assert!(
-            baseline.checkpoints > 20,
-            "{b:?}: {} crash points",
-            baseline.checkpoints
-        );
-        for k in 0..baseline.checkpoints {
-            let mut rig = Rig::new(
-                Policy::Ptguard,
-                b,
-                XenProfile::Xen4_11_0,
-                PcibackProfile::BeforeCommandFix,
-                s.vectors,
+    let scenarios = load_scenarios(&[]).unwrap();
+    assert_eq!(scenarios.len(), 3);
+    let (xen, pb) = (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix);
+    let mut cases = 0;
+    for s in &scenarios {
+        for b in DmBehaviour::ALL {
+            let baseline = Rig::new(Policy::Ptguard, b, xen, pb, s.vectors).run(s);
+            assert!(
+                baseline.checkpoints > 20,
+                "{b:?}: {} crash points",
+                baseline.checkpoints
             );
-            rig.crash_at(k);
-            let r = rig.run(s);
-            assert!(r.crashed_at.is_some(), "{b:?}/{k}: the crash happened");
-            assert!(r.violations.is_empty(), "{b:?}/{k}: {:?}", r.violations);
-            assert_eq!(
-                r.end_state, baseline.end_state,
-                "{b:?}/{k} crashed at {:?}",
-                r.crashed_at
+            assert!(
+                baseline.violations.is_empty(),
+                "{}/{b:?}: {:?}",
+                s.name,
+                baseline.violations
             );
+            for k in 0..baseline.checkpoints {
+                let mut rig = Rig::new(Policy::Ptguard, b, xen, pb, s.vectors);
+                rig.crash_at(k);
+                let r = rig.run(s);
+                cases += 1;
+                assert!(
+                    r.crashed_at.is_some(),
+                    "{}/{b:?}/{k}: the crash happened",
+                    s.name
+                );
+                assert!(
+                    r.violations.is_empty(),
+                    "{}/{b:?}/{k}: {:?}",
+                    s.name,
+                    r.violations
+                );
+                assert_eq!(
+                    r.end_state, baseline.end_state,
+                    "{}/{b:?}/{k} crashed at {:?}",
+                    s.name, r.crashed_at
+                );
+            }
         }
     }
+    assert!(cases > 700, "{cases} crash points explored");
     let mut legacy = Rig::new(
         Policy::Legacy,
         DmBehaviour::Crashes,
-        XenProfile::Xen4_11_0,
-        PcibackProfile::BeforeCommandFix,
-        s.vectors,
+        xen,
+        pb,
+        scenarios[0].vectors,
     );
     assert!(
-        !legacy.run(s).violations.is_empty(),
+        !legacy.run(&scenarios[0]).violations.is_empty(),
         "the checker catches the seed failure"
     );
 }
