@@ -169,6 +169,14 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
             .filter(|n| *n <= 2048)
             .ok_or_else(|| corrupt(field_path(sbdf, "msix-size"), &t, "not a table size"))?,
     };
+    let table_base = match read_opt(xs, tx, &field_path(sbdf, "table-base"))? {
+        None => None,
+        Some(t) => Some(
+            t.strip_prefix("0x")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .ok_or_else(|| corrupt(field_path(sbdf, "table-base"), &t, "not a hex address"))?,
+        ),
+    };
     if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
         return Err(corrupt(
             field_path(sbdf, "owner"),
@@ -185,6 +193,7 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
         reason,
         driver,
         msix_size,
+        table_base,
         bindings: Vec::new(),
     }))
 }
@@ -357,6 +366,15 @@ impl<'a> Engine<'a> {
                 source,
             })?;
         let msix_size = cfg.msix.map_or(0, |m| m.table_size);
+        // The host address of the BAR holding the MSI-X table: the broker checks device
+        // models' `table_base` against it instead of trusting them.
+        let table_base = match cfg.msix {
+            Some(m) => pci
+                .resources(sbdf)?
+                .get(usize::from(m.table_bir))
+                .map_or(0, |r| r.start),
+            None => 0,
+        };
         self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
         let seized = pciback::seize(pci, sbdf)?;
         self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
@@ -374,6 +392,12 @@ impl<'a> Engine<'a> {
                 tx,
                 &field_path(sbdf, "msix-size"),
                 &msix_size.to_string(),
+            )?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "table-base"),
+                &format!("{table_base:#x}"),
             )?;
             Ok(())
         })?;
@@ -644,11 +668,17 @@ impl<'a> Engine<'a> {
                     req.epoch, rec.epoch
                 )));
             }
-            if let BindKind::Msix { entry, .. } = req.kind {
+            if let BindKind::Msix { entry, table_base } = req.kind {
                 if entry >= rec.msix_size {
                     return Err(refuse(format!(
                         "MSI-X entry {entry} is beyond the table ({} entries)",
                         rec.msix_size
+                    )));
+                }
+                if rec.table_base.is_some_and(|t| t != table_base) {
+                    return Err(refuse(format!(
+                        "table_base {table_base:#x} is not the device's MSI-X BAR ({:#x})",
+                        rec.table_base.unwrap_or(0)
                     )));
                 }
             }

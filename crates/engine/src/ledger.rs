@@ -9,6 +9,7 @@
 //! /ptguard/device/<SSSS-BB-DD-F>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
 //! /ptguard/device/<SSSS-BB-DD-F>/driver              driver to rebind on assignable-remove ("" for none)
 //! /ptguard/device/<SSSS-BB-DD-F>/msix-size           MSI-X table size (0: no MSI-X)
+//! /ptguard/device/<SSSS-BB-DD-F>/table-base          host address of the MSI-X table's BAR (hex)
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
 //! ```
 
@@ -300,6 +301,9 @@ pub struct DeviceRecord {
     pub reason: Option<String>,
     pub driver: Option<String>,
     pub msix_size: u16,
+    /// Host address of the BAR holding the MSI-X table (`None` in records written before
+    /// it was kept).
+    pub table_base: Option<u64>,
     pub bindings: Vec<Binding>,
 }
 

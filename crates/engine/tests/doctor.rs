@@ -40,6 +40,7 @@ fn record(s: Sbdf, state: DeviceState, owner: Option<u16>, step: Option<Step>) -
         reason: Some("test".into()),
         driver: None,
         msix_size: 4,
+        table_base: Some(0xf000_0000),
         bindings: vec![],
     }
 }

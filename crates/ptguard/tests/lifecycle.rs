@@ -201,6 +201,13 @@ fn broker_checks_owner_epoch_entry_and_state() {
     assert!(refused(e.bind(&req(b, epoch, 0))).contains("attached to d1, not d2"));
     assert!(refused(e.bind(&req(a, epoch - 1, 0))).contains("stale epoch"));
     assert!(refused(e.bind(&req(a, epoch, 8))).contains("beyond the table"));
+    // A device model that lies about where the table is.
+    let mut lying = req(a, epoch, 0);
+    lying.kind = BindKind::Msix {
+        entry: 0,
+        table_base: 0xdead_0000,
+    };
+    assert!(refused(e.bind(&lying)).contains("not the device's MSI-X BAR"));
     let p = e.bind(&req(a, epoch, 0)).unwrap();
     assert!(refused(e.bind(&req(a, epoch, 0))).contains("already bound"));
     let rec = e.record(dev()).unwrap().unwrap();
