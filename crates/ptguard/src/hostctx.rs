@@ -227,6 +227,35 @@ pub struct HostCtx {
     pub log: OpLog,
     pub sim: Option<(SimHost, LocalXenstore, SimState)>,
     pub dry_run: bool,
+    /// Exclusive lock on a simulated host's directory for the whole command: its state is
+    /// loaded, changed and saved as a unit, so concurrent commands take turns.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// Takes `DIR/lock`, waiting up to 10 s for another command to finish.
+pub fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => bail!(
+                "{} is in use by another ptguard command (a running `watch`?): {e}",
+                dir.display()
+            ),
+        }
+    }
 }
 
 fn sim_paths(dir: &Path) -> (PathBuf, PathBuf) {
@@ -356,10 +385,19 @@ impl HostCtx {
                     log,
                     sim: None,
                     dry_run,
+                    _lock: None,
                 })
             }
             HostSpec::Sim(dir) => {
                 let (state_file, xs_file) = sim_paths(dir);
+                if !state_file.exists() {
+                    bail!(
+                        "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                let lock = lock_dir(dir)?;
                 let text = std::fs::read_to_string(&state_file).with_context(|| {
                     format!(
                         "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
@@ -395,6 +433,7 @@ impl HostCtx {
                     log,
                     sim: Some((host, xs, state)),
                     dry_run,
+                    _lock: Some(lock),
                 })
             }
         }

@@ -190,3 +190,73 @@ fn without_xen_real_host_commands_fail_fast_and_write_nothing() {
         assert!(!l.to_string_lossy().ends_with("pciback"));
     }
 }
+
+#[test]
+fn concurrent_commands_on_one_simulated_host_take_turns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    // Eight domain creations at once: none may be lost to a concurrent save.
+    let host = format!("sim:{}", d.display());
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_ptguard"))
+                .args(["--host", &host, "sim", "create", &format!("g{i}")])
+                .output()
+        })
+        .collect();
+    let mut domids: Vec<u16> = children
+        .into_iter()
+        .map(|o| {
+            String::from_utf8_lossy(&o.unwrap().stdout)
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    domids.sort_unstable();
+    assert_eq!(domids, (1..=8).collect::<Vec<u16>>());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("sim.json")).unwrap()).unwrap();
+    let creates = state["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["op"] == "create_domain")
+        .count();
+    assert_eq!(creates, 8, "every creation was saved");
+    // Two attaches of one device to different domains race: exactly one wins.
+    let spawn = |dom: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ptguard"))
+            .args(["--host", &host, "attach", "0000:03:00.0", dom])
+            .env("PTGUARD_LOG", "error")
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn("1"), spawn("2"));
+    let (ra, rb) = (a.wait().unwrap().success(), b.wait().unwrap().success());
+    assert!(ra ^ rb, "exactly one attach succeeds ({ra}, {rb})");
+    let v: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
+    assert_eq!(v[0]["owner"], if ra { 1 } else { 2 });
+}
+
+#[test]
+fn a_simulated_host_directory_is_locked_for_the_whole_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let held = ptguard::hostctx::lock_dir(tmp.path()).unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let l = ptguard::hostctx::lock_dir(&dir);
+        tx.send(l.is_ok()).unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        rx.try_recv().is_err(),
+        "the second command waits while the first holds the lock"
+    );
+    drop(held);
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(true));
+    waiter.join().unwrap();
+}
