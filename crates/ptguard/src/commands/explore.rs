@@ -42,6 +42,7 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let replay = args.replay.as_deref().map(parse_seed).transpose()?;
     let progress = !args.json && std::io::stderr().is_terminal();
+    let mut combos = 0usize;
     for s in &scenarios {
         for b in &behaviours {
             if let Some((rs, rb, _)) = &replay {
@@ -49,6 +50,7 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     continue;
                 }
             }
+            combos += 1;
             let mut base = Rig::new(Policy::Ptguard, *b, xen, pciback, s.vectors);
             let baseline = base.run(s);
             summary.cases += 1;
@@ -118,11 +120,12 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "explored {} cases ({} crash points of ptguard x {} device-model behaviours x {} scenarios) on {}",
+            "explored {} cases ({} crash-free runs + {} crash points, over {combos} scenario x device-model combinations of {} scenarios and {} behaviours) on {}",
             summary.cases,
+            combos,
             summary.crash_points,
-            behaviours.len(),
             scenarios.len(),
+            behaviours.len(),
             summary.profile
         )?;
         writeln!(
