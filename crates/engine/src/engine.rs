@@ -255,6 +255,12 @@ fn rm(xs: &mut XsClient, tx: TxId, path: &str) -> Result<()> {
     }
 }
 
+/// A permission list from (access, domid) pairs, the first naming the owner.
+fn perm_list(entries: &[(Access, u32)]) -> PermList {
+    PermList::from_vec(entries.iter().map(|(a, d)| Perm::new(*a, *d)).collect())
+        .unwrap_or_else(|| PermList::owned_by(0, Access::None))
+}
+
 fn backend_dir(domid: DomId) -> String {
     format!("/local/domain/0/backend/pci/{}/0", domid.0)
 }
@@ -298,9 +304,8 @@ impl<'a> Engine<'a> {
         if read_opt(self.xs, TxId::NONE, ROOT)?.is_none() {
             self.xs.mkdir(TxId::NONE, ROOT)?;
         }
-        let perms = PermList::from_vec(vec![Perm::new(Access::None, 0)])
-            .unwrap_or_else(|| PermList::owned_by(0, Access::None));
-        self.xs.set_perms(TxId::NONE, ROOT, &perms)?;
+        self.xs
+            .set_perms(TxId::NONE, ROOT, &perm_list(&[(Access::None, 0)]))?;
         if read_opt(self.xs, TxId::NONE, DEVICES)?.is_none() {
             self.xs.mkdir(TxId::NONE, DEVICES)?;
         }
@@ -557,6 +562,21 @@ impl<'a> Engine<'a> {
                 }
             }
             if n == 0 {
+                // As libxl: the backend is dom0's and readable by the guest; the frontend is
+                // the guest's and readable by dom0. Children inherit these.
+                let dom = u32::from(domid.0);
+                xs.mkdir(tx, &be)?;
+                xs.set_perms(
+                    tx,
+                    &be,
+                    &perm_list(&[(Access::None, 0), (Access::Read, dom)]),
+                )?;
+                xs.mkdir(tx, &fe)?;
+                xs.set_perms(
+                    tx,
+                    &fe,
+                    &perm_list(&[(Access::None, dom), (Access::Read, 0)]),
+                )?;
                 write(xs, tx, &format!("{be}/frontend"), &fe)?;
                 write(xs, tx, &format!("{be}/frontend-id"), &domid.0.to_string())?;
                 write(xs, tx, &format!("{be}/online"), "1")?;

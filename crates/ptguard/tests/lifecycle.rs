@@ -396,6 +396,29 @@ fn the_ledger_is_dom0_only() {
     );
     let perms = f.client.get_perms(TxId::NONE, "/ptguard").unwrap();
     assert_eq!(perms.to_string(), "n0");
+    // The PCI backend and frontend nodes carry libxl's permissions: the guest reads its
+    // backend and owns its frontend; another guest sees neither.
+    let be = format!("/local/domain/0/backend/pci/{}/0", a.0);
+    assert_eq!(
+        f.client.get_perms(TxId::NONE, &be).unwrap().to_string(),
+        format!("n0,r{}", a.0)
+    );
+    assert_eq!(
+        guest
+            .read_string(TxId::NONE, &format!("{be}/dev-0"))
+            .unwrap(),
+        "0000:03:00.0"
+    );
+    let fe = format!("/local/domain/{}/device/pci/0", a.0);
+    guest
+        .write(TxId::NONE, &format!("{fe}/state"), b"3")
+        .unwrap();
+    let b = f.host.create_domain("B", true);
+    let mut other = f.xs.connect(u32::from(b.0));
+    assert_eq!(
+        other.read(TxId::NONE, &be).unwrap_err().code(),
+        Some(ErrorCode::Eacces)
+    );
 }
 
 #[test]
