@@ -70,6 +70,30 @@ fn bind_unbind_and_refusals_over_the_socket() {
     ));
     assert!(unbind.ok, "{unbind:?}");
     host.with_world(|w| assert!(w.descs.is_empty(), "unmapped in Xen"));
+    // libxl records each domain's device-model pid; a process that is not it is refused.
+    {
+        let mut c = ctx.lock().unwrap();
+        let path = format!("/local/domain/{}/image/device-model-pid", a.0);
+        c.xs.write(xenstore::TxId::NONE, &path, b"999999").unwrap();
+    }
+    let impostor = ask(bind(a.0, epoch, 1));
+    assert!(!impostor.ok);
+    assert!(impostor
+        .error
+        .unwrap()
+        .contains("device model is pid 999999"));
+    {
+        let mut c = ctx.lock().unwrap();
+        let path = format!("/local/domain/{}/image/device-model-pid", a.0);
+        c.xs.write(
+            xenstore::TxId::NONE,
+            &path,
+            std::process::id().to_string().as_bytes(),
+        )
+        .unwrap();
+    }
+    let genuine = ask(bind(a.0, epoch, 1));
+    assert!(genuine.ok, "{genuine:?}");
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
 }

@@ -40,8 +40,19 @@ pub struct BrokerReply {
     pub error: Option<String>,
 }
 
-/// Answers one request line.
-pub fn handle_line(ctx: &mut HostCtx, line: &str) -> BrokerReply {
+/// The pid libxl records for a domain's device model, if any.
+fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
+    let path = format!("/local/domain/{}/image/device-model-pid", domid.0);
+    let v = ctx
+        .xs
+        .read_optional(xenstore::TxId::NONE, &path)
+        .ok()
+        .flatten()?;
+    String::from_utf8_lossy(&v).trim().parse().ok()
+}
+
+/// Answers one request line from a peer whose pid the socket reported (`None`: unknown).
+pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> BrokerReply {
     let fail = |e: String| BrokerReply {
         ok: false,
         pirq: None,
@@ -54,6 +65,19 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str) -> BrokerReply {
         Ok(r) => r,
         Err(e) => return fail(format!("malformed request: {e}")),
     };
+    let claimed = match &req {
+        BrokerRequest::Bind(b) => b.domid,
+        BrokerRequest::Unbind { req, .. } => req.domid,
+    };
+    // A device model may only speak for its own domain: when libxl recorded the model's pid,
+    // the connecting process must be it.
+    if let (Some(peer), Some(dm)) = (peer_pid, device_model_pid(ctx, claimed)) {
+        if peer != dm {
+            return fail(format!(
+                "request for {claimed} from pid {peer}, but {claimed}'s device model is pid {dm}"
+            ));
+        }
+    }
     let r = match req {
         BrokerRequest::Bind(b) => ctx.engine().bind(&b).map(|p| Some(p.0)),
         BrokerRequest::Unbind { req, pirq } => ctx.engine().unbind(&req, Pirq(pirq)).map(|_| None),
@@ -70,12 +94,16 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str) -> BrokerReply {
 }
 
 fn serve_conn(ctx: &Mutex<HostCtx>, stream: UnixStream) {
+    let peer_pid =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.pid());
     let Ok(read) = stream.try_clone() else { return };
     let mut write = stream;
     for line in BufReader::new(read.take(1 << 20)).lines() {
         let Ok(line) = line else { return };
         let reply = match ctx.lock() {
-            Ok(mut c) => handle_line(&mut c, &line),
+            Ok(mut c) => handle_line(&mut c, &line, peer_pid),
             Err(_) => return,
         };
         let Ok(text) = serde_json::to_string(&reply) else {
