@@ -162,6 +162,9 @@ pub fn detach(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Re
         for l in n.drain(..) {
             writeln!(out, "NOTICE: {l}")?;
         }
+        if cli.dry_run {
+            write!(out, "would end: ")?;
+        }
         print_outcome(out, s, &o)?;
     }
     finish(cli, &mut ctx, out)?;
@@ -194,6 +197,9 @@ pub fn release_domain(
             writeln!(out, "d{domid} had no device managed by ptguard")?;
         }
         for (s, o) in &done {
+            if cli.dry_run {
+                write!(out, "would end: ")?;
+            }
             print_outcome(out, *s, o)?;
         }
     }
