@@ -148,6 +148,40 @@ pub fn serve_broker(
     }))
 }
 
+/// The daemon's loop: on every `@releaseDomain` (or every 500 ms when `poll_always`), finish
+/// the teardowns of devices whose owner is gone and retry quarantines; `on_done` sees each
+/// outcome. Returns when `stop` is set.
+pub fn watch_loop(
+    ctx: &Mutex<HostCtx>,
+    watcher: &mut xenstore::XsClient,
+    stop: &AtomicBool,
+    poll_always: bool,
+    mut on_done: impl FnMut(&(pci::Sbdf, engine::Outcome)),
+) -> anyhow::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        let ev = watcher.next_event(Some(Duration::from_millis(500)))?;
+        if ev.is_none() && !poll_always {
+            // An in-process watcher returns at once when nothing is queued.
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let mut c = ctx
+            .lock()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+        for done in c.engine().recover()? {
+            tracing::warn!("{}: {:?}", done.0, done.1);
+            on_done(&done);
+        }
+        c.save()?;
+        drop(c);
+        if ev.is_none() {
+            // Nothing queued in-process: wait a little before polling again.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
     let mut e = ctx.engine();
@@ -193,18 +227,8 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         "watching @releaseDomain; broker on {}",
         args.broker_socket.display()
     );
-    while !stop.load(Ordering::Relaxed) {
-        let ev = watcher.next_event(Some(Duration::from_millis(500)))?;
-        if ev.is_some() || matches!(&cli.host, crate::hostctx::HostSpec::Sim(_)) {
-            let mut c = ctx
-                .lock()
-                .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
-            for (s, o) in c.engine().recover()? {
-                tracing::warn!("{s}: {o:?}");
-            }
-            c.save()?;
-        }
-    }
+    let poll_always = matches!(&cli.host, crate::hostctx::HostSpec::Sim(_));
+    watch_loop(&ctx, &mut watcher, &stop, poll_always, |_| {})?;
     let _ = broker.join();
     let _ = std::fs::remove_file(&args.broker_socket);
     Ok(())
