@@ -6,7 +6,7 @@ use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
 use pci::{pciback, ConfigSpace, Sbdf};
 use serde::Serialize;
 use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
-use xen::{DomId, Errno, MapPirq, MapSource, Pirq, XenError};
+use xen::{DomId, Errno, Hypervisor, MapPirq, Pirq, PtIrq, XenError};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::ledger::*;
@@ -80,20 +80,10 @@ impl BindRequest {
     /// pirq left to Xen.
     fn map_request(&self) -> MapPirq {
         match self.kind {
-            BindKind::Intx { gsi } => MapPirq {
-                domid: self.domid,
-                source: MapSource::Gsi { gsi },
-                pirq: Some(Pirq(gsi as i32)),
-            },
-            BindKind::Msix { entry, table_base } => MapPirq {
-                domid: self.domid,
-                source: MapSource::Msi {
-                    sbdf: self.sbdf,
-                    entry_nr: entry,
-                    table_base,
-                },
-                pirq: None,
-            },
+            BindKind::Intx { gsi } => MapPirq::gsi(self.domid, gsi),
+            BindKind::Msix { entry, table_base } => {
+                MapPirq::msix(self.domid, self.sbdf, entry, table_base)
+            }
         }
     }
 }
@@ -117,12 +107,51 @@ fn corrupt(path: String, value: &str, reason: impl Into<String>) -> EngineError 
     }
 }
 
-/// "Already gone" answers of unbind/unmap/deassign/permission calls during teardown.
-fn gone(e: &XenError) -> bool {
-    matches!(
-        e.errno(),
-        Some(Errno::EINVAL) | Some(Errno::ESRCH) | Some(Errno::ENODEV) | Some(Errno::EPERM)
-    )
+/// Treats the "already gone" answers of unbind/unmap/deassign/permission calls during
+/// teardown as success.
+fn unless_gone(r: std::result::Result<(), XenError>) -> Result<()> {
+    match r {
+        Err(e)
+            if !matches!(
+                e.errno(),
+                Some(Errno::EINVAL) | Some(Errno::ESRCH) | Some(Errno::ENODEV) | Some(Errno::EPERM)
+            ) =>
+        {
+            Err(e.into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Unbinds then unmaps one pirq (`unbind_pt_irq`, `unmap_pirq`); "already gone" is success.
+fn unbind_and_unmap(hv: &dyn Hypervisor, domid: DomId, bind: &PtIrq) -> Result<()> {
+    unless_gone(hv.unbind_pt_irq(domid, bind))?;
+    unless_gone(hv.unmap_pirq(domid, bind.pirq()))
+}
+
+/// Grants or revokes `domid`'s access to every implemented BAR of the device (I/O ports or
+/// memory pages), passing each call's result through `check`.
+fn bar_permissions(
+    hv: &dyn Hypervisor,
+    pci: &dyn pci::PciHost,
+    domid: DomId,
+    sbdf: Sbdf,
+    allow: bool,
+    check: fn(std::result::Result<(), XenError>) -> Result<()>,
+) -> Result<()> {
+    for r in pci
+        .resources(sbdf)?
+        .iter()
+        .take(6)
+        .filter(|r| !r.is_empty())
+    {
+        check(if r.is_io() {
+            hv.ioport_permission(domid, r.start as u32, r.len() as u32, allow)
+        } else {
+            hv.iomem_permission(domid, r.start >> 12, r.len().div_ceil(4096), allow)
+        })?;
+    }
+    Ok(())
 }
 
 fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option<String>> {
@@ -420,10 +449,7 @@ impl<'a> Engine<'a> {
             });
         }
         let hv = self.platform.hypervisor();
-        match hv.deassign_device(DomId::IO, sbdf) {
-            Err(e) if !gone(&e) => return Err(e.into()),
-            _ => {}
-        }
+        unless_gone(hv.deassign_device(DomId::IO, sbdf))?;
         self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
         pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
         rm(self.xs, TxId::NONE, &device_path(sbdf))
@@ -488,53 +514,26 @@ impl<'a> Engine<'a> {
             pci.reset(sbdf)?;
         }
         self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
-        for r in pci
-            .resources(sbdf)?
-            .iter()
-            .take(6)
-            .filter(|r| !r.is_empty())
-        {
-            if r.is_io() {
-                hv.ioport_permission(domid, r.start as u32, r.len() as u32, true)?;
-            } else {
-                hv.iomem_permission(domid, r.start >> 12, r.len().div_ceil(4096), true)?;
-            }
-        }
+        bar_permissions(hv, pci, domid, sbdf, true, |r| r.map_err(Into::into))?;
         let irq = pci.irq(sbdf)?;
         if irq > 0 && irq < 0xff {
             // The INTx pirq is a binding like any other: intent, map, confirm.
-            let b = Binding {
-                key: BindingKey::Intx,
-                state: BindingState::Intent,
-                pirq: None,
-                gsi: irq,
+            let intx = BindRequest {
+                domid,
+                sbdf,
+                epoch: 0,
+                kind: BindKind::Intx { gsi: irq },
                 gvec: 0,
                 gflags: 0,
                 gtable: 0,
             };
-            write(
-                self.xs,
-                TxId::NONE,
-                &binding_path(sbdf, &b.key),
-                &b.encode(),
-            )?;
+            let path = binding_path(sbdf, &BindingKey::Intx);
+            let intent = intx.binding(BindingState::Intent, None);
+            write(self.xs, TxId::NONE, &path, &intent.encode())?;
             self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
-            let pirq = hv.map_pirq(&MapPirq {
-                domid,
-                source: MapSource::Gsi { gsi: irq },
-                pirq: Some(Pirq(irq as i32)),
-            })?;
-            let b = Binding {
-                state: BindingState::Mapped,
-                pirq: Some(pirq),
-                ..b
-            };
-            write(
-                self.xs,
-                TxId::NONE,
-                &binding_path(sbdf, &b.key),
-                &b.encode(),
-            )?;
+            let pirq = hv.map_pirq(&intx.map_request())?;
+            let mapped = intx.binding(BindingState::Mapped, Some(pirq));
+            write(self.xs, TxId::NONE, &path, &mapped.encode())?;
             self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
             hv.irq_permission(domid, Pirq(irq as i32), true)?;
         }
@@ -786,16 +785,7 @@ impl<'a> Engine<'a> {
         };
         let hv = self.platform.hypervisor();
         self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
-        if let Err(e) = hv.unbind_pt_irq(req.domid, &b.pt_irq(pirq, req.sbdf)) {
-            if !gone(&e) {
-                return Err(e.into());
-            }
-        }
-        if let Err(e) = hv.unmap_pirq(req.domid, pirq) {
-            if !gone(&e) {
-                return Err(e.into());
-            }
-        }
+        unbind_and_unmap(hv, req.domid, &b.pt_irq(pirq, req.sbdf))?;
         self.checkpoint(|| format!("{} unbind {key}: forget", req.sbdf))?;
         rm(self.xs, TxId::NONE, &path)
     }
@@ -892,30 +882,10 @@ impl<'a> Engine<'a> {
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
             let next = match step {
                 Step::Attach | Step::Revoke => {
-                    for r in pci
-                        .resources(sbdf)?
-                        .iter()
-                        .take(6)
-                        .filter(|r| !r.is_empty())
-                    {
-                        let res = if r.is_io() {
-                            hv.ioport_permission(owner, r.start as u32, r.len() as u32, false)
-                        } else {
-                            hv.iomem_permission(owner, r.start >> 12, r.len().div_ceil(4096), false)
-                        };
-                        if let Err(e) = res {
-                            if !gone(&e) {
-                                return Err(e.into());
-                            }
-                        }
-                    }
+                    bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
                     let irq = pci.irq(sbdf)?;
                     if irq > 0 && irq < 0xff {
-                        if let Err(e) = hv.irq_permission(owner, Pirq(irq as i32), false) {
-                            if !gone(&e) {
-                                return Err(e.into());
-                            }
-                        }
+                        unless_gone(hv.irq_permission(owner, Pirq(irq as i32), false))?;
                     }
                     self.remove_backend(sbdf, owner)?;
                     self.platform.backend_changed(sbdf, None);
@@ -932,16 +902,7 @@ impl<'a> Engine<'a> {
                     for b in &known {
                         let Some(pirq) = b.pirq else { continue };
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
-                        if let Err(e) = hv.unbind_pt_irq(owner, &b.pt_irq(pirq, sbdf)) {
-                            if !gone(&e) {
-                                return Err(e.into());
-                            }
-                        }
-                        if let Err(e) = hv.unmap_pirq(owner, pirq) {
-                            if !gone(&e) {
-                                return Err(e.into());
-                            }
-                        }
+                        unbind_and_unmap(hv, owner, &b.pt_irq(pirq, sbdf))?;
                     }
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
                     let all_known = known.len() == rec.bindings.len();
@@ -961,11 +922,7 @@ impl<'a> Engine<'a> {
                     continue;
                 }
                 Step::Deassign => {
-                    if let Err(e) = hv.deassign_device(owner, sbdf) {
-                        if !gone(&e) {
-                            return Err(e.into());
-                        }
-                    }
+                    unless_gone(hv.deassign_device(owner, sbdf))?;
                     Step::Reset
                 }
                 Step::Release => {

@@ -10,7 +10,7 @@ use pci::config::regs::*;
 use pci::host::PciHost;
 use pci::Sbdf;
 use serde::{Deserialize, Serialize};
-use xen::{DomId, Hypervisor, MapPirq, MapSource, Pirq, PtIrq};
+use xen::{DomId, Hypervisor, MapPirq, Pirq, PtIrq};
 
 use crate::host::SimHost;
 
@@ -88,20 +88,10 @@ impl VectorRequest {
     /// The `map_pirq` argument (`pirq` chosen by Xen; INTx uses pirq == GSI as libxc does).
     pub fn map_request(&self) -> MapPirq {
         match self.kind {
-            VectorKind::Intx { gsi } => MapPirq {
-                domid: self.domid,
-                source: MapSource::Gsi { gsi },
-                pirq: Some(Pirq(gsi as i32)),
-            },
-            VectorKind::Msix { entry, table_base } => MapPirq {
-                domid: self.domid,
-                source: MapSource::Msi {
-                    sbdf: self.sbdf,
-                    entry_nr: entry,
-                    table_base,
-                },
-                pirq: None,
-            },
+            VectorKind::Intx { gsi } => MapPirq::gsi(self.domid, gsi),
+            VectorKind::Msix { entry, table_base } => {
+                MapPirq::msix(self.domid, self.sbdf, entry, table_base)
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 use pci::host::PciHost;
 use pci::{pciback, Sbdf};
 use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
-use xen::{DomId, Hypervisor, MapPirq, MapSource, Pirq};
+use xen::{DomId, Hypervisor, MapPirq, Pirq};
 
 use crate::dm::{DeviceModel, VectorBroker};
 use crate::host::SimHost;
@@ -70,12 +70,8 @@ pub fn attach(
     bar_permissions(host, domid, sbdf, true)?;
     let irq = host.irq(sbdf).map_err(|e| e.to_string())?;
     if irq > 0 && irq < 0xff {
-        host.map_pirq(&MapPirq {
-            domid,
-            source: MapSource::Gsi { gsi: irq },
-            pirq: Some(Pirq(irq as i32)),
-        })
-        .map_err(|e| e.to_string())?;
+        host.map_pirq(&MapPirq::gsi(domid, irq))
+            .map_err(|e| e.to_string())?;
         host.irq_permission(domid, Pirq(irq as i32), true)
             .map_err(|e| e.to_string())?;
     }

@@ -67,6 +67,31 @@ pub struct MapPirq {
     pub pirq: Option<Pirq>,
 }
 
+impl MapPirq {
+    /// A GSI mapped with pirq == GSI, as libxc's `xc_physdev_map_pirq` makes libxl and qemu
+    /// request it.
+    pub fn gsi(domid: DomId, gsi: u32) -> MapPirq {
+        MapPirq {
+            domid,
+            source: MapSource::Gsi { gsi },
+            pirq: Some(Pirq(gsi as i32)),
+        }
+    }
+
+    /// An MSI-X entry, the pirq left to Xen (qemu's `XEN_PT_AUTO_ASSIGN`).
+    pub fn msix(domid: DomId, sbdf: Sbdf, entry_nr: u16, table_base: u64) -> MapPirq {
+        MapPirq {
+            domid,
+            source: MapSource::Msi {
+                sbdf,
+                entry_nr,
+                table_base,
+            },
+            pirq: None,
+        }
+    }
+}
+
 /// `XEN_DOMCTL_bind_pt_irq` / `unbind_pt_irq` arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
