@@ -49,6 +49,11 @@ pub const XEN_DOMINF_PAUSED: u32 = 1 << 3;
 
 pub const DOMID_SELF: u16 = 0x7ff0;
 pub const DOMID_IO: u16 = 0x7ff1;
+pub const DOMID_XEN: u16 = 0x7ff2;
+/// "No domain": the only id `XEN_DOMCTL_test_assign_device` accepts without looking a
+/// domain up (Xen 4.17 `do_domctl`; any other id goes through `rcu_lock_domain_by_id`,
+/// which does not resolve `DOMID_SELF`, and the call fails with `-ESRCH`).
+pub const DOMID_INVALID: u16 = 0x7ff4;
 
 /// `struct physdev_map_pirq`.
 #[repr(C)]

@@ -225,6 +225,15 @@ impl Privcmd {
     }
 }
 
+/// `XEN_DOMCTL_test_assign_device` for `sbdf`: asks whether the device is free (owned by
+/// dom0 or dom_io). The domain field must be `DOMID_INVALID` (see [`abi::DOMID_INVALID`]).
+pub fn test_assign_domctl(sbdf: Sbdf) -> abi::xen_domctl {
+    let mut d = abi::xen_domctl::new(abi::XEN_DOMCTL_TEST_ASSIGN_DEVICE, abi::DOMID_INVALID);
+    d.put_u32(payload::ASSIGN_DEV, abi::XEN_DOMCTL_DEV_PCI)
+        .put_u32(payload::ASSIGN_MACHINE_SBDF, sbdf.machine_sbdf());
+    d
+}
+
 fn pci_device(sbdf: Sbdf) -> [u8; 4] {
     abi::physdev_pci_device {
         seg: sbdf.seg(),
@@ -338,17 +347,10 @@ impl Hypervisor for Privcmd {
     }
 
     fn test_assign_device(&self, sbdf: Sbdf) -> Result<(), XenError> {
-        self.domctl_op(
-            HypercallOp::TestAssignDevice,
-            abi::XEN_DOMCTL_TEST_ASSIGN_DEVICE,
-            DomId(abi::DOMID_SELF),
-            sbdf.to_string(),
-            |d| {
-                d.put_u32(payload::ASSIGN_DEV, abi::XEN_DOMCTL_DEV_PCI)
-                    .put_u32(payload::ASSIGN_MACHINE_SBDF, sbdf.machine_sbdf());
-            },
-        )
-        .map(|_| ())
+        let mut d = test_assign_domctl(sbdf);
+        self.domctl(&mut d).map_err(|errno| {
+            XenError::hypercall(HypercallOp::TestAssignDevice, sbdf.to_string(), errno)
+        })
     }
 
     fn deassign_device(&self, domid: DomId, sbdf: Sbdf) -> Result<(), XenError> {

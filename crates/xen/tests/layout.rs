@@ -67,7 +67,7 @@ int main(void) {
     C(PT_IRQ_TYPE_PCI); C(PT_IRQ_TYPE_ISA); C(PT_IRQ_TYPE_MSI); C(PT_IRQ_TYPE_MSI_TRANSLATE);
     C(XEN_DOMCTL_VMSI_X86_UNMASKED);
     C(XEN_DOMINF_dying); C(XEN_DOMINF_hvm_guest); C(XEN_DOMINF_shutdown); C(XEN_DOMINF_paused);
-    C(DOMID_SELF); C(DOMID_IO);
+    C(DOMID_SELF); C(DOMID_IO); C(DOMID_XEN); C(DOMID_INVALID);
     return 0;
 }
 "#;
@@ -278,6 +278,8 @@ fn rust_values() -> Vec<(&'static str, i64)> {
         ("XEN_DOMINF_paused", XEN_DOMINF_PAUSED.into()),
         ("DOMID_SELF", DOMID_SELF.into()),
         ("DOMID_IO", DOMID_IO.into()),
+        ("DOMID_XEN", DOMID_XEN.into()),
+        ("DOMID_INVALID", DOMID_INVALID.into()),
     ]
 }
 
@@ -375,4 +377,16 @@ fn payload_encodings_put_fields_where_xen_reads_them() {
     assert_eq!(&bytes[4..8], &0x15u32.to_ne_bytes());
     assert_eq!(&bytes[8..10], &7u16.to_ne_bytes());
     assert_eq!(&bytes[16 + 8..16 + 12], &0x0003_0010u32.to_ne_bytes());
+}
+
+/// Real Xen 4.17.5 answered `-ESRCH` when this domctl named `DOMID_SELF`: `do_domctl` looks
+/// up every id but `DOMID_INVALID` for `XEN_DOMCTL_test_assign_device`.
+#[test]
+fn test_assign_device_names_no_domain() {
+    let sbdf: pci::Sbdf = "0000:00:05.0".parse().expect("literal SBDF");
+    let bytes = xen::privcmd::test_assign_domctl(sbdf).to_bytes();
+    assert_eq!(&bytes[0..4], &XEN_DOMCTL_TEST_ASSIGN_DEVICE.to_ne_bytes());
+    assert_eq!(&bytes[8..10], &DOMID_INVALID.to_ne_bytes());
+    assert_eq!(&bytes[16..20], &XEN_DOMCTL_DEV_PCI.to_ne_bytes());
+    assert_eq!(&bytes[16 + 8..16 + 12], &sbdf.machine_sbdf().to_ne_bytes());
 }
