@@ -10,6 +10,7 @@ use xen::{DomId, Errno, Hypervisor, MapPirq, Pirq, PtIrq, XenError};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::ledger::*;
+use crate::refusal::{ProtectedDomains, Refusal};
 use crate::{EngineError, Platform};
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -97,6 +98,7 @@ pub struct Engine<'a> {
     pub checkpoints: u64,
     /// Loud notices (quarantine, unknown bindings) for the caller to print.
     pub notices: Vec<String>,
+    protected: ProtectedDomains,
 }
 
 fn corrupt(path: String, value: &str, reason: impl Into<String>) -> EngineError {
@@ -290,6 +292,38 @@ fn perm_list(entries: &[(Access, u32)]) -> PermList {
         .unwrap_or_else(|| PermList::owned_by(0, Access::None))
 }
 
+/// The broker's checks common to bind and unbind: the device is managed, attached (attach
+/// finished, no teardown running) to the requesting domain, at the epoch it presents.
+fn check_requester(
+    rec: Option<DeviceRecord>,
+    req: &BindRequest,
+) -> std::result::Result<DeviceRecord, Refusal> {
+    let rec = rec.ok_or(Refusal::NotManaged)?;
+    match (rec.state, rec.step) {
+        (DeviceState::Attached, None) => {}
+        (DeviceState::Attached, Some(_)) => return Err(Refusal::AttachInProgress),
+        (DeviceState::TearingDown, _) => return Err(Refusal::TearingDown),
+        (state, _) => return Err(Refusal::NotAttached { state }),
+    }
+    if rec.owner != Some(req.domid) {
+        return Err(Refusal::WrongDomain { owner: rec.owner });
+    }
+    if rec.epoch != req.epoch {
+        return Err(Refusal::StaleEpoch {
+            presented: req.epoch,
+            current: rec.epoch,
+        });
+    }
+    Ok(rec)
+}
+
+/// The epoch after `epoch`; a hand-edited maximum must not wrap to an old one.
+fn next_epoch(sbdf: Sbdf, epoch: u64) -> Result<u64> {
+    epoch
+        .checked_add(1)
+        .ok_or(EngineError::EpochExhausted { sbdf, epoch })
+}
+
 fn backend_dir(domid: DomId) -> String {
     format!("/local/domain/0/backend/pci/{}/0", domid.0)
 }
@@ -302,7 +336,21 @@ impl<'a> Engine<'a> {
             fuel: None,
             checkpoints: 0,
             notices: Vec::new(),
+            protected: ProtectedDomains::default(),
         }
+    }
+
+    /// Adds the operator's protected domains to dom0 and the reserved ids.
+    pub fn protecting(mut self, protected: ProtectedDomains) -> Engine<'a> {
+        self.protected = protected;
+        self
+    }
+
+    fn refuse_protected(&self, domid: DomId, action: &'static str) -> Result<()> {
+        if self.protected.contains(domid) {
+            return Err(EngineError::ProtectedDomain { domid, action });
+        }
+        Ok(())
     }
 
     /// Makes the engine "crash" (return [`EngineError::Crashed`]) at crash point `n`.
@@ -449,6 +497,20 @@ impl<'a> Engine<'a> {
             });
         }
         let hv = self.platform.hypervisor();
+        // The ledger may be wrong (edited by hand, or a toolstack gave the device away
+        // behind ptguard's back): ask Xen whether a guest holds it before handing it to
+        // dom0's driver. -EBUSY: assigned to a domain other than dom0 and dom_io.
+        if let Err(e) = hv.test_assign_device(sbdf) {
+            return Err(match e.errno() {
+                Some(errno) if errno == Errno::EBUSY => EngineError::HeldByGuest {
+                    sbdf,
+                    state: rec.state,
+                    errno,
+                },
+                _ => e.into(),
+            });
+        }
+        // -ENODEV here: not in dom_io, i.e. already dom0's (test_assign said it is free).
         unless_gone(hv.deassign_device(DomId::IO, sbdf))?;
         self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
         pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
@@ -461,6 +523,7 @@ impl<'a> Engine<'a> {
 
     /// Gives an assignable device to `domid`; returns the new epoch.
     pub fn attach(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.refuse_protected(domid, "attach a device to")?;
         let hv = self.platform.hypervisor();
         match hv.domain_info(domid)? {
             None => return Err(EngineError::UnknownDomain { domid }),
@@ -482,7 +545,7 @@ impl<'a> Engine<'a> {
                     })
                 }
             }
-            let epoch = rec.epoch + 1;
+            let epoch = next_epoch(sbdf, rec.epoch)?;
             write(xs, tx, &field_path(sbdf, "state"), "attached")?;
             write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
             write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
@@ -660,45 +723,41 @@ impl<'a> Engine<'a> {
     /// bind.
     pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
         let key = req.key();
-        let refuse = |reason: String| EngineError::Refused {
+        let refuse = |refusal: Refusal| EngineError::Refused {
             sbdf: req.sbdf,
             domid: req.domid,
-            reason,
+            refusal,
         };
+        if self.protected.contains(req.domid) {
+            return Err(refuse(Refusal::ProtectedDomain { domid: req.domid }));
+        }
+        if let BindKind::Intx { gsi } = req.kind {
+            // A device model may only map its own device's line: any other GSI would hand
+            // its guest a host interrupt (a disk's, a timer's).
+            let line = self.platform.pci().irq(req.sbdf)?;
+            let line = (line > 0 && line < 0xff).then_some(line);
+            if line != Some(gsi) {
+                return Err(refuse(Refusal::NotDeviceGsi {
+                    presented: gsi,
+                    line,
+                }));
+            }
+        }
         let existing = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
-            let rec = read_head(xs, tx, req.sbdf)?
-                .ok_or_else(|| refuse("the device is not managed by ptguard".into()))?;
-            if rec.state != DeviceState::Attached || rec.step.is_some() {
-                return Err(refuse(format!(
-                    "the device is {} (step {:?})",
-                    rec.state, rec.step
-                )));
-            }
-            if rec.owner != Some(req.domid) {
-                return Err(refuse(format!(
-                    "the device is attached to {}, not {}",
-                    rec.owner.map_or("nobody".into(), |d| d.to_string()),
-                    req.domid
-                )));
-            }
-            if rec.epoch != req.epoch {
-                return Err(refuse(format!(
-                    "stale epoch {} (current {})",
-                    req.epoch, rec.epoch
-                )));
-            }
+            let rec = read_head(xs, tx, req.sbdf)?;
+            let rec = check_requester(rec, req).map_err(refuse)?;
             if let BindKind::Msix { entry, table_base } = req.kind {
                 if entry >= rec.msix_size {
-                    return Err(refuse(format!(
-                        "MSI-X entry {entry} is beyond the table ({} entries)",
-                        rec.msix_size
-                    )));
+                    return Err(refuse(Refusal::EntryBeyondTable {
+                        entry,
+                        table_size: rec.msix_size,
+                    }));
                 }
-                if rec.table_base.is_some_and(|t| t != table_base) {
-                    return Err(refuse(format!(
-                        "table_base {table_base:#x} is not the device's MSI-X BAR ({:#x})",
-                        rec.table_base.unwrap_or(0)
-                    )));
+                if let Some(expected) = rec.table_base.filter(|t| *t != table_base) {
+                    return Err(refuse(Refusal::WrongTableBase {
+                        presented: table_base,
+                        expected,
+                    }));
                 }
             }
             let existing =
@@ -707,7 +766,7 @@ impl<'a> Engine<'a> {
                 // The INTx pirq attach mapped: qemu binds it.
                 Some(b) if b.state == BindingState::Mapped => {}
                 Some(b) if b.state != BindingState::Intent => {
-                    return Err(refuse(format!("{key} is already bound")))
+                    return Err(refuse(Refusal::already_bound(key)))
                 }
                 // No binding, or an unconfirmed intent a crash left behind: (re)record it. An
                 // earlier map that did happen is caught by release_msix at teardown.
@@ -754,35 +813,38 @@ impl<'a> Engine<'a> {
         Ok(pirq)
     }
 
-    /// Unbinds and unmaps one interrupt a device model bound through the broker.
+    /// Unbinds and unmaps one interrupt a device model bound through the broker. The same
+    /// checks as a bind: the device is attached to the requester at the current epoch, and
+    /// the ledger holds that binding with that pirq.
     pub fn unbind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
         let key = req.key();
         let path = binding_path(req.sbdf, &key);
-        let found = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
-            let Some(rec) = read_head(xs, tx, req.sbdf)? else {
-                return Ok(None);
-            };
-            if rec.owner != Some(req.domid) {
-                return Err(EngineError::Refused {
-                    sbdf: req.sbdf,
-                    domid: req.domid,
-                    reason: "the device is not attached to this domain".into(),
-                });
-            }
-            let Some(b) = read_binding(xs, tx, req.sbdf, key)?.filter(|b| b.pirq == Some(pirq))
-            else {
-                return Ok(None);
-            };
+        let refuse = |refusal: Refusal| EngineError::Refused {
+            sbdf: req.sbdf,
+            domid: req.domid,
+            refusal,
+        };
+        if self.protected.contains(req.domid) {
+            return Err(refuse(Refusal::ProtectedDomain { domid: req.domid }));
+        }
+        let b = self.xs.transaction(|xs, tx| -> Result<Binding> {
+            let rec = read_head(xs, tx, req.sbdf)?;
+            check_requester(rec, req).map_err(refuse)?;
+            let b = read_binding(xs, tx, req.sbdf, key)?
+                .filter(|b| b.pirq == Some(pirq) && b.state != BindingState::Intent)
+                .ok_or_else(|| {
+                    refuse(Refusal::NoSuchBinding {
+                        key: key.to_string(),
+                        pirq: pirq.0,
+                    })
+                })?;
             let u = Binding {
                 state: BindingState::Unbinding,
                 ..b
             };
             write(xs, tx, &path, &u.encode())?;
-            Ok(Some(b))
+            Ok(b)
         })?;
-        let Some(b) = found else {
-            return Ok(());
-        };
         let hv = self.platform.hypervisor();
         self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
         unbind_and_unmap(hv, req.domid, &b.pt_irq(pirq, req.sbdf))?;
@@ -801,6 +863,7 @@ impl<'a> Engine<'a> {
 
     /// The owner is gone or going (reboot, destroy): tears down every device it had.
     pub fn domain_released(&mut self, domid: DomId) -> Result<Vec<(Sbdf, Outcome)>> {
+        self.refuse_protected(domid, "tear down the devices of")?;
         let mut out = Vec::new();
         for rec in self.list()?.into_iter().flatten() {
             if rec.owner == Some(domid) {
@@ -878,6 +941,15 @@ impl<'a> Engine<'a> {
             let owner = rec
                 .owner
                 .ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
+            if self.protected.contains(owner) {
+                // Only a hand-edited ledger (or a domain protected after the attach) gets
+                // here: revoking or unbinding would strip a protected domain.
+                let why = format!("the ledger names protected domain {owner} as the owner; nothing was revoked, unbound or reset (check the ledger by hand)");
+                if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
+                    return Ok(Outcome::Quarantined { reason: why });
+                }
+                return self.quarantine(sbdf, why);
+            }
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
             let next = match step {
@@ -1013,7 +1085,7 @@ impl<'a> Engine<'a> {
                     if let Some(p) = problem {
                         return self.quarantine(sbdf, format!("verification failed: {p}"));
                     }
-                    let epoch = rec.epoch + 1;
+                    let epoch = next_epoch(sbdf, rec.epoch)?;
                     self.xs.transaction(|xs, tx| -> Result<()> {
                         write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
                         write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
@@ -1067,13 +1139,28 @@ impl<'a> Engine<'a> {
                 None => false,
             };
             let outcome = match rec.state {
-                DeviceState::TearingDown => Some(self.run_teardown(sbdf)?),
-                DeviceState::Quarantined => Some(self.run_teardown(sbdf)?),
+                DeviceState::TearingDown | DeviceState::Quarantined => self.run_teardown(sbdf),
                 DeviceState::Attached if rec.step == Some(Step::Attach) => {
-                    Some(self.teardown(sbdf, "attach-interrupted")?)
+                    self.teardown(sbdf, "attach-interrupted")
                 }
-                DeviceState::Attached if !owner_alive => Some(self.teardown(sbdf, "destroy")?),
-                _ => None,
+                DeviceState::Attached if !owner_alive => self.teardown(sbdf, "destroy"),
+                _ => continue,
+            };
+            let outcome = match outcome {
+                Ok(o) => Some(o),
+                Err(e) if e.is_crash() => return Err(e),
+                // One device's failing step must not stop the rest (nor the daemon): keep
+                // it from guests, say why, and retry it on the next round.
+                Err(e) => {
+                    let step = self
+                        .record(sbdf)
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.step)
+                        .map_or("its first step", |s| s.as_str());
+                    let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
+                    Some(self.quarantine(sbdf, why)?)
+                }
             };
             if let Some(o) = outcome {
                 out.push((sbdf, o));

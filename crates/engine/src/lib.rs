@@ -12,6 +12,7 @@
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
+pub mod refusal;
 
 use pci::{PciError, PciHost, Sbdf};
 use xen::{DomId, Hypervisor, XenError};
@@ -19,6 +20,7 @@ use xenstore::XenstoreError;
 
 pub use engine::{BindKind, BindRequest, Engine, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
+pub use refusal::{ProtectedDomains, Refusal};
 
 /// The host ptguard manages: hypervisor and PCI devices.
 pub trait Platform: Send + Sync {
@@ -72,18 +74,22 @@ pub enum EngineError {
         value: String,
         reason: String,
     },
-    #[error("broker refused {domid}'s request for {sbdf}: {reason}")]
+    #[error("broker refused {domid}'s request for {sbdf}: {refusal} [{}]", refusal.code())]
     Refused {
         sbdf: Sbdf,
         domid: DomId,
-        reason: String,
+        refusal: Refusal,
     },
-    #[error("{sbdf}: {step} failed: {reason}")]
-    StepFailed {
+    #[error("{domid} is a protected domain (dom0, dom_io, dom_xen, a reserved id or one given with --protect): ptguard does not {action} it")]
+    ProtectedDomain { domid: DomId, action: &'static str },
+    #[error("{sbdf}: Xen says a guest still holds the device (test_assign_device: {errno}) although the ledger says {state}; nothing was changed. Detach it from that guest first (`xl pci-detach`, or `ptguard detach` if ptguard attached it); `ptguard doctor` shows who holds it")]
+    HeldByGuest {
         sbdf: Sbdf,
-        step: &'static str,
-        reason: String,
+        state: DeviceState,
+        errno: xen::Errno,
     },
+    #[error("{sbdf}: the epoch in the ledger ({epoch}) cannot grow any further; the entry was edited by hand — check it with `ptguard show {sbdf}`")]
+    EpochExhausted { sbdf: Sbdf, epoch: u64 },
     /// Injected by the explorer: the process "died" here.
     #[error("crash injected at {at}")]
     Crashed { at: String },

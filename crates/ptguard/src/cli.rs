@@ -13,7 +13,8 @@ EXIT STATUS:
 ENVIRONMENT:
     XENSTORED_RUNDIR   directory of the xenstored socket (default /run/xenstored)
     XENSTORED_PATH     full path of the xenstored socket (overrides XENSTORED_RUNDIR)
-    PTGUARD_LOG        log filter, e.g. info, debug, xenstored=debug (default warn)";
+    PTGUARD_LOG        log filter, e.g. info, debug, xenstored=debug (default warn)
+    PTGUARD_PROTECT    comma-separated domain ids never to touch (as --protect)";
 
 /// ptguard keeps Xen PCI passthrough devices usable across guest reboot,
 /// re-assignment and hot-unplug, by keeping a ledger of every IRQ binding in
@@ -36,12 +37,33 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub dry_run: bool,
 
-    /// After the command, print every hypercall and sysfs write it made, in order.
+    /// After the command, print every hypercall and sysfs write it made, in order (also
+    /// when the command fails).
     #[arg(long, global = true)]
     pub trace: bool,
 
+    /// A domain ptguard must never touch (attach, tear down, sweep or serve), besides
+    /// dom0, dom_io, dom_xen and the other reserved ids, which are always protected.
+    /// Repeatable, or a comma-separated list; PTGUARD_PROTECT sets the same.
+    #[arg(
+        long = "protect",
+        global = true,
+        value_name = "DOMID",
+        value_delimiter = ',',
+        env = "PTGUARD_PROTECT"
+    )]
+    pub protect: Vec<u16>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// dom0 and the reserved ids are always protected; these are the operator's.
+    pub fn protected(&self) -> engine::ProtectedDomains {
+        let extra: Vec<xen::DomId> = self.protect.iter().map(|d| xen::DomId(*d)).collect();
+        engine::ProtectedDomains::new(&extra)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,14 +388,22 @@ pub struct DoctorArgs {
     pub sysfs: PathBuf,
 }
 
+/// Where a real dom0's daemon serves the broker.
+pub const DEFAULT_BROKER_SOCKET: &str = "/run/ptguard/broker.sock";
+
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Process what is pending (gone domains, half-done teardowns) and exit.
     #[arg(long)]
     pub once: bool,
-    /// Unix socket for the broker protocol.
-    #[arg(long, value_name = "PATH", default_value = "/run/ptguard/broker.sock")]
-    pub broker_socket: PathBuf,
+    /// Unix socket for the broker protocol [default: /run/ptguard/broker.sock, or
+    /// DIR/broker.sock with --host sim:DIR]. A lock file beside it (PATH.lock) keeps a
+    /// second daemon from taking it over.
+    #[arg(long, value_name = "PATH")]
+    pub broker_socket: Option<PathBuf>,
+    /// With --once: print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use engine::Platform;
+use engine::{Platform, ProtectedDomains};
 use pci::host::{PciHost, Resource};
 use pci::sysfs::SysfsHost;
 use pci::{PciError, Sbdf};
@@ -227,6 +227,11 @@ pub struct HostCtx {
     pub log: OpLog,
     pub sim: Option<(SimHost, LocalXenstore, SimState)>,
     pub dry_run: bool,
+    /// Domains no command may touch besides dom0 and the reserved ids (`--protect`).
+    pub protected: ProtectedDomains,
+    /// A simulated host's state file as last read or written: saving an unchanged host
+    /// writes nothing.
+    saved: Option<String>,
     /// Exclusive lock on a simulated host's directory for the whole command: its state is
     /// loaded, changed and saved as a unit, so concurrent commands take turns.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
@@ -258,25 +263,37 @@ pub fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> 
     }
 }
 
-fn sim_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("sim.json"), dir.join("xenstore.json"))
+/// The one file a simulated host's state lives in: the hypervisor's journal, the device
+/// models and the Xenstore tree together, so that a kill at any instant leaves the
+/// hypervisor and the ledger agreeing (both old or both new).
+pub fn sim_state_path(dir: &Path) -> PathBuf {
+    dir.join("host.json")
 }
 
-/// Creates a simulated host directory.
+/// The whole of a simulated host on disk.
+#[derive(Serialize, Deserialize)]
+struct SimFile {
+    sim: SimState,
+    xenstore: Vec<XsNode>,
+}
+
+/// Creates a simulated host directory. Two concurrent `sim init`s of one directory: one
+/// wins, the other fails (the state file is created under the directory's lock).
 pub fn sim_init(
     dir: &Path,
     xen: XenProfile,
     pciback: PcibackProfile,
     devices: &[DeviceSpec],
 ) -> anyhow::Result<()> {
-    let (state_file, _) = sim_paths(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _lock = lock_dir(dir)?;
+    let state_file = sim_state_path(dir);
     if state_file.exists() {
         bail!(
             "{} already holds a simulated host (remove the directory to start over)",
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let host = SimHost::new(Profile::new(xen, pciback));
     for d in devices {
         host.add_device(d.clone());
@@ -288,21 +305,39 @@ pub fn sim_init(
         dm_epochs: BTreeMap::new(),
     };
     let xs = LocalXenstore::new(Quotas::default());
-    save_sim(dir, &state, &xs)
+    let text = sim_file_text(&state, &xs)?;
+    write_atomically(&state_file, &text)
 }
 
-fn save_sim(dir: &Path, state: &SimState, xs: &LocalXenstore) -> anyhow::Result<()> {
-    let (state_file, xs_file) = sim_paths(dir);
-    let mut nodes = Vec::new();
-    let mut c = xs.connect(0);
-    walk(&mut c, "/", &mut nodes)?;
-    let write = |p: &Path, v: String| -> anyhow::Result<()> {
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, v).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, p).with_context(|| format!("cannot replace {}", p.display()))
-    };
-    write(&state_file, serde_json::to_string_pretty(state)?)?;
-    write(&xs_file, serde_json::to_string_pretty(&nodes)?)
+fn sim_file_text(sim: &SimState, xs: &LocalXenstore) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct SimFileRef<'a> {
+        sim: &'a SimState,
+        xenstore: Vec<XsNode>,
+    }
+    let mut xenstore = Vec::new();
+    walk(&mut xs.connect(0), "/", &mut xenstore)?;
+    Ok(serde_json::to_string_pretty(&SimFileRef { sim, xenstore })?)
+}
+
+/// Replaces `path` with `text` so that a reader (or a kill) sees either the old or the new
+/// content: a temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// An in-process xenstored holding a copy of the subtrees `roots` of `real`.
@@ -362,6 +397,13 @@ impl HostCtx {
         Ok(ctx)
     }
 
+    /// Opens the host a command line names, with its protected domains.
+    pub fn for_cli(cli: &crate::Cli) -> anyhow::Result<HostCtx> {
+        let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+        ctx.protected = cli.protected();
+        Ok(ctx)
+    }
+
     fn open_untraced(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
         let log = OpLog::default();
         match spec {
@@ -385,29 +427,29 @@ impl HostCtx {
                     log,
                     sim: None,
                     dry_run,
+                    protected: ProtectedDomains::default(),
+                    saved: None,
                     _lock: None,
                 })
             }
             HostSpec::Sim(dir) => {
-                let (state_file, xs_file) = sim_paths(dir);
-                if !state_file.exists() {
-                    bail!(
-                        "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
-                        dir.display(),
-                        dir.display()
-                    );
-                }
-                let lock = lock_dir(dir)?;
-                let text = std::fs::read_to_string(&state_file).with_context(|| {
+                let state_file = sim_state_path(dir);
+                let missing = || {
                     format!(
                         "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
                         dir.display(),
                         dir.display()
                     )
-                })?;
-                let state: SimState = serde_json::from_str(&text).with_context(|| {
+                };
+                if !state_file.exists() {
+                    bail!(missing());
+                }
+                let lock = lock_dir(dir)?;
+                let text = std::fs::read_to_string(&state_file).with_context(missing)?;
+                let file: SimFile = serde_json::from_str(&text).with_context(|| {
                     format!("{} is not a simulated host state", state_file.display())
                 })?;
+                let state = file.sim;
                 let host = SimHost::replay(state.profile, &state.journal);
                 let xs = LocalXenstore::new(Quotas::default());
                 for d in host.with_world(|w| w.domains.keys().copied().collect::<Vec<_>>()) {
@@ -415,13 +457,8 @@ impl HostCtx {
                         xs.introduce_domain(u32::from(d.0));
                     }
                 }
-                let nodes: Vec<XsNode> = match std::fs::read_to_string(&xs_file) {
-                    Ok(t) => serde_json::from_str(&t)
-                        .with_context(|| format!("{} is not a Xenstore dump", xs_file.display()))?,
-                    Err(_) => Vec::new(),
-                };
                 let mut c = xs.connect(0);
-                restore(&mut c, &nodes)?;
+                restore(&mut c, &file.xenstore)?;
                 let host = host.with_sink(Arc::new(xs.clone()));
                 let simp = SimPlatform { host: host.clone() };
                 let hv: Arc<dyn Hypervisor> = Arc::new(host.clone());
@@ -433,20 +470,27 @@ impl HostCtx {
                     log,
                     sim: Some((host, xs, state)),
                     dry_run,
+                    protected: ProtectedDomains::default(),
+                    saved: Some(text),
                     _lock: Some(lock),
                 })
             }
         }
     }
 
-    /// Saves a simulated host's state (nothing to do for a real host or a dry run).
+    /// Saves a simulated host's state when it changed (nothing to do for a real host or a
+    /// dry run).
     pub fn save(&mut self) -> anyhow::Result<()> {
         if self.dry_run {
             return Ok(());
         }
         if let (HostSpec::Sim(dir), Some((host, xs, state))) = (&self.spec, &mut self.sim) {
             state.journal = host.journal();
-            save_sim(dir, state, xs)?;
+            let text = sim_file_text(state, xs)?;
+            if self.saved.as_deref() != Some(text.as_str()) {
+                write_atomically(&sim_state_path(dir), &text)?;
+                self.saved = Some(text);
+            }
         }
         Ok(())
     }
@@ -472,7 +516,7 @@ impl HostCtx {
     }
 
     pub fn engine(&mut self) -> engine::Engine<'_> {
-        engine::Engine::new(&mut self.xs, &self.platform)
+        engine::Engine::new(&mut self.xs, &self.platform).protecting(self.protected.clone())
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_engine;
+pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod hostctx;

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ptguard::commands::watch::{serve_broker, BrokerReply};
+use ptguard::broker::{serve_broker, BrokerLimits, BrokerReply, DaemonHost};
 use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
@@ -30,10 +30,16 @@ fn bind_unbind_and_refusals_over_the_socket() {
         e.assignable_add(dev).unwrap();
         e.attach(dev, a).unwrap()
     };
-    let ctx = Arc::new(Mutex::new(ctx));
+    let host_ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
     let sock = tmp.path().join("broker.sock");
-    let server = serve_broker(ctx.clone(), &sock, stop.clone()).unwrap();
+    let server = serve_broker(
+        host_ctx.clone(),
+        &sock,
+        stop.clone(),
+        BrokerLimits::default(),
+    )
+    .unwrap();
     let mode = std::fs::metadata(&sock).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -59,11 +65,15 @@ fn bind_unbind_and_refusals_over_the_socket() {
     let pirq = ok.pirq.unwrap();
     assert_eq!(pirq, 1023);
     let stale = ask(bind(a.0, epoch + 5, 1));
-    assert!(!stale.ok && stale.error.unwrap().contains("stale epoch"));
+    assert_eq!(stale.code.as_deref(), Some("stale-epoch"), "{stale:?}");
+    assert!(stale.error.unwrap().contains("stale epoch"));
     let other = ask(bind(7, epoch, 1));
-    assert!(!other.ok && other.error.unwrap().contains("not d7"));
+    assert_eq!(other.code.as_deref(), Some("wrong-domain"), "{other:?}");
+    assert!(other.error.unwrap().contains("attached to d1"));
     let garbage = ask("{\"op\":\"format-disk\"}".into());
-    assert!(!garbage.ok && garbage.error.unwrap().contains("malformed request"));
+    assert_eq!(garbage.code.as_deref(), Some("malformed"), "{garbage:?}");
+    let dom0 = ask(bind(0, epoch, 1));
+    assert_eq!(dom0.code.as_deref(), Some("protected-domain"), "{dom0:?}");
     let unbind = ask(format!(
         r#"{{"op":"unbind","pirq":{pirq},"domid":{},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056}}"#,
         a.0
@@ -71,29 +81,26 @@ fn bind_unbind_and_refusals_over_the_socket() {
     assert!(unbind.ok, "{unbind:?}");
     host.with_world(|w| assert!(w.descs.is_empty(), "unmapped in Xen"));
     // libxl records each domain's device-model pid; a process that is not it is refused.
-    {
-        let mut c = ctx.lock().unwrap();
-        let path = format!("/local/domain/{}/image/device-model-pid", a.0);
-        c.xs.write(xenstore::TxId::NONE, &path, b"999999").unwrap();
-    }
+    let write_dm_pid = |pid: String| {
+        host_ctx
+            .with(|c| {
+                let path = format!("/local/domain/{}/image/device-model-pid", a.0);
+                Ok(c.xs.write(xenstore::TxId::NONE, &path, pid.as_bytes())?)
+            })
+            .unwrap()
+    };
+    write_dm_pid("999999".into());
     let impostor = ask(bind(a.0, epoch, 1));
     assert!(!impostor.ok);
+    assert_eq!(impostor.code.as_deref(), Some("not-device-model"));
     assert!(impostor
         .error
         .unwrap()
         .contains("device model is pid 999999"));
-    {
-        let mut c = ctx.lock().unwrap();
-        let path = format!("/local/domain/{}/image/device-model-pid", a.0);
-        c.xs.write(
-            xenstore::TxId::NONE,
-            &path,
-            std::process::id().to_string().as_bytes(),
-        )
-        .unwrap();
-    }
+    write_dm_pid(std::process::id().to_string());
     let genuine = ask(bind(a.0, epoch, 1));
     assert!(genuine.ok, "{genuine:?}");
     stop.store(true, Ordering::Relaxed);
-    server.join().unwrap();
+    server.join();
+    assert!(!sock.exists(), "the broker removes its own socket");
 }

@@ -92,7 +92,7 @@ fn dry_run_prints_the_teardown_sequence_and_changes_nothing() {
         &d,
         &["sim", "start", "1", "0000:03:00.0", "--dm", "crashes"],
     );
-    let before = std::fs::read_to_string(d.join("sim.json")).unwrap();
+    let before = std::fs::read_to_string(d.join("host.json")).unwrap();
     let plan = ok(&d, &["--dry-run", "detach", "0000:03:00.0"]);
     let lines: Vec<&str> = plan
         .lines()
@@ -124,7 +124,7 @@ fn dry_run_prints_the_teardown_sequence_and_changes_nothing() {
     );
     assert_eq!(
         before,
-        std::fs::read_to_string(d.join("sim.json")).unwrap(),
+        std::fs::read_to_string(d.join("host.json")).unwrap(),
         "nothing changed"
     );
     let list = ok(&d, &["list", "--json"]);
@@ -218,8 +218,8 @@ fn concurrent_commands_on_one_simulated_host_take_turns() {
     domids.sort_unstable();
     assert_eq!(domids, (1..=8).collect::<Vec<u16>>());
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("sim.json")).unwrap()).unwrap();
-    let creates = state["journal"]
+        serde_json::from_str(&std::fs::read_to_string(d.join("host.json")).unwrap()).unwrap();
+    let creates = state["sim"]["journal"]
         .as_array()
         .unwrap()
         .iter()

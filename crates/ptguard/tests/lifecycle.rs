@@ -1,7 +1,10 @@
 //! The engine against the simulated host and an in-process xenstored: the policy comparison,
 //! the crash explorer, the broker's checks and every kind of bad input of issue #5.
 
-use engine::{BindKind, BindRequest, DeviceState, Engine, EngineError, Outcome};
+use engine::{
+    BindKind, BindRequest, DeviceState, Engine, EngineError, Outcome, ProtectedDomains, Refusal,
+};
+use pci::PciHost;
 use pci::Sbdf;
 use ptguard::cli::SimProfileArgs;
 use ptguard::commands::scenario::{load_scenarios, run_matrix};
@@ -195,21 +198,36 @@ fn broker_checks_owner_epoch_entry_and_state() {
     e.assignable_add(dev()).unwrap();
     let epoch = e.attach(dev(), a).unwrap();
     let refused = |r: Result<xen::Pirq, EngineError>| match r {
-        Err(EngineError::Refused { reason, .. }) => reason,
+        Err(EngineError::Refused { refusal, .. }) => refusal,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    assert!(refused(e.bind(&req(b, epoch, 0))).contains("attached to d1, not d2"));
-    assert!(refused(e.bind(&req(a, epoch - 1, 0))).contains("stale epoch"));
-    assert!(refused(e.bind(&req(a, epoch, 8))).contains("beyond the table"));
+    assert_eq!(
+        refused(e.bind(&req(b, epoch, 0))),
+        Refusal::WrongDomain { owner: Some(a) }
+    );
+    assert_eq!(
+        refused(e.bind(&req(a, epoch - 1, 0))),
+        Refusal::StaleEpoch {
+            presented: epoch - 1,
+            current: epoch
+        }
+    );
+    assert_eq!(
+        refused(e.bind(&req(a, epoch, 8))),
+        Refusal::EntryBeyondTable {
+            entry: 8,
+            table_size: 8
+        }
+    );
     // A device model that lies about where the table is.
     let mut lying = req(a, epoch, 0);
     lying.kind = BindKind::Msix {
         entry: 0,
         table_base: 0xdead_0000,
     };
-    assert!(refused(e.bind(&lying)).contains("not the device's MSI-X BAR"));
+    assert_eq!(refused(e.bind(&lying)).code(), "wrong-table-base");
     let p = e.bind(&req(a, epoch, 0)).unwrap();
-    assert!(refused(e.bind(&req(a, epoch, 0))).contains("already bound"));
+    assert_eq!(refused(e.bind(&req(a, epoch, 0))).code(), "already-bound");
     let rec = e.record(dev()).unwrap().unwrap();
     let bnd = rec
         .bindings
@@ -235,10 +253,226 @@ fn broker_checks_owner_epoch_entry_and_state() {
         e.detach(dev()).unwrap(),
         Outcome::Assignable { .. }
     ));
-    assert!(refused(e.bind(&req(a, epoch, 2))).contains("assignable"));
+    assert_eq!(
+        refused(e.bind(&req(a, epoch, 2))),
+        Refusal::NotAttached {
+            state: engine::DeviceState::Assignable
+        }
+    );
     // The detach force-unbound entry 1: nothing of A is left on the device.
     f.host
         .with_world(|w| assert_eq!(w.descs.values().filter(|d| d.sbdf == dev()).count(), 0));
+}
+
+fn intx_req(domid: DomId, epoch: u64, gsi: u32) -> BindRequest {
+    BindRequest {
+        kind: BindKind::Intx { gsi },
+        gvec: 0,
+        gflags: 0,
+        gtable: 0,
+        ..req(domid, epoch, 0)
+    }
+}
+
+fn refusal<T: std::fmt::Debug>(r: Result<T, EngineError>) -> Refusal {
+    match r {
+        Err(EngineError::Refused { refusal, .. }) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Issue 11 (1): after giving up its INTx, a device model asked for GSI 9, then GSI 1, and
+/// got both mapped into its guest.
+#[test]
+fn broker_maps_only_the_devices_own_interrupt_line() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let line = f.host.irq(dev()).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), a).unwrap();
+    let intx_pirq = e.record(dev()).unwrap().unwrap().bindings[0].pirq.unwrap();
+    e.bind(&intx_req(a, epoch, line)).unwrap();
+    e.unbind(&intx_req(a, epoch, line), intx_pirq).unwrap();
+    for gsi in [9, 1] {
+        assert_eq!(
+            refusal(e.bind(&intx_req(a, epoch, gsi))),
+            Refusal::NotDeviceGsi {
+                presented: gsi,
+                line: Some(line)
+            }
+        );
+    }
+    f.host.with_world(|w| {
+        let pirqs = &w.domains[&a].pirqs;
+        assert!(
+            !pirqs.contains_key(&9) && !pirqs.contains_key(&1),
+            "{pirqs:?}"
+        );
+    });
+    // Its own line is still fine.
+    e.bind(&intx_req(a, epoch, line)).unwrap();
+}
+
+/// Issue 11 (8): a stale unbind unmapped the live INTx pirq; unbinds of unmanaged devices
+/// and wrong pirqs answered `ok`.
+#[test]
+fn broker_unbind_checks_like_bind() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), a).unwrap();
+    let p = e.bind(&req(a, epoch, 0)).unwrap();
+    let intx_pirq = e.record(dev()).unwrap().unwrap().bindings[0].pirq.unwrap();
+    let line = f.host.irq(dev()).unwrap();
+    assert_eq!(
+        refusal(e.unbind(&intx_req(a, epoch - 1, line), intx_pirq)),
+        Refusal::StaleEpoch {
+            presented: epoch - 1,
+            current: epoch
+        }
+    );
+    assert_eq!(
+        refusal(e.unbind(&req(a, epoch, 0), xen::Pirq(p.0 - 1))),
+        Refusal::NoSuchBinding {
+            key: "msix-0".into(),
+            pirq: p.0 - 1
+        }
+    );
+    assert_eq!(
+        refusal(e.unbind(&req(a, epoch, 5), p)).code(),
+        "no-such-binding"
+    );
+    let other = BindRequest {
+        sbdf: "0000:04:00.0".parse().unwrap(),
+        ..req(a, epoch, 0)
+    };
+    assert_eq!(refusal(e.unbind(&other, p)), Refusal::NotManaged);
+    // Nothing was unmapped: both pirqs are still A's.
+    f.host.with_world(|w| {
+        let pirqs = &w.domains[&a].pirqs;
+        assert!(pirqs.contains_key(&p.0) && pirqs.contains_key(&intx_pirq.0));
+    });
+}
+
+/// Issue 11 (3): `attach SBDF 0` failed at assign, and its rollback stripped dom0 of its
+/// memory and interrupt permissions and unmapped dom0's interrupt.
+#[test]
+fn protected_domains_are_refused_before_anything_changes() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let mut e = Engine::new(&mut f.client, &f.platform).protecting(ProtectedDomains::new(&[a]));
+    e.assignable_add(dev()).unwrap();
+    let dom0_after_add = format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]);
+    let calls_after_add = f.host.counters().total_hypercalls();
+    for d in [DomId::DOM0, DomId::IO, DomId(0x7ff2), a] {
+        let err = e.attach(dev(), d).unwrap_err();
+        assert!(
+            matches!(err, EngineError::ProtectedDomain { domid, .. } if domid == d),
+            "{d}: {err}"
+        );
+        assert!(matches!(
+            e.domain_released(d),
+            Err(EngineError::ProtectedDomain { .. })
+        ));
+    }
+    assert_eq!(
+        refusal(e.bind(&req(DomId::DOM0, 0, 0))),
+        Refusal::ProtectedDomain { domid: DomId::DOM0 }
+    );
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.owner, rec.epoch),
+        (DeviceState::Assignable, None, 0)
+    );
+    // Not one hypercall after assignable-add: dom0's pirqs and permissions are as they were.
+    assert_eq!(f.host.counters().total_hypercalls(), calls_after_add);
+    assert_eq!(
+        format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]),
+        dom0_after_add
+    );
+}
+
+/// A hand-edited ledger naming dom0 as owner: the teardown must not revoke dom0's
+/// permissions; it quarantines the device instead.
+#[test]
+fn a_ledger_naming_dom0_as_owner_is_quarantined_untouched() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    f.client
+        .write(
+            TxId::NONE,
+            &engine::ledger::field_path(dev(), "owner"),
+            b"0",
+        )
+        .unwrap();
+    let dom0_before = format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    match e.detach(dev()).unwrap() {
+        Outcome::Quarantined { reason } => {
+            assert!(reason.contains("protected domain d0"), "{reason}")
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]),
+        dom0_before
+    );
+}
+
+/// Issue 11 (5): `assignable-remove` took "not in dom_io" for success and handed dom0's
+/// driver a device a guest held.
+#[test]
+fn assignable_remove_refuses_a_device_a_guest_holds() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    // A toolstack assigns it behind ptguard's back.
+    f.host.assign_device(a, dev(), 0).unwrap();
+    let err = e.assignable_remove(dev()).unwrap_err();
+    assert!(matches!(err, EngineError::HeldByGuest { .. }), "{err}");
+    assert!(err.to_string().contains("-EBUSY"), "{err}");
+    assert_eq!(
+        e.record(dev()).unwrap().unwrap().state,
+        DeviceState::Assignable
+    );
+    assert_eq!(f.host.driver(dev()).unwrap().as_deref(), Some("pciback"));
+    f.host
+        .with_world(|w| assert_eq!(w.device(dev()).unwrap().xen.owner, a));
+}
+
+/// Issue 11 (10): a hand-edited maximum epoch wrapped to 0, making old requests current.
+#[test]
+fn the_epoch_never_wraps() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    Engine::new(&mut f.client, &f.platform)
+        .assignable_add(dev())
+        .unwrap();
+    f.client
+        .write(
+            TxId::NONE,
+            &engine::ledger::field_path(dev(), "epoch"),
+            u64::MAX.to_string().as_bytes(),
+        )
+        .unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    assert!(matches!(
+        e.attach(dev(), a),
+        Err(EngineError::EpochExhausted {
+            epoch: u64::MAX,
+            ..
+        })
+    ));
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert_eq!((rec.state, rec.epoch), (DeviceState::Assignable, u64::MAX));
 }
 
 #[test]

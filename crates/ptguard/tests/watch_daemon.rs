@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::{BindKind, BindRequest, DeviceState};
+use ptguard::broker::DaemonHost;
 use ptguard::commands::watch::watch_loop;
 use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
@@ -55,7 +56,7 @@ fn release_domain_event_triggers_the_teardown() {
             .unwrap();
         }
     }
-    let ctx = Arc::new(Mutex::new(ctx));
+    let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = xs.connect(0);
     watcher.watch("@releaseDomain", "ptguard").unwrap();
@@ -63,7 +64,7 @@ fn release_domain_event_triggers_the_teardown() {
     let daemon = {
         let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, &mut watcher, &stop, false, |d| {
+            watch_loop(&ctx, Some(&mut watcher), &stop, |d| {
                 done.lock().unwrap().push(d.clone())
             })
             .unwrap()
@@ -74,12 +75,8 @@ fn release_domain_event_triggers_the_teardown() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = ctx
-            .lock()
-            .unwrap()
-            .engine()
-            .record(dev)
-            .unwrap()
-            .map(|r| r.state);
+            .with(|c| Ok(c.engine().record(dev)?.map(|r| r.state)))
+            .unwrap();
         if state == Some(DeviceState::Assignable) {
             break;
         }

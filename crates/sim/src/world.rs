@@ -876,10 +876,13 @@ impl World {
         Ok(())
     }
 
+    /// `device_assigned` (Xen 4.17 drivers/passthrough/pci.c): free when dom0 or dom_io owns
+    /// the device, `-EBUSY` when any other domain does, `-ENODEV` for an unknown device.
     pub fn test_assign_device(&mut self, sbdf: Sbdf) -> R<()> {
         match self.devices.get(&sbdf) {
+            None => Err(Errno::ENODEV),
             Some(d) if d.xen.owner == DomId::DOM0 || d.xen.owner == DomId::IO => Ok(()),
-            _ => Err(Errno::EINVAL),
+            Some(_) => Err(Errno::EBUSY),
         }
     }
 

@@ -9,6 +9,7 @@
 //! ledger, and must not: it is a general Xenstore.
 
 pub mod client;
+pub mod instance;
 pub mod local;
 pub mod path;
 pub mod perms;
@@ -52,6 +53,8 @@ pub enum XenstoreError {
     Frame(#[from] wire::FrameError),
     #[error("{op} {path:?}: request payload of {len} bytes exceeds the 4096-byte limit")]
     TooLarge { op: Op, path: String, len: usize },
+    #[error(transparent)]
+    Claim(#[from] instance::ClaimError),
     #[error("transaction still conflicting after {attempts} attempts")]
     TooManyConflicts { attempts: usize },
     #[error("this connection was not opened from a socket path and cannot be reopened")]

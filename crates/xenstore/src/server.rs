@@ -190,7 +190,8 @@ struct Loop {
     conns: HashMap<ConnId, ConnIo>,
     commands: mpsc::Receiver<Command>,
     max_pending_output: usize,
-    socket: PathBuf,
+    /// Released (and our socket removed) when the loop ends.
+    claim: Option<crate::instance::SocketClaim>,
 }
 
 /// Starts the server on a thread of its own. The socket exists when this returns.
@@ -199,6 +200,8 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, XenstoreError> {
     let io_err = |context: String| move |source| XenstoreError::Io { context, source };
     std::fs::create_dir_all(&config.rundir)
         .map_err(io_err(format!("creating {}", config.rundir.display())))?;
+    // One server per socket; a socket left by a dead server may be replaced.
+    let mut claim = crate::instance::SocketClaim::acquire(&socket)?;
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -206,6 +209,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, XenstoreError> {
     }
     let mut listener =
         UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
+    claim.bound();
     let poll = Poll::new().map_err(io_err("creating poll".into()))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -220,7 +224,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, XenstoreError> {
         conns: HashMap::new(),
         commands: rx,
         max_pending_output: config.max_pending_output,
-        socket: socket.clone(),
+        claim: Some(claim),
     };
     let thread = std::thread::Builder::new()
         .name("xenstored".into())
@@ -276,7 +280,7 @@ impl Loop {
         for id in ids {
             self.close(id);
         }
-        let _ = std::fs::remove_file(&self.socket);
+        self.claim = None;
         tracing::info!(target: "xenstored", "xenstored stopped");
     }
 

@@ -19,7 +19,7 @@ fn sbdf(text: &str) -> anyhow::Result<Sbdf> {
 /// Opens the host and, unless this is a dry run, finishes whatever a crash left half done
 /// (every command resumes interrupted teardowns).
 pub fn open(cli: &Cli) -> anyhow::Result<HostCtx> {
-    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let mut ctx = HostCtx::for_cli(cli)?;
     if !cli.dry_run {
         let done = ctx.engine().recover()?;
         for (s, o) in done {
@@ -133,12 +133,17 @@ pub fn attach(
     finish(cli, &mut ctx, out)
 }
 
-fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<()> {
+/// How a teardown ended, in words.
+pub fn outcome_text(o: &Outcome) -> String {
     match o {
-        Outcome::Assignable { epoch } => writeln!(out, "{s}: clean and assignable (epoch {epoch})"),
-        Outcome::Quarantined { reason } => writeln!(out, "{s}: QUARANTINED: {reason}"),
-        Outcome::Failed { reason } => writeln!(out, "{s}: FAILED: {reason}"),
+        Outcome::Assignable { epoch } => format!("clean and assignable (epoch {epoch})"),
+        Outcome::Quarantined { reason } => format!("QUARANTINED: {reason}"),
+        Outcome::Failed { reason } => format!("FAILED: {reason}"),
     }
+}
+
+fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<()> {
+    writeln!(out, "{s}: {}", outcome_text(o))
 }
 
 pub fn detach(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -233,7 +238,7 @@ fn print_record(out: &mut dyn Write, r: &DeviceRecord) -> std::io::Result<()> {
 }
 
 pub fn list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let mut ctx = HostCtx::for_cli(cli)?;
     let recs = records(&mut ctx)?;
     if json {
         let v: Vec<serde_json::Value> = recs
@@ -262,7 +267,7 @@ pub fn list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let mut ctx = HostCtx::for_cli(cli)?;
     let slots = engine::Platform::pci(&ctx.platform)
         .pciback_slots()
         .unwrap_or_default();
@@ -297,7 +302,7 @@ pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Re
 
 pub fn show(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = sbdf(s)?;
-    let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
+    let mut ctx = HostCtx::for_cli(cli)?;
     let rec = ctx
         .engine()
         .record(s)

@@ -1,0 +1,156 @@
+//! Why the broker (or a lifecycle command) refuses a request, with a stable code per reason.
+//!
+//! The codes are part of the broker protocol (`docs/broker.md`): a device model or a
+//! toolstack may match on them, so they never change meaning. The text says what was asked
+//! and what the ledger or the host says instead.
+
+use std::fmt;
+
+use serde::Serialize;
+use xen::DomId;
+
+use crate::ledger::{BindingKey, DeviceState};
+
+/// One reason to refuse a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The device has no ledger entry.
+    NotManaged,
+    /// The device is not attached to anyone (assignable, quarantined, failed).
+    NotAttached { state: DeviceState },
+    /// An attach has not finished yet.
+    AttachInProgress,
+    /// A teardown runs: the broker accepts nothing until the device is clean.
+    TearingDown,
+    /// The device belongs to another domain (or to none).
+    WrongDomain { owner: Option<DomId> },
+    /// The request carries an epoch of an earlier assignment.
+    StaleEpoch { presented: u64, current: u64 },
+    /// An MSI-X entry at or beyond the device's table size.
+    EntryBeyondTable { entry: u16, table_size: u16 },
+    /// `table_base` is not the host address of the device's MSI-X BAR.
+    WrongTableBase { presented: u64, expected: u64 },
+    /// An INTx request for a GSI that is not the device's own interrupt line.
+    NotDeviceGsi { presented: u32, line: Option<u32> },
+    /// The interrupt is bound already.
+    AlreadyBound { key: String },
+    /// An unbind of a binding the ledger does not hold (or with another pirq).
+    NoSuchBinding { key: String, pirq: i32 },
+    /// dom0, dom_io, dom_xen, a reserved id, or a domain the operator protected.
+    ProtectedDomain { domid: DomId },
+    /// The connecting process is not the domain's device model.
+    NotDeviceModel { peer_pid: i32, dm_pid: i32 },
+    /// The request line is not a request.
+    Malformed { detail: String },
+    /// The request line is longer than the protocol allows.
+    TooLong { limit: usize },
+}
+
+impl Refusal {
+    /// The stable reason code, as sent in the broker's `code` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotManaged => "not-managed",
+            Refusal::NotAttached { .. } => "not-attached",
+            Refusal::AttachInProgress => "attach-in-progress",
+            Refusal::TearingDown => "tearing-down",
+            Refusal::WrongDomain { .. } => "wrong-domain",
+            Refusal::StaleEpoch { .. } => "stale-epoch",
+            Refusal::EntryBeyondTable { .. } => "entry-beyond-table",
+            Refusal::WrongTableBase { .. } => "wrong-table-base",
+            Refusal::NotDeviceGsi { .. } => "not-device-gsi",
+            Refusal::AlreadyBound { .. } => "already-bound",
+            Refusal::NoSuchBinding { .. } => "no-such-binding",
+            Refusal::ProtectedDomain { .. } => "protected-domain",
+            Refusal::NotDeviceModel { .. } => "not-device-model",
+            Refusal::Malformed { .. } => "malformed",
+            Refusal::TooLong { .. } => "too-long",
+        }
+    }
+
+    pub(crate) fn already_bound(key: BindingKey) -> Refusal {
+        Refusal::AlreadyBound {
+            key: key.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotManaged => f.write_str("the device is not managed by ptguard"),
+            Refusal::NotAttached { state } => write!(f, "the device is {state}, not attached"),
+            Refusal::AttachInProgress => f.write_str("the device's attach has not finished"),
+            Refusal::TearingDown => f.write_str("the device is being torn down"),
+            Refusal::WrongDomain { owner: Some(o) } => write!(f, "the device is attached to {o}"),
+            Refusal::WrongDomain { owner: None } => f.write_str("the device has no owner"),
+            Refusal::StaleEpoch { presented, current } => {
+                write!(f, "stale epoch {presented} (current {current})")
+            }
+            Refusal::EntryBeyondTable { entry, table_size } => write!(
+                f,
+                "MSI-X entry {entry} is beyond the table ({table_size} entries)"
+            ),
+            Refusal::WrongTableBase {
+                presented,
+                expected,
+            } => write!(
+                f,
+                "table_base {presented:#x} is not the device's MSI-X BAR ({expected:#x})"
+            ),
+            Refusal::NotDeviceGsi {
+                presented,
+                line: Some(l),
+            } => write!(
+                f,
+                "GSI {presented} is not the device's interrupt line (GSI {l})"
+            ),
+            Refusal::NotDeviceGsi {
+                presented,
+                line: None,
+            } => write!(
+                f,
+                "GSI {presented} requested, but the device has no INTx line"
+            ),
+            Refusal::AlreadyBound { key } => write!(f, "{key} is already bound"),
+            Refusal::NoSuchBinding { key, pirq } => {
+                write!(f, "the ledger holds no binding {key} with pirq {pirq}")
+            }
+            Refusal::ProtectedDomain { domid } => write!(
+                f,
+                "{domid} is a protected domain (dom0, dom_io, dom_xen, a reserved id or one given with --protect); ptguard never changes its interrupts, devices or permissions"
+            ),
+            Refusal::NotDeviceModel { peer_pid, dm_pid } => write!(
+                f,
+                "request from pid {peer_pid}, but the domain's device model is pid {dm_pid}"
+            ),
+            Refusal::Malformed { detail } => write!(f, "malformed request: {detail}"),
+            Refusal::TooLong { limit } => write!(f, "request longer than {limit} bytes"),
+        }
+    }
+}
+
+/// The domains ptguard never touches: dom0, every reserved id (dom_io, dom_xen, ...), and
+/// any the operator lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProtectedDomains {
+    extra: Vec<DomId>,
+}
+
+impl ProtectedDomains {
+    pub fn new(extra: &[DomId]) -> ProtectedDomains {
+        ProtectedDomains {
+            extra: extra.to_vec(),
+        }
+    }
+
+    pub fn contains(&self, domid: DomId) -> bool {
+        domid == DomId::DOM0 || domid > DomId::MAX || self.extra.contains(&domid)
+    }
+
+    /// The operator-listed ones (dom0 and the reserved ids are always protected).
+    pub fn extra(&self) -> &[DomId] {
+        &self.extra
+    }
+}
