@@ -576,6 +576,14 @@ impl<'a> Engine<'a> {
             self.checkpoint(|| format!("{sbdf} attach: reset"))?;
             pci.reset(sbdf)?;
         }
+        // Assign first: a domain created without an IOMMU context (no `passthrough=` in
+        // its xl config) is refused here, before it was given any permission or pirq.
+        self.checkpoint(|| format!("{sbdf} attach: assign_device"))?;
+        hv.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
+            .map_err(|e| match e.errno() {
+                Some(Errno::EOPNOTSUPP) => EngineError::NoIommuContext { sbdf, domid },
+                _ => e.into(),
+            })?;
         self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
         bar_permissions(hv, pci, domid, sbdf, true, |r| r.map_err(Into::into))?;
         let irq = pci.irq(sbdf)?;
@@ -600,8 +608,6 @@ impl<'a> Engine<'a> {
             self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
             hv.irq_permission(domid, Pirq(irq as i32), true)?;
         }
-        self.checkpoint(|| format!("{sbdf} attach: assign_device"))?;
-        hv.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
         self.checkpoint(|| format!("{sbdf} attach: backend"))?;
         self.write_backend(sbdf, domid)?;
         self.platform.backend_changed(sbdf, Some(domid));
@@ -801,11 +807,16 @@ impl<'a> Engine<'a> {
             }
         };
         record.pirq = Some(pirq);
+        // XEN_DOMCTL_bind_pt_irq is for HVM guests only (a PV guest binds the pirq to an
+        // event channel itself; Xen 4.17 answers -EINVAL for a PV domain).
+        let hvm = hv.domain_info(req.domid)?.is_none_or(|i| i.hvm);
         self.checkpoint(|| format!("{} bind {key}: bind_pt_irq", req.sbdf))?;
-        if let Err(e) = hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf)) {
-            let _ = hv.unmap_pirq(req.domid, pirq);
-            rm(self.xs, TxId::NONE, &path)?;
-            return Err(e.into());
+        if hvm {
+            if let Err(e) = hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf)) {
+                let _ = hv.unmap_pirq(req.domid, pirq);
+                rm(self.xs, TxId::NONE, &path)?;
+                return Err(e.into());
+            }
         }
         self.checkpoint(|| format!("{} bind {key}: confirm", req.sbdf))?;
         record.state = BindingState::Bound;
@@ -994,7 +1005,12 @@ impl<'a> Engine<'a> {
                     continue;
                 }
                 Step::Deassign => {
-                    unless_gone(hv.deassign_device(owner, sbdf))?;
+                    match hv.deassign_device(owner, sbdf) {
+                        // A domain without an IOMMU context never had the device (an attach
+                        // refused at assign, rolled back through here).
+                        Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {}
+                        r => unless_gone(r)?,
+                    }
                     Step::Reset
                 }
                 Step::Release => {

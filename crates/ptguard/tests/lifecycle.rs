@@ -719,3 +719,96 @@ fn every_profile_combination_matches_xens_outcome() {
         );
     }
 }
+
+/// Real Xen 4.17.5: a domain created without `passthrough=` answers assign_device with
+/// -EOPNOTSUPP; ptguard's rollback then stuck at `deassign` (also -EOPNOTSUPP).
+#[test]
+fn attach_to_a_domain_without_iommu_context_is_refused_and_rolled_back() {
+    let mut f = fixture();
+    let plain = f.host.create_domain_with("plain", true, false);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let err = e.attach(dev(), plain).unwrap_err();
+    assert!(matches!(err, EngineError::NoIommuContext { .. }), "{err}");
+    assert!(err.to_string().contains("passthrough="), "{err}");
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert_eq!((rec.state, rec.owner), (DeviceState::Assignable, None));
+    f.host.with_world(|w| {
+        let d = &w.domains[&plain];
+        assert!(d.iomem.is_empty() && d.ioports.is_empty() && d.pirqs.is_empty());
+        assert!(d.irq_access.is_empty());
+        assert_eq!(w.device(dev()).unwrap().xen.owner, DomId::IO);
+    });
+}
+
+/// `XEN_DOMCTL_bind_pt_irq` is HVM-only: a PV guest's vectors are mapped, never bound.
+#[test]
+fn a_pv_guests_vectors_are_mapped_without_bind_pt_irq() {
+    let mut f = fixture();
+    let pv = f.host.create_domain("pv", false);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), pv).unwrap();
+    let binds = || {
+        let c = f.host.counters();
+        let n = |op: xen::HypercallOp| c.hypercalls.get(op.name()).copied().unwrap_or(0);
+        (n(xen::HypercallOp::MapPirq), n(xen::HypercallOp::BindPtIrq))
+    };
+    let (maps, binds_before) = binds();
+    let p = e.bind(&req(pv, epoch, 0)).unwrap();
+    assert_eq!(binds(), (maps + 1, binds_before));
+    f.host
+        .with_world(|w| assert!(w.domains[&pv].pirqs.contains_key(&p.0), "mapped"));
+    assert!(matches!(
+        e.detach(dev()).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+}
+
+/// Real Xen showed `ptguard watch` exiting at start-up because one resumed teardown
+/// failed. Recovery now quarantines that device, says why, and finishes the others.
+#[test]
+fn one_failing_teardown_does_not_stop_recovery_of_the_others() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    // A ledger entry for a device that has left the host, mid-teardown.
+    let ghost: Sbdf = "0000:09:00.0".parse().unwrap();
+    for (k, v) in [
+        ("state", "tearing-down"),
+        ("owner", "1"),
+        ("epoch", "3"),
+        ("step", "unbind"),
+        ("msix-size", "4"),
+    ] {
+        f.client
+            .write(
+                TxId::NONE,
+                &engine::ledger::field_path(ghost, k),
+                v.as_bytes(),
+            )
+            .unwrap();
+    }
+    f.host.shutdown(a).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let done = e.recover().unwrap();
+    let of = |s: Sbdf| done.iter().find(|(d, _)| *d == s).map(|(_, o)| o.clone());
+    assert!(
+        matches!(of(dev()), Some(Outcome::Assignable { .. })),
+        "{done:?}"
+    );
+    match of(ghost) {
+        Some(Outcome::Quarantined { reason }) => {
+            assert!(reason.contains("teardown stopped at unbind"), "{reason}")
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(
+        e.record(ghost).unwrap().unwrap().state,
+        DeviceState::Quarantined
+    );
+}

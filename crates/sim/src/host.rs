@@ -42,6 +42,10 @@ pub enum SimOp {
     CreateDomain {
         name: String,
         hvm: bool,
+        /// Created with an IOMMU context (xl's `passthrough=` or `pci=`); without one Xen
+        /// refuses to assign it devices.
+        #[serde(default = "yes")]
+        passthrough: bool,
     },
     Unpause {
         domid: DomId,
@@ -330,9 +334,15 @@ impl SimHost {
     }
 
     pub fn create_domain(&self, name: &str, hvm: bool) -> DomId {
+        self.create_domain_with(name, hvm, true)
+    }
+
+    /// A domain created with (`passthrough`) or without an IOMMU context.
+    pub fn create_domain_with(&self, name: &str, hvm: bool, passthrough: bool) -> DomId {
         match self.apply(SimOp::CreateDomain {
             name: name.into(),
             hvm,
+            passthrough,
         }) {
             Ok(SimValue::Domain(d)) => d,
             _ => DomId::DOM0,
@@ -406,7 +416,11 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             w.add_device(spec);
             Ok(Unit)
         }
-        SimOp::CreateDomain { name, hvm } => Ok(SimValue::Domain(w.create_domain(&name, hvm))),
+        SimOp::CreateDomain {
+            name,
+            hvm,
+            passthrough,
+        } => Ok(SimValue::Domain(w.create_domain(&name, hvm, passthrough))),
         SimOp::Unpause { domid } => w.unpause(domid).map(|_| Unit),
         SimOp::Pause { domid } => w.pause(domid).map(|_| Unit),
         SimOp::Shutdown { domid } => w.shutdown(domid).map(|_| Unit),
@@ -817,4 +831,8 @@ impl DomainEventSink for xenstore::local::LocalXenstore {
     fn released(&self, domid: DomId) {
         self.release_domain(u32::from(domid.0));
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -71,6 +71,8 @@ pub struct Domain {
     pub ioports: BTreeSet<(u32, u32)>,
     /// References other than the domain's own (a zombie holder, xen-semantics.md scenario 5).
     pub extra_refs: u32,
+    /// Has an IOMMU context (`XEN_DOMCTL_CDF_iommu`, from xl's `passthrough=`).
+    pub iommu: bool,
 }
 
 /// Xen's per-MSI-X-vector descriptor (`struct msi_desc`).
@@ -288,10 +290,12 @@ impl World {
     // ----------------------------------------------------------------------------------
 
     /// Creates a domain (paused), as `xl create` does before unpausing it.
-    pub fn create_domain(&mut self, name: &str, hvm: bool) -> DomId {
+    pub fn create_domain(&mut self, name: &str, hvm: bool, passthrough: bool) -> DomId {
         let domid = DomId(self.next_domid);
         self.next_domid += 1;
-        self.domains.insert(domid, Domain::new(domid, name, hvm));
+        let mut d = Domain::new(domid, name, hvm);
+        d.iommu = passthrough;
+        self.domains.insert(domid, d);
         self.events.push(DomainEvent::Introduced(domid));
         self.note(format!(
             "domain: create {domid} ({name}, {})",
@@ -848,7 +852,17 @@ impl World {
         Ok(())
     }
 
+    /// `iommu_do_domctl` answers -EOPNOTSUPP before anything else for a domain without an
+    /// IOMMU context (Xen 4.17 drivers/passthrough/iommu.c; seen on 4.17.5).
+    fn require_iommu(&self, domid: DomId) -> R<()> {
+        if domid != DomId::IO && !self.domain(domid)?.iommu {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
     pub fn assign_device(&mut self, domid: DomId, sbdf: Sbdf, flags: u32) -> R<()> {
+        self.require_iommu(domid)?;
         if flags & !xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED != 0 || domid == DomId::DOM0 {
             return Err(Errno::EINVAL);
         }
@@ -899,9 +913,7 @@ impl World {
     }
 
     pub fn deassign_device(&mut self, domid: DomId, sbdf: Sbdf) -> R<()> {
-        if domid != DomId::IO {
-            self.domain(domid)?;
-        }
+        self.require_iommu(domid)?;
         match self.devices.get(&sbdf) {
             Some(d) if d.xen.owner == domid => {}
             _ => return Err(Errno::ENODEV),
@@ -1025,6 +1037,7 @@ impl Domain {
             iomem: BTreeSet::new(),
             ioports: BTreeSet::new(),
             extra_refs: 0,
+            iommu: true,
         }
     }
 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The dom0 disk image of one run: the cached dom0 tree plus this run's ptguard binary, the
+# check runner, a guest kernel + initramfs and xl configs. Writes $REALXEN_WORK/{dom0.img,
+# xen.elf,vmlinuz,initrd.img}. Usage: image.sh PTGUARD-BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/common.sh"
+ptguard=${1:?usage: image.sh PTGUARD-BINARY}
+[ -x "$ptguard" ] || die "$ptguard is not an executable"
+R=$BASE_TREE
+[ -f "$R/.ptguard-base-tree" ] || die "no dom0 tree in $R (run lib/base-tree.sh)"
+mkdir -p "$REALXEN_WORK"
+K=$(ls "$R/lib/modules" | head -1)
+
+# The guest's initramfs: static busybox, pcifront, e1000e, our init.
+I=$(mktemp -d); trap 'rm -rf "$I"' EXIT
+mkdir -p "$I"/{bin,dev,proc,sys,lib/modules}
+cp /bin/busybox "$I/bin/busybox"
+cp "$R/lib/modules/$K/kernel/drivers/pci/xen-pcifront.ko" \
+   "$R/lib/modules/$K/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko" "$I/lib/modules/"
+install -m 755 "$HERE/../guest/init" "$I/init"
+mknod -m 600 "$I/dev/console" c 5 1; mknod -m 666 "$I/dev/null" c 1 3
+
+T=$R/opt/ptguard-test
+rm -rf "$T"; mkdir -p "$T"
+(cd "$I" && find . | cpio -o -H newc 2>/dev/null | gzip -6) > "$T/guest-initrd.gz"
+cp "$R/boot/vmlinuz-$K" "$T/guest-vmlinuz"
+install -m 755 "$ptguard" "$R/usr/local/bin/ptguard"
+install -m 755 "$HERE/../dom0/checks.sh" "$T/checks.sh"
+install -m 644 "$HERE/../dom0/broker_client.py" "$T/broker_client.py"
+install -m 644 "$HERE/../dom0/rogue_dm.py" "$T/rogue_dm.py"
+
+# The run's unit: after xenstored and xenconsoled, on the Xen console, then power off.
+cat > "$R/etc/systemd/system/ptguard-checks.service" <<'UNIT'
+[Unit]
+Description=ptguard real-Xen checks
+After=xen.service xencommons.service xenstored.service xenconsoled.service proc-xen.mount multi-user.target
+Wants=xen.service
+[Service]
+Type=oneshot
+ExecStart=/opt/ptguard-test/checks.sh
+ExecStopPost=/bin/systemctl --no-block poweroff --force
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/hvc0
+TimeoutStartSec=infinity
+[Install]
+WantedBy=multi-user.target
+UNIT
+chroot "$R" systemctl enable ptguard-checks.service >/dev/null 2>&1
+
+cp "$R/boot/vmlinuz-$K" "$REALXEN_WORK/vmlinuz"
+cp "$R/boot/initrd.img-$K" "$REALXEN_WORK/initrd.img"
+zcat "$R/boot/xen-4.17-amd64.gz" > "$REALXEN_WORK/xen.elf"
+rm -f "$REALXEN_WORK/dom0.img"
+mkfs.ext4 -q -F -L dom0 -d "$R" "$REALXEN_WORK/dom0.img" 3G
+log "image ready: $(du -h "$REALXEN_WORK/dom0.img" | cut -f1) allocated"
