@@ -336,7 +336,7 @@ pub struct BenchXenstoreArgs {
 pub struct SbdfArg {
     /// PCI address, SSSS:BB:DD.F or BB:DD.F.
     #[arg(value_name = "SBDF")]
-    pub sbdf: String,
+    pub sbdf: pci::Sbdf,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -351,7 +351,7 @@ pub struct JsonArg {
 
 #[derive(Debug, Args)]
 pub struct DomidArg {
-    /// Domain id.
+    /// Domain id of a guest.
     #[arg(value_name = "DOMID")]
     pub domid: u16,
     /// Print the result as JSON.
@@ -361,19 +361,24 @@ pub struct DomidArg {
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
+    /// PCI address of an assignable device, SSSS:BB:DD.F or BB:DD.F.
     #[arg(value_name = "SBDF")]
-    pub sbdf: String,
-    /// Domain id to give the device to.
+    pub sbdf: pci::Sbdf,
+    /// Domain id to give the device to (dom0, dom_io, dom_xen and --protect'ed domains
+    /// are refused).
     #[arg(value_name = "DOMID")]
     pub domid: u16,
+    /// Print the result (device, domain, epoch) as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// PCI address, SSSS:BB:DD.F or BB:DD.F.
     #[arg(value_name = "SBDF")]
-    pub sbdf: String,
+    pub sbdf: pci::Sbdf,
+    /// Print the ledger record and the host's view as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -434,37 +439,49 @@ pub enum SimCommand {
 pub struct SimInitArgs {
     #[command(flatten)]
     pub profile: SimProfileArgs,
-    /// Number of MSI-X NICs (0000:03:00.0, 0000:04:00.0, ...).
-    #[arg(long, default_value_t = 2)]
+    /// Number of MSI-X NICs (0000:03:00.0, 0000:04:00.0, ...), 1 to 32.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=32))]
     pub devices: u8,
-    /// MSI-X table size of each device.
-    #[arg(long, default_value_t = 8)]
+    /// MSI-X table size of each device, 1 to 2048 (the PCI limit).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=2048))]
     pub entries: u16,
+    /// Print what was created as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct SimCreateArgs {
+    /// The domain's name (as xl's `name=`).
     #[arg(value_name = "NAME")]
     pub name: String,
     /// A PV guest (pcifront) instead of HVM.
     #[arg(long)]
     pub pv: bool,
+    /// Without an IOMMU context (an xl config without `passthrough=` or `pci=`): Xen
+    /// will refuse to assign it devices.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Print the new domain's id and name as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct SimStartArgs {
+    /// The guest's domain id.
     #[arg(value_name = "DOMID")]
     pub domid: u16,
+    /// The PCI address of the device attached to it.
     #[arg(value_name = "SBDF")]
-    pub sbdf: String,
+    pub sbdf: pci::Sbdf,
     /// MSI-X vectors the guest driver enables.
     #[arg(long, default_value_t = 3)]
     pub vectors: u16,
     /// How the guest's device model behaves.
     #[arg(long, value_name = "BEHAVIOUR", value_parser = parse_dm, default_value = "well-behaved")]
     pub dm: sim::DmBehaviour,
+    /// Print the interrupt report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -76,6 +76,18 @@ impl OpLog {
     }
 }
 
+/// The operation log of the last host opened in this process, for `--trace` of a command
+/// that failed after its context was gone.
+static LAST_OP_LOG: Mutex<Option<OpLog>> = Mutex::new(None);
+
+pub fn last_op_log() -> Vec<String> {
+    LAST_OP_LOG
+        .lock()
+        .ok()
+        .and_then(|l| l.as_ref().map(OpLog::lines))
+        .unwrap_or_default()
+}
+
 /// A `PciHost` that logs every write and, in a dry run, skips it.
 pub struct LoggedPci {
     inner: Arc<dyn PciHost>,
@@ -406,6 +418,9 @@ impl HostCtx {
 
     fn open_untraced(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
         let log = OpLog::default();
+        if let Ok(mut last) = LAST_OP_LOG.lock() {
+            *last = Some(log.clone());
+        }
         match spec {
             HostSpec::Real => {
                 let hv = xen::privcmd::Privcmd::open()?;

@@ -24,17 +24,33 @@ pub mod exit {
     pub const USAGE: i32 = 2;
 }
 
-/// Runs a parsed command line, writing its normal output to `out`.
+/// Runs a parsed command line, writing its normal output to `out`. With `--trace`, what
+/// the command did is printed even when it fails (that is when it matters most).
 pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let trace = cli.trace && !cli.dry_run;
+    let r = dispatch(cli, out);
+    if r.is_err() && trace {
+        let lines = hostctx::last_op_log();
+        if !lines.is_empty() {
+            let _ = writeln!(out, "trace of the failed command, in order:");
+            for l in lines {
+                let _ = writeln!(out, "  {l}");
+            }
+        }
+    }
+    r
+}
+
+fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     use commands::lifecycle as lc;
     match &cli.command {
-        Command::AssignableAdd(a) => lc::assignable_add(&cli, &a.sbdf, a.json, out),
-        Command::AssignableRemove(a) => lc::assignable_remove(&cli, &a.sbdf, a.json, out),
+        Command::AssignableAdd(a) => lc::assignable_add(&cli, a.sbdf, a.json, out),
+        Command::AssignableRemove(a) => lc::assignable_remove(&cli, a.sbdf, a.json, out),
         Command::AssignableList(a) => lc::assignable_list(&cli, a.json, out),
-        Command::Attach(a) => lc::attach(&cli, &a.sbdf, a.domid, a.json, out),
-        Command::Detach(a) => lc::detach(&cli, &a.sbdf, a.json, out),
+        Command::Attach(a) => lc::attach(&cli, a.sbdf, a.domid, a.json, out),
+        Command::Detach(a) => lc::detach(&cli, a.sbdf, a.json, out),
         Command::List(a) => lc::list(&cli, a.json, out),
-        Command::Show(a) => lc::show(&cli, &a.sbdf, a.json, out),
+        Command::Show(a) => lc::show(&cli, a.sbdf, a.json, out),
         Command::ReleaseDomain(a) => lc::release_domain(&cli, a.domid, a.json, out),
         Command::Doctor(a) => commands::doctor::run(&cli, a, out),
         Command::Watch(a) => commands::watch::run(&cli, a, out),

@@ -137,17 +137,30 @@ fn bad_input_is_refused_with_the_text_and_exit_code() {
     let d = tmp.path().join("host");
     ok(&d, &["sim", "init"]);
     ok(&d, &["sim", "create", "g"]);
+    // A malformed address is a command-line error (exit 2), like any other.
     for (args, needle) in [
         (
             vec!["attach", "0000:03:00.8", "1"],
             "function number must be 0..7",
         ),
+        (vec!["show", "1:2:3"], "invalid PCI address \"1:2:3\""),
+        (vec!["sim", "init", "--entries", "0"], "--entries"),
+        (vec!["sim", "init", "--entries", "65535"], "--entries"),
+    ] {
+        let o = ptguard(&d, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    for (args, needle) in [
         (
             vec!["attach", "0000:03:00.0", "1"],
             "not managed by ptguard",
         ),
         (vec!["assignable-add", "0000:09:00.0"], "no such PCI device"),
-        (vec!["show", "1:2:3"], "invalid PCI address \"1:2:3\""),
+        (vec!["show", "0000:09:00.0"], "no such PCI device"),
+        (vec!["sim", "reboot", "0"], "d0 is not a guest"),
+        (vec!["attach", "0000:03:00.0", "0"], "protected domain"),
     ] {
         let o = ptguard(&d, &args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -259,4 +272,51 @@ fn a_simulated_host_directory_is_locked_for_the_whole_command() {
     drop(held);
     assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(true));
     waiter.join().unwrap();
+}
+
+/// Issue 11 (10): `--dry-run sim init` wrote files, and two `sim init`s of one directory
+/// both succeeded.
+#[test]
+fn sim_init_dry_run_writes_nothing_and_only_one_init_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    let plan = ok(&d, &["--dry-run", "sim", "init", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(v["created"], false);
+    assert!(!d.exists(), "a dry run created {}", d.display());
+    let host = format!("sim:{}", d.display());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_ptguard"))
+                .args(["--host", &host, "sim", "init"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let wins = children
+        .into_iter()
+        .filter_map(|mut c| c.wait().ok())
+        .filter(|s| s.success())
+        .count();
+    assert_eq!(wins, 1, "exactly one sim init creates the host");
+}
+
+/// Issue 11 (10): `--trace` printed nothing when the command failed.
+#[test]
+fn trace_is_printed_when_the_command_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "--no-passthrough", "plain"]);
+    let o = ptguard(&d, &["--trace", "attach", "0000:03:00.0", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no IOMMU context"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("trace of the failed command"), "{out}");
+    assert!(
+        out.contains("XEN_DOMCTL_assign_device d1 0000:03:00.0 flags 1 -> -EOPNOTSUPP"),
+        "{out}"
+    );
 }

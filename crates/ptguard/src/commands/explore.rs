@@ -84,13 +84,22 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     summary.violations.push(Violation {
                         seed: seed.clone(),
                         what: format!(
-                            "invariant 4: crash at {:?} ends in {} instead of {}",
-                            r.crashed_at, r.end_state, baseline.end_state
+                            "invariant 4: crash at {} ends in {} instead of {}",
+                            r.crashed_at
+                                .as_deref()
+                                .unwrap_or("no point (it ran to the end)"),
+                            r.end_state,
+                            baseline.end_state
                         ),
                     });
                 }
                 if args.replay.is_some() {
-                    writeln!(out, "replay {seed}: crashed at {:?}", r.crashed_at)?;
+                    match &r.crashed_at {
+                        Some(at) => writeln!(out, "replay {seed}: crashed at {at}")?,
+                        None => {
+                            writeln!(out, "replay {seed}: no crash (the point is past the end)")?
+                        }
+                    }
                     writeln!(out, "  end state: {}", r.end_state)?;
                     writeln!(out, "  baseline:  {}", baseline.end_state)?;
                     for n in &r.notices {

@@ -12,10 +12,6 @@ use xen::DomId;
 use crate::cli::Cli;
 use crate::hostctx::HostCtx;
 
-fn sbdf(text: &str) -> anyhow::Result<Sbdf> {
-    Ok(text.parse::<Sbdf>()?)
-}
-
 /// Opens the host and, unless this is a dry run, finishes whatever a crash left half done
 /// (every command resumes interrupted teardowns).
 pub fn open(cli: &Cli) -> anyhow::Result<HostCtx> {
@@ -60,8 +56,7 @@ struct Done<'a, T: Serialize> {
     result: T,
 }
 
-pub fn assignable_add(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let s = sbdf(s)?;
+pub fn assignable_add(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     let rec = ctx.engine().assignable_add(s)?;
     if json {
@@ -79,11 +74,10 @@ pub fn assignable_add(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> an
 
 pub fn assignable_remove(
     cli: &Cli,
-    s: &str,
+    s: Sbdf,
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let s = sbdf(s)?;
     let mut ctx = open(cli)?;
     ctx.engine().assignable_remove(s)?;
     if json {
@@ -104,12 +98,11 @@ pub fn assignable_remove(
 
 pub fn attach(
     cli: &Cli,
-    s: &str,
+    s: Sbdf,
     domid: u16,
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let s = sbdf(s)?;
     let mut ctx = open(cli)?;
     let epoch = ctx.engine().attach(s, DomId(domid))?;
     #[derive(Serialize)]
@@ -146,8 +139,7 @@ fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<(
     writeln!(out, "{s}: {}", outcome_text(o))
 }
 
-pub fn detach(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let s = sbdf(s)?;
+pub fn detach(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     let mut e = ctx.engine();
     let o = e.detach(s)?;
@@ -300,14 +292,16 @@ pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Re
     Ok(())
 }
 
-pub fn show(cli: &Cli, s: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let s = sbdf(s)?;
+pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = HostCtx::for_cli(cli)?;
     let rec = ctx
         .engine()
         .record(s)
         .with_context(|| format!("cannot read the ledger entry of {s}"))?;
     let pci = engine::Platform::pci(&ctx.platform);
+    if rec.is_none() && !pci.exists(s).unwrap_or(false) {
+        return Err(engine::EngineError::NoSuchDevice { sbdf: s }.into());
+    }
     let driver = pci.driver(s).ok().flatten();
     let msix = pci
         .read_config(s)

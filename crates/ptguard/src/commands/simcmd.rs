@@ -56,19 +56,36 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
         let devices: Vec<DeviceSpec> = (0..a.devices)
             .map(|i| DeviceSpec::nic(Sbdf::from_devfn(0, 3 + i, 0), a.entries))
             .collect();
-        sim_init(dir, a.profile.xen(), a.profile.pciback(), &devices)?;
-        writeln!(
-            out,
-            "simulated host in {}: {} with {}, devices {}",
-            dir.display(),
-            a.profile.xen().name(),
-            a.profile.pciback().name(),
-            devices
-                .iter()
-                .map(|d| d.sbdf.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )?;
+        if !cli.dry_run {
+            sim_init(dir, a.profile.xen(), a.profile.pciback(), &devices)?;
+        }
+        let sbdfs: Vec<String> = devices.iter().map(|d| d.sbdf.to_string()).collect();
+        if a.json {
+            let v = serde_json::json!({
+                "dir": dir,
+                "xen": a.profile.xen().name(),
+                "pciback": a.profile.pciback().name(),
+                "devices": sbdfs,
+                "msix_entries": a.entries,
+                "created": !cli.dry_run,
+            });
+            serde_json::to_writer_pretty(&mut *out, &v)?;
+            writeln!(out)?;
+        } else {
+            writeln!(
+                out,
+                "{}simulated host in {}: {} with {}, devices {}",
+                if cli.dry_run {
+                    "dry run, nothing written: would create a "
+                } else {
+                    ""
+                },
+                dir.display(),
+                a.profile.xen().name(),
+                a.profile.pciback().name(),
+                sbdfs.join(", ")
+            )?;
+        }
         return Ok(());
     }
     let mut ctx = open(cli)?;
@@ -76,7 +93,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
     match what {
         SimCommand::Init(_) => {}
         SimCommand::Create(a) => {
-            let d = host.create_domain(&a.name, !a.pv);
+            let d = host.create_domain_with(&a.name, !a.pv, !a.no_passthrough);
             host.unpause(d)
                 .map_err(|e| anyhow::anyhow!("unpause {d}: {e}"))?;
             if a.json {
@@ -90,7 +107,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             }
         }
         SimCommand::Start(a) | SimCommand::Check(a) => {
-            let sbdf: Sbdf = a.sbdf.parse()?;
+            let sbdf: Sbdf = a.sbdf;
             let domid = DomId(a.domid);
             let starting = matches!(what, SimCommand::Start(_));
             if starting {
@@ -134,6 +151,9 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         SimCommand::Reboot(a) => {
             let domid = DomId(a.domid);
+            if domid == DomId::DOM0 || domid > DomId::MAX {
+                bail!("{domid} is not a guest: `sim reboot` restarts a guest as xl does (its domid from `sim create`)");
+            }
             let (name, hvm) = host
                 .with_world(|w| w.domains.get(&domid).map(|d| (d.name.clone(), d.hvm)))
                 .with_context(|| format!("{domid}: no such domain"))?;
@@ -179,7 +199,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             }
         }
         SimCommand::State(a) => {
-            let sbdf: Sbdf = a.sbdf.parse()?;
+            let sbdf: Sbdf = a.sbdf;
             #[derive(Serialize)]
             struct St {
                 sbdf: Sbdf,

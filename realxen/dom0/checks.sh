@@ -1,0 +1,210 @@
+#!/bin/bash
+# ptguard's checks against real Xen, run once in the test bed's dom0 at boot (unit
+# ptguard-checks.service, output on the Xen console). Every check is an assertion: it
+# prints "ok NAME: what it saw" or "FAIL NAME: what it saw instead". The last line is
+# "realxen: N passed, M failed". The dom0 kernel argument ptguard.checks=LIST (groups
+# joined by '+': core, guests, seed; default all) chooses what runs.
+set -u
+SBDF=0000:00:05.0 BDF=00:05.0 KEY=0000-00-05-0
+T=/opt/ptguard-test
+SOCK=/run/ptguard/broker.sock
+CON=/var/log/xen/console
+export PTGUARD_LOG=info
+passed=0 failed=0
+up() { cut -d' ' -f1 /proc/uptime; }
+say() { echo "[dom0 $(up)s] $*"; }
+ok() { echo "ok   $1: $2"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+# expect NAME WHAT CONDITION... : ok if the condition (a command) succeeds.
+expect() { local n=$1 w=$2; shift 2; if "$@"; then ok "$n" "$w"; else bad "$n" "$w"; fi; }
+has() { grep -qE -- "$2" <<<"$1"; }
+want_groups=$(sed -n 's/.*ptguard\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
+group() { [ -z "$want_groups" ] || [ "$want_groups" = all ] || grep -q "+$1+" <<<"+$want_groups+"; }
+driver() { basename "$(readlink "/sys/bus/pci/devices/$SBDF/driver" 2>/dev/null)" 2>/dev/null; }
+msix() { lspci -vv -s "$BDF" 2>/dev/null | sed -n 's/.*MSI-X: \(.*\)/\1/p'; }
+ledger() { xenstore-read "/ptguard/device/$KEY/$1" 2>/dev/null; }
+# Xen's 'Q' dump line for the device, e.g. "0000:00:05.0 - d3 - node -1  - MSIs < 25 26 >".
+xen_q() { xl debug-keys Q >/dev/null; sleep 1; xl dmesg | grep -a "$SBDF - " | tail -1; }
+domid_of() { xl domid "$1" 2>/dev/null; }
+wait_for() { # SECONDS COMMAND... : polls once a second
+    local n=$1; shift
+    while [ "$n" -gt 0 ]; do "$@" && return 0; sleep 1; n=$((n - 1)); done
+    return 1
+}
+cfg() { # NAME TYPE PASSTHROUGH PCI EXTRA-KERNEL-ARGS
+    {
+        echo "name = \"$1\""; echo "type = \"$2\""; echo "memory = 256"; echo "vcpus = 1"
+        echo "kernel = \"$T/guest-vmlinuz\""; echo "ramdisk = \"$T/guest-initrd.gz\""
+        [ "$3" = yes ] && echo 'passthrough = "enabled"'
+        [ -n "$4" ] && echo "pci = [ \"$4\" ]"
+        echo 'on_poweroff = "destroy"'; echo 'on_crash = "preserve"'
+        if [ "$2" = pv ]; then
+            echo "extra = \"console=hvc0 loglevel=4 $5\""
+        else
+            echo 'device_model_version = "qemu-xen"'
+            echo "cmdline = \"console=ttyS0 loglevel=4 nopv $5\""
+            echo "serial = \"file:$CON/hvm-$1.log\""
+            echo 'vnc = 0'; echo 'nographic = 1'; echo 'vga = "none"'
+        fi
+    } > "/root/$1.cfg"
+}
+guest_log() { case $2 in pv) echo "$CON/guest-$1.log" ;; *) echo "$CON/hvm-$1.log" ;; esac; }
+# run_guest NAME TYPE: starts it, waits for its verdict (it powers itself off).
+run_guest() {
+    local log; log=$(guest_log "$1" "$2"); rm -f "$log"
+    local out; out=$(xl create "/root/$1.cfg" 2>&1); local rc=$?
+    if [ $rc -ne 0 ]; then echo "xl create rc=$rc: $(tail -2 <<<"$out" | tr '\n' ' ')"; return; fi
+    wait_for 240 grep -aq "GUEST-RESULT" "$log"
+    grep -a "GUEST-RESULT" "$log" | tail -1 | sed 's/.*GUEST-RESULT //' | tr -d '\r'
+    wait_for 60 sh -c "! xl domid $1 >/dev/null 2>&1" || xl destroy "$1" 2>/dev/null
+}
+# A paused guest ptguard can attach to.
+paused() { xl create -p "/root/$1.cfg" >/dev/null 2>&1; domid_of "$1"; }
+# The broker asks: as the HVM domain's device model, so its pid goes into Xenstore first
+# (the broker checks SO_PEERCRED against libxl's device-model-pid).
+bind_as_dm() { # DOMID EPOCH ENTRY
+    local path=/local/domain/$1/image/device-model-pid old
+    old=$(xenstore-read "$path" 2>/dev/null)
+    python3 - "$path" "$@" <<'PY'
+import os, subprocess, sys
+path, domid, epoch, entry = sys.argv[1:5]
+subprocess.run(["xenstore-write", path, str(os.getpid())], check=False)
+tb = subprocess.run(["xenstore-read", "/ptguard/device/0000-00-05-0/table-base"], capture_output=True, text=True).stdout.strip()
+os.execvp("python3", ["python3", "/opt/ptguard-test/broker_client.py", "/run/ptguard/broker.sock", domid, "0000:00:05.0", epoch, tb, "bind", entry])
+PY
+    local rc=$?
+    [ -n "$old" ] && xenstore-write "$path" "$old"
+    return $rc
+}
+
+echo "CHECKS-START dom0 uptime $(up)s"
+xl info | grep -E '^(xen_version|xen_commandline|virt_caps)'
+uname -r
+
+# ---- core: ptguard's lifecycle against the real hypervisor (guests created paused) ----
+if group core; then
+    v=$(xl info | sed -n 's/^xen_version *: //p')
+    expect xen-4.17 "xen_version $v, privcmd $(ls /dev/xen/privcmd 2>&1)" \
+        bash -c "[[ '$v' == 4.17.* && -c /dev/xen/privcmd ]]"
+    out=$(ptguard assignable-add $SBDF 2>&1); rc=$?
+    expect assignable-add "rc=$rc driver=$(driver) ledger=$(ledger state): $out" \
+        test $rc = 0 -a "$(driver)" = pciback -a "$(ledger state)" = assignable
+    expect assignable-list "$(xl pci-assignable-list | tr '\n' ' ')" \
+        has "$(xl pci-assignable-list)" "$SBDF"
+    q=$(xen_q)
+    expect quarantined-in-dom_io "Xen: $q" has "$q" "DomIO|d32753"
+    mkdir -p /run/ptguard
+    ptguard watch > /var/log/ptguard-watch.log 2>&1 &
+    watchpid=$!
+    wait_for 20 test -S $SOCK
+    expect watch-serves "pid $watchpid, socket $(ls -l $SOCK 2>&1)" test -S $SOCK
+    out=$(ptguard watch 2>&1); rc=$?
+    expect second-watch-refused "rc=$rc: $out" has "rc=$rc $out" "rc=1 .*another instance \\(pid $watchpid"
+
+    cfg hvmp hvm yes "" ""
+    d=$(paused hvmp)
+    out=$(ptguard attach $SBDF "$d" --json 2>&1); rc=$?
+    epoch=$(ledger epoch)
+    expect attach-hvm "d$d rc=$rc epoch=$epoch: $(tr '\n' ' ' <<<"$out")" \
+        test $rc = 0 -a "$(ledger state)" = attached -a "$(ledger owner)" = "$d"
+    pirqs=""
+    for e in 0 1 2; do
+        r=$(bind_as_dm "$d" "$epoch" $e 2>&1); rc=$?
+        expect "broker-bind-hvm-$e" "rc=$rc $r" has "$r" '"ok":true,"pirq":[0-9]+'
+        pirqs="$pirqs $(sed -n 's/.*"pirq":\([0-9]*\).*/\1/p' <<<"$r")"
+    done
+    q=$(xen_q)
+    n=$(sed -n 's/.*MSIs < \(.*\) >.*/\1/p' <<<"$q" | wc -w)
+    expect xen-sees-bindings "pirqs$pirqs; Xen: $q" test "$n" -ge 3
+    r=$(python3 $T/broker_client.py $SOCK "$d" $SBDF "$((epoch + 1))" "$(ledger table-base)" bind 3 2>&1)
+    expect broker-refuses-stale-epoch "$r" has "$r" '"code":"stale-epoch"'
+    out=$(ptguard --trace detach $SBDF 2>&1); rc=$?
+    expect detach-live-bindings "rc=$rc: $(grep -E 'clean|QUARANTINED|release_msix|prepare_msix|ptguard:' <<<"$out" | tr '\n' ' ')" \
+        has "rc=$rc $out" "rc=0 .*clean and assignable"
+    q=$(xen_q)
+    expect detach-leaves-no-msi "Xen: $q; MSI-X: $(msix)" has "$q" "DomIO|d32753"
+    xl destroy hvmp
+
+    cfg nopt hvm no "" ""
+    d=$(paused nopt)
+    out=$(ptguard attach $SBDF "$d" 2>&1); rc=$?
+    expect attach-refuses-no-iommu-context "rc=$rc ledger=$(ledger state): $out" \
+        has "rc=$rc $(ledger state) $out" "rc=1 assignable .*no IOMMU context"
+    xl destroy nopt
+
+    out=$(ptguard attach $SBDF 0 2>&1); rc=$?
+    expect attach-refuses-dom0 "rc=$rc: $out" has "rc=$rc $out" "rc=1 .*protected domain"
+
+    cfg pvp pv yes "" ""
+    d=$(paused pvp)
+    out=$(ptguard attach $SBDF "$d" 2>&1); rc=$?
+    epoch=$(ledger epoch)
+    r=$(python3 $T/broker_client.py $SOCK "$d" $SBDF "$epoch" "$(ledger table-base)" bind 0 2>&1)
+    expect pv-attach-and-bind "attach rc=$rc; bind: $r" has "$rc $r" '^0 .*"ok":true'
+    xl destroy pvp
+    wait_for 60 test "$(ledger state)" = assignable
+    expect watch-tears-down-destroyed-guest "ledger $(ledger state) epoch $(ledger epoch); Xen: $(xen_q)" \
+        test "$(ledger state)" = assignable
+
+    cfg rogue hvm yes "" ""
+    d=$(paused rogue)
+    ptguard attach $SBDF "$d" >/dev/null 2>&1
+    r=$(python3 $T/rogue_dm.py "$d" $SBDF 3 "$(ledger table-base)" 2>&1)
+    out=$(ptguard detach $SBDF 2>&1); rc=$?
+    expect rogue-dm-quarantines "rogue: $(tr '\n' ' ' <<<"$r"); detach rc=$rc: $out" \
+        has "rc=$rc $(ledger state) $out" "rc=1 quarantined .*release_msix answered -EBUSY"
+    xl destroy rogue
+    wait_for 60 test "$(ledger state)" = assignable
+    expect quarantine-lifted-when-owner-gone "ledger $(ledger state): $(ledger reason)" \
+        test "$(ledger state)" = assignable
+    out=$(ptguard doctor 2>&1); rc=$?
+    expect doctor-clean "rc=$rc: $(tr '\n' ' ' <<<"$out")" test $rc = 0
+    kill "$watchpid"; wait "$watchpid" 2>/dev/null
+    expect watch-removes-its-socket "$(ls $SOCK 2>&1)" test ! -e $SOCK
+    out=$(ptguard assignable-remove $SBDF 2>&1); rc=$?
+    expect assignable-remove "rc=$rc driver=$(driver): $out" test $rc = 0 -a "$(driver)" = e1000e
+    say "ptguard watch log:"; tail -20 /var/log/ptguard-watch.log
+fi
+
+# ---- guests: running guests count their MSI-X interrupts -----------------------------
+if group guests; then
+    xl pci-assignable-add $SBDF
+    cfg pv pv yes $SBDF ""
+    r=$(run_guest pv pv)
+    expect pv-guest-irqs-xl "stock xl, PV guest: $r" has "$r" '^IRQS-ARRIVE'
+    cfg hvm hvm yes $SBDF ""
+    r=$(run_guest hvm hvm)
+    expect hvm-guest-irqs-xl "stock xl + qemu-xen, HVM guest (nopv, native MSI-X): $r" has "$r" '^IRQS-ARRIVE'
+    xl pci-assignable-remove -r $SBDF
+fi
+
+# ---- seed: the failure ptguard exists for, reproduced with stock xl ---------------------
+if group seed; then
+    xl pci-assignable-add $SBDF
+    cfg pvhold pv yes $SBDF "hold=1"
+    log=$(guest_log pvhold pv); rm -f "$log"
+    xl create /root/pvhold.cfg >/dev/null 2>&1
+    wait_for 120 grep -aq GUEST-HOLD "$log"
+    live=$(grep -a GUEST-RESULT "$log" | sed 's/.*GUEST-RESULT //' | tr -d '\r')
+    xl dmesg -c >/dev/null
+    setpci -s $BDF COMMAND=0000
+    xl destroy pvhold; sleep 2
+    xend=$(xl dmesg | grep -a "cannot mask" | tail -1)
+    m=$(msix)
+    expect seed-mask-forced "live guest: $live; decoding off, xl destroy -> Xen: '$xend'; MSI-X: $m" \
+        has "$xend $m" "cannot mask IRQ.*Masked\+"
+    cfg pv pv yes $SBDF ""
+    r=$(run_guest pv pv)
+    expect seed-next-guest-refused "next guest: $r; $(xl dmesg | grep -a 'assign (' | tail -1)" \
+        has "$r" "xl create rc=[1-9]"
+    echo 1 > "/sys/bus/pci/devices/$SBDF/reset" 2>/dev/null
+    expect seed-reset-does-not-cure "after a sysfs reset MSI-X: $(msix)" has "$(msix)" "Masked\+"
+    xl pci-assignable-remove -r $SBDF; sleep 2; xl pci-assignable-add $SBDF
+    r=$(run_guest pv pv)
+    expect seed-rebind-cures "after pciback unbind+bind: $r" has "$r" '^IRQS-ARRIVE'
+    xl pci-assignable-remove -r $SBDF
+fi
+
+echo "CHECKS-END dom0 uptime $(up)s"
+echo "realxen: $passed passed, $failed failed"
+sync
