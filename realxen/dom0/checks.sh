@@ -9,7 +9,7 @@ SBDF=0000:00:05.0 BDF=00:05.0 KEY=0000-00-05-0
 T=/opt/ptguard-test
 SOCK=/run/ptguard/broker.sock
 CON=/var/log/xen/console
-export PTGUARD_LOG=info
+export PTGUARD_LOG=warn
 passed=0 failed=0
 up() { cut -d' ' -f1 /proc/uptime; }
 say() { echo "[dom0 $(up)s] $*"; }
@@ -116,7 +116,7 @@ if group core; then
     q=$(xen_q)
     n=$(sed -n 's/.*MSIs < \(.*\) >.*/\1/p' <<<"$q" | wc -w)
     expect xen-sees-bindings "pirqs$pirqs; Xen: $q" test "$n" -ge 3
-    r=$(python3 $T/broker_client.py $SOCK "$d" $SBDF "$((epoch + 1))" "$(ledger table-base)" bind 3 2>&1)
+    r=$(bind_as_dm "$d" "$((epoch + 1))" 3 2>&1)
     expect broker-refuses-stale-epoch "$r" has "$r" '"code":"stale-epoch"'
     out=$(ptguard --trace detach $SBDF 2>&1); rc=$?
     expect detach-live-bindings "rc=$rc: $(grep -E 'clean|QUARANTINED|release_msix|prepare_msix|ptguard:' <<<"$out" | tr '\n' ' ')" \

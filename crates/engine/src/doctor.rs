@@ -155,3 +155,89 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
     }
     out
 }
+
+/// What Xen says of a device: `Some(true)` a guest holds it (`test_assign_device` answered
+/// `-EBUSY`), `Some(false)` it is dom0's or dom_io's, `None` unknown.
+pub type HeldByGuest<'a> = &'a dyn Fn(Sbdf) -> Option<bool>;
+
+/// Compares the three views of every device any of them knows — the ledger, Xen
+/// (`held_by_guest`) with the toolstack's PCI backends in Xenstore (`backends`: domain,
+/// device), and sysfs/pciback (`pci`) — and reports each device one view knows and another
+/// does not, with the fix. A device the ledger has lost is found here.
+pub fn reconcile(
+    pci: &dyn PciHost,
+    ledger: &[DeviceRecord],
+    held_by_guest: HeldByGuest,
+    backends: &[(DomId, Sbdf)],
+) -> Vec<Finding> {
+    let mut candidates: Vec<Sbdf> = ledger.iter().map(|r| r.sbdf).collect();
+    candidates.extend(backends.iter().map(|(_, s)| *s));
+    candidates.extend(pci.pciback_slots().unwrap_or_default());
+    for s in pci.list_devices().unwrap_or_default() {
+        if pci.driver(s).ok().flatten().as_deref() == Some(PCIBACK) {
+            candidates.push(s);
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut out = Vec::new();
+    for s in candidates {
+        let rec = ledger.iter().find(|r| r.sbdf == s);
+        let held = held_by_guest(s);
+        let toolstack_owner = backends.iter().find(|(_, b)| *b == s).map(|(d, _)| *d);
+        let holder = toolstack_owner.map_or("a guest".to_string(), |d| d.to_string());
+        let adopt = match toolstack_owner {
+            Some(d) => format!("`ptguard adopt {s} {}`: the ledger records it again (its bindings unknown, so its teardown waits for the owner to be gone)", d.0),
+            None => format!("find the holder (`xl pci-list DOMAIN`), then `ptguard adopt {s} DOMID`"),
+        };
+        let finding = |severity, problem: String, fix: String| Finding {
+            sbdf: Some(s),
+            severity,
+            problem,
+            fix,
+        };
+        match (rec.map(|r| r.state), held) {
+            (None, Some(true)) => out.push(finding(
+                Severity::Error,
+                format!("{holder} holds it (Xen: assigned to a guest; toolstack backend: {}), but the ledger does not know it: its interrupt bindings are unrecorded, so no teardown of ptguard's protects it",
+                    toolstack_owner.map_or("none".into(), |d| d.to_string())),
+                adopt,
+            )),
+            (Some(DeviceState::Assignable), Some(true)) => out.push(finding(
+                Severity::Error,
+                format!("the ledger says assignable, but Xen says {holder} holds it: it was given away behind ptguard's back"),
+                adopt,
+            )),
+            (Some(DeviceState::Attached), Some(false)) => out.push(finding(
+                Severity::Warning,
+                format!(
+                    "the ledger says attached to {}, but Xen says no guest holds it (deassigned behind ptguard's back?)",
+                    rec.and_then(|r| r.owner).map_or("?".into(), |d| d.to_string())
+                ),
+                format!("ptguard detach {s}"),
+            )),
+            (None, Some(false)) => out.push(finding(
+                Severity::Info,
+                "pciback holds it and no guest does, but ptguard does not manage it".into(),
+                format!("ptguard assignable-add {s} (to have ptguard guard it)"),
+            )),
+            _ => {}
+        }
+        if let (Some(r), Some(d)) = (rec, toolstack_owner) {
+            if r.owner.is_some_and(|o| o != d) {
+                out.push(finding(
+                    Severity::Warning,
+                    format!(
+                        "the toolstack's backend nodes give it to {d}, the ledger to {}",
+                        r.owner.map_or("nobody".into(), |o| o.to_string())
+                    ),
+                    format!(
+                        "check `xl pci-list {}`; stale backend nodes go with `xl pci-detach`",
+                        d.0
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}

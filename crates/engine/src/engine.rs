@@ -517,6 +517,77 @@ impl<'a> Engine<'a> {
         rm(self.xs, TxId::NONE, &device_path(sbdf))
     }
 
+    /// Records a device some guest already holds (the toolstack gave it, or its ledger entry
+    /// was lost) as attached to `domid`, so that its teardown is ptguard's. Its bindings are
+    /// unknown: that teardown keeps it quarantined until `domid` is gone.
+    pub fn adopt(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.refuse_protected(domid, "adopt a device of")?;
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        match hv.domain_info(domid)? {
+            None => return Err(EngineError::UnknownDomain { domid }),
+            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(_) => {}
+        }
+        // Only what Xen says a guest holds: anything else is assignable-add/attach's.
+        match hv.test_assign_device(sbdf) {
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {}
+            Err(e) => return Err(e.into()),
+            Ok(()) => return Err(EngineError::NotHeld { sbdf }),
+        }
+        let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
+            .and_then(|c| c.parse())
+            .map_err(|source| pci::PciError::Config {
+                sbdf,
+                file: "config".into(),
+                source,
+            })?;
+        let msix_size = cfg.msix.map_or(0, |m| m.table_size);
+        let table_base = match cfg.msix {
+            Some(m) => pci
+                .resources(sbdf)?
+                .get(usize::from(m.table_bir))
+                .map_or(0, |r| r.start),
+            None => 0,
+        };
+        self.init_ledger()?;
+        self.xs.transaction(|xs, tx| -> Result<u64> {
+            let old = read_head(xs, tx, sbdf)?;
+            if let Some(r) = old.as_ref().filter(|r| r.state != DeviceState::Assignable) {
+                return Err(EngineError::AlreadyManaged {
+                    sbdf,
+                    state: r.state,
+                });
+            }
+            let epoch = match &old {
+                Some(r) => next_epoch(sbdf, r.epoch)?,
+                None => 1,
+            };
+            let driver = old.and_then(|r| r.driver).unwrap_or_default();
+            write(xs, tx, &field_path(sbdf, "state"), "attached")?;
+            write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
+            write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+            write(xs, tx, &field_path(sbdf, "driver"), &driver)?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "msix-size"),
+                &msix_size.to_string(),
+            )?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "table-base"),
+                &format!("{table_base:#x}"),
+            )?;
+            write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
+            Ok(epoch)
+        })
+    }
+
     // ---------------------------------------------------------------------------------
     // attach
     // ---------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ pub enum EngineError {
     },
     #[error("{sbdf}: {domid} has no IOMMU context, so Xen cannot give it devices (XEN_DOMCTL_assign_device: -EOPNOTSUPP); create the domain with passthrough=\"enabled\" (or a pci=[...] list) in its xl config; nothing was granted")]
     NoIommuContext { sbdf: Sbdf, domid: DomId },
+    #[error("{sbdf}: Xen says no guest holds it; give it to one with `ptguard assignable-add {sbdf}` and `ptguard attach {sbdf} DOMID` instead")]
+    NotHeld { sbdf: Sbdf },
     #[error("{sbdf}: the epoch in the ledger ({epoch}) cannot grow any further; the entry was edited by hand — check it with `ptguard show {sbdf}`")]
     EpochExhausted { sbdf: Sbdf, epoch: u64 },
     /// Injected by the explorer: the process "died" here.

@@ -95,6 +95,13 @@ pub enum Command {
     /// (recorded in the ledger), assigns the device and writes the PCI backend
     /// nodes as libxl does. Prints the epoch device models must present.
     Attach(AttachArgs),
+    /// Record a device a guest already holds, so ptguard tears it down.
+    ///
+    /// For a device the toolstack gave (xl's pci=) or whose ledger entry was lost
+    /// (`ptguard doctor` names the holder). Xen must say a guest holds it. Its
+    /// interrupt bindings are unknown, so its teardown keeps it quarantined until
+    /// that domain is gone, then makes it clean and assignable.
+    Adopt(AttachArgs),
     /// Hot-unplug: take a device from its (running) domain and make it clean.
     ///
     /// Runs the teardown: revoke permissions, force-unbind every binding in the

@@ -31,6 +31,7 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_env("PTGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

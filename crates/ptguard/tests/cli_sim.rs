@@ -320,3 +320,78 @@ fn trace_is_printed_when_the_command_fails() {
         "{out}"
     );
 }
+
+fn edit_xenstore(dir: &Path, f: impl FnOnce(&mut xenstore::XsClient)) {
+    let spec = ptguard::hostctx::HostSpec::Sim(dir.to_path_buf());
+    let mut ctx = ptguard::hostctx::HostCtx::open(&spec, false).unwrap();
+    f(&mut ctx.xs);
+    ctx.save().unwrap();
+}
+
+fn doctor(dir: &Path) -> (i32, Vec<serde_json::Value>) {
+    let o = ptguard(dir, &["doctor", "--json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    (o.status.code().unwrap_or(-1), v)
+}
+
+/// Issue 11 (6): removing a corrupt ledger entry, as ptguard's message suggested, made a
+/// device with 3 live vectors invisible to list, doctor and detach. Doctor now reconciles
+/// the ledger with Xen and the toolstack's backend nodes, and `adopt` takes it back.
+#[test]
+fn doctor_finds_a_device_the_ledger_lost_and_adopt_recovers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.17", "--pciback", "new"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "g"]);
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    let start = ok(&d, &["sim", "start", "1", "0000:03:00.0"]);
+    assert!(start.contains("3 of 3"), "{start}");
+    let entry = "/ptguard/device/0000-03-00-0";
+    edit_xenstore(&d, |xs| {
+        xs.write(xenstore::TxId::NONE, &format!("{entry}/state"), b"attachd")
+            .unwrap()
+    });
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 1);
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["sbdf"] == "0000:03:00.0"
+                && f["problem"].as_str().unwrap().contains("corrupt")),
+        "{findings:?}"
+    );
+    edit_xenstore(&d, |xs| xs.rm(xenstore::TxId::NONE, entry).unwrap());
+    assert!(!ok(&d, &["list"]).contains("0000:03:00.0"));
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 1, "{findings:?}");
+    let lost = findings
+        .iter()
+        .find(|f| f["sbdf"] == "0000:03:00.0" && f["severity"] == "error")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert!(
+        lost["problem"]
+            .as_str()
+            .unwrap()
+            .contains("ledger does not know it"),
+        "{lost}"
+    );
+    assert!(
+        lost["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ptguard adopt 0000:03:00.0 1"),
+        "{lost}"
+    );
+    ok(&d, &["adopt", "0000:03:00.0", "1"]);
+    // Its 3 vectors are unknown: the hot-unplug quarantines, it never reaches a guest.
+    let o = ptguard(&d, &["detach", "0000:03:00.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("QUARANTINED"));
+    ok(&d, &["sim", "reboot", "1"]);
+    let w = ok(&d, &["watch", "--once", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&w).unwrap();
+    assert_eq!(v["finished"][0]["outcome"], "assignable", "{w}");
+    let (code, findings) = doctor(&d);
+    assert_eq!(code, 0, "{findings:?}");
+}

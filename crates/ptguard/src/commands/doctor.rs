@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use engine::doctor::{diagnose, Finding, Severity};
+use engine::doctor::{diagnose, reconcile, Finding, Severity};
 use engine::Platform;
 use pci::sysfs::SysfsHost;
 
@@ -18,14 +18,51 @@ fn ledger_findings(
         match r {
             Ok(r) => recs.push(r),
             Err(e) => findings.push(Finding {
-                sbdf: None,
+                sbdf: corrupt_entry_device(&e),
                 severity: Severity::Error,
                 problem: e.to_string(),
-                fix: "repair or remove the entry by hand (xenstore-rm)".into(),
+                fix: "repair the entry by hand (xenstore-write), or remove it (xenstore-rm) and, if a guest still holds the device, `ptguard adopt SBDF DOMID` (doctor then names the holder)".into(),
             }),
         }
     }
     Ok(recs)
+}
+
+/// The device a corrupt ledger entry is about, from its path.
+fn corrupt_entry_device(e: &engine::EngineError) -> Option<pci::Sbdf> {
+    let engine::EngineError::LedgerCorrupt { path, .. } = e else {
+        return None;
+    };
+    let rest = path
+        .strip_prefix(engine::ledger::DEVICES)?
+        .strip_prefix('/')?;
+    pci::Sbdf::from_xs_key(rest.split('/').next()?).ok()
+}
+
+/// The toolstack's view: every `dev-N` of libxl's PCI backends,
+/// `/local/domain/0/backend/pci/<domid>/0/dev-<n>`.
+fn toolstack_backends(xs: &mut xenstore::XsClient) -> Vec<(xen::DomId, pci::Sbdf)> {
+    use xenstore::TxId;
+    let base = "/local/domain/0/backend/pci";
+    let mut out = Vec::new();
+    for dom in xs.directory(TxId::NONE, base).unwrap_or_default() {
+        let Ok(domid) = dom.parse::<u16>() else {
+            continue;
+        };
+        let be = format!("{base}/{dom}/0");
+        for node in xs.directory(TxId::NONE, &be).unwrap_or_default() {
+            if !node.starts_with("dev-") {
+                continue;
+            }
+            let Ok(Some(v)) = xs.read_optional(TxId::NONE, &format!("{be}/{node}")) else {
+                continue;
+            };
+            if let Ok(s) = String::from_utf8_lossy(&v).trim().parse::<pci::Sbdf>() {
+                out.push((xen::DomId(domid), s));
+            }
+        }
+    }
+    out
 }
 
 pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -41,12 +78,19 @@ pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<
                     .ok()
                     .map(|i| i.is_some_and(|i| !i.dying && !i.shutdown))
             };
-            let mut more = if ctx.sim.is_some() {
-                diagnose(ctx.platform.pci(), &records, &alive)
-            } else {
-                diagnose(&sysfs, &records, &alive)
+            let held = |s: pci::Sbdf| match hv.test_assign_device(s) {
+                Ok(()) => Some(false),
+                Err(e) if e.errno() == Some(xen::Errno::EBUSY) => Some(true),
+                Err(_) => None,
             };
-            findings.append(&mut more);
+            let backends = toolstack_backends(&mut ctx.xs);
+            let pci: &dyn pci::PciHost = if ctx.sim.is_some() {
+                ctx.platform.pci()
+            } else {
+                &sysfs
+            };
+            findings.append(&mut diagnose(pci, &records, &alive));
+            findings.append(&mut reconcile(pci, &records, &held, &backends));
         }
         Err(e) if cli.host == HostSpec::Real => {
             findings.push(Finding {

@@ -126,6 +126,28 @@ pub fn attach(
     finish(cli, &mut ctx, out)
 }
 
+pub fn adopt(
+    cli: &Cli,
+    s: Sbdf,
+    domid: u16,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut ctx = open(cli)?;
+    let epoch = ctx.engine().adopt(s, DomId(domid))?;
+    if json {
+        let v = serde_json::json!({ "sbdf": s, "action": "adopt", "domid": domid, "epoch": epoch });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{s}: adopted as attached to d{domid} (epoch {epoch}); its bindings are unknown, so its teardown waits for d{domid} to be gone"
+        )?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
 /// How a teardown ended, in words.
 pub fn outcome_text(o: &Outcome) -> String {
     match o {
