@@ -31,6 +31,43 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(BenchWhat::Broker(a)) => {
+            let exe = std::env::current_exe()?;
+            let r = crate::broker_load::run(
+                &exe,
+                crate::broker_load::LoadSizes {
+                    hostile_connections: a.hostile,
+                    oversized_lines: a.oversized,
+                    cycles: a.cycles,
+                },
+            )?;
+            if a.json {
+                serde_json::to_writer_pretty(&mut *out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "broker under attack ({} hostile connections, {} of them 1 MiB lines, {} bind+unbind cycles of a well-behaved device model):", a.hostile, a.oversized, a.cycles)?;
+                writeln!(out, "  well-behaved failures     {}", r.good_failures)?;
+                writeln!(
+                    out,
+                    "  cycle alone / attacked    {:.0} us / {:.0} us ({:.2}x)",
+                    r.cycle_us_alone, r.cycle_us_under_attack, r.slowdown
+                )?;
+                writeln!(
+                    out,
+                    "  daemon RSS peak / after   {} KiB / {} KiB",
+                    r.daemon_peak_rss_kib, r.daemon_rss_after_kib
+                )?;
+                writeln!(out, "  hostile refused by kernel {}", r.hostile_refused)?;
+                writeln!(out, "  clean exit on SIGTERM     {}", r.clean_exit)?;
+            }
+            if r.good_failures > 0 {
+                anyhow::bail!(
+                    "the well-behaved device model was refused: {:?}",
+                    r.first_failure
+                );
+            }
+            Ok(())
+        }
         Some(BenchWhat::Xenstore(a)) => {
             let report = xenstore_bench(&a)?;
             if a.json {

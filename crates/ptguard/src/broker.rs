@@ -90,16 +90,26 @@ impl BrokerReply {
 pub enum DaemonHost {
     /// One context for the daemon's life (a real dom0; tests).
     Held(Box<Mutex<HostCtx>>),
-    /// A simulated host directory: locked, loaded and saved per piece of work, so that
-    /// other commands on the directory run while the daemon waits.
+    /// A simulated host directory: locked and saved per piece of work, so that other
+    /// commands on the directory run while the daemon waits; reloaded only when one of them
+    /// changed it.
     Reopened {
         spec: HostSpec,
         protected: ProtectedDomains,
-        serial: Mutex<()>,
+        cached: Mutex<Option<HostCtx>>,
     },
 }
 
 impl DaemonHost {
+    /// A daemon over a simulated host directory.
+    pub fn reopened(spec: HostSpec, protected: ProtectedDomains) -> DaemonHost {
+        DaemonHost::Reopened {
+            spec,
+            protected,
+            cached: Mutex::new(None),
+        }
+    }
+
     /// Runs `f` on the host and saves what changed.
     pub fn with<T>(&self, f: impl FnOnce(&mut HostCtx) -> anyhow::Result<T>) -> anyhow::Result<T> {
         match self {
@@ -114,15 +124,27 @@ impl DaemonHost {
             DaemonHost::Reopened {
                 spec,
                 protected,
-                serial,
+                cached,
             } => {
-                let _one = serial
+                let mut slot = cached
                     .lock()
                     .map_err(|_| anyhow::anyhow!("host state lock poisoned"))?;
-                let mut ctx = HostCtx::open(spec, false)?;
-                ctx.protected = protected.clone();
-                let r = f(&mut ctx);
-                ctx.save()?;
+                let fresh = match slot.as_mut() {
+                    Some(ctx) => ctx.relock_if_unchanged()?,
+                    None => false,
+                };
+                if !fresh {
+                    let mut ctx = HostCtx::open(spec, false)?;
+                    ctx.protected = protected.clone();
+                    *slot = Some(ctx);
+                }
+                let Some(ctx) = slot.as_mut() else {
+                    anyhow::bail!("simulated host not loaded");
+                };
+                let r = f(ctx);
+                let saved = ctx.save();
+                ctx.unlock();
+                saved?;
                 r
             }
         }

@@ -319,9 +319,30 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
+    /// The broker under attack: a real `ptguard watch` on a simulated host, a
+    /// well-behaved device model binding and unbinding, and a flood of hostile
+    /// connections; reports its slowdown against the same cycles alone and the
+    /// daemon's peak memory.
+    Broker(BenchBrokerArgs),
     /// Xenstore round-trip latency against a plain unix-socket echo server, and
     /// transaction commit throughput with 1, 4 and 16 clients.
     Xenstore(BenchXenstoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBrokerArgs {
+    /// Hostile connections (silent, half-sent or oversized requests).
+    #[arg(long, default_value_t = 10_000)]
+    pub hostile: usize,
+    /// How many of them send a 1 MiB line with no newline.
+    #[arg(long, default_value_t = 500)]
+    pub oversized: usize,
+    /// Bind+unbind cycles of the well-behaved device model under attack.
+    #[arg(long, default_value_t = 1_000)]
+    pub cycles: usize,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -493,6 +493,27 @@ impl HostCtx {
         }
     }
 
+    /// Lets go of a simulated host directory's lock between pieces of work (a daemon).
+    pub fn unlock(&mut self) {
+        self._lock = None;
+    }
+
+    /// Takes a simulated host directory's lock again; `false` (lock released) when another
+    /// command changed the state meanwhile, so this context is stale and must be reopened.
+    pub fn relock_if_unchanged(&mut self) -> anyhow::Result<bool> {
+        let HostSpec::Sim(dir) = &self.spec else {
+            return Ok(true);
+        };
+        let lock = lock_dir(dir)?;
+        let now = std::fs::read_to_string(sim_state_path(dir)).ok();
+        if now.is_some() && now == self.saved {
+            self._lock = Some(lock);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
     /// Saves a simulated host's state when it changed (nothing to do for a real host or a
     /// dry run).
     pub fn save(&mut self) -> anyhow::Result<()> {

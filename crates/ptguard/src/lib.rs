@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bench_engine;
 pub mod broker;
+pub mod broker_load;
 pub mod cli;
 pub mod commands;
 pub mod hostctx;

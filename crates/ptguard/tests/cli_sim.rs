@@ -395,3 +395,59 @@ fn doctor_finds_a_device_the_ledger_lost_and_adopt_recovers_it() {
     let (code, findings) = doctor(&d);
     assert_eq!(code, 0, "{findings:?}");
 }
+
+/// Issue 11 (7, 9): a simulated host's `watch` served the real /run/ptguard socket, a
+/// second one stole it, every other command on the directory waited 10 s and failed, and
+/// the idle daemon rewrote the state twice a second.
+#[test]
+fn a_simulated_hosts_daemon_shares_the_directory_and_its_socket_is_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    let host = format!("sim:{}", d.display());
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+        .args(["--host", &host, "watch"])
+        .env("PTGUARD_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = d.join("broker.sock");
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "watch opened no socket in {}",
+            d.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Idle: the state file is left alone.
+    let state = d.join("host.json");
+    let before = std::fs::metadata(&state).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().modified().unwrap(),
+        before
+    );
+    // Other commands run meanwhile, and the daemon sees what they did.
+    let t = std::time::Instant::now();
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "g"]);
+    assert!(t.elapsed().as_secs() < 5, "commands waited for the daemon");
+    // A second daemon is refused, naming the first; the first keeps its socket.
+    let o = ptguard(&d, &["watch"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("another instance (pid {},", daemon.id())),
+        "{err}"
+    );
+    assert!(sock.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(!sock.exists(), "the daemon removes its own socket");
+}

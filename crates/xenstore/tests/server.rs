@@ -607,3 +607,31 @@ fn many_concurrent_connections() {
     assert_eq!(c.read_string(TxId::NONE, "/conc/counter").unwrap(), "32");
     assert_eq!(c.directory(TxId::NONE, "/conc").unwrap().len(), 33);
 }
+
+/// Issue 11 (7): a second xenstored on the same directory took over the socket, and the
+/// first one's exit then deleted the second's.
+#[test]
+fn a_second_server_on_one_socket_is_refused_and_the_first_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = xenstore::server::start(xenstore::server::ServerConfig::new(dir.path())).unwrap();
+    let sock = first.socket_path().to_path_buf();
+    let err = match xenstore::server::start(xenstore::server::ServerConfig::new(dir.path())) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a second server started on {}", sock.display()),
+    };
+    assert!(
+        err.contains(&format!("another instance (pid {},", std::process::id())),
+        "{err}"
+    );
+    // The first still answers on its socket.
+    let mut c = xenstore::XsClient::connect(&sock).unwrap();
+    c.write(xenstore::TxId::NONE, "/still", b"here").unwrap();
+    first.shutdown().unwrap();
+    assert!(!sock.exists(), "the server removes its own socket");
+    // And a socket it did not create is left alone: a stale file replaced, then taken back.
+    let second = xenstore::server::start(xenstore::server::ServerConfig::new(dir.path())).unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, b"someone else's").unwrap();
+    second.shutdown().unwrap();
+    assert_eq!(std::fs::read(&sock).unwrap(), b"someone else's");
+}

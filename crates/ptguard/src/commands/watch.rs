@@ -146,14 +146,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         }
         spec @ HostSpec::Sim(_) => {
             drop(ctx); // the directory stays free for other commands between rounds
-            (
-                DaemonHost::Reopened {
-                    spec: spec.clone(),
-                    protected: cli.protected(),
-                    serial: Mutex::new(()),
-                },
-                None,
-            )
+            (DaemonHost::reopened(spec.clone(), cli.protected()), None)
         }
     };
     let host = Arc::new(host);
