@@ -96,7 +96,7 @@ pub enum DaemonHost {
     Reopened {
         spec: HostSpec,
         protected: ProtectedDomains,
-        cached: Mutex<Option<HostCtx>>,
+        cached: Mutex<Option<Box<HostCtx>>>,
     },
 }
 
@@ -136,7 +136,7 @@ impl DaemonHost {
                 if !fresh {
                     let mut ctx = HostCtx::open(spec, false)?;
                     ctx.protected = protected.clone();
-                    *slot = Some(ctx);
+                    *slot = Some(Box::new(ctx));
                 }
                 let Some(ctx) = slot.as_mut() else {
                     anyhow::bail!("simulated host not loaded");
