@@ -120,6 +120,10 @@ fn lines(s: &str) -> Vec<&str> {
 }
 
 #[test]
+#[cfg_attr(
+    missing_xenstore_utils,
+    ignore = "needs Debian's xenstore-utils (apt-get install xenstore-utils)"
+)]
 fn debian_xenstore_utils_against_ptguard_xenstored() {
     if !tools_present() {
         return;
