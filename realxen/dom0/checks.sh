@@ -77,12 +77,44 @@ PY
     return $rc
 }
 
+OUT=/var/tmp/ptguard-out
+mkdir -p $OUT/fixtures
+# capture NAME: what a user would paste into a bug report, as `ptguard doctor
+# --from-report` reads it ("### COMMAND" then its output), plus the device's sysfs files.
+capture() {
+    local d=$OUT/fixtures/$1; mkdir -p "$d"
+    xl dmesg -c >/dev/null
+    for k in Q i M; do xl debug-keys $k; done; sleep 1
+    {
+        echo "### lspci -vvv"; lspci -vvv
+        echo "### xl info"; xl info
+        echo "### xl dmesg"; xl dmesg
+        echo "### xenstore-ls -f"; xenstore-ls -f
+    } > "$d/report.txt" 2>&1
+    local s=/sys/bus/pci/devices/$SBDF
+    od -An -v -tx1 "$s/config" > "$d/config.hex" 2>/dev/null
+    for f in reset_method irq vendor device class enable; do cat "$s/$f" > "$d/$f" 2>/dev/null; done
+    ls "$s/msi_irqs" > "$d/msi_irqs" 2>/dev/null
+    basename "$(readlink "$s/driver" 2>/dev/null)" > "$d/driver" 2>/dev/null
+    say "captured $1"
+}
+# The output disk: a tar written raw to /dev/vdb, read back by the host.
+save_output() { [ -b /dev/vdb ] && tar -C $OUT -cf /dev/vdb . && sync; }
+
 echo "CHECKS-START dom0 uptime $(up)s"
 xl info | grep -E '^(xen_version|xen_commandline|virt_caps)'
 uname -r
 
+# ---- diff: one lifecycle traced, compared by the host with the simulated host's -----
+if group diff; then
+    bash $T/differential/lifecycle.sh real $OUT/differential
+    n=$(ls $OUT/differential | wc -l)
+    expect differential-run "$n steps traced: $(grep -h '^rc=' $OUT/differential/* | tr '\n' ' ')" test "$n" = 8
+fi
+
 # ---- core: ptguard's lifecycle against the real hypervisor (guests created paused) ----
 if group core; then
+    capture clean-boot
     v=$(xl info | sed -n 's/^xen_version *: //p')
     expect xen-4.17 "xen_version $v, privcmd $(ls /dev/xen/privcmd 2>&1)" \
         bash -c "[[ '$v' == 4.17.* && -c /dev/xen/privcmd ]]"
@@ -116,6 +148,7 @@ if group core; then
     q=$(xen_q)
     n=$(sed -n 's/.*MSIs < \(.*\) >.*/\1/p' <<<"$q" | wc -w)
     expect xen-sees-bindings "pirqs$pirqs; Xen: $q" test "$n" -ge 3
+    capture hvm-guest-3-vectors-bound
     r=$(bind_as_dm "$d" "$((epoch + 1))" 3 2>&1)
     expect broker-refuses-stale-epoch "$r" has "$r" '"code":"stale-epoch"'
     out=$(ptguard --trace detach $SBDF 2>&1); rc=$?
@@ -191,6 +224,7 @@ if group seed; then
     xl destroy pvhold; sleep 2
     xend=$(xl dmesg | grep -a "cannot mask" | tail -1)
     m=$(msix)
+    capture seed-function-mask-forced
     expect seed-mask-forced "live guest: $live; decoding off, xl destroy -> Xen: '$xend'; MSI-X: $m" \
         has "$xend $m" "cannot mask IRQ.*Masked\+"
     cfg pv pv yes $SBDF ""
@@ -206,5 +240,6 @@ if group seed; then
 fi
 
 echo "CHECKS-END dom0 uptime $(up)s"
+save_output
 echo "realxen: $passed passed, $failed failed"
 sync

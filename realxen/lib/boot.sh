@@ -13,6 +13,8 @@ W=$REALXEN_WORK
 xen_args="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all iommu=verbose noreboot"
 dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN_CHECKS:-all}"
 : > "$console"
+# The dom0 writes what it captured (a tar) to a second disk.
+rm -f "$W/out.img"; truncate -s 64M "$W/out.img"
 # -cpu qemu64: -cpu max crashes the PV dom0 under TCG. intel-iommu with interrupt
 # remapping: Xen refuses device assignment without an IOMMU. e1000e at 00:05.0 is the
 # MSI-X device under test (5 vectors, table in BAR3).
@@ -23,6 +25,7 @@ dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN
     -device intel-iommu,intremap=on \
     -drive "file=$W/dom0.img,if=none,id=d0,format=raw,snapshot=on" \
     -device virtio-blk-pci,drive=d0,addr=04.0 \
+    -drive "file=$W/out.img,if=none,id=d1,format=raw" -device virtio-blk-pci,drive=d1,addr=06.0 \
     -device e1000e,addr=05.0,mac=52:54:00:12:34:56 -nic none &
 qemu=$!
 trap 'kill -9 $qemu 2>/dev/null' EXIT INT TERM

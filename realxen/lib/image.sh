@@ -29,6 +29,7 @@ install -m 755 "$ptguard" "$R/usr/local/bin/ptguard"
 install -m 755 "$HERE/../dom0/checks.sh" "$T/checks.sh"
 install -m 644 "$HERE/../dom0/broker_client.py" "$T/broker_client.py"
 install -m 644 "$HERE/../dom0/rogue_dm.py" "$T/rogue_dm.py"
+mkdir -p "$T/differential"; install -m 755 "$HERE/../differential/lifecycle.sh" "$T/differential/"
 
 # The run's unit: after xenstored and xenconsoled, on the Xen console, then power off.
 cat > "$R/etc/systemd/system/ptguard-checks.service" <<'UNIT'
