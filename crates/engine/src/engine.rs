@@ -588,6 +588,88 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Makes a stuck device that no guest holds usable again without unbinding it from
+    /// pciback: memory decoding on, `release_msix` then `prepare_msix` (Xen's 0→1 path
+    /// clears `host_maskall` and writes Function Mask from `guest_maskall`), Enable and
+    /// Function Mask cleared, and a reset if the mask survives. Returns what it did, in
+    /// order; fails naming who holds the device, or what is left, when it cannot.
+    pub fn repair(&mut self, sbdf: Sbdf) -> Result<Vec<String>> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        if let Some(r) = self.record(sbdf)? {
+            if !matches!(r.state, DeviceState::Assignable) {
+                return Err(EngineError::NotAssignable {
+                    sbdf,
+                    state: r.state,
+                    hint: " (a guest may still hold it: `ptguard detach` it, or let `ptguard watch` finish its teardown)",
+                });
+            }
+        }
+        match hv.test_assign_device(sbdf) {
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                return Err(EngineError::HeldByGuest {
+                    sbdf,
+                    state: DeviceState::Assignable,
+                    errno: Errno::EBUSY,
+                })
+            }
+            r => r?,
+        }
+        let driver = pci.driver(sbdf)?;
+        if driver.as_deref() != Some(pci::host::PCIBACK) {
+            return Err(EngineError::NotInPciback { sbdf, driver });
+        }
+        let msix = |pci: &dyn pci::PciHost| -> Result<Option<pci::MsixCap>> {
+            let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
+                .and_then(|c| c.parse())
+                .map_err(|source| pci::PciError::Config {
+                    sbdf,
+                    file: "config".into(),
+                    source,
+                })?;
+            Ok(cfg.msix)
+        };
+        let Some(cap) = msix(pci)? else {
+            return Ok(vec![
+                "no MSI-X capability: nothing Xen keeps to repair".into()
+            ]);
+        };
+        let mut done = Vec::new();
+        self.ensure_memory_decoding(sbdf)?;
+        done.push("memory decoding on".to_string());
+        match hv.release_msix(sbdf) {
+            Ok(()) => done.push("release_msix: 0".into()),
+            // used_entries is not exactly 1: 0 (never prepared) or vectors still mapped.
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                done.push("release_msix: -EBUSY (not prepared, or vectors mapped)".into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match hv.prepare_msix(sbdf) {
+            Ok(()) => done.push("prepare_msix: 0 (Xen's MSI-X state starts afresh)".into()),
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                return Err(EngineError::VectorsStillMapped { sbdf });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        pci.write_config(sbdf, cap.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+        done.push("MSI-X Enable and Function Mask cleared".into());
+        if msix(pci)?.is_some_and(|m| m.function_mask) && pci.can_reset(sbdf)? {
+            pci.reset(sbdf)?;
+            self.ensure_memory_decoding(sbdf)?;
+            pci.write_config(sbdf, cap.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+            done.push("Function Mask survived: reset, Message Control cleared again".into());
+        }
+        if msix(pci)?.is_some_and(|m| m.function_mask) {
+            return Err(EngineError::StillMasked { sbdf, done });
+        }
+        done.push("verified: MSI-X Function Mask clear".into());
+        Ok(done)
+    }
+
     // ---------------------------------------------------------------------------------
     // attach
     // ---------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ pub enum EngineError {
     NoIommuContext { sbdf: Sbdf, domid: DomId },
     #[error("{sbdf}: Xen says no guest holds it; give it to one with `ptguard assignable-add {sbdf}` and `ptguard attach {sbdf} DOMID` instead")]
     NotHeld { sbdf: Sbdf },
+    #[error("{sbdf}: bound to {}, not pciback: Xen's MSI-X state is pciback's to reset (`ptguard assignable-add {sbdf}` seizes it)", driver.as_deref().unwrap_or("no driver"))]
+    NotInPciback { sbdf: Sbdf, driver: Option<String> },
+    #[error("{sbdf}: prepare_msix answered -EBUSY: MSI-X vectors are still mapped to pirqs of some domain (a zombie domain, or a device model outside ptguard); they go only with that domain — see `xl list` and `ptguard doctor`")]
+    VectorsStillMapped { sbdf: Sbdf },
+    #[error("{sbdf}: MSI-X Function Mask is still set after {}; unbind it from pciback and bind it again (`ptguard assignable-remove {sbdf}` then `ptguard assignable-add {sbdf}`)", done.join(", "))]
+    StillMasked { sbdf: Sbdf, done: Vec<String> },
     #[error("{sbdf}: the epoch in the ledger ({epoch}) cannot grow any further; the entry was edited by hand — check it with `ptguard show {sbdf}`")]
     EpochExhausted { sbdf: Sbdf, epoch: u64 },
     /// Injected by the explorer: the process "died" here.

@@ -102,6 +102,15 @@ pub enum Command {
     /// interrupt bindings are unknown, so its teardown keeps it quarantined until
     /// that domain is gone, then makes it clean and assignable.
     Adopt(AttachArgs),
+    /// Make a stuck device no guest holds usable again, in place.
+    ///
+    /// For a device in pciback whose MSI-X Function Mask Xen forced on (`lspci`:
+    /// `MSI-X: Enable- ... Masked+`, every assign failing -EBUSY), without
+    /// unbinding it from pciback: memory decoding on, release_msix then
+    /// prepare_msix (Xen starts its MSI-X state afresh), Enable and Function Mask
+    /// cleared, a reset if the mask survives, then verified. Refuses a device a
+    /// guest holds (per Xen) or that ptguard has attached.
+    Repair(SbdfArg),
     /// Hot-unplug: take a device from its (running) domain and make it clean.
     ///
     /// Runs the teardown: revoke permissions, force-unbind every binding in the

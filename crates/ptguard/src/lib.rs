@@ -49,6 +49,7 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::AssignableRemove(a) => lc::assignable_remove(&cli, a.sbdf, a.json, out),
         Command::AssignableList(a) => lc::assignable_list(&cli, a.json, out),
         Command::Attach(a) => lc::attach(&cli, a.sbdf, a.domid, a.json, out),
+        Command::Repair(a) => lc::repair(&cli, a.sbdf, a.json, out),
         Command::Adopt(a) => lc::adopt(&cli, a.sbdf, a.domid, a.json, out),
         Command::Detach(a) => lc::detach(&cli, a.sbdf, a.json, out),
         Command::List(a) => lc::list(&cli, a.json, out),

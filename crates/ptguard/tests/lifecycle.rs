@@ -812,3 +812,72 @@ fn one_failing_teardown_does_not_stop_recovery_of_the_others() {
         DeviceState::Quarantined
     );
 }
+
+/// The seed's failure made behind ptguard's back (a device model mapping vectors itself,
+/// memory decoding off when the guest dies), then `repair`: release + prepare clears Xen's
+/// forced mask without unbinding the device from pciback, and the next attach works.
+#[test]
+fn repair_clears_a_forced_function_mask_in_place() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let b = f.host.create_domain("B", true);
+    f.host.unpause(a).unwrap();
+    Engine::new(&mut f.client, &f.platform)
+        .assignable_add(dev())
+        .unwrap();
+    // A toolstack and a stock device model: assign, map and bind two entries directly.
+    f.host.assign_device(a, dev(), 0).unwrap();
+    f.host
+        .write_config(dev(), 4, &0x0006u16.to_le_bytes())
+        .unwrap();
+    let tb = f
+        .host
+        .with_world(|w| w.device(dev()).unwrap().hw.table_base());
+    for entry in 0..2 {
+        let p = f
+            .host
+            .map_pirq(&xen::MapPirq::msix(a, dev(), entry, tb))
+            .unwrap();
+        f.host
+            .bind_pt_irq(
+                a,
+                &xen::PtIrq::Msi {
+                    pirq: p,
+                    gvec: 0x40,
+                    gflags: 0x10000,
+                    gtable: 0,
+                },
+            )
+            .unwrap();
+    }
+    // Decoding off, then the guest dies.
+    f.host.write_config(dev(), 4, &0u16.to_le_bytes()).unwrap();
+    f.host.shutdown(a).unwrap();
+    f.host.destroy_domain(a).unwrap();
+    let stuck = f.host.with_world(|w| {
+        let d = w.device(dev()).unwrap();
+        (d.xen.host_maskall, d.hw.function_mask())
+    });
+    assert_eq!(stuck, (true, true), "the seed's failure");
+    // Xen 4.17 refuses to assign it while the hardware mask is set (before any reset).
+    assert_eq!(
+        f.host.assign_device(b, dev(), 0).unwrap_err().errno(),
+        Some(xen::Errno::EBUSY)
+    );
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let done = e.repair(dev()).unwrap();
+    assert!(
+        done.iter().any(|s| s.starts_with("prepare_msix: 0")),
+        "{done:?}"
+    );
+    f.host.with_world(|w| {
+        let d = w.device(dev()).unwrap();
+        assert!(!d.xen.host_maskall && !d.hw.function_mask());
+        assert_eq!(d.xen.used_entries, 1);
+    });
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.attach(dev(), b).unwrap();
+    // A device a guest holds is never repaired.
+    let err = e.repair(dev()).unwrap_err();
+    assert!(matches!(err, EngineError::NotAssignable { .. }), "{err}");
+}

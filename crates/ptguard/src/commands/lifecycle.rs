@@ -126,6 +126,22 @@ pub fn attach(
     finish(cli, &mut ctx, out)
 }
 
+pub fn repair(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut ctx = open(cli)?;
+    let done = ctx.engine().repair(s)?;
+    if json {
+        let v = serde_json::json!({ "sbdf": s, "action": "repair", "done": done });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else {
+        for d in &done {
+            writeln!(out, "{s}: {d}")?;
+        }
+        writeln!(out, "{s}: repaired")?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
 pub fn adopt(
     cli: &Cli,
     s: Sbdf,
