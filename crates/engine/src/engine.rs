@@ -292,6 +292,33 @@ fn perm_list(entries: &[(Access, u32)]) -> PermList {
         .unwrap_or_else(|| PermList::owned_by(0, Access::None))
 }
 
+/// The device's MSI-X capability as its config space shows it now.
+fn msix_cap(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<Option<pci::MsixCap>> {
+    let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
+        .and_then(|c| c.parse())
+        .map_err(|source| pci::PciError::Config {
+            sbdf,
+            file: "config".into(),
+            source,
+        })?;
+    Ok(cfg.msix)
+}
+
+/// The MSI-X table size (0: none) and the host address of the BAR holding the table, as
+/// recorded in the ledger: the broker checks device models' `table_base` against it
+/// instead of trusting them.
+fn msix_layout(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<(u16, u64)> {
+    Ok(match msix_cap(pci, sbdf)? {
+        Some(m) => (
+            m.table_size,
+            pci.resources(sbdf)?
+                .get(usize::from(m.table_bir))
+                .map_or(0, |r| r.start),
+        ),
+        None => (0, 0),
+    })
+}
+
 /// The broker's checks common to bind and unbind: the device is managed, attached (attach
 /// finished, no teardown running) to the requesting domain, at the epoch it presents.
 fn check_requester(
@@ -440,23 +467,7 @@ impl<'a> Engine<'a> {
             });
         }
         self.init_ledger()?;
-        let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
-            .and_then(|c| c.parse())
-            .map_err(|source| pci::PciError::Config {
-                sbdf,
-                file: "config".into(),
-                source,
-            })?;
-        let msix_size = cfg.msix.map_or(0, |m| m.table_size);
-        // The host address of the BAR holding the MSI-X table: the broker checks device
-        // models' `table_base` against it instead of trusting them.
-        let table_base = match cfg.msix {
-            Some(m) => pci
-                .resources(sbdf)?
-                .get(usize::from(m.table_bir))
-                .map_or(0, |r| r.start),
-            None => 0,
-        };
+        let (msix_size, table_base) = msix_layout(pci, sbdf)?;
         self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
         let seized = pciback::seize(pci, sbdf)?;
         self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
@@ -538,21 +549,7 @@ impl<'a> Engine<'a> {
             Err(e) => return Err(e.into()),
             Ok(()) => return Err(EngineError::NotHeld { sbdf }),
         }
-        let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
-            .and_then(|c| c.parse())
-            .map_err(|source| pci::PciError::Config {
-                sbdf,
-                file: "config".into(),
-                source,
-            })?;
-        let msix_size = cfg.msix.map_or(0, |m| m.table_size);
-        let table_base = match cfg.msix {
-            Some(m) => pci
-                .resources(sbdf)?
-                .get(usize::from(m.table_bir))
-                .map_or(0, |r| r.start),
-            None => 0,
-        };
+        let (msix_size, table_base) = msix_layout(pci, sbdf)?;
         self.init_ledger()?;
         self.xs.transaction(|xs, tx| -> Result<u64> {
             let old = read_head(xs, tx, sbdf)?;
@@ -622,16 +619,7 @@ impl<'a> Engine<'a> {
         if driver.as_deref() != Some(pci::host::PCIBACK) {
             return Err(EngineError::NotInPciback { sbdf, driver });
         }
-        let msix = |pci: &dyn pci::PciHost| -> Result<Option<pci::MsixCap>> {
-            let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
-                .and_then(|c| c.parse())
-                .map_err(|source| pci::PciError::Config {
-                    sbdf,
-                    file: "config".into(),
-                    source,
-                })?;
-            Ok(cfg.msix)
-        };
+        let msix = |pci: &dyn pci::PciHost| msix_cap(pci, sbdf);
         let Some(cap) = msix(pci)? else {
             return Ok(vec![
                 "no MSI-X capability: nothing Xen keeps to repair".into()
