@@ -83,7 +83,8 @@ mkdir -p $OUT/fixtures
 # --from-report` reads it ("### COMMAND" then its output), plus the device's sysfs files.
 capture() {
     local d=$OUT/fixtures/$1; mkdir -p "$d"
-    xl dmesg -c >/dev/null
+    # The whole console ring (Xen's own messages before the dumps included); a reader
+    # takes the newest dump of each kind.
     for k in Q i M; do xl debug-keys $k; done; sleep 1
     {
         echo "### lspci -vvv"; lspci -vvv

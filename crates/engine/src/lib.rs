@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod engine;
 pub mod ledger;
 pub mod refusal;
+pub mod xen_dump;
 
 use pci::{PciError, PciHost, Sbdf};
 use xen::{DomId, Hypervisor, XenError};
