@@ -1,6 +1,10 @@
-//! `ptguard doctor`'s checks: stuck or dirty devices, from the ledger and what the PCI host
-//! shows, each with the command that fixes it. Pure over [`PciHost`] so fixture sysfs trees
-//! test every check.
+//! `ptguard doctor`'s checks: what is wrong with a passthrough device, why it breaks the
+//! next start or reset, and the exact fix — from four views: the ledger, sysfs and config
+//! space (or a pasted `lspci -vvv`), Xen's own dumps (debug keys `Q`, `i`, `M`) and the
+//! toolstack's Xenstore nodes. Pure over its inputs, so fixture trees, captured real-Xen
+//! dumps and reports test every check; every finding has a stable code ([`CODES`]).
+
+use std::collections::BTreeMap;
 
 use pci::host::{PciHost, PCIBACK};
 use pci::{ConfigSpace, Sbdf};
@@ -8,6 +12,7 @@ use serde::Serialize;
 use xen::DomId;
 
 use crate::ledger::{DeviceRecord, DeviceState};
+use crate::xen_dump::{DumpOwner, IrqBinding, PciDumpEntry};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -18,34 +23,100 @@ pub enum Severity {
     Error,
 }
 
-/// One problem and its cure.
+/// Every finding doctor can report: its code (stable: scripts and alerts match on it), how
+/// bad it is, and why it breaks the next start or reset.
+pub const CODES: &[(&str, Severity, &str)] = &[
+    ("not-on-bus", Severity::Error, "ptguard cannot reset or hand on a device the bus no longer shows"),
+    ("teardown-half-done", Severity::Error, "the device is neither with its guest nor clean: no one may use it until the teardown ends"),
+    ("quarantined", Severity::Error, "a device that could not be proven clean is kept from every guest"),
+    ("teardown-failed", Severity::Error, "the teardown stopped; the device stays away from guests"),
+    ("owner-gone", Severity::Error, "its owner is gone but its bindings, permissions and assignment are not: the device cannot be given again"),
+    ("unconfirmed-intents", Severity::Warning, "a bind was interrupted: if it reached Xen, its pirq is unknown and the next teardown waits for the owner to go"),
+    ("driver-mismatch", Severity::Error, "the ledger and the kernel disagree about who drives the device: a teardown would act on the wrong driver"),
+    ("mask-while-enabled", Severity::Error, "with Function Mask set no vector of the device can interrupt: its driver hangs or falls back to polling"),
+    ("msi-irqs-left", Severity::Warning, "vectors a PV guest enabled are still set up in dom0: the next owner's maps may conflict"),
+    ("function-mask-forced", Severity::Error, "Xen 4.13+ refuses to assign a device whose Function Mask is set (-EBUSY); older Xen hands it over masked and no interrupt arrives"),
+    ("zombie-owner", Severity::Error, "a dying domain that never finished dying holds the device: it cannot be deassigned, and the next guest's pciback finds no device"),
+    ("leftover-pirqs", Severity::Error, "vectors still mapped to a domain's pirqs make release_msix answer -EBUSY, so no reset or prepare can run, and the next owner's maps conflict"),
+    ("pirq-budget", Severity::Warning, "a guest gets only extra_guest_irqs pirqs for MSI: enabling more vectors than that fails (map_pirq -ENOSPC)"),
+    ("no-reset-method", Severity::Warning, "without a reset, state the last guest left in the device reaches the next one"),
+    ("ledger-corrupt", Severity::Error, "ptguard cannot tell what the device holds from a corrupt entry; it skips the device"),
+    ("held-unknown-to-ledger", Severity::Error, "a guest holds the device but its bindings are recorded nowhere: no teardown of ptguard's protects it"),
+    ("ledger-assignable-xen-held", Severity::Error, "the device was given away behind ptguard's back: the ledger would hand it to a second guest"),
+    ("ledger-attached-xen-free", Severity::Warning, "the ledger keeps an owner Xen no longer knows: the device stays away from guests for nothing"),
+    ("pciback-unmanaged", Severity::Info, "nothing guards this device's teardown"),
+    ("backend-owner-mismatch", Severity::Warning, "two toolstacks think different domains own the device: a teardown of one may strip the other"),
+    ("view-missing", Severity::Info, "part of the picture is unknown, so problems it would show are not ruled out"),
+];
+
+/// One problem: what, the evidence (which view said what), why it matters, the fix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
+    pub code: &'static str,
     pub sbdf: Option<Sbdf>,
     pub severity: Severity,
     pub problem: String,
+    pub evidence: Vec<String>,
+    pub why: &'static str,
     pub fix: String,
+}
+
+impl Finding {
+    /// A finding of `code` (severity and why from [`CODES`]).
+    pub fn new(
+        code: &'static str,
+        sbdf: Option<Sbdf>,
+        problem: String,
+        evidence: Vec<String>,
+        fix: String,
+    ) -> Finding {
+        let (severity, why) = CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or((Severity::Error, "unknown finding"), |(_, s, w)| (*s, *w));
+        Finding {
+            code,
+            sbdf,
+            severity,
+            problem,
+            evidence,
+            why,
+            fix,
+        }
+    }
 }
 
 /// Whether a domain is alive (`Some(true)`), dying or gone (`Some(false)`), or unknown.
 pub type Liveness<'a> = &'a dyn Fn(DomId) -> Option<bool>;
 
-/// Diagnoses every device of `pci` (and every ledger record).
+fn msix_line(m: &pci::MsixCap) -> String {
+    format!(
+        "config space: MSI-X Enable{} Count={} Masked{}",
+        if m.enabled { '+' } else { '-' },
+        m.table_size,
+        if m.function_mask { '+' } else { '-' }
+    )
+}
+
+/// The ledger against sysfs: every ledger record and every device with MSI-X.
 pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> Vec<Finding> {
     let mut out = Vec::new();
-    let f = |sbdf: Sbdf, severity, problem: String, fix: String| Finding {
-        sbdf: Some(sbdf),
-        severity,
-        problem,
-        fix,
-    };
     for r in ledger {
         let s = r.sbdf;
+        let f = |code, problem: String, evidence: Vec<String>, fix: String| {
+            Finding::new(code, Some(s), problem, evidence, fix)
+        };
+        let state = format!(
+            "ledger: {} (owner {:?}, step {:?})",
+            r.state,
+            r.owner.map(|d| d.0),
+            r.step.map(|s| s.as_str())
+        );
         if !pci.exists(s).unwrap_or(false) {
             out.push(f(
-                s,
-                Severity::Error,
+                "not-on-bus",
                 "in the ledger but not on the PCI bus (hot-removed?)".into(),
+                vec![state, "sysfs: no such device".into()],
                 format!(
                     "check the hardware; then `xenstore-rm {}`",
                     crate::ledger::device_path(s)
@@ -55,51 +126,51 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
         }
         match r.state {
             DeviceState::TearingDown => out.push(f(
-                s,
-                Severity::Error,
+                "teardown-half-done",
                 format!(
                     "teardown left half done at step {}",
                     r.step.map_or("?", |st| st.as_str())
                 ),
+                vec![state.clone()],
                 "ptguard watch --once".into(),
             )),
             DeviceState::Quarantined => {
-                let owner_alive = r.owner.and_then(alive);
-                let fix = match (r.owner, owner_alive) {
+                let fix = match (r.owner, r.owner.and_then(alive)) {
                     (Some(d), Some(true)) => {
                         format!("shut down or destroy {d}; then `ptguard watch --once`")
                     }
                     _ => "ptguard watch --once".into(),
                 };
                 out.push(f(
-                    s,
-                    Severity::Error,
+                    "quarantined",
                     format!("quarantined: {}", r.reason.as_deref().unwrap_or("?")),
+                    vec![state.clone()],
                     fix,
                 ));
             }
             DeviceState::Failed => out.push(f(
-                s,
-                Severity::Error,
+                "teardown-failed",
                 format!("teardown failed: {}", r.reason.as_deref().unwrap_or("?")),
+                vec![state.clone()],
                 format!("ptguard show {s}"),
             )),
             DeviceState::Attached => {
-                if let Some(d) = r.owner {
-                    if alive(d) == Some(false) {
-                        out.push(f(
-                            s,
-                            Severity::Error,
-                            format!("attached to {d}, which is gone or dying"),
-                            format!("ptguard release-domain {}", d.0),
-                        ));
-                    }
+                if let Some(d) = r.owner.filter(|d| alive(*d) == Some(false)) {
+                    out.push(f(
+                        "owner-gone",
+                        format!("attached to {d}, which is gone or dying"),
+                        vec![state.clone(), format!("Xen: {d} is gone or dying")],
+                        format!("ptguard release-domain {}", d.0),
+                    ));
                 }
                 let unconfirmed = r.bindings.iter().filter(|b| b.pirq.is_none()).count();
                 if unconfirmed > 0 {
-                    out.push(f(s, Severity::Warning,
+                    out.push(f(
+                        "unconfirmed-intents",
                         format!("{unconfirmed} binding intents without a pirq (a crash during a bind): teardown will wait for the owner to go"),
-                        "none needed; expect a quarantine at the next teardown".into()));
+                        vec![state.clone()],
+                        "none needed; expect a quarantine at the next teardown".into(),
+                    ));
                 }
             }
             DeviceState::Assignable => {}
@@ -107,24 +178,25 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
         let driver = pci.driver(s).ok().flatten();
         if r.state != DeviceState::Failed && driver.as_deref() != Some(PCIBACK) {
             out.push(f(
-                s,
-                Severity::Error,
+                "driver-mismatch",
                 format!(
                     "the ledger says {} but the device is bound to {}",
                     r.state,
                     driver.as_deref().unwrap_or("no driver")
                 ),
+                vec![
+                    state,
+                    format!("sysfs: driver {}", driver.as_deref().unwrap_or("none")),
+                ],
                 format!("ptguard assignable-remove {s} && ptguard assignable-add {s}"),
             ));
         }
     }
-    let devices = pci.list_devices().unwrap_or_default();
-    for s in devices {
-        let Ok(bytes) = pci.read_config(s) else {
-            continue;
-        };
-        let Some(msix) = ConfigSpace::new(bytes)
+    for s in pci.list_devices().unwrap_or_default() {
+        let Some(msix) = pci
+            .read_config(s)
             .ok()
+            .and_then(|b| ConfigSpace::new(b).ok())
             .and_then(|c| c.parse().ok())
             .and_then(|c| c.msix)
         else {
@@ -133,27 +205,65 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
         let driver = pci.driver(s).ok().flatten();
         let msi_irqs = pci.msi_irqs(s).unwrap_or_default();
         let managed = ledger.iter().find(|r| r.sbdf == s);
+        let drv = format!("sysfs: driver {}", driver.as_deref().unwrap_or("none"));
         if msix.enabled && msix.function_mask && !msi_irqs.is_empty() {
-            out.push(f(s, Severity::Error,
-                format!("MSI-X Function Mask is set while {} has {} vectors enabled: no interrupt can arrive (Xen's host_maskall?)",
-                    driver.as_deref().unwrap_or("the driver"), msi_irqs.len()),
-                if managed.is_some() { format!("ptguard detach {s}") } else { format!("ptguard assignable-add {s} (its release+prepare clears Xen's state), then give it back") }));
+            out.push(Finding::new(
+                "mask-while-enabled",
+                Some(s),
+                format!(
+                    "MSI-X Function Mask is set while {} has {} vectors enabled: no interrupt can arrive (Xen's host_maskall?)",
+                    driver.as_deref().unwrap_or("the driver"),
+                    msi_irqs.len()
+                ),
+                vec![msix_line(&msix), drv.clone(), format!("sysfs: {} msi_irqs", msi_irqs.len())],
+                if managed.is_some() {
+                    format!("ptguard detach {s}")
+                } else {
+                    format!("ptguard assignable-add {s} (its release+prepare clears Xen's state), then give it back")
+                },
+            ));
         }
         if driver.as_deref() == Some(PCIBACK)
             && !msi_irqs.is_empty()
             && managed.is_none_or(|r| r.state == DeviceState::Assignable)
         {
-            out.push(f(s, Severity::Warning,
+            out.push(Finding::new(
+                "msi-irqs-left",
+                Some(s),
                 format!("msi_irqs/ lists {} vectors on a pciback device no guest holds: left behind by a PV guest", msi_irqs.len()),
-                format!("ptguard detach {s} (or unbind and rebind pciback)")));
+                vec![drv.clone(), format!("sysfs: {} msi_irqs", msi_irqs.len())],
+                format!("ptguard detach {s} (or unbind and rebind pciback)"),
+            ));
         }
-        if managed.is_some_and(|r| r.state == DeviceState::Assignable) && msix.function_mask {
-            out.push(f(s, Severity::Error,
-                "assignable but the hardware Function Mask is set: Xen ≥ 4.13 refuses to assign it (-EBUSY)".into(),
-                format!("ptguard assignable-remove {s} && ptguard assignable-add {s}")));
+        if !msix.enabled && msix.function_mask && driver.as_deref() == Some(PCIBACK) {
+            out.push(forced_mask(s, vec![msix_line(&msix), drv.clone()]));
+        }
+        if driver.as_deref() == Some(PCIBACK) {
+            if let Ok(Some(methods)) = pci.reset_methods(s) {
+                if methods.is_empty() {
+                    out.push(Finding::new(
+                        "no-reset-method",
+                        Some(s),
+                        "the kernel offers no reset for it (reset_method is empty)".into(),
+                        vec!["sysfs: reset_method empty".into()],
+                        "prefer a device with FLR or a bus of its own; ptguard clears MSI-X state with release/prepare, but nothing else".into(),
+                    ));
+                }
+            }
         }
     }
     out
+}
+
+fn forced_mask(s: Sbdf, evidence: Vec<String>) -> Finding {
+    Finding::new(
+        "function-mask-forced",
+        Some(s),
+        "MSI-X Function Mask is set on a device no driver uses (Enable-, Masked+): Xen forced it"
+            .into(),
+        evidence,
+        format!("ptguard repair {s}"),
+    )
 }
 
 /// What Xen says of a device: `Some(true)` a guest holds it (`test_assign_device` answered
@@ -190,34 +300,54 @@ pub fn reconcile(
             Some(d) => format!("`ptguard adopt {s} {}`: the ledger records it again (its bindings unknown, so its teardown waits for the owner to be gone)", d.0),
             None => format!("find the holder (`xl pci-list DOMAIN`), then `ptguard adopt {s} DOMID`"),
         };
-        let finding = |severity, problem: String, fix: String| Finding {
-            sbdf: Some(s),
-            severity,
-            problem,
-            fix,
+        let mut evidence = vec![
+            format!(
+                "ledger: {}",
+                rec.map_or("no entry".into(), |r| format!(
+                    "{} owner {:?}",
+                    r.state,
+                    r.owner.map(|d| d.0)
+                ))
+            ),
+            format!(
+                "Xen: {}",
+                match held {
+                    Some(true) => "a guest holds it (test_assign_device -EBUSY)",
+                    Some(false) => "dom0 or dom_io holds it",
+                    None => "unknown",
+                }
+            ),
+        ];
+        evidence.push(format!(
+            "toolstack: {}",
+            toolstack_owner.map_or("no PCI backend names it".into(), |d| format!(
+                "backend of {d}"
+            ))
+        ));
+        let f = |code, problem: String, fix: String| {
+            Finding::new(code, Some(s), problem, evidence.clone(), fix)
         };
         match (rec.map(|r| r.state), held) {
-            (None, Some(true)) => out.push(finding(
-                Severity::Error,
-                format!("{holder} holds it (Xen: assigned to a guest; toolstack backend: {}), but the ledger does not know it: its interrupt bindings are unrecorded, so no teardown of ptguard's protects it",
-                    toolstack_owner.map_or("none".into(), |d| d.to_string())),
+            (None, Some(true)) => out.push(f(
+                "held-unknown-to-ledger",
+                format!("{holder} holds it, but the ledger does not know it: its interrupt bindings are unrecorded"),
                 adopt,
             )),
-            (Some(DeviceState::Assignable), Some(true)) => out.push(finding(
-                Severity::Error,
-                format!("the ledger says assignable, but Xen says {holder} holds it: it was given away behind ptguard's back"),
+            (Some(DeviceState::Assignable), Some(true)) => out.push(f(
+                "ledger-assignable-xen-held",
+                format!("the ledger says assignable, but Xen says {holder} holds it"),
                 adopt,
             )),
-            (Some(DeviceState::Attached), Some(false)) => out.push(finding(
-                Severity::Warning,
+            (Some(DeviceState::Attached), Some(false)) => out.push(f(
+                "ledger-attached-xen-free",
                 format!(
                     "the ledger says attached to {}, but Xen says no guest holds it (deassigned behind ptguard's back?)",
                     rec.and_then(|r| r.owner).map_or("?".into(), |d| d.to_string())
                 ),
                 format!("ptguard detach {s}"),
             )),
-            (None, Some(false)) => out.push(finding(
-                Severity::Info,
+            (None, Some(false)) => out.push(f(
+                "pciback-unmanaged",
                 "pciback holds it and no guest does, but ptguard does not manage it".into(),
                 format!("ptguard assignable-add {s} (to have ptguard guard it)"),
             )),
@@ -225,8 +355,8 @@ pub fn reconcile(
         }
         if let (Some(r), Some(d)) = (rec, toolstack_owner) {
             if r.owner.is_some_and(|o| o != d) {
-                out.push(finding(
-                    Severity::Warning,
+                out.push(f(
+                    "backend-owner-mismatch",
                     format!(
                         "the toolstack's backend nodes give it to {d}, the ledger to {}",
                         r.owner.map_or("nobody".into(), |o| o.to_string())
@@ -240,4 +370,121 @@ pub fn reconcile(
         }
     }
     out
+}
+
+/// Xen's own view, from its `Q` and `i` dumps: devices held by dying domains, vectors
+/// still bound to pirqs of a domain that does not own the device (or is going), and — with
+/// the devices' MSI-X table sizes — guests' pirq budget. `life` answers for each domain
+/// the dumps name: alive, dying, or gone (absent).
+pub fn xen_view(
+    pci_dump: &[PciDumpEntry],
+    irq_dump: &[IrqBinding],
+    life: &BTreeMap<DomId, bool>,
+    table_sizes: &[(Sbdf, u16)],
+    extra_guest_irqs: Option<u32>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let state = |d: DomId| match life.get(&d) {
+        Some(true) => "alive",
+        Some(false) => "dying",
+        None => "gone",
+    };
+    for e in pci_dump {
+        let s = e.sbdf;
+        let owner_line = format!(
+            "Xen (Q): owner {}, MSIs <{}>",
+            match e.owner {
+                DumpOwner::Io => "dom_io".to_string(),
+                DumpOwner::Xen => "dom_xen".to_string(),
+                DumpOwner::Domain(d) => d.to_string(),
+            },
+            e.msi_irqs
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        if let DumpOwner::Domain(d) = e.owner {
+            if d != DomId::DOM0 && life.get(&d) != Some(&true) {
+                out.push(Finding::new(
+                    "zombie-owner",
+                    Some(s),
+                    format!("{d} owns it, but {d} is {}", state(d)),
+                    vec![owner_line.clone(), format!("Xen: {d} {}", state(d))],
+                    format!("find what keeps {d} from dying (`xl list` shows it with state d: a device model, a backend or a foreign mapping still holding it) and release it; `xl destroy {}`", d.0),
+                ));
+            }
+        }
+        let owner = match e.owner {
+            DumpOwner::Domain(d) => Some(d),
+            _ => None,
+        };
+        for irq in &e.msi_irqs {
+            let Some(b) = irq_dump.iter().find(|b| b.irq == *irq) else {
+                continue;
+            };
+            for (d, pirq) in &b.guests {
+                if Some(*d) == owner && life.get(d) == Some(&true) {
+                    continue;
+                }
+                // dom0's own driver binds its vectors to dom0's pirqs: that is its use.
+                if *d == DomId::DOM0 && owner == Some(DomId::DOM0) {
+                    continue;
+                }
+                let fix = if life.get(d) == Some(&true) {
+                    format!("{d} mapped them while not owning the device (its device model went around ptguard): destroy {d}, or unplug the device from it")
+                } else {
+                    format!(
+                        "let {d} finish dying (`xl destroy {}`); then `ptguard repair {s}`",
+                        d.0
+                    )
+                };
+                out.push(Finding::new(
+                    "leftover-pirqs",
+                    Some(s),
+                    format!(
+                        "IRQ {irq} of the device is still bound to {d}'s pirq {pirq} ({d} is {})",
+                        state(*d)
+                    ),
+                    vec![
+                        owner_line.clone(),
+                        format!("Xen (i): IRQ {irq} -> {d} pirq {pirq}"),
+                    ],
+                    fix,
+                ));
+            }
+        }
+    }
+    let budget = extra_guest_irqs.unwrap_or(DEFAULT_EXTRA_GUEST_IRQS);
+    for (s, n) in table_sizes {
+        if u32::from(*n) > budget {
+            out.push(Finding::new(
+                "pirq-budget",
+                Some(*s),
+                format!("its MSI-X table has {n} entries, more than a guest's {budget} MSI pirqs"),
+                vec![
+                    format!("config space: MSI-X Count={n}"),
+                    format!(
+                        "Xen: extra_guest_irqs {}",
+                        extra_guest_irqs.map_or(format!("not set (default {DEFAULT_EXTRA_GUEST_IRQS})"), |v| v.to_string())
+                    ),
+                ],
+                format!("add `extra_guest_irqs={n}` (at least the total of a guest's vectors) to Xen's command line"),
+            ));
+        }
+    }
+    out
+}
+
+/// Xen 4.17's `extra_domU_irqs` when `extra_guest_irqs=` is not given
+/// (`xen/common/domain.c`).
+pub const DEFAULT_EXTRA_GUEST_IRQS: u32 = 32;
+
+/// `extra_guest_irqs=[DOMU],[DOM0]` from Xen's command line: the domU value.
+pub fn extra_guest_irqs(command_line: &str) -> Option<u32> {
+    command_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("extra_guest_irqs="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
 }

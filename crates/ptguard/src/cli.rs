@@ -121,8 +121,17 @@ pub enum Command {
     List(JsonArg),
     /// Show one device: ledger record and what the host says about it.
     Show(ShowArgs),
-    /// Find stuck or dirty devices and say what would fix each.
+    /// Find stuck or dirty devices: what is wrong, why, and the fix.
+    ///
+    /// Reads, without changing anything, four views of every passthrough device:
+    /// the ledger, sysfs and config space, Xen's own view (debug keys Q and i read
+    /// back from its console: owners, leftover pirqs, zombie domains, the guests'
+    /// pirq budget) and the toolstack's Xenstore nodes. Each finding has a stable
+    /// code (docs/doctor.md). Exit 1 when an error is found.
     Doctor(DoctorArgs),
+    /// Write what doctor reads as a report (lspci -vvv, xl info, xl dmesg after
+    /// debug keys Q i M, xenstore-ls -f), for a bug report or `doctor --from-report`.
+    Report(ReportArgs),
     /// The daemon: finish teardowns when domains go away, serve the broker.
     ///
     /// Follows @releaseDomain and tears down the devices of domains that are gone,
@@ -422,12 +431,32 @@ pub struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Print the findings as JSON.
-    #[arg(long)]
+    /// Only this device's findings (and those about no device in particular).
+    #[arg(value_name = "SBDF")]
+    pub sbdf: Option<pci::Sbdf>,
+    /// Print the findings as JSON (code, severity, problem, evidence, why, fix).
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print the findings in Prometheus' text format, for node_exporter's textfile
+    /// collector (exits 0 whatever is found).
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Diagnose from a report instead of this host: `### COMMAND` lines each followed by
+    /// that command's output (`lspci -vvv`, `xl dmesg` after `xl debug-keys Q i M`,
+    /// `xl info`, `xenstore-ls -f`), as `ptguard report` writes it; sections may be
+    /// missing.
+    #[arg(long, value_name = "FILE")]
+    pub from_report: Option<PathBuf>,
     /// Root of the sysfs tree to inspect (real host).
     #[arg(long, value_name = "DIR", default_value = "/sys")]
     pub sysfs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the report to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Where a real dom0's daemon serves the broker.

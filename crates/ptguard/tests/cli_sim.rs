@@ -451,3 +451,165 @@ fn a_simulated_hosts_daemon_shares_the_directory_and_its_socket_is_its_own() {
     assert!(daemon.wait().unwrap().success());
     assert!(!sock.exists(), "the daemon removes its own socket");
 }
+
+fn report_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/tests/fixtures/xen-4.17.5")
+        .join(name)
+        .join("report.txt")
+}
+
+/// Issue 16: doctor reads what users paste. On the report captured from real Xen 4.17.5
+/// right after the seed's failure it names the forced mask and the fix; a report with
+/// sections missing says what that leaves unknown; garbage is refused.
+#[test]
+fn doctor_from_a_report_of_real_xen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let o = ptguard(
+        d,
+        &[
+            "doctor",
+            "--json",
+            "--from-report",
+            report_fixture("seed-function-mask-forced")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let f: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let forced = f
+        .iter()
+        .find(|f| f["code"] == "function-mask-forced")
+        .unwrap_or_else(|| panic!("{f:#?}"));
+    assert_eq!(forced["sbdf"], "0000:00:05.0");
+    assert_eq!(forced["fix"], "ptguard repair 0000:00:05.0");
+    assert!(forced["why"].as_str().unwrap().contains("-EBUSY"));
+    // The clean boot's report: nothing wrong.
+    let o = ptguard(
+        d,
+        &[
+            "doctor",
+            "--from-report",
+            report_fixture("clean-boot").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Only lspci: what is unknown is said, as info.
+    let only = d.join("only-lspci.txt");
+    std::fs::write(&only, "### lspci -vvv\n00:05.0 Ethernet controller\n").unwrap();
+    let o = ptguard(
+        d,
+        &["doctor", "--json", "--from-report", only.to_str().unwrap()],
+    );
+    let f: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        f.iter()
+            .all(|f| f["code"] == "view-missing" && f["severity"] == "info"),
+        "{f:#?}"
+    );
+    assert!(f
+        .iter()
+        .any(|f| f["problem"].as_str().unwrap().contains("zombie owners")));
+    let junk = d.join("junk.txt");
+    std::fs::write(&junk, [0xffu8, 0, 1, 2, b'\n']).unwrap();
+    let o = ptguard(d, &["doctor", "--from-report", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a report"));
+}
+
+/// The seed's failure on the simulated host, made behind ptguard's back; doctor finds it
+/// (live, through Xen's dumps and config space), Prometheus sees it, `repair` cures it,
+/// and a report taken by `ptguard report` says the same as the live doctor.
+#[test]
+fn doctor_finds_a_forced_mask_and_repair_cures_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.17", "--pciback", "new"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    {
+        let spec = ptguard::hostctx::HostSpec::Sim(d.clone());
+        let mut ctx = ptguard::hostctx::HostCtx::open(&spec, false).unwrap();
+        let host = ctx.sim.as_ref().map(|(h, _, _)| h.clone()).unwrap();
+        use pci::PciHost;
+        use xen::Hypervisor;
+        let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+        let a = host.create_domain("a", true);
+        host.unpause(a).unwrap();
+        host.assign_device(a, dev, 0).unwrap();
+        host.write_config(dev, 4, &6u16.to_le_bytes()).unwrap();
+        let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
+        let p = host.map_pirq(&xen::MapPirq::msix(a, dev, 0, tb)).unwrap();
+        host.bind_pt_irq(
+            a,
+            &xen::PtIrq::Msi {
+                pirq: p,
+                gvec: 0x40,
+                gflags: 0x10000,
+                gtable: 0,
+            },
+        )
+        .unwrap();
+        host.write_config(dev, 4, &0u16.to_le_bytes()).unwrap();
+        host.shutdown(a).unwrap();
+        host.destroy_domain(a).unwrap();
+        ctx.save().unwrap();
+    }
+    let (code, f) = doctor(&d);
+    assert_eq!(code, 1, "{f:#?}");
+    assert!(
+        f.iter()
+            .any(|f| f["code"] == "function-mask-forced" && f["sbdf"] == "0000:03:00.0"),
+        "{f:#?}"
+    );
+    let prom = ok(&d, &["doctor", "--prometheus"]);
+    assert!(
+        prom.contains(r#"ptguard_doctor_finding{code="function-mask-forced",severity="error",sbdf="0000:03:00.0"} 1"#),
+        "{prom}"
+    );
+    assert!(prom.contains("ptguard_doctor_errors 1"), "{prom}");
+    let report = tmp.path().join("report.txt");
+    ok(&d, &["report", "-o", report.to_str().unwrap()]);
+    let o = ptguard(
+        &d,
+        &[
+            "doctor",
+            "--json",
+            "--from-report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let from_report: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        from_report
+            .iter()
+            .any(|f| f["code"] == "function-mask-forced"),
+        "{from_report:#?}"
+    );
+    let r = ok(&d, &["repair", "0000:03:00.0"]);
+    assert!(r.contains("repaired"), "{r}");
+    let (code, f) = doctor(&d);
+    assert_eq!(code, 0, "{f:#?}");
+}
+
+/// A corrupt ledger entry is a finding with its own code and its device.
+#[test]
+fn doctor_reports_a_corrupt_entry_by_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    edit_xenstore(&d, |xs| {
+        xs.write(
+            xenstore::TxId::NONE,
+            "/ptguard/device/0000-03-00-0/epoch",
+            b"many",
+        )
+        .unwrap()
+    });
+    let (code, f) = doctor(&d);
+    assert_eq!(code, 1);
+    let c = f.iter().find(|f| f["code"] == "ledger-corrupt").unwrap();
+    assert_eq!(c["sbdf"], "0000:03:00.0");
+}

@@ -655,6 +655,32 @@ impl Hypervisor for SimHost {
             paused: d.paused,
         }))
     }
+    /// The dumps go to the console ring only (not the journal): they change no state.
+    fn debug_keys(&self, keys: &str) -> Result<(), XenError> {
+        let mut g = self.lock();
+        g.world.count(HypercallOp::DebugKeys);
+        let lines = g.world.debug_dump(keys);
+        g.world.console.extend(lines);
+        Ok(())
+    }
+    fn read_console(&self) -> Result<String, XenError> {
+        let mut g = self.lock();
+        g.world.count(HypercallOp::ReadConsole);
+        Ok(g.world
+            .console
+            .iter()
+            .map(|l| format!("(XEN) {l}\n"))
+            .collect())
+    }
+    fn command_line(&self) -> Result<String, XenError> {
+        let mut g = self.lock();
+        g.world.count(HypercallOp::CommandLine);
+        let mut line = "console=com1 dom0_mem=1024M,max:1024M loglvl=all".to_string();
+        if let Some(n) = g.world.profile.nr_pirqs {
+            line.push_str(&format!(" extra_guest_irqs={}", n.saturating_sub(48)));
+        }
+        Ok(line)
+    }
 }
 
 fn sysfs_error(sbdf: Sbdf, file: &str, errno: Errno) -> PciError {

@@ -11,6 +11,7 @@
 
 pub mod device;
 pub mod dm;
+pub mod dump;
 pub mod host;
 pub mod libxl;
 pub mod linux;

@@ -6,9 +6,18 @@
 
 pub const HYPERVISOR_XEN_VERSION: u64 = 17;
 pub const HYPERVISOR_PHYSDEV_OP: u64 = 33;
+pub const HYPERVISOR_SYSCTL: u64 = 35;
 pub const HYPERVISOR_DOMCTL: u64 = 36;
 
 pub const XENVER_VERSION: u64 = 0;
+/// `XENVER_commandline`: Xen's boot command line into a `char[1024]`.
+pub const XENVER_COMMANDLINE: u64 = 9;
+pub const XEN_COMMANDLINE_LEN: usize = 1024;
+
+/// `XEN_SYSCTL_INTERFACE_VERSION` of Xen 4.17.
+pub const XEN_SYSCTL_INTERFACE_VERSION: u32 = 0x15;
+pub const XEN_SYSCTL_READCONSOLE: u32 = 1;
+pub const XEN_SYSCTL_DEBUG_KEYS: u32 = 7;
 
 pub const PHYSDEVOP_MAP_PIRQ: u32 = 13;
 pub const PHYSDEVOP_UNMAP_PIRQ: u32 = 14;
@@ -213,6 +222,67 @@ impl xen_domctl {
     }
 }
 
+/// `struct xen_sysctl_readconsole`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_sysctl_readconsole {
+    pub clear: u8,
+    pub incremental: u8,
+    pub pad0: u8,
+    pub pad1: u8,
+    pub index: u32,
+    pub buffer: u64,
+    pub count: u32,
+}
+
+/// `struct xen_sysctl_debug_keys`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_sysctl_debug_keys {
+    pub keys: u64,
+    pub nr_keys: u32,
+}
+
+/// `struct xen_sysctl`: an 8-byte header and a 128-byte union (8-byte aligned).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct xen_sysctl {
+    pub cmd: u32,
+    pub interface_version: u32,
+    pub u: [u8; 128],
+}
+
+impl xen_sysctl {
+    pub fn new(cmd: u32) -> xen_sysctl {
+        xen_sysctl {
+            cmd,
+            interface_version: XEN_SYSCTL_INTERFACE_VERSION,
+            u: [0; 128],
+        }
+    }
+    pub fn put(&mut self, offset: usize, bytes: &[u8]) -> &mut xen_sysctl {
+        self.u[offset..offset + bytes.len()].copy_from_slice(bytes);
+        self
+    }
+    pub fn get_u32(&self, offset: usize) -> u32 {
+        let b = &self.u[offset..offset + 4];
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+    pub fn to_bytes(&self) -> [u8; std::mem::size_of::<xen_sysctl>()] {
+        let mut b = [0u8; std::mem::size_of::<xen_sysctl>()];
+        b[0..4].copy_from_slice(&self.cmd.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.interface_version.to_ne_bytes());
+        let off = std::mem::offset_of!(xen_sysctl, u);
+        b[off..off + self.u.len()].copy_from_slice(&self.u);
+        b
+    }
+    pub fn read_back(&mut self, b: &[u8]) {
+        let off = std::mem::offset_of!(xen_sysctl, u);
+        let n = self.u.len();
+        self.u.copy_from_slice(&b[off..off + n]);
+    }
+}
+
 /// `struct privcmd_hypercall` of Linux's `xen/privcmd.h`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -326,4 +396,11 @@ pub mod payload {
     pub const IOPORT_ALLOW: usize = offset_of!(xen_domctl_ioport_permission, allow_access);
     pub const DOMINFO_DOMAIN: usize = offset_of!(xen_domctl_getdomaininfo_head, domain);
     pub const DOMINFO_FLAGS: usize = offset_of!(xen_domctl_getdomaininfo_head, flags);
+    pub const CONSOLE_CLEAR: usize = offset_of!(xen_sysctl_readconsole, clear);
+    pub const CONSOLE_INCREMENTAL: usize = offset_of!(xen_sysctl_readconsole, incremental);
+    pub const CONSOLE_INDEX: usize = offset_of!(xen_sysctl_readconsole, index);
+    pub const CONSOLE_BUFFER: usize = offset_of!(xen_sysctl_readconsole, buffer);
+    pub const CONSOLE_COUNT: usize = offset_of!(xen_sysctl_readconsole, count);
+    pub const DEBUG_KEYS_KEYS: usize = offset_of!(xen_sysctl_debug_keys, keys);
+    pub const DEBUG_KEYS_NR: usize = offset_of!(xen_sysctl_debug_keys, nr_keys);
 }

@@ -161,10 +161,13 @@ pub enum HypercallOp {
     IoportPermission,
     IrqPermission,
     GetDomainInfo,
+    DebugKeys,
+    ReadConsole,
+    CommandLine,
 }
 
 impl HypercallOp {
-    pub const ALL: [HypercallOp; 14] = [
+    pub const ALL: [HypercallOp; 17] = [
         HypercallOp::XenVersion,
         HypercallOp::MapPirq,
         HypercallOp::UnmapPirq,
@@ -179,6 +182,9 @@ impl HypercallOp {
         HypercallOp::IoportPermission,
         HypercallOp::IrqPermission,
         HypercallOp::GetDomainInfo,
+        HypercallOp::DebugKeys,
+        HypercallOp::ReadConsole,
+        HypercallOp::CommandLine,
     ];
 
     pub fn name(self) -> &'static str {
@@ -197,6 +203,9 @@ impl HypercallOp {
             HypercallOp::IoportPermission => "XEN_DOMCTL_ioport_permission",
             HypercallOp::IrqPermission => "XEN_DOMCTL_irq_permission",
             HypercallOp::GetDomainInfo => "XEN_DOMCTL_getdomaininfo",
+            HypercallOp::DebugKeys => "XEN_SYSCTL_debug_keys",
+            HypercallOp::ReadConsole => "XEN_SYSCTL_readconsole",
+            HypercallOp::CommandLine => "XENVER_commandline",
         }
     }
 
@@ -204,7 +213,13 @@ impl HypercallOp {
     pub fn mutates(self) -> bool {
         !matches!(
             self,
-            HypercallOp::XenVersion | HypercallOp::GetDomainInfo | HypercallOp::TestAssignDevice
+            HypercallOp::XenVersion
+                | HypercallOp::GetDomainInfo
+                | HypercallOp::TestAssignDevice
+                // Dumps to Xen's console; changes no state doctor or a dry run cares for.
+                | HypercallOp::DebugKeys
+                | HypercallOp::ReadConsole
+                | HypercallOp::CommandLine
         )
     }
 }
@@ -256,4 +271,11 @@ pub trait Hypervisor: Send + Sync {
     fn irq_permission(&self, domid: DomId, pirq: Pirq, allow: bool) -> Result<(), XenError>;
     /// `XEN_DOMCTL_getdomaininfo` for exactly `domid` (`None`: no such domain).
     fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, XenError>;
+    /// `XEN_SYSCTL_debug_keys`: as if `keys` were typed on Xen's serial console (`Q` PCI
+    /// devices, `i` IRQ bindings, `M` MSI state); the dumps go to the console ring.
+    fn debug_keys(&self, keys: &str) -> Result<(), XenError>;
+    /// `XEN_SYSCTL_readconsole`: Xen's console ring as it stands, oldest line first.
+    fn read_console(&self) -> Result<String, XenError>;
+    /// `XENVER_commandline`: the hypervisor's boot command line.
+    fn command_line(&self) -> Result<String, XenError>;
 }

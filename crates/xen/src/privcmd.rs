@@ -449,6 +449,105 @@ impl Hypervisor for Privcmd {
             paused: flags & abi::XEN_DOMINF_PAUSED != 0,
         }))
     }
+
+    fn debug_keys(&self, keys: &str) -> Result<(), XenError> {
+        let keys = keys.as_bytes();
+        if keys.len() > CONSOLE_CHUNK {
+            return Err(XenError::hypercall(
+                HypercallOp::DebugKeys,
+                "too many keys",
+                Errno::E2BIG,
+            ));
+        }
+        self.sysctl(
+            HypercallOp::DebugKeys,
+            abi::xen_sysctl::new(abi::XEN_SYSCTL_DEBUG_KEYS),
+            keys,
+            |s, addr| {
+                s.put(payload::DEBUG_KEYS_KEYS, &addr.to_ne_bytes())
+                    .put(payload::DEBUG_KEYS_NR, &(keys.len() as u32).to_ne_bytes());
+            },
+        )
+        .map(|_| ())
+    }
+
+    fn read_console(&self) -> Result<String, XenError> {
+        let mut text = Vec::new();
+        let mut index: Option<u32> = None;
+        while text.len() < CONSOLE_MAX {
+            let (s, data) = self.sysctl(
+                HypercallOp::ReadConsole,
+                abi::xen_sysctl::new(abi::XEN_SYSCTL_READCONSOLE),
+                &[],
+                |s, addr| {
+                    s.put(payload::CONSOLE_CLEAR, &[0])
+                        .put(payload::CONSOLE_INCREMENTAL, &[u8::from(index.is_some())])
+                        .put(payload::CONSOLE_INDEX, &index.unwrap_or(0).to_ne_bytes())
+                        .put(payload::CONSOLE_BUFFER, &addr.to_ne_bytes())
+                        .put(
+                            payload::CONSOLE_COUNT,
+                            &(CONSOLE_CHUNK as u32).to_ne_bytes(),
+                        );
+                },
+            )?;
+            let count = (s.get_u32(payload::CONSOLE_COUNT) as usize).min(data.len());
+            text.extend_from_slice(&data[..count]);
+            if count < CONSOLE_CHUNK {
+                break;
+            }
+            index = Some(s.get_u32(payload::CONSOLE_INDEX));
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    fn command_line(&self) -> Result<String, XenError> {
+        let mut buf = vec![0u8; abi::XEN_COMMANDLINE_LEN];
+        self.with_page(
+            abi::HYPERVISOR_XEN_VERSION,
+            abi::XENVER_COMMANDLINE,
+            &mut buf,
+        )
+        .map_err(|errno| XenError::hypercall(HypercallOp::CommandLine, String::new(), errno))?;
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+}
+
+/// Where, in the hypercall page, a sysctl's own buffer starts (after the struct).
+const SYSCTL_DATA: usize = 512;
+/// The console is read in pieces of this size.
+const CONSOLE_CHUNK: usize = PAGE - SYSCTL_DATA;
+/// Never read more than this from the console ring (Xen's ring is 16 KiB to a few MiB).
+const CONSOLE_MAX: usize = 8 << 20;
+
+impl Privcmd {
+    /// One sysctl with `data` placed in the page after the struct (its guest address is
+    /// given to `fill`); returns the struct and the page's data area after the call.
+    fn sysctl(
+        &self,
+        op: HypercallOp,
+        mut s: abi::xen_sysctl,
+        data: &[u8],
+        fill: impl FnOnce(&mut abi::xen_sysctl, u64),
+    ) -> Result<(abi::xen_sysctl, Vec<u8>), XenError> {
+        let mut page = self
+            .page
+            .lock()
+            .map_err(|_| XenError::hypercall(op, "the hypercall page", Errno::EIO))?;
+        let base = page.ptr as u64;
+        fill(&mut s, base + SYSCTL_DATA as u64);
+        let mut buf = vec![0u8; PAGE];
+        let head = s.to_bytes();
+        buf[..head.len()].copy_from_slice(&head);
+        let n = data.len().min(CONSOLE_CHUNK);
+        buf[SYSCTL_DATA..SYSCTL_DATA + n].copy_from_slice(&data[..n]);
+        page.write(&buf);
+        let r = self.raw(abi::HYPERVISOR_SYSCTL, [base, 0, 0, 0, 0]);
+        page.read(&mut buf);
+        r.map_err(|errno| XenError::hypercall(op, String::new(), errno))?;
+        s.read_back(&buf[..head.len()]);
+        Ok((s, buf[SYSCTL_DATA..].to_vec()))
+    }
 }
 
 fn fill_bind(d: &mut abi::xen_domctl, bind: &PtIrq) {

@@ -236,6 +236,27 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
             h.domain_info(domid)
         })
     }
+    fn debug_keys(&self, keys: &str) -> Result<(), XenError> {
+        self.call(HypercallOp::DebugKeys, format!("{keys:?}"), (), |h| {
+            h.debug_keys(keys)
+        })
+    }
+    fn read_console(&self) -> Result<String, XenError> {
+        self.call(
+            HypercallOp::ReadConsole,
+            String::new(),
+            String::new(),
+            |h| h.read_console(),
+        )
+    }
+    fn command_line(&self) -> Result<String, XenError> {
+        self.call(
+            HypercallOp::CommandLine,
+            String::new(),
+            String::new(),
+            |h| h.command_line(),
+        )
+    }
 }
 
 fn allow_text(allow: bool) -> &'static str {
@@ -288,5 +309,14 @@ impl<T: Hypervisor + ?Sized> Hypervisor for std::sync::Arc<T> {
     }
     fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, XenError> {
         (**self).domain_info(domid)
+    }
+    fn debug_keys(&self, keys: &str) -> Result<(), XenError> {
+        (**self).debug_keys(keys)
+    }
+    fn read_console(&self) -> Result<String, XenError> {
+        (**self).read_console()
+    }
+    fn command_line(&self) -> Result<String, XenError> {
+        (**self).command_line()
     }
 }

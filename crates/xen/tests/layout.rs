@@ -23,6 +23,7 @@ const C_PROGRAM: &str = r#"
 #include <xen/version.h>
 #include <xen/physdev.h>
 #include <xen/domctl.h>
+#include <xen/sysctl.h>
 #include <xen/sys/privcmd.h>
 #define P(name, v) printf("%s %lld\n", name, (long long)(v))
 #define S(t) P("sizeof " #t, sizeof(struct t))
@@ -37,6 +38,13 @@ int main(void) {
     O(physdev_pci_device, devfn);
     S(xen_domctl); O(xen_domctl, cmd); O(xen_domctl, interface_version); O(xen_domctl, domain);
     O(xen_domctl, u);
+    S(xen_sysctl); O(xen_sysctl, cmd); O(xen_sysctl, interface_version); O(xen_sysctl, u);
+    S(xen_sysctl_readconsole); O(xen_sysctl_readconsole, clear);
+    O(xen_sysctl_readconsole, incremental); O(xen_sysctl_readconsole, index);
+    O(xen_sysctl_readconsole, buffer); O(xen_sysctl_readconsole, count);
+    S(xen_sysctl_debug_keys); O(xen_sysctl_debug_keys, keys); O(xen_sysctl_debug_keys, nr_keys);
+    C(XEN_SYSCTL_INTERFACE_VERSION); C(XEN_SYSCTL_readconsole); C(XEN_SYSCTL_debug_keys);
+    C(__HYPERVISOR_sysctl); C(XENVER_commandline); P("sizeof xen_commandline_t", sizeof(xen_commandline_t));
     S(xen_domctl_assign_device); O(xen_domctl_assign_device, dev);
     O(xen_domctl_assign_device, flags); O(xen_domctl_assign_device, u.pci.machine_sbdf);
     S(xen_domctl_bind_pt_irq); O(xen_domctl_bind_pt_irq, machine_irq);
@@ -112,6 +120,52 @@ fn rust_values() -> Vec<(&'static str, i64)> {
         ),
         ("offsetof xen_domctl.domain", o!(Dc, domain)),
         ("offsetof xen_domctl.u", o!(Dc, u)),
+        ("sizeof xen_sysctl", s!(xen_sysctl)),
+        ("offsetof xen_sysctl.cmd", o!(xen_sysctl, cmd)),
+        (
+            "offsetof xen_sysctl.interface_version",
+            o!(xen_sysctl, interface_version),
+        ),
+        ("offsetof xen_sysctl.u", o!(xen_sysctl, u)),
+        ("sizeof xen_sysctl_readconsole", s!(xen_sysctl_readconsole)),
+        (
+            "offsetof xen_sysctl_readconsole.clear",
+            payload::CONSOLE_CLEAR as i64,
+        ),
+        (
+            "offsetof xen_sysctl_readconsole.incremental",
+            payload::CONSOLE_INCREMENTAL as i64,
+        ),
+        (
+            "offsetof xen_sysctl_readconsole.index",
+            payload::CONSOLE_INDEX as i64,
+        ),
+        (
+            "offsetof xen_sysctl_readconsole.buffer",
+            payload::CONSOLE_BUFFER as i64,
+        ),
+        (
+            "offsetof xen_sysctl_readconsole.count",
+            payload::CONSOLE_COUNT as i64,
+        ),
+        ("sizeof xen_sysctl_debug_keys", s!(xen_sysctl_debug_keys)),
+        (
+            "offsetof xen_sysctl_debug_keys.keys",
+            payload::DEBUG_KEYS_KEYS as i64,
+        ),
+        (
+            "offsetof xen_sysctl_debug_keys.nr_keys",
+            payload::DEBUG_KEYS_NR as i64,
+        ),
+        (
+            "XEN_SYSCTL_INTERFACE_VERSION",
+            XEN_SYSCTL_INTERFACE_VERSION.into(),
+        ),
+        ("XEN_SYSCTL_readconsole", XEN_SYSCTL_READCONSOLE.into()),
+        ("XEN_SYSCTL_debug_keys", XEN_SYSCTL_DEBUG_KEYS.into()),
+        ("__HYPERVISOR_sysctl", HYPERVISOR_SYSCTL as i64),
+        ("XENVER_commandline", XENVER_COMMANDLINE as i64),
+        ("sizeof xen_commandline_t", XEN_COMMANDLINE_LEN as i64),
         (
             "sizeof xen_domctl_assign_device",
             s!(xen_domctl_assign_device),

@@ -1,13 +1,30 @@
-//! `ptguard doctor`: stuck or dirty devices and the command that fixes each.
+//! `ptguard doctor`: what is wrong with each passthrough device, why, and the fix — on this
+//! host (ledger, sysfs, Xen's dumps, Xenstore) or from a pasted report; `ptguard report`
+//! writes such a report.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
-use engine::doctor::{diagnose, reconcile, Finding, Severity};
+use engine::doctor::{diagnose, extra_guest_irqs, reconcile, xen_view, Finding, Severity};
+use engine::xen_dump::{self, DumpOwner};
 use engine::Platform;
 use pci::sysfs::SysfsHost;
+use pci::Sbdf;
+use xen::DomId;
 
-use crate::cli::{Cli, DoctorArgs};
+use crate::cli::{Cli, DoctorArgs, ReportArgs};
 use crate::hostctx::{HostCtx, HostSpec};
+
+/// The device a corrupt ledger entry is about, from its path.
+fn corrupt_entry_device(e: &engine::EngineError) -> Option<Sbdf> {
+    let engine::EngineError::LedgerCorrupt { path, .. } = e else {
+        return None;
+    };
+    let rest = path
+        .strip_prefix(engine::ledger::DEVICES)?
+        .strip_prefix('/')?;
+    Sbdf::from_xs_key(rest.split('/').next()?).ok()
+}
 
 fn ledger_findings(
     ctx: &mut HostCtx,
@@ -17,31 +34,21 @@ fn ledger_findings(
     for r in ctx.engine().list()? {
         match r {
             Ok(r) => recs.push(r),
-            Err(e) => findings.push(Finding {
-                sbdf: corrupt_entry_device(&e),
-                severity: Severity::Error,
-                problem: e.to_string(),
-                fix: "repair the entry by hand (xenstore-write), or remove it (xenstore-rm) and, if a guest still holds the device, `ptguard adopt SBDF DOMID` (doctor then names the holder)".into(),
-            }),
+            Err(e) => findings.push(Finding::new(
+                "ledger-corrupt",
+                corrupt_entry_device(&e),
+                e.to_string(),
+                vec!["Xenstore: the ledger entry does not parse".into()],
+                "repair the entry by hand (xenstore-write), or remove it (xenstore-rm) and, if a guest still holds the device, `ptguard adopt SBDF DOMID` (doctor then names the holder)".into(),
+            )),
         }
     }
     Ok(recs)
 }
 
-/// The device a corrupt ledger entry is about, from its path.
-fn corrupt_entry_device(e: &engine::EngineError) -> Option<pci::Sbdf> {
-    let engine::EngineError::LedgerCorrupt { path, .. } = e else {
-        return None;
-    };
-    let rest = path
-        .strip_prefix(engine::ledger::DEVICES)?
-        .strip_prefix('/')?;
-    pci::Sbdf::from_xs_key(rest.split('/').next()?).ok()
-}
-
 /// The toolstack's view: every `dev-N` of libxl's PCI backends,
 /// `/local/domain/0/backend/pci/<domid>/0/dev-<n>`.
-fn toolstack_backends(xs: &mut xenstore::XsClient) -> Vec<(xen::DomId, pci::Sbdf)> {
+fn toolstack_backends(xs: &mut xenstore::XsClient) -> Vec<(DomId, Sbdf)> {
     use xenstore::TxId;
     let base = "/local/domain/0/backend/pci";
     let mut out = Vec::new();
@@ -57,15 +64,88 @@ fn toolstack_backends(xs: &mut xenstore::XsClient) -> Vec<(xen::DomId, pci::Sbdf
             let Ok(Some(v)) = xs.read_optional(TxId::NONE, &format!("{be}/{node}")) else {
                 continue;
             };
-            if let Ok(s) = String::from_utf8_lossy(&v).trim().parse::<pci::Sbdf>() {
-                out.push((xen::DomId(domid), s));
+            if let Ok(s) = String::from_utf8_lossy(&v).trim().parse::<Sbdf>() {
+                out.push((DomId(domid), s));
             }
         }
     }
     out
 }
 
-pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+fn missing(what: &str, unknown: &str, fix: &str) -> Finding {
+    Finding::new(
+        "view-missing",
+        None,
+        format!("{what} could not be read: {unknown} not checked"),
+        vec![],
+        fix.into(),
+    )
+}
+
+/// Xen's dumps on this host: `Q` and `i` through `XEN_SYSCTL_debug_keys`, read back from
+/// the console ring; the newest dump of each kind counts.
+fn live_xen_view(hv: &dyn xen::Hypervisor, pci: &dyn pci::PciHost, findings: &mut Vec<Finding>) {
+    let dumped = hv.debug_keys("Qi").and_then(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        hv.read_console()
+    });
+    let text = match dumped {
+        Ok(t) => t,
+        Err(e) => {
+            findings.push(missing(
+                &format!("Xen's debug-key dumps ({e})"),
+                "zombie owners, leftover pirqs",
+                "run doctor as root on dom0",
+            ));
+            return;
+        }
+    };
+    let q = xen_dump::pci_devices(&text);
+    let i = xen_dump::irq_bindings(&text);
+    let mut life = BTreeMap::new();
+    let mut domains: Vec<DomId> = i
+        .iter()
+        .flat_map(|b| b.guests.iter().map(|g| g.0))
+        .collect();
+    domains.extend(q.iter().filter_map(|e| match e.owner {
+        DumpOwner::Domain(d) => Some(d),
+        _ => None,
+    }));
+    for d in domains {
+        if let Ok(Some(info)) = hv.domain_info(d) {
+            life.insert(d, !info.dying);
+        }
+    }
+    let sizes = table_sizes_live(pci, &q);
+    let extra = hv.command_line().ok().and_then(|c| extra_guest_irqs(&c));
+    findings.append(&mut xen_view(&q, &i, &life, &sizes, extra));
+}
+
+/// MSI-X table sizes of the devices a guest may get: bound to pciback, or (per Xen) in
+/// dom_io or a guest.
+fn table_sizes_live(pci: &dyn pci::PciHost, q: &[xen_dump::PciDumpEntry]) -> Vec<(Sbdf, u16)> {
+    let mut out = Vec::new();
+    for s in pci.list_devices().unwrap_or_default() {
+        let guestish = q
+            .iter()
+            .any(|e| e.sbdf == s && !matches!(e.owner, DumpOwner::Domain(DomId::DOM0)));
+        if pci.driver(s).ok().flatten().as_deref() != Some(pci::host::PCIBACK) && !guestish {
+            continue;
+        }
+        if let Some(m) = pci
+            .read_config(s)
+            .ok()
+            .and_then(|b| pci::ConfigSpace::new(b).ok())
+            .and_then(|c| c.parse().ok())
+            .and_then(|c| c.msix)
+        {
+            out.push((s, m.table_size));
+        }
+    }
+    out
+}
+
+fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     let mut findings: Vec<Finding> = Vec::new();
     let sysfs = SysfsHost::new(&args.sysfs);
     // Doctor only reads: open as a dry run so nothing can be written.
@@ -73,12 +153,12 @@ pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<
         Ok(mut ctx) => {
             let records = ledger_findings(&mut ctx, &mut findings)?;
             let hv = ctx.platform.hypervisor();
-            let alive = |d: xen::DomId| {
+            let alive = |d: DomId| {
                 hv.domain_info(d)
                     .ok()
                     .map(|i| i.is_some_and(|i| !i.dying && !i.shutdown))
             };
-            let held = |s: pci::Sbdf| match hv.test_assign_device(s) {
+            let held = |s: Sbdf| match hv.test_assign_device(s) {
                 Ok(()) => Some(false),
                 Err(e) if e.errno() == Some(xen::Errno::EBUSY) => Some(true),
                 Err(_) => None,
@@ -91,42 +171,326 @@ pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<
             };
             findings.append(&mut diagnose(pci, &records, &alive));
             findings.append(&mut reconcile(pci, &records, &held, &backends));
+            live_xen_view(hv, pci, &mut findings);
         }
         Err(e) if cli.host == HostSpec::Real => {
-            findings.push(Finding {
-                sbdf: None,
-                severity: Severity::Warning,
-                problem: format!("cannot read the ledger or ask Xen: {e}"),
-                fix: "run doctor as root on dom0 for the ledger checks; the sysfs checks follow"
-                    .into(),
-            });
+            findings.push(missing(
+                &format!("the ledger and Xen ({e})"),
+                "ledger states, Xen's view and the toolstack's nodes",
+                "run doctor as root on dom0; the sysfs checks follow",
+            ));
             findings.append(&mut diagnose(&sysfs, &[], &|_| None));
         }
         Err(e) => return Err(e),
     }
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &findings)?;
+    Ok(findings)
+}
+
+/// Findings from a report: `### COMMAND` sections of `lspci -vvv`, `xl dmesg` (after
+/// `xl debug-keys Q i M`), `xl info` and `xenstore-ls -f`, any of them missing.
+pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
+    let sections = xen_dump::report_sections(text);
+    if sections.is_empty() {
+        anyhow::bail!(
+            "not a report: no `### COMMAND` line (see `ptguard report --help` for the format)"
+        );
+    }
+    let get = |prefix: &str| {
+        sections
+            .iter()
+            .find(|(c, _)| c.starts_with(prefix))
+            .map(|(_, b)| b.as_str())
+    };
+    let mut out = Vec::new();
+    let lspci = get("lspci");
+    let dmesg = get("xl dmesg");
+    let info = get("xl info");
+    let xenstore = get("xenstore-ls");
+    let drivers = lspci.map(lspci_drivers).unwrap_or_default();
+    let msix = lspci.map(xen_dump::lspci_devices).unwrap_or_default();
+    if lspci.is_none() {
+        out.push(missing(
+            "`lspci -vvv`",
+            "forced Function Masks, MSI-X table sizes",
+            "add `### lspci -vvv` and its output",
+        ));
+    }
+    for (s, (enable, count, masked)) in &msix {
+        let driver = drivers
+            .iter()
+            .find(|(d, _)| d == s)
+            .map(|(_, n)| n.as_str());
+        if !enable && *masked && driver == Some(pci::host::PCIBACK) {
+            out.push(Finding::new(
+                "function-mask-forced",
+                Some(*s),
+                "MSI-X Function Mask is set on a device no driver uses (Enable-, Masked+): Xen forced it".into(),
+                vec![format!("lspci: MSI-X: Enable- Count={count} Masked+"), "lspci: Kernel driver in use: pciback".into()],
+                format!("ptguard repair {s}"),
+            ));
+        }
+    }
+    // Domains alive per Xenstore (`/local/domain/N` present); a domain Xen still shows but
+    // Xenstore has forgotten is dying.
+    let xs_domains: Option<BTreeMap<DomId, bool>> = xenstore.map(|x| {
+        x.lines()
+            .filter_map(|l| {
+                l.strip_prefix("/local/domain/")?
+                    .split([' ', '/'])
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(|d: u16| (DomId(d), true))
+            .collect()
+    });
+    match dmesg {
+        Some(d) if d.contains("==== PCI devices ====") => {
+            let q = xen_dump::pci_devices(d);
+            let i = xen_dump::irq_bindings(d);
+            let life = xs_domains.clone().unwrap_or_default();
+            let guestish: Vec<(Sbdf, u16)> = msix
+                .iter()
+                .filter(|(s, _)| {
+                    drivers
+                        .iter()
+                        .any(|(d, n)| d == s && n == pci::host::PCIBACK)
+                        || q.iter().any(|e| {
+                            e.sbdf == *s && !matches!(e.owner, DumpOwner::Domain(DomId::DOM0))
+                        })
+                })
+                .map(|(s, (_, n, _))| (*s, *n))
+                .collect();
+            let extra = info.and_then(|i| {
+                i.lines()
+                    .find(|l| l.starts_with("xen_commandline"))
+                    .and_then(|l| l.split_once(':'))
+                    .and_then(|(_, c)| extra_guest_irqs(c))
+            });
+            if xs_domains.is_none() {
+                out.push(missing(
+                    "`xenstore-ls -f`",
+                    "which domains are alive (zombie owners)",
+                    "add `### xenstore-ls -f`",
+                ));
+            } else {
+                out.append(&mut xen_view(&q, &i, &life, &guestish, extra));
+            }
+            if let Some(x) = xenstore {
+                out.append(&mut report_ledger_findings(x, &q));
+            }
+        }
+        _ => out.push(missing(
+            "Xen's dumps (`xl dmesg` after `xl debug-keys Q i M`)",
+            "zombie owners, leftover pirqs, devices the ledger lost",
+            "run `xl debug-keys Q; xl debug-keys i; xl debug-keys M` then add `### xl dmesg`",
+        )),
+    }
+    if info.is_none() {
+        out.push(missing(
+            "`xl info`",
+            "the guests' pirq budget (extra_guest_irqs)",
+            "add `### xl info`",
+        ));
+    }
+    Ok(out)
+}
+
+/// `Kernel driver in use:` of each device of an `lspci -vvv` output.
+fn lspci_drivers(text: &str) -> Vec<(Sbdf, String)> {
+    let mut out = Vec::new();
+    let mut current = None;
+    for l in text.lines() {
+        if !l.starts_with(char::is_whitespace) {
+            current = l
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse::<Sbdf>().ok());
+            // `ptguard lspci` names the driver on the device's own line.
+            if let (Some(s), Some(d)) = (
+                current,
+                l.split_whitespace().find_map(|w| w.strip_prefix("driver=")),
+            ) {
+                out.push((s, d.to_string()));
+            }
+        } else if let (Some(s), Some(d)) = (current, l.trim().strip_prefix("Kernel driver in use:"))
+        {
+            out.push((s, d.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Devices a guest holds (Xen's `Q`) that the ledger in the report does not know.
+fn report_ledger_findings(xenstore: &str, q: &[xen_dump::PciDumpEntry]) -> Vec<Finding> {
+    let ledger: Vec<&str> = xenstore
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{}/", engine::ledger::DEVICES)))
+        .filter_map(|l| l.split([' ', '/']).next())
+        .collect();
+    let mut out = Vec::new();
+    for e in q {
+        let DumpOwner::Domain(d) = e.owner else {
+            continue;
+        };
+        if d == DomId::DOM0 || ledger.contains(&e.sbdf.xs_key().as_str()) {
+            continue;
+        }
+        out.push(Finding::new(
+            "held-unknown-to-ledger",
+            Some(e.sbdf),
+            format!("{d} holds it, but the ledger does not know it: its interrupt bindings are unrecorded"),
+            vec![format!("Xen (Q): owner {d}"), "Xenstore: no /ptguard entry".into()],
+            format!("`ptguard adopt {} {}` on the host", e.sbdf, d.0),
+        ));
+    }
+    out
+}
+
+fn print(findings: &[Finding], args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if args.prometheus {
+        writeln!(out, "# HELP ptguard_doctor_finding A problem ptguard doctor found (1 per finding), by code, severity and device.")?;
+        writeln!(out, "# TYPE ptguard_doctor_finding gauge")?;
+        for f in findings {
+            writeln!(
+                out,
+                "ptguard_doctor_finding{{code=\"{}\",severity=\"{}\",sbdf=\"{}\"}} 1",
+                f.code,
+                format!("{:?}", f.severity).to_lowercase(),
+                f.sbdf.map_or(String::new(), |s| s.to_string())
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP ptguard_doctor_errors Findings of severity error."
+        )?;
+        writeln!(out, "# TYPE ptguard_doctor_errors gauge")?;
+        writeln!(
+            out,
+            "ptguard_doctor_errors {}",
+            findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count()
+        )?;
+    } else if args.json {
+        serde_json::to_writer_pretty(&mut *out, findings)?;
         writeln!(out)?;
     } else if findings.is_empty() {
         writeln!(out, "no stuck or dirty device found")?;
     } else {
-        for f in &findings {
+        for f in findings {
             writeln!(
                 out,
-                "{:<7} {}: {}\n        fix: {}",
+                "{:<7} {} [{}]: {}",
                 format!("{:?}", f.severity).to_uppercase(),
                 f.sbdf.map_or("-".into(), |s| s.to_string()),
-                f.problem,
-                f.fix
+                f.code,
+                f.problem
             )?;
+            for e in &f.evidence {
+                writeln!(out, "        seen: {e}")?;
+            }
+            writeln!(out, "        why:  {}", f.why)?;
+            writeln!(out, "        fix:  {}", f.fix)?;
         }
     }
+    Ok(())
+}
+
+pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut findings = match &args.from_report {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            report_findings(&String::from_utf8_lossy(&text))?
+        }
+        None => live_findings(cli, args)?,
+    };
+    if let Some(s) = args.sbdf {
+        findings.retain(|f| f.sbdf.is_none_or(|x| x == s));
+    }
+    print(&findings, args, out)?;
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .count();
-    if errors > 0 {
+    if errors > 0 && !args.prometheus {
         anyhow::bail!("{errors} problems found");
     }
     Ok(())
+}
+
+/// `ptguard report`: what doctor reads, in the report format, for a bug report or for
+/// `doctor --from-report` elsewhere.
+pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut text = String::new();
+    let mut section = |cmd: &str, body: String| {
+        text.push_str(&format!("### {cmd}\n{body}"));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    };
+    let run = |prog: &str, argv: &[&str]| match std::process::Command::new(prog).args(argv).output()
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("(not run: {e})\n"),
+    };
+    match &cli.host {
+        HostSpec::Real => section("lspci -vvv", run("lspci", &["-vvv"])),
+        HostSpec::Sim(_) => {
+            let mut buf = Vec::new();
+            let lspci = crate::cli::LspciArgs {
+                sbdf: None,
+                details: true,
+                json: false,
+                sysfs: "/sys".into(),
+            };
+            crate::commands::lspci::run(lspci, &cli.host, &mut buf)?;
+            section("lspci -vvv", String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+    let mut ctx = HostCtx::open(&cli.host, true)?;
+    let hv = ctx.platform.hypervisor();
+    let cmdline = hv.command_line().unwrap_or_default();
+    section(
+        "xl info",
+        format!(
+            "xen_version            : {}\nxen_commandline        : {cmdline}\n",
+            hv.version().map(|v| v.to_string()).unwrap_or_default()
+        ),
+    );
+    hv.debug_keys("QiM")?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    section("xl dmesg", hv.read_console()?);
+    let mut nodes = String::new();
+    xenstore_ls(&mut ctx.xs, "/", &mut nodes);
+    section("xenstore-ls -f", nodes);
+    match &args.output {
+        Some(p) => std::fs::write(p, &text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
+        None => out.write_all(text.as_bytes())?,
+    }
+    Ok(())
+}
+
+/// `xenstore-ls -f`: every node as `path = "value"`.
+fn xenstore_ls(xs: &mut xenstore::XsClient, path: &str, out: &mut String) {
+    for child in xs.directory(xenstore::TxId::NONE, path).unwrap_or_default() {
+        let p = if path == "/" {
+            format!("/{child}")
+        } else {
+            format!("{path}/{child}")
+        };
+        let v = xs
+            .read_optional(xenstore::TxId::NONE, &p)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{p} = \"{}\"\n",
+            String::from_utf8_lossy(&v).escape_default()
+        ));
+        xenstore_ls(xs, &p, out);
+    }
 }
