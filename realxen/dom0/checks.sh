@@ -234,6 +234,9 @@ if group seed; then
         has "$r" "xl create rc=[1-9]"
     echo 1 > "/sys/bus/pci/devices/$SBDF/reset" 2>/dev/null
     expect seed-reset-does-not-cure "after a sysfs reset MSI-X: $(msix)" has "$(msix)" "Masked\+"
+    out=$(ptguard doctor $SBDF --json 2>/dev/null); rc=$?
+    expect seed-doctor-names-it "rc=$rc: $(tr -d '\n' <<<"$out" | cut -c1-400)" \
+        has "rc=$rc $(tr -d '\n ' <<<"$out")" 'rc=1 .*"code":"function-mask-forced","sbdf":"0000:00:05.0".*"fix":"ptguardrepair0000:00:05.0"'
     out=$(ptguard repair $SBDF 2>&1); rc=$?
     expect seed-ptguard-repair "rc=$rc MSI-X: $(msix): $(tr '\n' ' ' <<<"$out")" \
         has "rc=$rc $(msix)" "rc=0 .*Masked-"
@@ -313,6 +316,26 @@ if group ptpaths; then
         has "$r" '^IRQS-ARRIVE'
     kill $watchpid; wait $watchpid 2>/dev/null
     ptguard assignable-remove $SBDF >/dev/null 2>&1
+fi
+
+# ---- zombie: a domain destroyed behind the toolstack's back, its MSI-X still live -------
+# (last: the zombie stays until dom0 powers off)
+if group zombie; then
+    xl pci-assignable-add $SBDF
+    cfg pvhold pv yes $SBDF "hold=1"
+    live=$(start_hold pvhold pv)
+    d=$(domid_of pvhold)
+    python3 -c "import ctypes; xc = ctypes.CDLL('libxenctrl.so.4.17'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_destroy rc', xc.xc_domain_destroy(h, ctypes.c_uint32($d)))"
+    sleep 2
+    capture zombie-holds-the-device
+    out=$(ptguard doctor $SBDF --json 2>/dev/null); rc=$?
+    flat=$(tr -d '\n ' <<<"$out")
+    expect zombie-doctor "d$d ($live), rc=$rc: $(tr -d '\n' <<<"$out" | cut -c1-500)" \
+        has "rc=$rc $flat" "rc=1 .*\"code\":\"zombie-owner\",\"sbdf\":\"0000:00:05.0\""
+    expect zombie-leftover-pirqs "$(grep -o '"problem":"IRQ[^"]*' <<<"$flat" | head -3 | tr '\n' ' ')" \
+        has "$flat" '"code":"leftover-pirqs"'
+    out=$(ptguard repair $SBDF 2>&1); rc=$?
+    expect zombie-repair-refused "rc=$rc: $out" has "rc=$rc $out" "rc=1 .*a guest still holds the device"
 fi
 
 echo "CHECKS-END dom0 uptime $(up)s"

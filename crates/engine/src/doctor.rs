@@ -47,6 +47,11 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("pciback-unmanaged", Severity::Info, "nothing guards this device's teardown"),
     ("backend-owner-mismatch", Severity::Warning, "two toolstacks think different domains own the device: a teardown of one may strip the other"),
     ("view-missing", Severity::Info, "part of the picture is unknown, so problems it would show are not ruled out"),
+    ("not-assignable", Severity::Error, "a guest can only be given a device pciback holds (and, on Xen 4.13+, dom_io): the start fails"),
+    ("held-by-guest", Severity::Error, "Xen gives a device to one domain at a time: assigning it again fails (-EBUSY)"),
+    ("no-passthrough", Severity::Error, "a domain created without passthrough= has no IOMMU context: assigning it a device answers -EOPNOTSUPP"),
+    ("pvh-guest", Severity::Error, "PVH guests cannot take PCI devices (libxl refuses: passthrough not yet supported for PVH)"),
+    ("guest-missing", Severity::Error, "there is no live domain to give the device to"),
 ];
 
 /// One problem: what, the evidence (which view said what), why it matters, the fix.

@@ -195,7 +195,8 @@ fn xen_view_on_real_dumps() {
 }
 
 /// Every code in the table is produced by some check in this file or in the CLI's tests
-/// (`ledger-corrupt` and `view-missing` come from the command, tested in cli_sim.rs).
+/// (`ledger-corrupt`, `view-missing` and preflight's come from the command, tested in
+/// cli_sim.rs).
 #[test]
 fn every_finding_code_has_a_check() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +276,16 @@ fn every_finding_code_has_a_check() {
     tree.add_device(&dv).unwrap();
     seen.extend(diagnose(&host, &[], &gone).iter().map(|f| f.code));
     let all: BTreeSet<&str> = CODES.iter().map(|(c, _, _)| *c).collect();
-    let from_cli: BTreeSet<&str> = ["ledger-corrupt", "view-missing"].into();
+    let from_cli: BTreeSet<&str> = [
+        "ledger-corrupt",
+        "view-missing",
+        "not-assignable",
+        "held-by-guest",
+        "no-passthrough",
+        "pvh-guest",
+        "guest-missing",
+    ]
+    .into();
     let missing: Vec<&&str> = all
         .difference(&seen)
         .filter(|c| !from_cli.contains(*c))

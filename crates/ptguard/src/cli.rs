@@ -129,6 +129,13 @@ pub enum Command {
     /// pirq budget) and the toolstack's Xenstore nodes. Each finding has a stable
     /// code (docs/doctor.md). Exit 1 when an error is found.
     Doctor(DoctorArgs),
+    /// Before a guest starts: will this device work for it?
+    ///
+    /// Checks the device (in pciback, no forced Function Mask, no pirqs or zombie
+    /// left by a previous owner, a reset method, its vectors within a guest's pirq
+    /// budget) and the guest (alive, or its xl config giving it an IOMMU context and
+    /// not PVH). Exit 1 when it would fail.
+    Preflight(PreflightArgs),
     /// Write what doctor reads as a report (lspci -vvv, xl info, xl dmesg after
     /// debug keys Q i M, xenstore-ls -f), for a bug report or `doctor --from-report`.
     Report(ReportArgs),
@@ -447,6 +454,25 @@ pub struct DoctorArgs {
     /// missing.
     #[arg(long, value_name = "FILE")]
     pub from_report: Option<PathBuf>,
+    /// Root of the sysfs tree to inspect (real host).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The device the guest is to get.
+    #[arg(value_name = "SBDF")]
+    pub sbdf: pci::Sbdf,
+    /// The guest's domain id (created, e.g. paused with `xl create -p`).
+    #[arg(value_name = "DOMID", required_unless_present = "xl_config")]
+    pub domid: Option<u16>,
+    /// The guest's xl config, before it is created.
+    #[arg(long, value_name = "FILE", conflicts_with = "domid")]
+    pub xl_config: Option<PathBuf>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Root of the sysfs tree to inspect (real host).
     #[arg(long, value_name = "DIR", default_value = "/sys")]
     pub sysfs: PathBuf,

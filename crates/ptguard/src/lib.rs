@@ -56,6 +56,7 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::Show(a) => lc::show(&cli, a.sbdf, a.json, out),
         Command::ReleaseDomain(a) => lc::release_domain(&cli, a.domid, a.json, out),
         Command::Doctor(a) => commands::doctor::run(&cli, a, out),
+        Command::Preflight(a) => commands::doctor::preflight(&cli, a, out),
         Command::Report(a) => commands::doctor::report(&cli, a, out),
         Command::Watch(a) => commands::watch::run(&cli, a, out),
         Command::Sim(a) => commands::simcmd::run(&cli, &a.what, out),

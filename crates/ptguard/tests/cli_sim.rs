@@ -613,3 +613,51 @@ fn doctor_reports_a_corrupt_entry_by_code() {
     let c = f.iter().find(|f| f["code"] == "ledger-corrupt").unwrap();
     assert_eq!(c["sbdf"], "0000:03:00.0");
 }
+
+/// Issue 16 (3): preflight says, before a start, whether the device will work for that
+/// guest — and why not.
+#[test]
+fn preflight_says_whether_a_device_will_work_for_a_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.17", "--pciback", "new"]);
+    ok(&d, &["sim", "create", "g"]);
+    let codes = |args: &[&str]| -> (i32, Vec<String>) {
+        let mut a = vec!["preflight", "--json"];
+        a.extend_from_slice(args);
+        let o = ptguard(&d, &a);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (
+            o.status.code().unwrap_or(-1),
+            v.iter()
+                .map(|f| f["code"].as_str().unwrap().to_string())
+                .collect(),
+        )
+    };
+    // Not in pciback yet; no such guest 7.
+    let (rc, c) = codes(&["0000:03:00.0", "7"]);
+    assert_eq!(rc, 1);
+    assert!(
+        c.contains(&"not-assignable".into()) && c.contains(&"guest-missing".into()),
+        "{c:?}"
+    );
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    let (rc, c) = codes(&["0000:03:00.0", "1"]);
+    assert_eq!((rc, c.len()), (0, 0), "{c:?}");
+    // xl configs: PVH, and one without passthrough or pci.
+    let cfg = tmp.path().join("g.cfg");
+    std::fs::write(&cfg, "name = \"g\"\ntype = \"pvh\"\nmemory = 256\n").unwrap();
+    let (rc, c) = codes(&["0000:03:00.0", "--xl-config", cfg.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert_eq!(c, ["pvh-guest", "no-passthrough"]);
+    std::fs::write(&cfg, "type = \"hvm\"\npassthrough = \"enabled\" # yes\n").unwrap();
+    let (rc, c) = codes(&["0000:03:00.0", "--xl-config", cfg.to_str().unwrap()]);
+    assert_eq!((rc, c.len()), (0, 0), "{c:?}");
+    // Given to g: a second guest cannot have it.
+    ok(&d, &["sim", "create", "h"]);
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    let (rc, c) = codes(&["0000:03:00.0", "2"]);
+    assert_eq!(rc, 1);
+    assert!(c.contains(&"held-by-guest".into()), "{c:?}");
+}

@@ -494,3 +494,135 @@ fn xenstore_ls(xs: &mut xenstore::XsClient, path: &str, out: &mut String) {
         xenstore_ls(xs, &p, out);
     }
 }
+
+/// `ptguard preflight`: before a guest starts, whether this device will work for it.
+pub fn preflight(
+    cli: &Cli,
+    args: &crate::cli::PreflightArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let s = args.sbdf;
+    let mut findings = Vec::new();
+    let doctor_args = DoctorArgs {
+        sbdf: Some(s),
+        json: args.json,
+        prometheus: false,
+        from_report: None,
+        sysfs: args.sysfs.clone(),
+    };
+    // What is wrong with the device itself (forced mask, leftovers, zombie owner, budget).
+    findings.extend(
+        live_findings(cli, &doctor_args)?
+            .into_iter()
+            .filter(|f| f.sbdf == Some(s) || f.code == "view-missing"),
+    );
+    let ctx = HostCtx::open(&cli.host, true)?;
+    let pci = ctx.platform.pci();
+    let hv = ctx.platform.hypervisor();
+    if !pci.exists(s).unwrap_or(false) {
+        anyhow::bail!("{s}: no such PCI device on this host (see `ptguard lspci`)");
+    }
+    let driver = pci.driver(s).ok().flatten();
+    if driver.as_deref() != Some(pci::host::PCIBACK) {
+        findings.push(Finding::new(
+            "not-assignable",
+            Some(s),
+            format!(
+                "bound to {}, not pciback",
+                driver.as_deref().unwrap_or("no driver")
+            ),
+            vec![format!(
+                "sysfs: driver {}",
+                driver.as_deref().unwrap_or("none")
+            )],
+            format!("ptguard assignable-add {s} (or `xl pci-assignable-add {s}`)"),
+        ));
+    }
+    if let Err(e) = hv.test_assign_device(s) {
+        if e.errno() == Some(xen::Errno::EBUSY)
+            && !findings.iter().any(|f| f.code == "zombie-owner")
+        {
+            findings.push(Finding::new(
+                "held-by-guest",
+                Some(s),
+                "another domain holds it".into(),
+                vec![format!("Xen: test_assign_device {}", e)],
+                format!("detach it there first (`xl pci-detach`, or `ptguard detach {s}`)"),
+            ));
+        }
+    }
+    match (&args.xl_config, args.domid) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let value = |key: &str| -> Option<String> {
+                text.lines().find_map(|l| {
+                    let l = l.split('#').next()?.trim();
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then(|| v.trim().trim_matches(['"', '\'']).to_string())
+                })
+            };
+            let evidence = |k: &str| {
+                vec![format!(
+                    "{}: {k} = {}",
+                    path.display(),
+                    value(k).unwrap_or_else(|| "(not set)".into())
+                )]
+            };
+            if value("type").as_deref() == Some("pvh") {
+                findings.push(Finding::new(
+                    "pvh-guest",
+                    Some(s),
+                    "the guest is PVH".into(),
+                    evidence("type"),
+                    "use type = \"hvm\" or \"pv\" for a guest that takes devices".into(),
+                ));
+            }
+            let pt = value("passthrough");
+            if pt.as_deref() == Some("disabled") || (pt.is_none() && value("pci").is_none()) {
+                findings.push(Finding::new(
+                    "no-passthrough",
+                    Some(s),
+                    "the guest's config gives it no IOMMU context".into(),
+                    evidence("passthrough"),
+                    "add `passthrough = \"enabled\"` (or list the device in `pci = [...]`)".into(),
+                ));
+            }
+        }
+        (None, Some(d)) => match hv.domain_info(DomId(d)) {
+            Ok(Some(i)) if !i.dying => {}
+            other => findings.push(Finding::new(
+                "guest-missing",
+                Some(s),
+                format!(
+                    "d{d} is {}",
+                    if matches!(other, Ok(Some(_))) {
+                        "dying"
+                    } else {
+                        "not running"
+                    }
+                ),
+                vec![format!("Xen: getdomaininfo d{d}")],
+                "start the guest (paused: `xl create -p`) first".into(),
+            )),
+        },
+        (None, None) => anyhow::bail!("preflight needs a DOMID or --xl-config FILE"),
+    }
+    let verdict = !findings.iter().any(|f| f.severity == Severity::Error);
+    print(&findings, &doctor_args, out)?;
+    if !args.json {
+        writeln!(
+            out,
+            "{s}: {}",
+            if verdict {
+                "ready for the guest"
+            } else {
+                "NOT ready: fix the errors above first"
+            }
+        )?;
+    }
+    if !verdict {
+        anyhow::bail!("{s} is not ready");
+    }
+    Ok(())
+}
