@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The dom0 disk image of one run: the cached dom0 tree plus this run's ptguard binary, the
-# check runner, a guest kernel + initramfs and xl configs. Writes $REALXEN_WORK/{dom0.img,
-# xen.elf,vmlinuz,initrd.img}. Usage: image.sh PTGUARD-BINARY
+# The dom0 disk image of one run: the cached dom0 tree plus this run's ptguard — the Debian
+# package (installed with dpkg, its unit enabled) or a bare binary — the check runner, a
+# guest kernel + initramfs and xl configs. Writes $REALXEN_WORK/{dom0.img,xen.elf,vmlinuz,
+# initrd.img}. Usage: image.sh PTGUARD.deb | PTGUARD-BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
-ptguard=${1:?usage: image.sh PTGUARD-BINARY}
-[ -x "$ptguard" ] || die "$ptguard is not an executable"
+ptguard=${1:?usage: image.sh PTGUARD.deb | PTGUARD-BINARY}
+[ -f "$ptguard" ] || die "$ptguard does not exist"
 R=$BASE_TREE
 [ -f "$R/.ptguard-base-tree" ] || die "no dom0 tree in $R (run lib/base-tree.sh)"
 mkdir -p "$REALXEN_WORK"
@@ -25,7 +26,18 @@ T=$R/opt/ptguard-test
 rm -rf "$T"; mkdir -p "$T"
 (cd "$I" && find . | cpio -o -H newc 2>/dev/null | gzip -6) > "$T/guest-initrd.gz"
 cp "$R/boot/vmlinuz-$K" "$T/guest-vmlinuz"
-install -m 755 "$ptguard" "$R/usr/local/bin/ptguard"
+# The cached tree is reused: take out whatever an earlier run installed.
+rm -f "$R/usr/local/bin/ptguard"
+chroot "$R" dpkg --purge ptguard >/dev/null 2>&1 || true
+case $ptguard in
+    *.deb)
+        cp "$ptguard" "$R/tmp/ptguard.deb"
+        chroot "$R" dpkg -i /tmp/ptguard.deb >/dev/null || die "dpkg -i $ptguard failed in the dom0 tree"
+        rm -f "$R/tmp/ptguard.deb"
+        chroot "$R" systemctl is-enabled ptguard.service >/dev/null || die "the package did not enable ptguard.service"
+        log "installed $(basename "$ptguard") in dom0 (ptguard.service enabled)" ;;
+    *) install -m 755 "$ptguard" "$R/usr/local/bin/ptguard" ;;
+esac
 install -m 755 "$HERE/../dom0/checks.sh" "$T/checks.sh"
 install -m 644 "$HERE/../dom0/broker_client.py" "$T/broker_client.py"
 install -m 644 "$HERE/../dom0/rogue_dm.py" "$T/rogue_dm.py"

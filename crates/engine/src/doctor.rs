@@ -38,6 +38,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("function-mask-forced", Severity::Error, "Xen 4.13+ refuses to assign a device whose Function Mask is set (-EBUSY); older Xen hands it over masked and no interrupt arrives"),
     ("zombie-owner", Severity::Error, "a dying domain that never finished dying holds the device: it cannot be deassigned, and the next guest's pciback finds no device"),
     ("leftover-pirqs", Severity::Error, "vectors still mapped to a domain's pirqs make release_msix answer -EBUSY, so no reset or prepare can run, and the next owner's maps conflict"),
+    ("dying-domain", Severity::Warning, "a domain that started dying and never finished (a zombie) keeps whatever it held — pirqs, devices, memory — until it is gone"),
     ("pirq-budget", Severity::Warning, "a guest gets only extra_guest_irqs pirqs for MSI: enabling more vectors than that fails (map_pirq -ENOSPC)"),
     ("no-reset-method", Severity::Warning, "without a reset, state the last guest left in the device reaches the next one"),
     ("ledger-corrupt", Severity::Error, "ptguard cannot tell what the device holds from a corrupt entry; it skips the device"),
@@ -424,6 +425,21 @@ pub fn xen_view(
             DumpOwner::Domain(d) => Some(d),
             _ => None,
         };
+        // Quarantined, yet Xen still has vectors of it mapped (real Xen 4.17.5 after a
+        // guest was destroyed behind the toolstack's back: `mapped, unbound`).
+        if owner.is_none() && !e.msi_irqs.is_empty() {
+            let unbound: Vec<String> = e.msi_irqs.iter().map(u32::to_string).collect();
+            out.push(Finding::new(
+                "leftover-pirqs",
+                Some(s),
+                format!(
+                    "dom_io holds it, yet Xen still maps its IRQs {} to some domain's pirqs (a domain that is dying and never finished)",
+                    unbound.join(" ")
+                ),
+                vec![owner_line.clone(), "Xen (i): those IRQs mapped, bound to no guest".into()],
+                format!("find the dying domain (`xl list`, state d; `ptguard doctor` names it as dying-domain) and let it finish; until then release_msix answers -EBUSY and `ptguard repair {s}` refuses"),
+            ));
+        }
         for irq in &e.msi_irqs {
             let Some(b) = irq_dump.iter().find(|b| b.irq == *irq) else {
                 continue;
@@ -479,6 +495,22 @@ pub fn xen_view(
         }
     }
     out
+}
+
+/// Domains that are dying and have not finished (`life` false), named by id.
+pub fn dying_domains(life: &BTreeMap<DomId, bool>) -> Vec<Finding> {
+    life.iter()
+        .filter(|(d, alive)| !**alive && **d != DomId::DOM0)
+        .map(|(d, _)| {
+            Finding::new(
+                "dying-domain",
+                None,
+                format!("{d} is dying and has not finished"),
+                vec![format!("Xen: getdomaininfo {d}: dying")],
+                format!("see what still holds {d} (`xl list`; its device model, a backend, a foreign mapping); `xl destroy {}`", d.0),
+            )
+        })
+        .collect()
 }
 
 /// Xen 4.17's `extra_domU_irqs` when `extra_guest_irqs=` is not given

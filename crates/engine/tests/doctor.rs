@@ -265,6 +265,11 @@ fn every_finding_code_has_a_check() {
             .iter()
             .map(|f| f.code),
     );
+    seen.extend(
+        engine::doctor::dying_domains(&[(DomId(7), false)].into())
+            .iter()
+            .map(|f| f.code),
+    );
     // A device with no reset.
     let norst = sbdf("0000:09:00.0");
     let b2 = ConfigBuilder::endpoint(0x8086, 0x1533)
@@ -291,4 +296,26 @@ fn every_finding_code_has_a_check() {
         .filter(|c| !from_cli.contains(*c))
         .collect();
     assert!(missing.is_empty(), "codes no check produced: {missing:?}");
+}
+
+/// Real Xen 4.17.5 after a running PV guest was destroyed behind the toolstack's back
+/// (`xc_domain_destroy`): the device is back in dom_io but its three vectors stay mapped.
+#[test]
+fn xen_view_names_vectors_a_zombie_left_on_a_quarantined_device() {
+    let dmesg = report_dmesg("zombie-holds-the-device");
+    let q = engine::xen_dump::pci_devices(&dmesg);
+    let i = engine::xen_dump::irq_bindings(&dmesg);
+    let f = xen_view(&q, &i, &BTreeMap::new(), &[], None);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].code, "leftover-pirqs");
+    assert_eq!(f[0].sbdf, Some(sbdf("0000:00:05.0")));
+    assert!(f[0].problem.contains("25 26 27"), "{:?}", f[0]);
+    let dying: BTreeMap<DomId, bool> =
+        [(DomId(0), true), (DomId(4), false), (DomId(5), true)].into();
+    let d = engine::doctor::dying_domains(&dying);
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].code, d[0].problem.as_str()),
+        ("dying-domain", "d4 is dying and has not finished")
+    );
 }

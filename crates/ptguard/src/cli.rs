@@ -16,11 +16,19 @@ ENVIRONMENT:
     PTGUARD_LOG        log filter, e.g. info, debug, xenstored=debug (default warn)
     PTGUARD_PROTECT    comma-separated domain ids never to touch (as --protect)";
 
+/// The version, the commit it was built from and the Xen ABI it speaks.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PTGUARD_GIT_COMMIT"),
+    "; Xen 4.17 ABI: domctl interface 0x15, sysctl interface 0x15)"
+);
+
 /// ptguard keeps Xen PCI passthrough devices usable across guest reboot,
 /// re-assignment and hot-unplug, by keeping a ledger of every IRQ binding in
 /// Xenstore and force-unbinding leftovers before a device is reset.
 #[derive(Debug, Parser)]
-#[command(name = "ptguard", version, after_help = AFTER_HELP)]
+#[command(name = "ptguard", version = VERSION, after_help = AFTER_HELP)]
 pub struct Cli {
     /// More log output on stderr (--verbose info, twice debug); PTGUARD_LOG overrides.
     #[arg(long, action = clap::ArgAction::Count, global = true)]

@@ -10,6 +10,7 @@ pub mod broker_load;
 pub mod cli;
 pub mod commands;
 pub mod hostctx;
+pub mod journal;
 pub mod platform;
 pub mod rig;
 

@@ -29,9 +29,15 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_env("PTGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Under systemd, stderr goes to the journal: it stamps the time itself and reads the
+    // level from a `<N>` prefix (sd-daemon(3)).
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.event_format(ptguard::journal::JournalFormat).try_init()
+    } else {
+        fmt.try_init()
+    };
 }

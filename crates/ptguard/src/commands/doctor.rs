@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use engine::doctor::{diagnose, extra_guest_irqs, reconcile, xen_view, Finding, Severity};
+use engine::doctor::{
+    diagnose, dying_domains, extra_guest_irqs, reconcile, xen_view, Finding, Severity,
+};
 use engine::xen_dump::{self, DumpOwner};
 use engine::Platform;
 use pci::sysfs::SysfsHost;
@@ -84,7 +86,12 @@ fn missing(what: &str, unknown: &str, fix: &str) -> Finding {
 
 /// Xen's dumps on this host: `Q` and `i` through `XEN_SYSCTL_debug_keys`, read back from
 /// the console ring; the newest dump of each kind counts.
-fn live_xen_view(hv: &dyn xen::Hypervisor, pci: &dyn pci::PciHost, findings: &mut Vec<Finding>) {
+fn live_xen_view(
+    hv: &dyn xen::Hypervisor,
+    pci: &dyn pci::PciHost,
+    known_domains: &[DomId],
+    findings: &mut Vec<Finding>,
+) {
     let dumped = hv.debug_keys("Qi").and_then(|_| {
         std::thread::sleep(std::time::Duration::from_millis(200));
         hv.read_console()
@@ -111,6 +118,7 @@ fn live_xen_view(hv: &dyn xen::Hypervisor, pci: &dyn pci::PciHost, findings: &mu
         DumpOwner::Domain(d) => Some(d),
         _ => None,
     }));
+    domains.extend_from_slice(known_domains);
     for d in domains {
         if let Ok(Some(info)) = hv.domain_info(d) {
             life.insert(d, !info.dying);
@@ -119,6 +127,16 @@ fn live_xen_view(hv: &dyn xen::Hypervisor, pci: &dyn pci::PciHost, findings: &mu
     let sizes = table_sizes_live(pci, &q);
     let extra = hv.command_line().ok().and_then(|c| extra_guest_irqs(&c));
     findings.append(&mut xen_view(&q, &i, &life, &sizes, extra));
+    findings.append(&mut dying_domains(&life));
+}
+
+/// Domain ids Xenstore knows (`/local/domain/N`).
+fn xenstore_domains(xs: &mut xenstore::XsClient) -> Vec<DomId> {
+    xs.directory(xenstore::TxId::NONE, "/local/domain")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| d.parse().ok().map(DomId))
+        .collect()
 }
 
 /// MSI-X table sizes of the devices a guest may get: bound to pciback, or (per Xen) in
@@ -171,7 +189,9 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
             };
             findings.append(&mut diagnose(pci, &records, &alive));
             findings.append(&mut reconcile(pci, &records, &held, &backends));
-            live_xen_view(hv, pci, &mut findings);
+            let mut known = xenstore_domains(&mut ctx.xs);
+            known.extend(records.iter().filter_map(|r| r.owner));
+            live_xen_view(hv, pci, &known, &mut findings);
         }
         Err(e) if cli.host == HostSpec::Real => {
             findings.push(missing(
