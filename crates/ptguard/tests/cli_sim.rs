@@ -661,3 +661,34 @@ fn preflight_says_whether_a_device_will_work_for_a_guest() {
     assert_eq!(rc, 1);
     assert!(c.contains(&"held-by-guest".into()), "{c:?}");
 }
+
+/// Issue 17: under systemd (JOURNAL_STREAM set) log lines carry journald's `<N>` level
+/// prefix and no timestamp of their own; `--version` names the commit and the Xen ABI.
+#[test]
+fn logs_fit_journald_and_version_names_the_abi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "--no-passthrough", "plain"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+        .args(["--host", &format!("sim:{}", d.display()), "attach", "0000:03:00.0", "1"])
+        .env("PTGUARD_LOG", "info")
+        .env("JOURNAL_STREAM", "8:12345")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("rolling back"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.starts_with("<6>engine::engine: "), "{line}");
+    assert!(!line.contains("2026-") && !line.contains("Z "), "{line}");
+    let v = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(v.starts_with("ptguard 0.1.0 (commit "), "{v}");
+    assert!(v.contains("Xen 4.17 ABI: domctl interface 0x15"), "{v}");
+}
