@@ -40,6 +40,8 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("leftover-pirqs", Severity::Error, "vectors still mapped to a domain's pirqs make release_msix answer -EBUSY, so no reset or prepare can run, and the next owner's maps conflict"),
     ("dying-domain", Severity::Warning, "a domain that started dying and never finished (a zombie) keeps whatever it held — pirqs, devices, memory — until it is gone"),
     ("pirq-budget", Severity::Warning, "a guest gets only extra_guest_irqs pirqs for MSI: enabling more vectors than that fails (map_pirq -ENOSPC)"),
+    ("bus-reset-blocked", Severity::Warning, "its only reset is a secondary bus reset, which Linux refuses while other devices share the bus: the device goes from guest to guest unreset"),
+    ("decoding-off", Severity::Warning, "if its vectors are unmapped now, Xen cannot mask them in the table and forces the Function Mask instead (the seed's failure); ptguard turns decoding on first, stock toolstacks do not"),
     ("no-reset-method", Severity::Warning, "without a reset, state the last guest left in the device reaches the next one"),
     ("ledger-corrupt", Severity::Error, "ptguard cannot tell what the device holds from a corrupt entry; it skips the device"),
     ("held-unknown-to-ledger", Severity::Error, "a guest holds the device but its bindings are recorded nowhere: no teardown of ptguard's protects it"),
@@ -245,7 +247,37 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
             out.push(forced_mask(s, vec![msix_line(&msix), drv.clone()]));
         }
         if driver.as_deref() == Some(PCIBACK) {
+            let command = pci
+                .read_config(s)
+                .ok()
+                .and_then(|b| b.get(4..6).map(|c| u16::from_le_bytes([c[0], c[1]])));
+            if command.is_some_and(|c| c & pci::config::regs::COMMAND_MEMORY == 0)
+                && !msi_irqs.is_empty()
+            {
+                out.push(Finding::new(
+                    "decoding-off",
+                    Some(s),
+                    format!("memory decoding is off while {} vectors are set up", msi_irqs.len()),
+                    vec![format!("config space: Command {:#06x} (Memory-)", command.unwrap_or(0)), format!("sysfs: {} msi_irqs", msi_irqs.len())],
+                    format!("let ptguard tear it down (`ptguard detach {s}` or `ptguard watch`), which turns decoding on before anything is unmapped"),
+                ));
+            }
             if let Ok(Some(methods)) = pci.reset_methods(s) {
+                let siblings = pci
+                    .list_devices()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| *o != s && o.seg() == s.seg() && o.bus() == s.bus())
+                    .count();
+                if methods == ["bus"] && siblings > 0 {
+                    out.push(Finding::new(
+                        "bus-reset-blocked",
+                        Some(s),
+                        format!("only a bus reset is offered, and {siblings} other devices share bus {:02x}", s.bus()),
+                        vec!["sysfs: reset_method bus".into(), format!("sysfs: {siblings} other functions on the bus")],
+                        "give the guest every function of the bus, or move the device to a slot of its own".into(),
+                    ));
+                }
                 if methods.is_empty() {
                     out.push(Finding::new(
                         "no-reset-method",

@@ -280,6 +280,33 @@ fn every_finding_code_has_a_check() {
     dv.reset_methods = Some(vec![]);
     tree.add_device(&dv).unwrap();
     seen.extend(diagnose(&host, &[], &gone).iter().map(|f| f.code));
+    // Decoding off with vectors set up (a PV guest's, via pciback); a bus-reset-only
+    // device sharing its bus.
+    let off = sbdf("0000:0a:00.0");
+    let b4 = ConfigBuilder::endpoint(0x8086, 0x1533)
+        .bar32(3, 0xf000_0000, 0x4000)
+        .msix(4, 3, 0, 3, 0x2000);
+    let mut cs = b4.build();
+    cs.write16(COMMAND, 0).unwrap();
+    let mut dv = FixtureDevice::new(off, cs, b4.resources());
+    dv.driver = Some("pciback".into());
+    dv.msi_irqs = vec![5, 6];
+    tree.add_device(&dv).unwrap();
+    let busy = sbdf("0000:0b:00.0");
+    let b3 = ConfigBuilder::endpoint(0x8086, 0x1533)
+        .bar32(3, 0xf000_0000, 0x4000)
+        .msix(4, 3, 0, 3, 0x2000);
+    let mut dv = FixtureDevice::new(busy, b3.build(), b3.resources());
+    dv.driver = Some("pciback".into());
+    dv.reset_methods = Some(vec!["bus".into()]);
+    tree.add_device(&dv).unwrap();
+    device(&tree, sbdf("0000:0b:00.1"), "igb", 0, vec![]);
+    let f = diagnose(&host, &[], &gone);
+    let get = |s: Sbdf, c: &str| f.iter().find(|f| f.sbdf == Some(s) && f.code == c).cloned();
+    assert!(get(off, "decoding-off").is_some(), "{f:#?}");
+    let b = get(busy, "bus-reset-blocked").unwrap_or_else(|| panic!("{f:#?}"));
+    assert!(b.problem.contains("1 other devices share bus 0b"), "{b:?}");
+    seen.extend(f.iter().map(|f| f.code));
     let all: BTreeSet<&str> = CODES.iter().map(|(c, _, _)| *c).collect();
     let from_cli: BTreeSet<&str> = [
         "ledger-corrupt",

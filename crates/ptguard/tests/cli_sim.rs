@@ -672,7 +672,13 @@ fn logs_fit_journald_and_version_names_the_abi() {
     ok(&d, &["assignable-add", "0000:03:00.0"]);
     ok(&d, &["sim", "create", "--no-passthrough", "plain"]);
     let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
-        .args(["--host", &format!("sim:{}", d.display()), "attach", "0000:03:00.0", "1"])
+        .args([
+            "--host",
+            &format!("sim:{}", d.display()),
+            "attach",
+            "0000:03:00.0",
+            "1",
+        ])
         .env("PTGUARD_LOG", "info")
         .env("JOURNAL_STREAM", "8:12345")
         .output()
