@@ -1126,7 +1126,14 @@ impl<'a> Engine<'a> {
                     for b in &known {
                         let Some(pirq) = b.pirq else { continue };
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
-                        unbind_and_unmap(hv, owner, &b.pt_irq(pirq, sbdf))?;
+                        if b.state == BindingState::Mapped {
+                            // Mapped (attach's INTx) but never bound by a device model:
+                            // Xen 4.17.5 answers an unbind with -EINVAL and logs
+                            // `pt_irq_destroy_bind failed`; the unmap alone is the cleanup.
+                            unless_gone(hv.unmap_pirq(owner, pirq))?;
+                        } else {
+                            unbind_and_unmap(hv, owner, &b.pt_irq(pirq, sbdf))?;
+                        }
                     }
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
                     let all_known = known.len() == rec.bindings.len();

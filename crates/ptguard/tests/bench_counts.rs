@@ -12,7 +12,7 @@ fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
             "{n} vectors: {:?}",
             t.hypercalls
         );
-        assert_eq!(t.minimum_hypercalls, 2 * u64::from(n + 1) + 2);
+        assert_eq!(t.minimum_hypercalls, 2 * u64::from(n) + 3);
         assert_eq!(t.bookkeeping_hypercalls, 4);
         assert_eq!(t.xenstore_transactions, 4, "{n} vectors");
         // One read per binding node and one DIRECTORY listing them (paged past 4 KiB).
