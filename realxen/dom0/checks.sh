@@ -312,6 +312,16 @@ if group paths; then
     live=$(start_hold pvhold pv); xl pci-detach pvhold $SBDF; sleep 3; xl destroy pvhold; sleep 2
     r=$(next_pv xl); row xl hot-unplug "${r%% *}"
     expect path-xl-hot-unplug "live: $live; next: $r" has "$r" '^IRQS-ARRIVE'
+    # xl reboot: libxl re-creates the domain with the device; the new instance's interrupts.
+    live=$(start_hold pvhold pv)
+    log=$(guest_log pvhold pv)
+    xl reboot pvhold
+    wait_for 200 sh -c "[ \$(grep -ac GUEST-HOLD $log) -ge 2 ]"
+    r=$(grep -a GUEST-RESULT "$log" | tail -1 | sed 's/.*GUEST-RESULT //' | tr -d '\r')
+    [ "$(grep -ac GUEST-HOLD "$log")" -ge 2 ] || r="no second instance"
+    xl destroy pvhold; sleep 2
+    row xl reboot "${r%% *}"
+    expect path-xl-reboot "live: $live; the rebooted instance: $r" has "$r" '^IRQS-ARRIVE'
     live=$(start_hold hvmhold hvm)
     dm=$(xenstore-read "/local/domain/$(domid_of hvmhold)/image/device-model-pid" 2>/dev/null)
     kill -9 "$dm" 2>/dev/null; sleep 2; xl destroy hvmhold; sleep 2
@@ -326,6 +336,9 @@ if group ptpaths; then
     cfg pvpthold pv yes "" "hold=1"
     r=$(next_pv ptguard)
     expect path-ptguard-first-guest "PV guest given by ptguard attach: $r" has "$r" '^IRQS-ARRIVE'
+    # It powered itself off; ptguard watch tore the device down: the next guest.
+    r=$(next_pv ptguard); row ptguard clean-shutdown "${r%% *}"
+    expect path-ptguard-clean-shutdown "next guest after a clean shutdown: $r" has "$r" '^IRQS-ARRIVE'
     log=$(guest_log pvpthold pv); rm -f "$log"
     d=$(paused pvpthold); ptguard attach $SBDF "$d" >/dev/null 2>&1; xl unpause pvpthold
     wait_for 150 grep -aq GUEST-HOLD "$log"

@@ -292,6 +292,31 @@ fn perm_list(entries: &[(Access, u32)]) -> PermList {
         .unwrap_or_else(|| PermList::owned_by(0, Access::None))
 }
 
+/// What the ledger keeps about a device itself: the driver to give it back to, its MSI-X
+/// table size and the host address of the table's BAR.
+fn write_device_facts(
+    xs: &mut XsClient,
+    tx: TxId,
+    sbdf: Sbdf,
+    driver: &str,
+    msix_size: u16,
+    table_base: u64,
+) -> Result<()> {
+    write(xs, tx, &field_path(sbdf, "driver"), driver)?;
+    write(
+        xs,
+        tx,
+        &field_path(sbdf, "msix-size"),
+        &msix_size.to_string(),
+    )?;
+    write(
+        xs,
+        tx,
+        &field_path(sbdf, "table-base"),
+        &format!("{table_base:#x}"),
+    )
+}
+
 /// The device's MSI-X capability as its config space shows it now.
 fn msix_cap(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<Option<pci::MsixCap>> {
     let cfg = ConfigSpace::new(pci.read_config(sbdf)?)
@@ -479,20 +504,7 @@ impl<'a> Engine<'a> {
         self.xs.transaction(|xs, tx| -> Result<()> {
             write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
             write(xs, tx, &field_path(sbdf, "epoch"), "0")?;
-            write(xs, tx, &field_path(sbdf, "driver"), &driver)?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "msix-size"),
-                &msix_size.to_string(),
-            )?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "table-base"),
-                &format!("{table_base:#x}"),
-            )?;
-            Ok(())
+            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)
         })?;
         self.require(sbdf)
     }
@@ -567,19 +579,7 @@ impl<'a> Engine<'a> {
             write(xs, tx, &field_path(sbdf, "state"), "attached")?;
             write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
             write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
-            write(xs, tx, &field_path(sbdf, "driver"), &driver)?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "msix-size"),
-                &msix_size.to_string(),
-            )?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "table-base"),
-                &format!("{table_base:#x}"),
-            )?;
+            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
             write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
             Ok(epoch)
         })
