@@ -764,13 +764,15 @@ impl World {
     // Domctls (§1.6)
     // ----------------------------------------------------------------------------------
 
+    /// `XEN_DOMCTL_bind_pt_irq` (Xen 4.17 `arch/x86/domctl.c`): `-EINVAL` for a PV
+    /// domain, `-EPERM` for a pirq that maps no IRQ.
     pub fn bind_pt_irq(&mut self, domid: DomId, bind: &PtIrq) -> R<()> {
         let d = self.domain(domid)?;
         if !d.hvm {
             return Err(Errno::EINVAL);
         }
         let pirq = bind.pirq().0;
-        let entry = d.pirqs.get(&pirq).ok_or(Errno::EINVAL)?;
+        let entry = d.pirqs.get(&pirq).ok_or(Errno::EPERM)?;
         let irq = entry.irq;
         match (bind, entry.dpci) {
             (PtIrq::Msi { .. }, Some(PtIrq::Pci { .. }))
@@ -795,13 +797,15 @@ impl World {
         Ok(())
     }
 
+    /// `XEN_DOMCTL_unbind_pt_irq`: `-EINVAL` for a PV domain, `-EPERM` for a pirq that maps
+    /// no IRQ, `-EINVAL` from `pt_irq_destroy_bind` for one never bound.
     pub fn unbind_pt_irq(&mut self, domid: DomId, bind: &PtIrq) -> R<()> {
         let d = self.domain(domid)?;
         if !d.hvm {
             return Err(Errno::EINVAL);
         }
         let pirq = bind.pirq().0;
-        let entry = d.pirqs.get(&pirq).ok_or(Errno::EINVAL)?;
+        let entry = d.pirqs.get(&pirq).ok_or(Errno::EPERM)?;
         if entry.dpci.is_none() {
             return Err(Errno::EINVAL);
         }

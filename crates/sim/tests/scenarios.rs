@@ -587,3 +587,29 @@ fn msix_table_pages_are_read_only_to_guests_while_xen_records_the_table() {
     old.guest_table_write(c, f(), 1, false).unwrap();
     assert!(!old.with_world(|w| w.device(f()).unwrap().hw.table[1].masked));
 }
+
+/// Xen 4.17 `arch/x86/domctl.c`: binding or unbinding a pirq that maps no IRQ is `-EPERM`
+/// (the IRQ-access check), unbinding a mapped but never-bound one `-EINVAL`
+/// (`pt_irq_destroy_bind`, which real Xen 4.17.5 also logs), and any of it on a PV
+/// domain `-EINVAL`.
+#[test]
+fn pt_irq_answers_for_unmapped_never_bound_and_pv() {
+    let host = s0(V417, NEW);
+    let hvm = host.create_domain("h", true);
+    let pv = host.create_domain("p", false);
+    let msi = |pirq: i32| xen::PtIrq::Msi {
+        pirq: xen::Pirq(pirq),
+        gvec: 0x40,
+        gflags: 0,
+        gtable: 0,
+    };
+    let errno = |r: Result<(), xen::XenError>| r.unwrap_err().errno();
+    assert_eq!(errno(host.bind_pt_irq(hvm, &msi(70))), Some(Errno::EPERM));
+    assert_eq!(errno(host.unbind_pt_irq(hvm, &msi(70))), Some(Errno::EPERM));
+    let p = host.map_pirq(&xen::MapPirq::gsi(hvm, 20)).unwrap();
+    assert_eq!(
+        errno(host.unbind_pt_irq(hvm, &msi(p.0))),
+        Some(Errno::EINVAL)
+    );
+    assert_eq!(errno(host.bind_pt_irq(pv, &msi(70))), Some(Errno::EINVAL));
+}
