@@ -31,26 +31,7 @@ impl Platform for SimPlatform {
         };
     }
     fn verify_clean(&self, sbdf: Sbdf) -> Result<(), String> {
-        self.host.with_world(|w| {
-            let d = w.device(sbdf).ok_or("device vanished")?;
-            if d.hw.msix.is_none() {
-                return Ok(());
-            }
-            if d.xen.host_maskall {
-                return Err("Xen's host_maskall is set".into());
-            }
-            if d.hw.function_mask() {
-                return Err("Function Mask is set in hardware".into());
-            }
-            if d.xen.used_entries != 1 {
-                return Err(format!("used_entries is {}, not 1", d.xen.used_entries));
-            }
-            let stale = w.descs.values().filter(|x| x.sbdf == sbdf).count();
-            if stale > 0 {
-                return Err(format!("{stale} vectors still mapped"));
-            }
-            Ok(())
-        })
+        self.host.with_world(|w| w.msix_clean(sbdf))
     }
 }
 

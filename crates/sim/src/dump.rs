@@ -95,6 +95,33 @@ impl World {
     }
 }
 
+impl World {
+    /// Whether Xen's and the hardware's MSI-X state of `sbdf` is what a fresh guest needs:
+    /// no forced mask (Xen's `host_maskall`, the hardware Function Mask), only pciback's
+    /// prepare reference in `used_entries`, no vector still mapped. The truth of the
+    /// simulated host, read by the invariant checker directly.
+    pub fn msix_clean(&self, sbdf: Sbdf) -> Result<(), String> {
+        let d = self.device(sbdf).ok_or("device vanished")?;
+        if d.hw.msix.is_none() {
+            return Ok(());
+        }
+        if d.xen.host_maskall {
+            return Err("Xen's host_maskall is set".into());
+        }
+        if d.hw.function_mask() {
+            return Err("Function Mask is set in hardware".into());
+        }
+        if d.xen.used_entries != 1 {
+            return Err(format!("used_entries is {}, not 1", d.xen.used_entries));
+        }
+        let stale = self.descs.values().filter(|x| x.sbdf == sbdf).count();
+        if stale > 0 {
+            return Err(format!("{stale} vectors still mapped"));
+        }
+        Ok(())
+    }
+}
+
 /// A plausible vector for an IRQ (Xen's are assigned at run time; nothing reads them).
 fn vector(irq: u32) -> u32 {
     0x30 + irq % 0xc0
