@@ -189,7 +189,14 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
             };
             findings.append(&mut diagnose(pci, &records, &alive));
             findings.append(&mut reconcile(pci, &records, &held, &backends));
-            let mut known = xenstore_domains(&mut ctx.xs);
+            // Doctor's own Xenstore is a dry-run copy of ptguard's subtrees on a real host:
+            // the domains are listed from the real one.
+            let mut known = match &cli.host {
+                HostSpec::Real => xenstore::XsClient::open()
+                    .map(|mut real| xenstore_domains(&mut real))
+                    .unwrap_or_default(),
+                HostSpec::Sim(_) => xenstore_domains(&mut ctx.xs),
+            };
             known.extend(records.iter().filter_map(|r| r.owner));
             live_xen_view(hv, pci, &known, &mut findings);
         }
@@ -484,7 +491,12 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
     std::thread::sleep(std::time::Duration::from_millis(200));
     section("xl dmesg", hv.read_console()?);
     let mut nodes = String::new();
-    xenstore_ls(&mut ctx.xs, "/", &mut nodes);
+    match &cli.host {
+        // The context's Xenstore is a dry-run copy of ptguard's subtrees: walk the real one
+        // (read only).
+        HostSpec::Real => xenstore_ls(&mut xenstore::XsClient::open()?, "/", &mut nodes),
+        HostSpec::Sim(_) => xenstore_ls(&mut ctx.xs, "/", &mut nodes),
+    }
     section("xenstore-ls -f", nodes);
     match &args.output {
         Some(p) => std::fs::write(p, &text)
