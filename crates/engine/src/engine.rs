@@ -937,6 +937,13 @@ impl<'a> Engine<'a> {
                     Ok(p) => p,
                     Err(e) => {
                         rm(self.xs, TxId::NONE, &path)?;
+                        // Xen hands a guest only extra_guest_irqs MSI pirqs.
+                        if e.errno() == Some(Errno::ENOSPC) {
+                            return Err(EngineError::PirqBudgetExhausted {
+                                sbdf: req.sbdf,
+                                domid: req.domid,
+                            });
+                        }
                         return Err(e.into());
                     }
                 };

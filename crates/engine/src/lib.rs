@@ -99,6 +99,8 @@ pub enum EngineError {
     VectorsStillMapped { sbdf: Sbdf },
     #[error("{sbdf}: MSI-X Function Mask is still set after {}; unbind it from pciback and bind it again (`ptguard assignable-remove {sbdf}` then `ptguard assignable-add {sbdf}`)", done.join(", "))]
     StillMasked { sbdf: Sbdf, done: Vec<String> },
+    #[error("{sbdf}: {domid} has no pirq left for another MSI vector (PHYSDEVOP_map_pirq: -ENOSPC): a guest gets nr_irqs_gsi + extra_guest_irqs pirqs, 32 for MSI by default; raise `extra_guest_irqs=` on Xen's command line, or enable fewer vectors")]
+    PirqBudgetExhausted { sbdf: Sbdf, domid: DomId },
     #[error("{sbdf}: the epoch in the ledger ({epoch}) cannot grow any further; the entry was edited by hand — check it with `ptguard show {sbdf}`")]
     EpochExhausted { sbdf: Sbdf, epoch: u64 },
     /// Injected by the explorer: the process "died" here.

@@ -201,6 +201,12 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
             error: None,
         },
         Err(EngineError::Refused { refusal, .. }) => BrokerReply::refused(&refusal),
+        Err(e @ EngineError::PirqBudgetExhausted { .. }) => BrokerReply {
+            ok: false,
+            pirq: None,
+            code: Some("pirq-budget".into()),
+            error: Some(e.to_string()),
+        },
         Err(e) => BrokerReply {
             ok: false,
             pirq: None,

@@ -108,8 +108,8 @@ fn dry_run_prints_the_teardown_sequence_and_changes_nothing() {
     // DESIGN.md §2: revoke, force-unbind (unbind then unmap), release, deassign, reset,
     // prepare — in that order.
     let revoke = pos("iomem_permission");
-    let unbind = pos("unbind_pt_irq d1 pirq 1023");
-    let unmap = pos("unmap_pirq d1 pirq 1023");
+    let unbind = pos("unbind_pt_irq d1 pirq 79");
+    let unmap = pos("unmap_pirq d1 pirq 79");
     let release = pos("release_msix");
     let deassign = pos("deassign_device");
     let reset = pos("/reset <- 1");

@@ -881,3 +881,44 @@ fn repair_clears_a_forced_function_mask_in_place() {
     let err = e.repair(dev()).unwrap_err();
     assert!(matches!(err, EngineError::NotAssignable { .. }), "{err}");
 }
+
+/// Issue 14 (6): a guest's MSI pirqs are `extra_guest_irqs` (32 by default); the 33rd
+/// vector of a 40-entry device cannot be mapped, and ptguard says why.
+#[test]
+fn a_guest_runs_out_of_msi_pirqs_at_its_budget() {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(
+        XenProfile::Xen4_17,
+        PcibackProfile::AfterCommandFix,
+    ))
+    .with_sink(std::sync::Arc::new(xs.clone()));
+    host.add_device(DeviceSpec::nic(dev(), 40));
+    let platform = SimPlatform { host: host.clone() };
+    let mut client = xs.connect(0);
+    let a = host.create_domain("A", true);
+    let mut e = Engine::new(&mut client, &platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), a).unwrap();
+    let mut pirqs = Vec::new();
+    for entry in 0..32 {
+        pirqs.push(e.bind(&req(a, epoch, entry)).unwrap().0);
+    }
+    // Top-down from nr_irqs_gsi + 32 - 1; attach's INTx (a GSI pirq) does not count.
+    assert_eq!((pirqs[0], pirqs[31]), (79, 48));
+    let err = e.bind(&req(a, epoch, 32)).unwrap_err();
+    assert!(
+        matches!(err, EngineError::PirqBudgetExhausted { domid, .. } if domid == a),
+        "{err}"
+    );
+    assert!(err.to_string().contains("extra_guest_irqs="), "{err}");
+    // Nothing half-recorded: the intent of the refused vector is gone.
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert!(rec
+        .bindings
+        .iter()
+        .all(|b| b.key != engine::BindingKey::Msix(32)));
+    assert!(matches!(
+        e.detach(dev()).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+}

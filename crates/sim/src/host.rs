@@ -677,7 +677,8 @@ impl Hypervisor for SimHost {
         g.world.count(HypercallOp::CommandLine);
         let mut line = "console=com1 dom0_mem=1024M,max:1024M loglvl=all".to_string();
         if let Some(n) = g.world.profile.nr_pirqs {
-            line.push_str(&format!(" extra_guest_irqs={}", n.saturating_sub(48)));
+            let gsis = crate::world::NR_IRQS_GSI as u32;
+            line.push_str(&format!(" extra_guest_irqs={}", n.saturating_sub(gsis)));
         }
         Ok(line)
     }

@@ -75,8 +75,9 @@ pub struct Profile {
     /// Chao Gao's unmerged pciback patch: `release_msix` + `prepare_msix` whenever a device
     /// comes back from a guest (the "pciback release+prepare only" policy).
     pub pciback_release_prepare_on_put: bool,
-    /// Each domain's `nr_pirqs` (default 1024; raised on real hosts with Xen's
-    /// `extra_guest_irqs=` option, needed to map thousands of vectors in one domain).
+    /// Each domU's `nr_pirqs` (default `nr_irqs_gsi` + 32, Xen's `extra_guest_irqs`
+    /// default; raised on real hosts with `extra_guest_irqs=`, needed to map more than 32
+    /// MSI vectors in one guest).
     #[serde(default)]
     pub nr_pirqs: Option<u32>,
 }

@@ -15,10 +15,14 @@ use crate::profile::Profile;
 
 /// GSIs of the simulated host (`nr_irqs_gsi`).
 pub const NR_IRQS_GSI: i32 = 48;
-/// Default size of a domain's pirq space (`nr_pirqs`); MSI pirqs come from the top down, so
-/// a fresh domain's first vectors get 1023, 1022, ... (xen-semantics.md §1.7). Xen's
-/// `extra_guest_irqs=` boot option raises it ([`crate::Profile::nr_pirqs`]).
+/// The hardware domain's pirq space (`nr_pirqs`).
 pub const NR_PIRQS: i32 = 1024;
+/// Xen 4.17's `extra_domU_irqs` default (`DEFAULT_EXTRA_DOMU_IRQS`, xen/common/domain.c): a
+/// domU's pirq space is `nr_irqs_gsi` + this, MSI pirqs handed out from the top down, so a
+/// fresh guest's first vectors get 79, 78, ... here (55, 54, ... on the test bed, whose
+/// IO-APIC has 24 pins). Xen's `extra_guest_irqs=` option changes it
+/// ([`crate::Profile::nr_pirqs`]).
+pub const DEFAULT_EXTRA_GUEST_IRQS: i32 = 32;
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -209,9 +213,15 @@ impl World {
         }
     }
 
-    /// `nr_pirqs` of every domain.
-    pub fn nr_pirqs(&self) -> i32 {
-        self.profile.nr_pirqs.map_or(NR_PIRQS, |n| n as i32)
+    /// `nr_pirqs` of a domain: the hardware domain's is large; a domU's is `nr_irqs_gsi` +
+    /// `extra_guest_irqs` (`domain_create`, xen/common/domain.c).
+    pub fn nr_pirqs(&self, domid: DomId) -> i32 {
+        if domid == DomId::DOM0 {
+            return NR_PIRQS;
+        }
+        self.profile
+            .nr_pirqs
+            .map_or(NR_IRQS_GSI + DEFAULT_EXTRA_GUEST_IRQS, |n| n as i32)
     }
 
     pub(crate) fn log(&mut self, line: String) {
@@ -522,7 +532,7 @@ impl World {
     }
 
     pub fn map_pirq(&mut self, req: &MapPirq) -> R<Pirq> {
-        let nr = self.nr_pirqs();
+        let nr = self.nr_pirqs(req.domid);
         let d = self.domain(req.domid)?;
         if let Some(p) = req.pirq {
             if p.0 >= nr || p.0 < 0 {
@@ -685,7 +695,7 @@ impl World {
 
     pub fn unmap_pirq(&mut self, domid: DomId, pirq: Pirq) -> R<()> {
         self.domain(domid)?;
-        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs() {
+        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs(domid) {
             return Err(Errno::EINVAL);
         }
         self.unmap_domain_pirq(domid, pirq.0)
@@ -952,7 +962,7 @@ impl World {
     /// `pirq` is in dom0's space (§1.6 irq_permission).
     pub fn irq_permission(&mut self, domid: DomId, pirq: Pirq, allow: bool) -> R<()> {
         self.domain(domid)?;
-        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs() {
+        if pirq.0 < 0 || pirq.0 >= self.nr_pirqs(DomId::DOM0) {
             return Err(Errno::EINVAL);
         }
         let irq = self
