@@ -178,6 +178,22 @@ pub struct World {
 
 type R<T> = Result<T, Errno>;
 
+/// What a failed `msix_capability_init` leaves behind (Xen 4.17 `arch/x86/msi.c`): it sets
+/// `host_maskall` before it looks at the device and does not undo it on failure; with
+/// memory decoding off (`-ENXIO`) it writes Message Control back without Enable, on
+/// `-ENODATA` back as it was.
+fn msix_setup_failed(dev: &mut DeviceState, errno: Errno) -> Errno {
+    dev.xen.host_maskall = true;
+    let ctrl = dev.hw.msix_ctrl();
+    let ctrl = if errno == Errno::ENXIO {
+        ctrl & !MSIX_FLAGS_ENABLE
+    } else {
+        ctrl
+    };
+    dev.hw.write_msix_ctrl(ctrl);
+    errno
+}
+
 impl World {
     pub fn new(profile: Profile) -> World {
         let mut dom0 = Domain::new(DomId::DOM0, "Domain-0", false);
@@ -619,13 +635,13 @@ impl World {
                     return Err(Errno::EINVAL);
                 }
                 if !dev.hw.memory_decoding() {
-                    return Err(Errno::ENXIO);
+                    return Err(msix_setup_failed(dev, Errno::ENXIO));
                 }
                 if dev.xen.used_entries == 0 {
                     // The target is a domU that owns the device; dom0 is not acting on its own
                     // device, so no table was read (§1.5.1 msix_capability_init).
                     if enodata {
-                        return Err(Errno::ENODATA);
+                        return Err(msix_setup_failed(dev, Errno::ENODATA));
                     }
                     dev.xen.table_recorded = true;
                     let has_memory = self.domain(req.domid)?.has_memory;
@@ -747,7 +763,7 @@ impl World {
             return Err(Errno::EBUSY);
         }
         if !dev.hw.memory_decoding() {
-            return Err(Errno::ENXIO);
+            return Err(msix_setup_failed(dev, Errno::ENXIO));
         }
         dev.xen.table_recorded = true;
         dev.xen.host_maskall = false;

@@ -609,3 +609,30 @@ fn pt_irq_answers_for_unmapped_never_bound_and_pv() {
     );
     assert_eq!(errno(host.bind_pt_irq(pv, &msi(70))), Some(Errno::EINVAL));
 }
+
+/// Xen 4.17 `msix_capability_init` sets `host_maskall` before it checks the device and
+/// does not undo it on failure; with memory decoding off it also clears MSI-X Enable.
+#[test]
+fn failed_msix_setup_leaves_host_maskall_and_clears_enable() {
+    let host = s0(V417, NEW);
+    let dev = f();
+    // Released by pciback's prepare reference, Enable set by a driver, decoding off.
+    host.release_msix(dev).unwrap();
+    let off = host.with_world(|w| w.device(dev).unwrap().hw.msix.unwrap().offset);
+    host.write_config(dev, off + 2, &0x8000u16.to_le_bytes())
+        .unwrap();
+    host.write_config(dev, 4, &0u16.to_le_bytes()).unwrap();
+    assert_eq!(
+        host.prepare_msix(dev).unwrap_err().errno(),
+        Some(Errno::ENXIO)
+    );
+    host.with_world(|w| {
+        let d = w.device(dev).unwrap();
+        assert!(d.xen.host_maskall, "left set");
+        assert!(!d.hw.msix_enabled(), "Enable cleared");
+    });
+    // With decoding back on, prepare's 0→1 path clears it again.
+    host.write_config(dev, 4, &0x0002u16.to_le_bytes()).unwrap();
+    host.prepare_msix(dev).unwrap();
+    host.with_world(|w| assert!(!w.device(dev).unwrap().xen.host_maskall));
+}
