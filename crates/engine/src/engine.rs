@@ -344,6 +344,15 @@ fn msix_layout(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<(u16, u64)> {
     })
 }
 
+/// `req` refused for `refusal`.
+fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
+    EngineError::Refused {
+        sbdf: req.sbdf,
+        domid: req.domid,
+        refusal,
+    }
+}
+
 /// The broker's checks common to bind and unbind: the device is managed, attached (attach
 /// finished, no teardown running) to the requesting domain, at the epoch it presents.
 fn check_requester(
@@ -396,6 +405,15 @@ impl<'a> Engine<'a> {
     pub fn protecting(mut self, protected: ProtectedDomains) -> Engine<'a> {
         self.protected = protected;
         self
+    }
+
+    /// The broker's first check, for bind and unbind alike: no request may speak for a
+    /// protected domain.
+    fn refuse_protected_requester(&self, req: &BindRequest) -> Result<()> {
+        if self.protected.contains(req.domid) {
+            return Err(refused(req, Refusal::ProtectedDomain { domid: req.domid }));
+        }
+        Ok(())
     }
 
     fn refuse_protected(&self, domid: DomId, action: &'static str) -> Result<()> {
@@ -870,14 +888,8 @@ impl<'a> Engine<'a> {
     /// bind.
     pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
         let key = req.key();
-        let refuse = |refusal: Refusal| EngineError::Refused {
-            sbdf: req.sbdf,
-            domid: req.domid,
-            refusal,
-        };
-        if self.protected.contains(req.domid) {
-            return Err(refuse(Refusal::ProtectedDomain { domid: req.domid }));
-        }
+        let refuse = |refusal| refused(req, refusal);
+        self.refuse_protected_requester(req)?;
         if let BindKind::Intx { gsi } = req.kind {
             // A device model may only map its own device's line: any other GSI would hand
             // its guest a host interrupt (a disk's, a timer's).
@@ -978,14 +990,8 @@ impl<'a> Engine<'a> {
     pub fn unbind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
         let key = req.key();
         let path = binding_path(req.sbdf, &key);
-        let refuse = |refusal: Refusal| EngineError::Refused {
-            sbdf: req.sbdf,
-            domid: req.domid,
-            refusal,
-        };
-        if self.protected.contains(req.domid) {
-            return Err(refuse(Refusal::ProtectedDomain { domid: req.domid }));
-        }
+        let refuse = |refusal| refused(req, refusal);
+        self.refuse_protected_requester(req)?;
         let b = self.xs.transaction(|xs, tx| -> Result<Binding> {
             let rec = read_head(xs, tx, req.sbdf)?;
             check_requester(rec, req).map_err(refuse)?;
