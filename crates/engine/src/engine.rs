@@ -514,9 +514,18 @@ impl<'a> Engine<'a> {
         self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
         let seized = pciback::seize(pci, sbdf)?;
         self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
-        self.platform
+        match self
+            .platform
             .hypervisor()
-            .assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
+            .assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
+        {
+            // Xen before 4.11.3/4.12.2/4.13.0 has no dom_io to assign to: keep the device in
+            // pciback, unassigned, as the toolstacks of that time did.
+            Err(e) if e.errno() == Some(Errno::ESRCH) => {
+                tracing::info!(%sbdf, "Xen has no quarantine (assign to dom_io: -ESRCH); the device stays in pciback, owned by dom0");
+            }
+            r => r?,
+        }
         self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
         let driver = seized.original_driver.unwrap_or_default();
         self.xs.transaction(|xs, tx| -> Result<()> {

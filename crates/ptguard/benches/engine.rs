@@ -31,7 +31,7 @@ struct Setup {
 fn setup() -> Setup {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17,
+        XenProfile::Xen4_17_0,
         PcibackProfile::AfterCommandFix,
     ))
     .with_sink(Arc::new(xs.clone()));

@@ -20,7 +20,7 @@ use xenstore::XsClient;
 use crate::platform::SimPlatform;
 
 fn profile() -> Profile {
-    let mut p = Profile::new(XenProfile::Xen4_17, PcibackProfile::AfterCommandFix);
+    let mut p = Profile::new(XenProfile::Xen4_17_0, PcibackProfile::AfterCommandFix);
     // A 2048-vector device in one domain needs more than the default 1024 pirqs.
     p.nr_pirqs = Some(4096);
     p

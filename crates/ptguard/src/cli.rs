@@ -192,8 +192,11 @@ pub enum Command {
 /// Which Xen and which pciback the simulated host behaves as.
 #[derive(Debug, Clone, Args)]
 pub struct SimProfileArgs {
-    /// Xen version profile: 4.11.0 (the seed's era) or 4.17.
-    #[arg(long, default_value = "4.11.0", value_parser = ["4.11.0", "4.17"])]
+    /// Xen release the simulated host behaves as: 4.11.0 (the seed's era: no quarantine, no
+    /// assign-time MSI-X reset), 4.11.3 and 4.12.2 (both backported), 4.13.0, 4.17.0 (adds
+    /// -ENODATA for unprepared maps), 4.17.5 (what the real-Xen test bed runs: also clears a
+    /// Function Mask found at boot) or 4.20.0. `4.17` is taken as 4.17.0.
+    #[arg(long, default_value = "4.11.0", value_parser = ["4.11.0", "4.11.3", "4.12.2", "4.13.0", "4.17", "4.17.0", "4.17.5", "4.20.0"])]
     pub xen: String,
 
     /// Linux pciback: old (before 7681f31ec9cd, Command:=0 on reset) or new.
@@ -202,13 +205,13 @@ pub struct SimProfileArgs {
 }
 
 impl SimProfileArgs {
-    /// Every combination of the two Xen and the two pciback profiles.
+    /// Every release profile with both pciback profiles.
     pub fn all() -> Vec<SimProfileArgs> {
         let mut v = Vec::new();
-        for xen in ["4.11.0", "4.17"] {
+        for xen in sim::XenProfile::ALL {
             for pciback in ["old", "new"] {
                 v.push(SimProfileArgs {
-                    xen: xen.into(),
+                    xen: xen.release().into(),
                     pciback: pciback.into(),
                 });
             }
@@ -217,11 +220,7 @@ impl SimProfileArgs {
     }
 
     pub fn xen(&self) -> sim::XenProfile {
-        if self.xen == "4.17" {
-            sim::XenProfile::Xen4_17
-        } else {
-            sim::XenProfile::Xen4_11_0
-        }
+        sim::XenProfile::from_release(&self.xen).unwrap_or(sim::XenProfile::Xen4_11_0)
     }
     pub fn pciback(&self) -> sim::PcibackProfile {
         if self.pciback == "new" {
@@ -264,8 +263,8 @@ pub struct ScenarioArgs {
     #[command(flatten)]
     pub profile: SimProfileArgs,
 
-    /// Run every version profile: Xen 4.11.0 and 4.17 × pciback old and new (overrides
-    /// --xen and --pciback).
+    /// Run every release profile (Xen 4.11.0, 4.11.3, 4.12.2, 4.13.0, 4.17.0, 4.17.5,
+    /// 4.20.0) with pciback old and new (overrides --xen and --pciback).
     #[arg(long)]
     pub all_profiles: bool,
 

@@ -17,7 +17,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
     sim_init(
         &dir,
-        XenProfile::Xen4_17,
+        XenProfile::Xen4_17_0,
         PcibackProfile::AfterCommandFix,
         &[DeviceSpec::nic(dev, 4)],
     )

@@ -154,7 +154,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17,
+        XenProfile::Xen4_17_0,
         PcibackProfile::AfterCommandFix,
     ))
     .with_sink(std::sync::Arc::new(xs.clone()));
@@ -888,7 +888,7 @@ fn repair_clears_a_forced_function_mask_in_place() {
 fn a_guest_runs_out_of_msi_pirqs_at_its_budget() {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17,
+        XenProfile::Xen4_17_0,
         PcibackProfile::AfterCommandFix,
     ))
     .with_sink(std::sync::Arc::new(xs.clone()));

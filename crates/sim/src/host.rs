@@ -46,6 +46,9 @@ pub enum SimOp {
         /// refuses to assign it devices.
         #[serde(default = "yes")]
         passthrough: bool,
+        /// A chosen domid (Xen reuses ids); none: the next free one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domid: Option<DomId>,
     },
     Unpause {
         domid: DomId,
@@ -343,9 +346,24 @@ impl SimHost {
             name: name.into(),
             hvm,
             passthrough,
+            domid: None,
         }) {
             Ok(SimValue::Domain(d)) => d,
             _ => DomId::DOM0,
+        }
+    }
+
+    /// A domain created with a chosen domid, e.g. one a destroyed domain had (Xen reuses
+    /// ids): `-EEXIST` while that id is in use.
+    pub fn create_domain_at(&self, name: &str, hvm: bool, domid: DomId) -> Result<DomId, Errno> {
+        match self.apply(SimOp::CreateDomain {
+            name: name.into(),
+            hvm,
+            passthrough: true,
+            domid: Some(domid),
+        })? {
+            SimValue::Domain(d) => Ok(d),
+            _ => Err(Errno::EINVAL),
         }
     }
     pub fn unpause(&self, domid: DomId) -> Result<(), Errno> {
@@ -420,7 +438,10 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             name,
             hvm,
             passthrough,
-        } => Ok(SimValue::Domain(w.create_domain(&name, hvm, passthrough))),
+            domid,
+        } => w
+            .create_domain(&name, hvm, passthrough, domid)
+            .map(SimValue::Domain),
         SimOp::Unpause { domid } => w.unpause(domid).map(|_| Unit),
         SimOp::Pause { domid } => w.pause(domid).map(|_| Unit),
         SimOp::Shutdown { domid } => w.shutdown(domid).map(|_| Unit),
@@ -653,6 +674,7 @@ impl Hypervisor for SimHost {
             shutdown: d.state == DomainState::Shutdown,
             hvm: d.hvm,
             paused: d.paused,
+            handle: d.handle,
         }))
     }
     /// The dumps go to the console ring only (not the journal): they change no state.

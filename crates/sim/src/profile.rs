@@ -2,47 +2,98 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The hypervisor's version, as far as passthrough MSI-X behaviour differs
-/// (xen-semantics.md §1.10).
+/// The hypervisor, named after the Xen release whose sources (at its release tag) the
+/// simulated host follows for passthrough MSI-X behaviour (docs/simulator.md, "Releases").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum XenProfile {
-    /// Xen 4.11.0, the seed's era: `host_maskall` is cleared only by a 0→1 change of
-    /// `used_entries`; mapping a vector of an unprepared device takes the "insecure" path
-    /// (table read, warning, guest crashed if it has memory).
+    /// The seed's era: no quarantine (assigning to `dom_io` answers `-ESRCH`, deassign
+    /// returns a device to dom0), no assign-time MSI-X reset, and a map on an unprepared
+    /// device takes the "insecure" path (table read, warning, guest crashed if it has memory).
     #[serde(rename = "4.11.0")]
     Xen4_11_0,
-    /// Xen 4.17: `pci_reset_msix_state` at assign clears both maskall flags but refuses a
-    /// device whose hardware Function Mask is set (`-EBUSY`); unprepared maps get `-ENODATA`.
-    #[serde(rename = "4.17")]
-    Xen4_17,
+    /// 575e18d54d19 (assign-time `pci_reset_msix_state`) and quarantine, backported.
+    #[serde(rename = "4.11.3")]
+    Xen4_11_3,
+    /// The same two changes on the 4.12 branch.
+    #[serde(rename = "4.12.2")]
+    Xen4_12_2,
+    /// First release with both changes on its own branch.
+    #[serde(rename = "4.13.0")]
+    Xen4_13_0,
+    /// Adds XSA-337's `-ENODATA` for a domU map without a recorded table; a Function Mask
+    /// left set by firmware still makes the first assign fail `-EBUSY`.
+    #[serde(rename = "4.17.0", alias = "4.17")]
+    Xen4_17_0,
+    /// What the real-Xen test bed runs: also clears MASKALL/ENABLE found at boot
+    /// (913751d7af6e, in 4.17.2).
+    #[serde(rename = "4.17.5")]
+    Xen4_17_5,
+    /// A current release: adds `PHYSDEVOP_pci_device_reset`, which re-initialises vPCI only
+    /// and leaves `host_maskall`, `used_entries` and pirqs alone; nothing else here changes.
+    #[serde(rename = "4.20.0")]
+    Xen4_20_0,
 }
 
 impl XenProfile {
-    pub fn name(self) -> &'static str {
+    /// Every release profile, oldest first.
+    pub const ALL: [XenProfile; 7] = [
+        XenProfile::Xen4_11_0,
+        XenProfile::Xen4_11_3,
+        XenProfile::Xen4_12_2,
+        XenProfile::Xen4_13_0,
+        XenProfile::Xen4_17_0,
+        XenProfile::Xen4_17_5,
+        XenProfile::Xen4_20_0,
+    ];
+
+    /// The release, as `--xen` takes it.
+    pub fn release(self) -> &'static str {
         match self {
-            XenProfile::Xen4_11_0 => "xen-4.11.0",
-            XenProfile::Xen4_17 => "xen-4.17",
+            XenProfile::Xen4_11_0 => "4.11.0",
+            XenProfile::Xen4_11_3 => "4.11.3",
+            XenProfile::Xen4_12_2 => "4.12.2",
+            XenProfile::Xen4_13_0 => "4.13.0",
+            XenProfile::Xen4_17_0 => "4.17.0",
+            XenProfile::Xen4_17_5 => "4.17.5",
+            XenProfile::Xen4_20_0 => "4.20.0",
         }
+    }
+    pub fn name(self) -> String {
+        format!("xen-{}", self.release())
+    }
+    /// Parses a release name (`4.17` is taken as 4.17.0, the old profile's name).
+    pub fn from_release(s: &str) -> Option<XenProfile> {
+        let s = if s == "4.17" { "4.17.0" } else { s };
+        XenProfile::ALL.into_iter().find(|p| p.release() == s)
+    }
+    /// Whether `dom_io` exists for assignment (quarantine) and deassign sends devices
+    /// there (`iommu_quarantine`, on by default): 4.13.0, backported to 4.11.3/4.12.2.
+    pub fn has_quarantine(self) -> bool {
+        self >= XenProfile::Xen4_11_3
     }
     /// Whether assign runs `pci_reset_msix_state` (commit 575e18d54d19).
     pub fn resets_msix_state_on_assign(self) -> bool {
-        self >= XenProfile::Xen4_17
+        self >= XenProfile::Xen4_11_3
     }
-    /// Whether a domU map without a recorded table answers `-ENODATA` (XSA-337).
+    /// Whether a domU map without a recorded table answers `-ENODATA` (XSA-337; in 4.15.0,
+    /// none of the 4.11.3/4.12.2/4.13.0 tags has it).
     pub fn enodata_without_table(self) -> bool {
-        self >= XenProfile::Xen4_17
+        self >= XenProfile::Xen4_17_0
+    }
+    /// Whether Xen clears MASKALL and ENABLE it finds set when a device is added
+    /// (913751d7af6e: 4.18.0, backported to 4.16.5 and 4.17.2).
+    pub fn clears_msix_state_at_add(self) -> bool {
+        self >= XenProfile::Xen4_17_5
     }
     pub fn version(self) -> xen::XenVersion {
-        match self {
-            XenProfile::Xen4_11_0 => xen::XenVersion {
-                major: 4,
-                minor: 11,
-            },
-            XenProfile::Xen4_17 => xen::XenVersion {
-                major: 4,
-                minor: 17,
-            },
-        }
+        let minor = match self {
+            XenProfile::Xen4_11_0 | XenProfile::Xen4_11_3 => 11,
+            XenProfile::Xen4_12_2 => 12,
+            XenProfile::Xen4_13_0 => 13,
+            XenProfile::Xen4_17_0 | XenProfile::Xen4_17_5 => 17,
+            XenProfile::Xen4_20_0 => 20,
+        };
+        xen::XenVersion { major: 4, minor }
     }
 }
 
@@ -95,6 +146,6 @@ impl Profile {
 
 impl Default for Profile {
     fn default() -> Profile {
-        Profile::new(XenProfile::Xen4_17, PcibackProfile::AfterCommandFix)
+        Profile::new(XenProfile::Xen4_17_5, PcibackProfile::AfterCommandFix)
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pci::config::regs::*;
 use pci::{ConfigSpace, Sbdf};
 use serde::Serialize;
-use xen::{DomId, Errno, HypercallOp, MapPirq, MapSource, Pirq, PtIrq};
+use xen::{DomId, DomainHandle, Errno, HypercallOp, MapPirq, MapSource, Pirq, PtIrq};
 
 use crate::device::{DeviceSpec, SimDevice};
 use crate::profile::Profile;
@@ -77,6 +77,8 @@ pub struct Domain {
     pub extra_refs: u32,
     /// Has an IOMMU context (`XEN_DOMCTL_CDF_iommu`, from xl's `passthrough=`).
     pub iommu: bool,
+    /// `xen_domain_handle_t`: a fresh UUID per created domain, as xl gives.
+    pub handle: DomainHandle,
 }
 
 /// Xen's per-MSI-X-vector descriptor (`struct msi_desc`).
@@ -174,9 +176,24 @@ pub struct World {
     pub(crate) events: Vec<DomainEvent>,
     next_domid: u16,
     next_irq: u32,
+    /// Domains created so far: the source of each new domain's handle.
+    created: u64,
 }
 
 type R<T> = Result<T, Errno>;
+
+/// The handle of the `n`-th domain created: a version-4-shaped UUID, deterministic so that
+/// a replayed journal gives every domain the same handle again.
+fn sim_handle(n: u64) -> DomainHandle {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&0x5e1f_0000_0000_4000u64.to_be_bytes());
+    b[8..].copy_from_slice(&(0x8000_0000_0000_0000u64 | n).to_be_bytes());
+    DomainHandle(b)
+}
+
+fn d_handle(domains: &BTreeMap<DomId, Domain>, domid: DomId) -> DomainHandle {
+    domains.get(&domid).map(|d| d.handle).unwrap_or_default()
+}
 
 /// What a failed `msix_capability_init` leaves behind (Xen 4.17 `arch/x86/msi.c`): it sets
 /// `host_maskall` before it looks at the device and does not undo it on failure; with
@@ -226,6 +243,7 @@ impl World {
             events: Vec::new(),
             next_domid: 1,
             next_irq: 100,
+            created: 0,
         }
     }
 
@@ -267,8 +285,19 @@ impl World {
         let sbdf = spec.sbdf;
         let driver = spec.driver.clone();
         let mut hw = SimDevice::new(spec);
-        // Xen ≥ 4.18 (and 4.16.5/4.17.2) would clear a firmware Function Mask here; the
-        // profiles we model (4.11.0, 4.17.0/1) do not (xen-semantics.md §1.2, scenario 13).
+        // pdev_msi_init (913751d7af6e, 4.17.2+): MASKALL or ENABLE found set at boot is
+        // cleared with a warning; older releases keep it (xen-semantics.md scenario 13).
+        if self.profile.xen.clears_msix_state_at_add() && hw.msix.is_some() {
+            let ctrl = hw.msix_ctrl();
+            if ctrl & (MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE) != 0 {
+                self.log(format!(
+                    "{sbdf}: unexpected initial MSI-X state (MASKALL={}, ENABLE={}), fixing",
+                    u8::from(ctrl & MSIX_FLAGS_MASKALL != 0),
+                    u8::from(ctrl & MSIX_FLAGS_ENABLE != 0)
+                ));
+                hw.write_msix_ctrl(ctrl & !(MSIX_FLAGS_MASKALL | MSIX_FLAGS_ENABLE));
+            }
+        }
         if driver.is_none() {
             hw.set_command(0);
         }
@@ -315,19 +344,40 @@ impl World {
     // Domains
     // ----------------------------------------------------------------------------------
 
-    /// Creates a domain (paused), as `xl create` does before unpausing it.
-    pub fn create_domain(&mut self, name: &str, hvm: bool, passthrough: bool) -> DomId {
-        let domid = DomId(self.next_domid);
-        self.next_domid += 1;
+    /// Creates a domain (paused), as `xl create` does before unpausing it. `at` asks for a
+    /// given domid (`XEN_DOMCTL_createdomain` with a non-zero id): Xen reuses ids, and
+    /// answers `-EEXIST` for one in use (xen/common/domctl.c).
+    pub fn create_domain(
+        &mut self,
+        name: &str,
+        hvm: bool,
+        passthrough: bool,
+        at: Option<DomId>,
+    ) -> R<DomId> {
+        let domid = match at {
+            Some(d) if d == DomId::DOM0 || d > DomId::MAX => return Err(Errno::EINVAL),
+            Some(d) if self.domains.contains_key(&d) => return Err(Errno::EEXIST),
+            Some(d) => d,
+            None => {
+                while self.domains.contains_key(&DomId(self.next_domid)) {
+                    self.next_domid += 1;
+                }
+                self.next_domid += 1;
+                DomId(self.next_domid - 1)
+            }
+        };
+        self.created += 1;
         let mut d = Domain::new(domid, name, hvm);
         d.iommu = passthrough;
+        d.handle = sim_handle(self.created);
         self.domains.insert(domid, d);
         self.events.push(DomainEvent::Introduced(domid));
         self.note(format!(
-            "domain: create {domid} ({name}, {})",
-            if hvm { "hvm" } else { "pv" }
+            "domain: create {domid} ({name}, {}, handle {})",
+            if hvm { "hvm" } else { "pv" },
+            d_handle(&self.domains, domid)
         ));
-        domid
+        Ok(domid)
     }
 
     pub fn unpause(&mut self, domid: DomId) -> R<()> {
@@ -892,6 +942,10 @@ impl World {
     }
 
     pub fn assign_device(&mut self, domid: DomId, sbdf: Sbdf, flags: u32) -> R<()> {
+        // Before quarantine (4.11.0) dom_io is not a domain the domctl can name.
+        if domid == DomId::IO && !self.profile.xen.has_quarantine() {
+            return Err(Errno::ESRCH);
+        }
         self.require_iommu(domid)?;
         if flags & !xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED != 0 || domid == DomId::DOM0 {
             return Err(Errno::EINVAL);
@@ -931,18 +985,25 @@ impl World {
     }
 
     /// Moves a device back to `dom_io` (quarantine) or dom0; nothing about MSI-X changes.
+    /// `deassign_device`: to `dom_io` when the device was quarantined or `iommu_quarantine`
+    /// is on (the default wherever quarantine exists), to dom0 from `dom_io` or on 4.11.0.
     fn deassign_to_default(&mut self, sbdf: Sbdf) {
+        let iommu_quarantine = self.profile.xen.has_quarantine();
         if let Some(dev) = self.devices.get_mut(&sbdf) {
-            dev.xen.owner = if dev.xen.quarantine && dev.xen.owner != DomId::IO {
-                DomId::IO
-            } else {
-                dev.xen.quarantine = false;
-                DomId::DOM0
-            };
+            dev.xen.owner =
+                if (dev.xen.quarantine || iommu_quarantine) && dev.xen.owner != DomId::IO {
+                    DomId::IO
+                } else {
+                    dev.xen.quarantine = false;
+                    DomId::DOM0
+                };
         }
     }
 
     pub fn deassign_device(&mut self, domid: DomId, sbdf: Sbdf) -> R<()> {
+        if domid == DomId::IO && !self.profile.xen.has_quarantine() {
+            return Err(Errno::ESRCH);
+        }
         self.require_iommu(domid)?;
         match self.devices.get(&sbdf) {
             Some(d) if d.xen.owner == domid => {}
@@ -1068,6 +1129,7 @@ impl Domain {
             ioports: BTreeSet::new(),
             extra_refs: 0,
             iommu: true,
+            handle: DomainHandle::default(),
         }
     }
 }

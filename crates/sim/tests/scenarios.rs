@@ -10,7 +10,7 @@ use sim::{DeviceSpec, PcibackProfile, Profile, ResetMethod, SimHost, XenProfile}
 use xen::{DomId, Errno, Hypervisor, MapPirq, MapSource, Pirq, PtIrq};
 
 const V411: XenProfile = XenProfile::Xen4_11_0;
-const V417: XenProfile = XenProfile::Xen4_17;
+const V417: XenProfile = XenProfile::Xen4_17_0;
 const OLD: PcibackProfile = PcibackProfile::BeforeCommandFix;
 const NEW: PcibackProfile = PcibackProfile::AfterCommandFix;
 
@@ -31,7 +31,8 @@ fn s0_with(profile: Profile, spec: DeviceSpec) -> SimHost {
     let x = xen_state(&host);
     assert_eq!(x.used_entries, 1, "pciback prepared the device");
     assert!(!x.host_maskall);
-    assert_eq!(x.owner, DomId::IO);
+    let quarantined = host.profile().xen.has_quarantine();
+    assert_eq!(x.owner, if quarantined { DomId::IO } else { DomId::DOM0 });
     host
 }
 
@@ -125,8 +126,9 @@ fn s2_recovery_unbind_and_rebind_pciback_cures_it() {
     let (a, mut ma) = boot(&host, "A", DmBehaviour::Crashes);
     reboot_destroy(&host, a, &mut ma);
     assert!(xen_state(&host).host_maskall);
-    // The folk cure: xl pci-assignable-remove + add (release 1→0, prepare 0→1).
-    host.deassign_device(DomId::IO, f()).unwrap();
+    // The folk cure: xl pci-assignable-remove + add (release 1→0, prepare 0→1). On 4.11.0
+    // the device is dom0's again after destroy: there is no dom_io to take it from.
+    assert_eq!(xen_state(&host).owner, DomId::DOM0);
     pci::pciback::release(&host, f(), None).unwrap();
     libxl::assignable_add(&host, f()).unwrap();
     assert!(!xen_state(&host).host_maskall);
@@ -410,8 +412,8 @@ fn s11_pv_guest_through_pciback_is_clean() {
 }
 
 #[test]
-fn s12_unprepared_device_enodata_on_4_17_insecure_crash_on_4_11() {
-    for xen in [V411, V417] {
+fn s12_unprepared_device_enodata_from_4_17_insecure_crash_before() {
+    for xen in XenProfile::ALL {
         let host = SimHost::new(Profile::new(xen, NEW));
         host.add_device(DeviceSpec::nic(f(), 4));
         let a = host.create_domain("A", true);
@@ -428,9 +430,14 @@ fn s12_unprepared_device_enodata_on_4_17_insecure_crash_on_4_11() {
             pirq: None,
         });
         match xen {
-            XenProfile::Xen4_17 => assert_eq!(r.unwrap_err().errno(), Some(Errno::ENODATA)),
-            XenProfile::Xen4_11_0 => {
-                assert!(r.is_ok());
+            XenProfile::Xen4_17_0 | XenProfile::Xen4_17_5 | XenProfile::Xen4_20_0 => {
+                assert_eq!(r.unwrap_err().errno(), Some(Errno::ENODATA), "{xen:?}")
+            }
+            XenProfile::Xen4_11_0
+            | XenProfile::Xen4_11_3
+            | XenProfile::Xen4_12_2
+            | XenProfile::Xen4_13_0 => {
+                assert!(r.is_ok(), "{xen:?}");
                 assert!(host
                     .console()
                     .iter()
@@ -456,10 +463,65 @@ fn s13_firmware_maskall_refuses_assign_on_4_17_until_reset() {
     let e = host.assign_device(DomId::IO, nores.sbdf, 1).unwrap_err();
     assert_eq!(e.errno(), Some(Errno::EBUSY));
     host.assign_device(DomId::IO, f(), 1).unwrap();
-    // 4.11.0 has no such check.
+    // 4.11.0 has no such check (and no dom_io: the device goes straight to a guest).
     let old = SimHost::new(Profile::new(V411, NEW));
     old.add_device(nores.clone());
-    old.assign_device(DomId::IO, nores.sbdf, 1).unwrap();
+    let g = old.create_domain("g", true);
+    old.assign_device(g, nores.sbdf, 1).unwrap();
+}
+
+#[test]
+fn s13_firmware_maskall_is_cleared_at_boot_from_4_17_2() {
+    for xen in XenProfile::ALL {
+        let mut spec = DeviceSpec::nic("0000:05:00.0".parse().unwrap(), 4);
+        spec.firmware_maskall = true;
+        spec.reset_methods.clear();
+        let host = SimHost::new(Profile::new(xen, NEW));
+        host.add_device(spec.clone());
+        let fm = host.with_world(|w| w.device(spec.sbdf).unwrap().hw.function_mask());
+        assert_eq!(fm, !xen.clears_msix_state_at_add(), "{xen:?}");
+        let g = host.create_domain("g", true);
+        let r = host.assign_device(g, spec.sbdf, 1);
+        // Only 4.13-era .. 4.17.1 refuse: they check, and nothing cleared it.
+        let refuses = xen.resets_msix_state_on_assign() && !xen.clears_msix_state_at_add();
+        assert_eq!(r.is_err(), refuses, "{xen:?}: {r:?}");
+        if xen.clears_msix_state_at_add() {
+            assert!(host
+                .console()
+                .iter()
+                .any(|l| l.contains("unexpected initial MSI-X state (MASKALL=1")));
+        }
+    }
+}
+
+#[test]
+fn quarantine_exists_from_4_11_3_and_deassign_goes_there() {
+    for xen in XenProfile::ALL {
+        let host = SimHost::new(Profile::new(xen, NEW));
+        host.add_device(DeviceSpec::nic(f(), 4));
+        let r = host.assign_device(DomId::IO, f(), 1);
+        if !xen.has_quarantine() {
+            assert_eq!(r.unwrap_err().errno(), Some(Errno::ESRCH), "{xen:?}");
+            assert_eq!(
+                host.deassign_device(DomId::IO, f()).unwrap_err().errno(),
+                Some(Errno::ESRCH)
+            );
+        } else {
+            r.unwrap();
+            host.deassign_device(DomId::IO, f()).unwrap();
+        }
+        // From dom0 straight to a guest and back: dom_io where iommu_quarantine exists.
+        let g = host.create_domain("g", true);
+        host.assign_device(g, f(), 1).unwrap();
+        host.deassign_device(g, f()).unwrap();
+        let owner = host.with_world(|w| w.device(f()).unwrap().xen.owner);
+        let want = if xen.has_quarantine() {
+            DomId::IO
+        } else {
+            DomId::DOM0
+        };
+        assert_eq!(owner, want, "{xen:?}");
+    }
 }
 
 #[test]

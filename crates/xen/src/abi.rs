@@ -32,6 +32,60 @@ pub const MAP_PIRQ_TYPE_MULTI_MSI: i32 = 4;
 
 /// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17.
 pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
+
+/// What differs, for the calls ptguard makes, between the Xen releases it speaks: the
+/// interface versions each release's domctl/sysctl handlers insist on, and the
+/// `xen_domctl_irq_permission` layout (a `uint8_t pirq` until 4.15, `uint32_t` from 4.16).
+/// Every other structure ptguard passes is laid out identically from 4.11 to 4.20 (checked
+/// against each release's `xen/include/public/{domctl,sysctl}.h`; docs/xen-semantics.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReleaseAbi {
+    pub minor: u16,
+    pub domctl_version: u32,
+    pub sysctl_version: u32,
+    pub irq_permission_pirq_is_u8: bool,
+}
+
+/// The releases ptguard speaks: Xen 4.11 to 4.20, from each release tag's public headers.
+pub const RELEASE_ABIS: [ReleaseAbi; 10] = [
+    ReleaseAbi::new(11, 0x10, 0x11, true),
+    ReleaseAbi::new(12, 0x11, 0x12, true),
+    ReleaseAbi::new(13, 0x12, 0x12, true),
+    ReleaseAbi::new(14, 0x12, 0x13, true),
+    ReleaseAbi::new(15, 0x13, 0x13, true),
+    ReleaseAbi::new(16, 0x14, 0x14, false),
+    ReleaseAbi::new(
+        17,
+        XEN_DOMCTL_INTERFACE_VERSION,
+        XEN_SYSCTL_INTERFACE_VERSION,
+        false,
+    ),
+    ReleaseAbi::new(18, 0x16, 0x15, false),
+    ReleaseAbi::new(19, 0x17, 0x15, false),
+    ReleaseAbi::new(20, 0x17, 0x15, false),
+];
+
+impl ReleaseAbi {
+    const fn new(minor: u16, domctl: u32, sysctl: u32, u8_pirq: bool) -> ReleaseAbi {
+        ReleaseAbi {
+            minor,
+            domctl_version: domctl,
+            sysctl_version: sysctl,
+            irq_permission_pirq_is_u8: u8_pirq,
+        }
+    }
+    /// The ABI of Xen `major.minor`, if ptguard speaks it.
+    pub fn of(major: u16, minor: u16) -> Option<ReleaseAbi> {
+        if major != 4 {
+            return None;
+        }
+        RELEASE_ABIS.iter().copied().find(|a| a.minor == minor)
+    }
+    /// Xen 4.17, the release Debian 12's headers (and `tests/layout.rs`) describe.
+    pub fn xen_4_17() -> ReleaseAbi {
+        RELEASE_ABIS[6]
+    }
+}
 pub const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
 pub const XEN_DOMCTL_IRQ_PERMISSION: u32 = 19;
 pub const XEN_DOMCTL_IOMEM_PERMISSION: u32 = 20;
@@ -167,13 +221,28 @@ pub struct xen_domctl_ioport_permission {
     pub allow_access: u8,
 }
 
-/// The leading fields of `struct xen_domctl_getdomaininfo` that ptguard reads.
+/// The leading fields of `struct xen_domctl_getdomaininfo` that ptguard reads, through
+/// `handle` (the same offsets in every release from 4.11 to 4.20; 4.16 made `pad1`
+/// explicit and later fields were added after `handle`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct xen_domctl_getdomaininfo_head {
     pub domain: u16,
     pub pad1: u16,
     pub flags: u32,
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    pub outstanding_pages: u64,
+    pub shr_pages: u64,
+    pub paged_pages: u64,
+    pub shared_info_frame: u64,
+    pub cpu_time: u64,
+    pub nr_online_vcpus: u32,
+    pub max_vcpu_id: u32,
+    pub ssidref: u32,
+    /// `xen_domain_handle_t`: the 16-byte handle the toolstack gives a domain at creation
+    /// (xl and libvirt put the domain's UUID there).
+    pub handle: [u8; 16],
 }
 
 /// `struct xen_domctl`: 16-byte header and a 128-byte union (8-byte aligned).
@@ -219,6 +288,11 @@ impl xen_domctl {
     pub fn get_u32(&self, offset: usize) -> u32 {
         let b = &self.u[offset..offset + 4];
         u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+    pub fn get_bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.u[offset..offset + N]);
+        out
     }
 }
 
@@ -396,6 +470,10 @@ pub mod payload {
     pub const IOPORT_ALLOW: usize = offset_of!(xen_domctl_ioport_permission, allow_access);
     pub const DOMINFO_DOMAIN: usize = offset_of!(xen_domctl_getdomaininfo_head, domain);
     pub const DOMINFO_FLAGS: usize = offset_of!(xen_domctl_getdomaininfo_head, flags);
+    pub const DOMINFO_HANDLE: usize = offset_of!(xen_domctl_getdomaininfo_head, handle);
+    /// `xen_domctl_irq_permission` before Xen 4.16: `uint8_t pirq; uint8_t allow_access;`.
+    pub const IRQ_PERM_PIRQ_U8: usize = 0;
+    pub const IRQ_PERM_ALLOW_U8: usize = 1;
     pub const CONSOLE_CLEAR: usize = offset_of!(xen_sysctl_readconsole, clear);
     pub const CONSOLE_INCREMENTAL: usize = offset_of!(xen_sysctl_readconsole, incremental);
     pub const CONSOLE_INDEX: usize = offset_of!(xen_sysctl_readconsole, index);

@@ -129,6 +129,54 @@ pub struct DomainInfo {
     pub shutdown: bool,
     pub hvm: bool,
     pub paused: bool,
+    /// The domain's handle (its UUID under xl and libvirt). With the domid it names one
+    /// incarnation of a domain: Xen reuses domids, a toolstack gives each new domain a new
+    /// handle (docs/xen-semantics.md, "Domain incarnations").
+    #[serde(default)]
+    pub handle: DomainHandle,
+}
+
+/// `xen_domain_handle_t`: 16 bytes the toolstack chooses at domain creation.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct DomainHandle(pub [u8; 16]);
+
+impl DomainHandle {
+    pub fn is_nil(&self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+impl fmt::Display for DomainHandle {
+    /// The UUID form xl prints (8-4-4-4-12 hex digits).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for DomainHandle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DomainHandle, String> {
+        let hex: String = s.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || s.len() != 36 {
+            return Err(format!(
+                "{s:?} is not a domain handle (8-4-4-4-12 hex digits)"
+            ));
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("{s:?} is not a domain handle (8-4-4-4-12 hex digits)"))?;
+        }
+        Ok(DomainHandle(out))
+    }
 }
 
 /// `XENVER_version`.

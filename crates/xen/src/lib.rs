@@ -1,8 +1,8 @@
 //! The Xen hypercall interface.
 //!
 //! This crate owns the [`Hypervisor`] trait (the physdev and domctl operations ptguard
-//! needs), the Xen 4.17 public ABI those operations use ([`abi`], checked against Xen's
-//! headers by `tests/layout.rs`), the real implementation over `/dev/xen/privcmd`
+//! needs), the Xen public ABI those operations use ([`abi`]: Xen 4.17 checked against Xen's
+//! headers by `tests/layout.rs`, and what differs from 4.11 to 4.20 in [`abi::ReleaseAbi`]), the real implementation over `/dev/xen/privcmd`
 //! ([`privcmd::Privcmd`], the only `unsafe` code of the project), a [`record::Recorder`] that
 //! counts calls and can turn mutating ones into a dry run, and errno results mapped to typed
 //! errors naming the operation, the domain and the device. It holds no policy: it makes
@@ -17,7 +17,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use hypervisor::{
-    DomId, DomainInfo, HypercallOp, Hypervisor, MapPirq, MapSource, Pirq, PtIrq, XenVersion,
+    DomId, DomainHandle, DomainInfo, HypercallOp, Hypervisor, MapPirq, MapSource, Pirq, PtIrq,
+    XenVersion,
 };
 
 /// A positive errno value, named as Linux and Xen name it.
@@ -100,7 +101,9 @@ pub enum XenError {
         source: std::io::Error,
     },
     /// The running hypervisor's domctl interface is not the one this build speaks.
-    #[error("Xen {found} is not supported: ptguard speaks the Xen 4.17 domctl interface (version {:#x})", crate::abi::XEN_DOMCTL_INTERFACE_VERSION)]
+    #[error(
+        "Xen {found} is not supported: ptguard speaks the domctl interfaces of Xen 4.11 to 4.20"
+    )]
     Unsupported { found: XenVersion },
 }
 

@@ -112,10 +112,12 @@ pub struct Privcmd {
     fd: File,
     page: Mutex<HypercallPage>,
     version: XenVersion,
+    abi: abi::ReleaseAbi,
 }
 
 impl Privcmd {
-    /// Opens privcmd and checks that the hypervisor speaks the Xen 4.17 domctl interface.
+    /// Opens privcmd, asks Xen its version and picks that release's domctl/sysctl interface
+    /// (Xen 4.11 to 4.20); any other release is refused before a single domctl is made.
     pub fn open() -> Result<Privcmd, XenError> {
         Privcmd::open_at(Path::new(PRIVCMD_PATH), Path::new(HYPERCALL_BUF_PATH))
     }
@@ -144,6 +146,7 @@ impl Privcmd {
             fd,
             page: Mutex::new(page),
             version: XenVersion { major: 0, minor: 0 },
+            abi: abi::ReleaseAbi::xen_4_17(),
         };
         let v = p
             .raw(
@@ -157,9 +160,8 @@ impl Privcmd {
             major: (v >> 16) as u16,
             minor: v as u16,
         };
-        if (p.version.major, p.version.minor) != (4, 17) {
-            return Err(XenError::Unsupported { found: p.version });
-        }
+        p.abi = abi::ReleaseAbi::of(p.version.major, p.version.minor)
+            .ok_or(XenError::Unsupported { found: p.version })?;
         Ok(p)
     }
 
@@ -218,6 +220,7 @@ impl Privcmd {
         fill: impl FnOnce(&mut abi::xen_domctl),
     ) -> Result<abi::xen_domctl, XenError> {
         let mut d = abi::xen_domctl::new(cmd, domid.0);
+        d.interface_version = self.abi.domctl_version;
         fill(&mut d);
         self.domctl(&mut d)
             .map_err(|errno| XenError::hypercall(op, target, errno))?;
@@ -348,6 +351,7 @@ impl Hypervisor for Privcmd {
 
     fn test_assign_device(&self, sbdf: Sbdf) -> Result<(), XenError> {
         let mut d = test_assign_domctl(sbdf);
+        d.interface_version = self.abi.domctl_version;
         self.domctl(&mut d).map_err(|errno| {
             XenError::hypercall(HypercallOp::TestAssignDevice, sbdf.to_string(), errno)
         })
@@ -410,14 +414,30 @@ impl Hypervisor for Privcmd {
     }
 
     fn irq_permission(&self, domid: DomId, pirq: Pirq, allow: bool) -> Result<(), XenError> {
+        if self.abi.irq_permission_pirq_is_u8 && !(0..=255).contains(&pirq.0) {
+            // The field cannot carry it on this release; never send a truncated pirq.
+            return Err(XenError::hypercall(
+                HypercallOp::IrqPermission,
+                format!(
+                    "{domid} pirq {pirq} (Xen {} carries only pirqs 0-255 here)",
+                    self.version
+                ),
+                Errno::EINVAL,
+            ));
+        }
         self.domctl_op(
             HypercallOp::IrqPermission,
             abi::XEN_DOMCTL_IRQ_PERMISSION,
             domid,
             format!("{domid} pirq {pirq}"),
             |d| {
-                d.put_u32(payload::IRQ_PERM_PIRQ, pirq.0 as u32)
-                    .put_u8(payload::IRQ_PERM_ALLOW, u8::from(allow));
+                if self.abi.irq_permission_pirq_is_u8 {
+                    d.put_u8(payload::IRQ_PERM_PIRQ_U8, pirq.0 as u8)
+                        .put_u8(payload::IRQ_PERM_ALLOW_U8, u8::from(allow));
+                } else {
+                    d.put_u32(payload::IRQ_PERM_PIRQ, pirq.0 as u32)
+                        .put_u8(payload::IRQ_PERM_ALLOW, u8::from(allow));
+                }
             },
         )
         .map(|_| ())
@@ -447,6 +467,7 @@ impl Hypervisor for Privcmd {
             shutdown: flags & abi::XEN_DOMINF_SHUTDOWN != 0,
             hvm: flags & abi::XEN_DOMINF_HVM_GUEST != 0,
             paused: flags & abi::XEN_DOMINF_PAUSED != 0,
+            handle: DomainHandle(d.get_bytes::<16>(payload::DOMINFO_HANDLE)),
         }))
     }
 
@@ -461,7 +482,7 @@ impl Hypervisor for Privcmd {
         }
         self.sysctl(
             HypercallOp::DebugKeys,
-            abi::xen_sysctl::new(abi::XEN_SYSCTL_DEBUG_KEYS),
+            self.sysctl_head(abi::XEN_SYSCTL_DEBUG_KEYS),
             keys,
             |s, addr| {
                 s.put(payload::DEBUG_KEYS_KEYS, &addr.to_ne_bytes())
@@ -477,7 +498,7 @@ impl Hypervisor for Privcmd {
         while text.len() < CONSOLE_MAX {
             let (s, data) = self.sysctl(
                 HypercallOp::ReadConsole,
-                abi::xen_sysctl::new(abi::XEN_SYSCTL_READCONSOLE),
+                self.sysctl_head(abi::XEN_SYSCTL_READCONSOLE),
                 &[],
                 |s, addr| {
                     s.put(payload::CONSOLE_CLEAR, &[0])
@@ -521,6 +542,12 @@ const CONSOLE_CHUNK: usize = PAGE - SYSCTL_DATA;
 const CONSOLE_MAX: usize = 8 << 20;
 
 impl Privcmd {
+    fn sysctl_head(&self, cmd: u32) -> abi::xen_sysctl {
+        let mut s = abi::xen_sysctl::new(cmd);
+        s.interface_version = self.abi.sysctl_version;
+        s
+    }
+
     /// One sysctl with `data` placed in the page after the struct (its guest address is
     /// given to `fill`); returns the struct and the page's data area after the call.
     fn sysctl(

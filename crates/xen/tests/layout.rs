@@ -58,7 +58,7 @@ int main(void) {
     O(xen_domctl_iomem_permission, nr_mfns); O(xen_domctl_iomem_permission, allow_access);
     S(xen_domctl_ioport_permission); O(xen_domctl_ioport_permission, first_port);
     O(xen_domctl_ioport_permission, nr_ports); O(xen_domctl_ioport_permission, allow_access);
-    O(xen_domctl_getdomaininfo, domain); O(xen_domctl_getdomaininfo, flags);
+    O(xen_domctl_getdomaininfo, domain); O(xen_domctl_getdomaininfo, flags); O(xen_domctl_getdomaininfo, handle);
     P("sizeof privcmd_hypercall", sizeof(privcmd_hypercall_t));
     C(IOCTL_PRIVCMD_HYPERCALL);
     C(__HYPERVISOR_xen_version); C(__HYPERVISOR_physdev_op); C(__HYPERVISOR_domctl);
@@ -267,6 +267,10 @@ fn rust_values() -> Vec<(&'static str, i64)> {
             "offsetof xen_domctl_getdomaininfo.flags",
             payload::DOMINFO_FLAGS as i64,
         ),
+        (
+            "offsetof xen_domctl_getdomaininfo.handle",
+            payload::DOMINFO_HANDLE as i64,
+        ),
         ("sizeof privcmd_hypercall", s!(privcmd_hypercall)),
         ("IOCTL_PRIVCMD_HYPERCALL", IOCTL_PRIVCMD_HYPERCALL as i64),
         ("__HYPERVISOR_xen_version", HYPERVISOR_XEN_VERSION as i64),
@@ -447,4 +451,29 @@ fn test_assign_device_names_no_domain() {
     assert_eq!(&bytes[8..10], &DOMID_INVALID.to_ne_bytes());
     assert_eq!(&bytes[16..20], &XEN_DOMCTL_DEV_PCI.to_ne_bytes());
     assert_eq!(&bytes[16 + 8..16 + 12], &sbdf.machine_sbdf().to_ne_bytes());
+}
+
+/// The release table: 4.17 is what Debian's headers (checked above) say; the neighbours are
+/// ordered, and only releases before 4.16 carry a one-byte pirq in irq_permission.
+#[test]
+fn release_abis_cover_4_11_to_4_20() {
+    assert_eq!(ReleaseAbi::of(4, 17), Some(ReleaseAbi::xen_4_17()));
+    assert_eq!(
+        ReleaseAbi::xen_4_17().domctl_version,
+        XEN_DOMCTL_INTERFACE_VERSION
+    );
+    assert_eq!(
+        ReleaseAbi::xen_4_17().sysctl_version,
+        XEN_SYSCTL_INTERFACE_VERSION
+    );
+    for minor in 11..=20 {
+        let a = ReleaseAbi::of(4, minor).expect("a release ptguard speaks");
+        assert_eq!(a.irq_permission_pirq_is_u8, minor < 16, "4.{minor}");
+    }
+    assert_eq!(ReleaseAbi::of(4, 10), None);
+    assert_eq!(ReleaseAbi::of(4, 21), None);
+    assert_eq!(ReleaseAbi::of(5, 0), None);
+    assert!(RELEASE_ABIS
+        .windows(2)
+        .all(|w| w[0].domctl_version <= w[1].domctl_version));
 }
