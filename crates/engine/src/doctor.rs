@@ -171,7 +171,8 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                         format!("ptguard release-domain {}", d.0),
                     ));
                 }
-                let unconfirmed = r.bindings.iter().filter(|b| b.pirq.is_none()).count();
+                let unconfirmed =
+                    r.bindings.iter().filter(|b| b.pirq.is_none()).count() + r.lost_maps as usize;
                 if unconfirmed > 0 {
                     out.push(f(
                         "unconfirmed-intents",

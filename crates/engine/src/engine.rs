@@ -225,8 +225,22 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
         driver,
         msix_size,
         table_base,
+        lost_maps: 0,
         bindings: Vec::new(),
     }))
+}
+
+/// The `binding/lost` node: binds retried over an intent a crash left without its pirq.
+/// It lives among the bindings so that a device without one costs no extra request.
+const LOST_MAPS: &str = "lost";
+
+fn lost_maps_path(sbdf: Sbdf) -> String {
+    format!("{}/binding/{LOST_MAPS}", device_path(sbdf))
+}
+
+fn parse_lost_maps(sbdf: Sbdf, text: &str) -> Result<u32> {
+    text.parse()
+        .map_err(|_| corrupt(lost_maps_path(sbdf), text, "not a count"))
 }
 
 /// Reads one binding node (`None`: absent).
@@ -260,6 +274,11 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
     };
     for name in names {
         let path = format!("{dir}/{name}");
+        if name == LOST_MAPS {
+            let text = read_opt(xs, tx, &path)?.unwrap_or_default();
+            rec.lost_maps = parse_lost_maps(sbdf, &text)?;
+            continue;
+        }
         let key: BindingKey = name
             .parse()
             .map_err(|_| corrupt(path.clone(), &name, "unknown binding key"))?;
@@ -928,8 +947,19 @@ impl<'a> Engine<'a> {
                     }));
                 }
             }
-            let existing =
-                read_binding(xs, tx, req.sbdf, key)?.filter(|b| b.state != BindingState::Intent);
+            let found = read_binding(xs, tx, req.sbdf, key)?;
+            if found.is_some_and(|b| b.state == BindingState::Intent && b.pirq.is_none()) {
+                // A crash hit this bind between its intent and its pirq: the map may have
+                // reached Xen. Its pirq is lost; count it so the teardown can say why it must
+                // wait for the owner to go (docs/ledger.md, "The map→record window").
+                let path = lost_maps_path(req.sbdf);
+                let lost = match read_opt(xs, tx, &path)? {
+                    Some(t) => parse_lost_maps(req.sbdf, &t)?,
+                    None => 0,
+                };
+                write(xs, tx, &path, &lost.saturating_add(1).to_string())?;
+            }
+            let existing = found.filter(|b| b.state != BindingState::Intent);
             match existing {
                 // The INTx pirq attach mapped: qemu binds it.
                 Some(b) if b.state == BindingState::Mapped => {}
@@ -970,6 +1000,7 @@ impl<'a> Engine<'a> {
                 };
                 // Recorded at once: Xen chose the pirq and offers no way to list a domain's
                 // pirqs, so this write is what lets a teardown find it (docs/ledger.md).
+                self.checkpoint(|| format!("{} bind {key}: record pirq", req.sbdf))?;
                 record.pirq = Some(pirq);
                 write(self.xs, TxId::NONE, &path, &record.encode())?;
                 pirq
@@ -1158,7 +1189,8 @@ impl<'a> Engine<'a> {
                         }
                     }
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
-                    let all_known = known.len() == rec.bindings.len();
+                    // The lost-maps count stays until the teardown ends: Release needs it.
+                    let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
                     self.xs.transaction(|xs, tx| -> Result<()> {
                         if all_known {
                             // One recursive rm instead of one per binding.
@@ -1202,9 +1234,13 @@ impl<'a> Engine<'a> {
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                                 let info = hv.domain_info(owner)?;
                                 let unconfirmed = rec.bindings.len();
+                                let lost = rec.lost_maps as usize + unconfirmed;
                                 let why = match info {
+                                    Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
+                                        "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
+                                    ),
                                     Some(i) if !i.dying && !i.shutdown => format!(
-                                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know ({unconfirmed} unconfirmed intents) — its device model bypassed the broker; kept from every guest until {owner} is gone"
+                                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
                                     ),
                                     Some(_) => format!(
                                         "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"

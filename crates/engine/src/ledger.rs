@@ -11,6 +11,7 @@
 //! /ptguard/device/<SSSS-BB-DD-F>/msix-size           MSI-X table size (0: no MSI-X)
 //! /ptguard/device/<SSSS-BB-DD-F>/table-base          host address of the MSI-X table's BAR (hex)
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
+//! /ptguard/device/<SSSS-BB-DD-F>/binding/lost        binds a crash interrupted between map_pirq and recording its pirq, then retried
 //! ```
 
 use std::collections::BTreeMap;
@@ -304,6 +305,10 @@ pub struct DeviceRecord {
     /// Host address of the BAR holding the MSI-X table (`None` in records written before
     /// it was kept).
     pub table_base: Option<u64>,
+    /// Binds retried over an intent a crash left without its pirq: each may have left a
+    /// mapping in Xen whose pirq nobody knows (until the owner is destroyed). Kept in
+    /// `binding/lost`, so only a full read ([`crate::engine::read_record`]) fills it.
+    pub lost_maps: u32,
     pub bindings: Vec<Binding>,
 }
 

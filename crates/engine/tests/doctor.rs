@@ -42,6 +42,7 @@ fn record(s: Sbdf, state: DeviceState, owner: Option<u16>, step: Option<Step>) -
         driver: None,
         msix_size: 4,
         table_base: Some(0xf000_0000),
+        lost_maps: 0,
         bindings: vec![],
     }
 }
