@@ -6,7 +6,7 @@ use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
 use pci::{pciback, ConfigSpace, Sbdf};
 use serde::Serialize;
 use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
-use xen::{DomId, Errno, Hypervisor, MapPirq, Pirq, PtIrq, XenError};
+use xen::{DomId, Errno, GuestIntx, Hypervisor, MapPirq, Pirq, PtIrq, XenError};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::ledger::*;
@@ -36,8 +36,17 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BindKind {
-    Intx { gsi: u32 },
-    Msix { entry: u16, table_base: u64 },
+    /// The device's INTx line (`gsi`, the host's), bound at `guest` (the guest's virtual
+    /// slot and pin; absent from older clients: the host slot, pin A).
+    Intx {
+        gsi: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest: Option<GuestIntx>,
+    },
+    Msix {
+        entry: u16,
+        table_base: u64,
+    },
 }
 
 /// A broker request (in-process API; the unix-socket protocol carries the same fields).
@@ -68,12 +77,16 @@ impl BindRequest {
             state,
             pirq,
             gsi: match self.kind {
-                BindKind::Intx { gsi } => gsi,
+                BindKind::Intx { gsi, .. } => gsi,
                 BindKind::Msix { .. } => 0,
             },
             gvec: self.gvec,
             gflags: self.gflags,
             gtable: self.gtable,
+            guest_intx: match self.kind {
+                BindKind::Intx { guest, .. } => guest,
+                BindKind::Msix { .. } => None,
+            },
         }
     }
 
@@ -81,7 +94,7 @@ impl BindRequest {
     /// pirq left to Xen.
     fn map_request(&self) -> MapPirq {
         match self.kind {
-            BindKind::Intx { gsi } => MapPirq::gsi(self.domid, gsi),
+            BindKind::Intx { gsi, .. } => MapPirq::gsi(self.domid, gsi),
             BindKind::Msix { entry, table_base } => {
                 MapPirq::msix(self.domid, self.sbdf, entry, table_base)
             }
@@ -236,6 +249,27 @@ const LOST_MAPS: &str = "lost";
 
 fn lost_maps_path(sbdf: Sbdf) -> String {
     format!("{}/binding/{LOST_MAPS}", device_path(sbdf))
+}
+
+/// `/ptguard/intx/<domid>/<gsi>[/<SSSS-BB-DD-F>]`: which attached devices of a guest use
+/// one machine INTx line, so that a teardown unmaps the line's pirq only with its last user.
+fn intx_line_path(domid: DomId, gsi: u32, sbdf: Option<Sbdf>) -> String {
+    match sbdf {
+        Some(s) => format!("{ROOT}/intx/{}/{gsi}/{}", domid.0, s.xs_key()),
+        None => format!("{ROOT}/intx/{}/{gsi}", domid.0),
+    }
+}
+
+/// Drops `sbdf` from its INTx line's index, and the line's node with its last user.
+fn forget_intx_line(xs: &mut XsClient, tx: TxId, owner: DomId, gsi: u32, sbdf: Sbdf) -> Result<()> {
+    let line = intx_line_path(owner, gsi, None);
+    rm(xs, tx, &intx_line_path(owner, gsi, Some(sbdf)))?;
+    match xs.directory(tx, &line) {
+        Ok(n) if n.is_empty() => rm(xs, tx, &line),
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn parse_lost_maps(sbdf: Sbdf, text: &str) -> Result<u32> {
@@ -780,14 +814,20 @@ impl<'a> Engine<'a> {
                 domid,
                 sbdf,
                 epoch: 0,
-                kind: BindKind::Intx { gsi: irq },
+                kind: BindKind::Intx {
+                    gsi: irq,
+                    guest: None,
+                },
                 gvec: 0,
                 gflags: 0,
                 gtable: 0,
             };
             let path = binding_path(sbdf, &BindingKey::Intx);
             let intent = intx.binding(BindingState::Intent, None);
-            write(self.xs, TxId::NONE, &path, &intent.encode())?;
+            self.xs.transaction(|xs, tx| -> Result<()> {
+                write(xs, tx, &path, &intent.encode())?;
+                write(xs, tx, &intx_line_path(domid, irq, Some(sbdf)), "")
+            })?;
             self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
             let pirq = hv.map_pirq(&intx.map_request())?;
             let mapped = intx.binding(BindingState::Mapped, Some(pirq));
@@ -918,7 +958,13 @@ impl<'a> Engine<'a> {
         let key = req.key();
         let refuse = |refusal| refused(req, refusal);
         self.refuse_protected_requester(req)?;
-        if let BindKind::Intx { gsi } = req.kind {
+        if let BindKind::Intx { gsi, guest } = req.kind {
+            if let Some(g) = guest.filter(|g| !g.is_valid()) {
+                return Err(refuse(Refusal::BadGuestIntx {
+                    device: g.device,
+                    intx: g.intx,
+                }));
+            }
             // A device model may only map its own device's line: any other GSI would hand
             // its guest a host interrupt (a disk's, a timer's).
             let line = self.platform.pci().irq(req.sbdf)?;
@@ -971,6 +1017,9 @@ impl<'a> Engine<'a> {
                 _ => {
                     let intent = req.binding(BindingState::Intent, None);
                     write(xs, tx, &binding_path(req.sbdf, &key), &intent.encode())?;
+                    if let BindKind::Intx { gsi, .. } = req.kind {
+                        write(xs, tx, &intx_line_path(req.domid, gsi, Some(req.sbdf)), "")?;
+                    }
                 }
             }
             Ok(existing)
@@ -1052,8 +1101,18 @@ impl<'a> Engine<'a> {
         })?;
         let hv = self.platform.hypervisor();
         self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
-        unbind_and_unmap(hv, req.domid, &b.pt_irq(pirq, req.sbdf))?;
+        if key == BindingKey::Intx {
+            self.release_intx_line(req.sbdf, req.domid, &b, pirq)?;
+        } else {
+            unbind_and_unmap(hv, req.domid, &b.pt_irq(pirq, req.sbdf))?;
+        }
         self.checkpoint(|| format!("{} unbind {key}: forget", req.sbdf))?;
+        if key == BindingKey::Intx {
+            return self.xs.transaction(|xs, tx| -> Result<()> {
+                forget_intx_line(xs, tx, req.domid, b.gsi, req.sbdf)?;
+                rm(xs, tx, &path)
+            });
+        }
         rm(self.xs, TxId::NONE, &path)
     }
 
@@ -1111,6 +1170,42 @@ impl<'a> Engine<'a> {
         )
     }
 
+    /// Tears down `sbdf`'s INTx in `owner`: its own guest link always; the pirq (and the
+    /// line's IRQ permission) only if no other device of `owner` shares the machine line,
+    /// since unmapping a pirq force-unbinds every device bound to it (qemu refcounts the
+    /// same way). The caller forgets the line's index node ([`forget_intx_line`]) in the
+    /// transaction that forgets the binding, so a resumed teardown decides the same way.
+    fn release_intx_line(
+        &mut self,
+        sbdf: Sbdf,
+        owner: DomId,
+        b: &Binding,
+        pirq: Pirq,
+    ) -> Result<()> {
+        let hv = self.platform.hypervisor();
+        if b.state != BindingState::Mapped {
+            // Mapped only (attach's map, never bound by a device model): Xen 4.17.5
+            // answers an unbind with -EINVAL; there is no link to remove.
+            unless_gone(hv.unbind_pt_irq(owner, &b.pt_irq(pirq, sbdf)))?;
+        }
+        let own = sbdf.xs_key();
+        let others: Vec<String> = match self
+            .xs
+            .directory(TxId::NONE, &intx_line_path(owner, b.gsi, None))
+        {
+            Ok(n) => n.into_iter().filter(|n| *n != own).collect(),
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        if others.is_empty() {
+            unless_gone(hv.unmap_pirq(owner, pirq))?;
+            unless_gone(hv.irq_permission(owner, Pirq(b.gsi as i32), false))?;
+        } else {
+            tracing::info!(%sbdf, %owner, gsi = b.gsi, shared_with = ?others, "INTx line shared with other devices of the guest: its pirq stays mapped for them");
+        }
+        Ok(())
+    }
+
     fn quarantine(&mut self, sbdf: Sbdf, reason: String) -> Result<Outcome> {
         self.xs.transaction(|xs, tx| -> Result<()> {
             write(xs, tx, &field_path(sbdf, "state"), "quarantined")?;
@@ -1160,10 +1255,8 @@ impl<'a> Engine<'a> {
             let next = match step {
                 Step::Attach | Step::Revoke => {
                     bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
-                    let irq = pci.irq(sbdf)?;
-                    if irq > 0 && irq < 0xff {
-                        unless_gone(hv.irq_permission(owner, Pirq(irq as i32), false))?;
-                    }
+                    // The INTx line's permission goes with its pirq (Unbind): another
+                    // device of the same guest may share the line.
                     self.remove_backend(sbdf, owner)?;
                     self.platform.backend_changed(sbdf, None);
                     Step::Unbind
@@ -1179,7 +1272,9 @@ impl<'a> Engine<'a> {
                     for b in &known {
                         let Some(pirq) = b.pirq else { continue };
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
-                        if b.state == BindingState::Mapped {
+                        if b.key == BindingKey::Intx {
+                            self.release_intx_line(sbdf, owner, b, pirq)?;
+                        } else if b.state == BindingState::Mapped {
                             // Mapped (attach's INTx) but never bound by a device model:
                             // Xen 4.17.5 answers an unbind with -EINVAL and logs
                             // `pt_irq_destroy_bind failed`; the unmap alone is the cleanup.
@@ -1191,7 +1286,14 @@ impl<'a> Engine<'a> {
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
                     // The lost-maps count stays until the teardown ends: Release needs it.
                     let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
+                    let intx_gsi = known
+                        .iter()
+                        .find(|b| b.key == BindingKey::Intx)
+                        .map(|b| b.gsi);
                     self.xs.transaction(|xs, tx| -> Result<()> {
+                        if let Some(gsi) = intx_gsi {
+                            forget_intx_line(xs, tx, owner, gsi, sbdf)?;
+                        }
                         if all_known {
                             // One recursive rm instead of one per binding.
                             rm(xs, tx, &field_path(sbdf, "binding"))?;

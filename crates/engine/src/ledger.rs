@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use pci::Sbdf;
 use serde::Serialize;
-use xen::{DomId, Pirq, PtIrq};
+use xen::{DomId, GuestIntx, Pirq, PtIrq};
 
 pub const ROOT: &str = "/ptguard";
 pub const DEVICES: &str = "/ptguard/device";
@@ -191,18 +191,29 @@ pub struct Binding {
     pub gvec: u8,
     pub gflags: u32,
     pub gtable: u64,
+    /// INTx only: where the guest sees the line (unknown until the device model binds it;
+    /// attach maps the pirq before that).
+    pub guest_intx: Option<GuestIntx>,
 }
 
 impl Binding {
     /// The `bind_pt_irq`/`unbind_pt_irq` argument.
     pub fn pt_irq(&self, pirq: Pirq, sbdf: Sbdf) -> PtIrq {
         match self.key {
-            BindingKey::Intx => PtIrq::Pci {
-                pirq,
-                bus: 0,
-                device: sbdf.dev(),
-                intx: 0,
-            },
+            BindingKey::Intx => {
+                // Records from before the guest's slot was kept: the host slot, pin A.
+                let g = self.guest_intx.unwrap_or(GuestIntx {
+                    bus: 0,
+                    device: sbdf.dev(),
+                    intx: 0,
+                });
+                PtIrq::Pci {
+                    pirq,
+                    bus: g.bus,
+                    device: g.device,
+                    intx: g.intx,
+                }
+            }
             BindingKey::Msix(_) => PtIrq::Msi {
                 pirq,
                 gvec: self.gvec,
@@ -220,10 +231,17 @@ impl Binding {
             BindingState::Unbinding => "unbinding",
         };
         let pirq = self.pirq.map_or("-".to_string(), |p| p.0.to_string());
-        format!(
+        let mut text = format!(
             "state={state} pirq={pirq} gsi={} gvec={:#x} gflags={:#x} gtable={:#x}",
             self.gsi, self.gvec, self.gflags, self.gtable
-        )
+        );
+        if let Some(g) = self.guest_intx {
+            text.push_str(&format!(
+                " gbus={:#x} gdev={:#x} gintx={}",
+                g.bus, g.device, g.intx
+            ));
+        }
+        text
     }
 
     /// Parses a binding node; any deviation is an error (the ledger may be edited by hand).
@@ -276,7 +294,22 @@ impl Binding {
         if gsi > 0xff || gvec > 0xff || gflags > u64::from(u32::MAX) {
             return Err("gsi, gvec or gflags out of range".into());
         }
-        if fields.len() != 6 {
+        let guest_intx = match (fields.get("gbus"), fields.get("gdev"), fields.get("gintx")) {
+            (None, None, None) => None,
+            (Some(b), Some(d), Some(i)) if key == BindingKey::Intx => {
+                let g = GuestIntx {
+                    bus: u8::try_from(num("gbus", b)?).map_err(|_| "gbus out of range")?,
+                    device: u8::try_from(num("gdev", d)?).map_err(|_| "gdev out of range")?,
+                    intx: u8::try_from(num("gintx", i)?).map_err(|_| "gintx out of range")?,
+                };
+                if !g.is_valid() {
+                    return Err("gdev or gintx out of range".into());
+                }
+                Some(g)
+            }
+            _ => return Err("gbus, gdev and gintx go together, on an intx binding".into()),
+        };
+        if fields.len() != 6 + if guest_intx.is_some() { 3 } else { 0 } {
             return Err("unexpected extra fields".into());
         }
         Ok(Binding {
@@ -287,6 +320,7 @@ impl Binding {
             gvec: gvec as u8,
             gflags: gflags as u32,
             gtable,
+            guest_intx,
         })
     }
 }
@@ -334,8 +368,9 @@ mod tests {
             any::<u8>(),
             any::<u32>(),
             any::<u64>(),
+            proptest::option::of((any::<u8>(), 0u8..32, 0u8..4)),
         )
-            .prop_map(|(key, state, p, gsi, gvec, gflags, gtable)| Binding {
+            .prop_map(|(key, state, p, gsi, gvec, gflags, gtable, g)| Binding {
                 key,
                 state,
                 pirq: (state != BindingState::Intent).then_some(Pirq(p)),
@@ -343,6 +378,9 @@ mod tests {
                 gvec,
                 gflags,
                 gtable,
+                guest_intx: g
+                    .filter(|_| key == BindingKey::Intx)
+                    .map(|(bus, device, intx)| GuestIntx { bus, device, intx }),
             })
     }
 

@@ -33,6 +33,8 @@ pub enum Refusal {
     WrongTableBase { presented: u64, expected: u64 },
     /// An INTx request for a GSI that is not the device's own interrupt line.
     NotDeviceGsi { presented: u32, line: Option<u32> },
+    /// An INTx guest slot beyond 31 or a pin beyond INTD.
+    BadGuestIntx { device: u8, intx: u8 },
     /// The interrupt is bound already.
     AlreadyBound { key: String },
     /// An unbind of a binding the ledger does not hold (or with another pirq).
@@ -60,6 +62,7 @@ impl Refusal {
             Refusal::EntryBeyondTable { .. } => "entry-beyond-table",
             Refusal::WrongTableBase { .. } => "wrong-table-base",
             Refusal::NotDeviceGsi { .. } => "not-device-gsi",
+            Refusal::BadGuestIntx { .. } => "bad-guest-intx",
             Refusal::AlreadyBound { .. } => "already-bound",
             Refusal::NoSuchBinding { .. } => "no-such-binding",
             Refusal::ProtectedDomain { .. } => "protected-domain",
@@ -112,6 +115,10 @@ impl fmt::Display for Refusal {
             } => write!(
                 f,
                 "GSI {presented} requested, but the device has no INTx line"
+            ),
+            Refusal::BadGuestIntx { device, intx } => write!(
+                f,
+                "guest INTx at slot {device} pin {intx}: a guest slot is 0-31 and a pin 0-3 (INTA-INTD)"
             ),
             Refusal::AlreadyBound { key } => write!(f, "{key} is already bound"),
             Refusal::NoSuchBinding { key, pirq } => {

@@ -109,7 +109,7 @@ pub fn bind_request(req: &VectorRequest, epoch: u64) -> BindRequest {
         sbdf: req.sbdf,
         epoch,
         kind: match req.kind {
-            VectorKind::Intx { gsi } => BindKind::Intx { gsi },
+            VectorKind::Intx { gsi, guest } => BindKind::Intx { gsi, guest },
             VectorKind::Msix { entry, table_base } => BindKind::Msix { entry, table_base },
         },
         gvec: req.gvec,

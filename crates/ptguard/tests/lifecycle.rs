@@ -2,7 +2,8 @@
 //! the crash explorer, the broker's checks and every kind of bad input of issue #5.
 
 use engine::{
-    BindKind, BindRequest, DeviceState, Engine, EngineError, Outcome, ProtectedDomains, Refusal,
+    BindKind, BindRequest, BindingKey, BindingState, DeviceState, Engine, EngineError, Outcome,
+    ProtectedDomains, Refusal,
 };
 use pci::PciHost;
 use pci::Sbdf;
@@ -278,7 +279,7 @@ fn broker_checks_owner_epoch_entry_and_state() {
 
 fn intx_req(domid: DomId, epoch: u64, gsi: u32) -> BindRequest {
     BindRequest {
-        kind: BindKind::Intx { gsi },
+        kind: BindKind::Intx { gsi, guest: None },
         gvec: 0,
         gflags: 0,
         gtable: 0,
@@ -933,4 +934,108 @@ fn a_guest_runs_out_of_msi_pirqs_at_its_budget() {
         e.detach(dev()).unwrap(),
         Outcome::Assignable { .. }
     ));
+}
+
+/// Issue 14 (3): two devices of one guest share a machine INTx line. Tearing one down
+/// must leave the other's INTx working (unmapping the shared pirq force-unbinds both), and
+/// each binds at the guest's virtual slot, not the host's.
+#[test]
+fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(
+        XenProfile::Xen4_17_5,
+        PcibackProfile::AfterCommandFix,
+    ))
+    .with_sink(std::sync::Arc::new(xs.clone()));
+    let (a_dev, b_dev): (Sbdf, Sbdf) = (
+        "0000:03:00.0".parse().unwrap(),
+        "0000:04:00.0".parse().unwrap(),
+    );
+    for s in [a_dev, b_dev] {
+        let mut spec = DeviceSpec::nic(s, 4);
+        spec.gsi = 17;
+        host.add_device(spec);
+    }
+    let platform = SimPlatform { host: host.clone() };
+    let mut client = xs.connect(0);
+    let g = host.create_domain("g", true);
+    let mut e = Engine::new(&mut client, &platform);
+    let mut epochs = Vec::new();
+    for s in [a_dev, b_dev] {
+        e.assignable_add(s).unwrap();
+        epochs.push(e.attach(s, g).unwrap());
+    }
+    let link = |slot: u8| xen::GuestIntx {
+        bus: 0,
+        device: slot,
+        intx: 0,
+    };
+    let intx = |s: Sbdf, epoch: u64, slot: u8| BindRequest {
+        sbdf: s,
+        kind: BindKind::Intx {
+            gsi: 17,
+            guest: Some(link(slot)),
+        },
+        ..intx_req(g, epoch, 17)
+    };
+    let pa = e.bind(&intx(a_dev, epochs[0], 4)).unwrap();
+    let pb = e.bind(&intx(b_dev, epochs[1], 5)).unwrap();
+    assert_eq!(pa, pb, "one machine line is one pirq in the guest");
+    host.with_world(|w| {
+        assert!(w.raise_intx(a_dev, (0, 4, 0)).is_ok());
+        assert!(w.raise_intx(b_dev, (0, 5, 0)).is_ok());
+        // Bound at the guest's slot, not at the host's (3 and 4).
+        assert!(w.raise_intx(b_dev, (0, b_dev.dev(), 0)).is_err());
+    });
+    // A guest slot Xen cannot route is refused before anything is recorded.
+    assert_eq!(
+        refusal(e.bind(&BindRequest {
+            kind: BindKind::Intx {
+                gsi: 17,
+                guest: Some(xen::GuestIntx {
+                    bus: 0,
+                    device: 32,
+                    intx: 0
+                })
+            },
+            ..intx(a_dev, epochs[0], 4)
+        }))
+        .code(),
+        "bad-guest-intx"
+    );
+
+    // Hot-unplug A with its device model gone (no unbind through the broker).
+    assert!(matches!(
+        e.detach(a_dev).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    host.with_world(|w| {
+        assert!(
+            w.raise_intx(b_dev, (0, 5, 0)).is_ok(),
+            "B's INTx survives A's teardown: {:?}",
+            w.raise_intx(b_dev, (0, 5, 0))
+        );
+        assert!(w.domains[&g].pirqs.contains_key(&pb.0));
+        assert!(
+            w.domains[&g].irq_access.contains(&17),
+            "B still may use the line"
+        );
+    });
+    let b_rec = e.record(b_dev).unwrap().unwrap();
+    assert!(b_rec
+        .bindings
+        .iter()
+        .any(|b| b.key == BindingKey::Intx && b.state == BindingState::Bound));
+
+    // The last user's teardown unmaps the line and revokes it; the index is empty again.
+    assert!(matches!(
+        e.detach(b_dev).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    host.with_world(|w| {
+        assert!(!w.domains[&g].pirqs.contains_key(&pb.0));
+        assert!(!w.domains[&g].irq_access.contains(&17));
+    });
+    drop(e);
+    assert!(client.read(TxId::NONE, "/ptguard/intx/1/17").is_err());
 }

@@ -10,7 +10,7 @@ use pci::config::regs::*;
 use pci::host::PciHost;
 use pci::Sbdf;
 use serde::{Deserialize, Serialize};
-use xen::{DomId, Hypervisor, MapPirq, Pirq, PtIrq};
+use xen::{DomId, GuestIntx, Hypervisor, MapPirq, Pirq, PtIrq};
 
 use crate::host::SimHost;
 
@@ -50,8 +50,13 @@ impl DmBehaviour {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum VectorKind {
-    /// The device's INTx, by host GSI (qemu realize: `xc_physdev_map_pirq` + PCI bind).
-    Intx { gsi: u32 },
+    /// The device's INTx, by host GSI, bound at the guest's virtual slot and pin (qemu
+    /// realize: `xc_physdev_map_pirq` + `xc_domain_bind_pt_pci_irq`).
+    Intx {
+        gsi: u32,
+        #[serde(default)]
+        guest: Option<GuestIntx>,
+    },
     /// One MSI-X entry.
     Msix { entry: u16, table_base: u64 },
 }
@@ -71,12 +76,19 @@ impl VectorRequest {
     /// The `bind_pt_irq` argument for `pirq`.
     pub fn pt_irq(&self, pirq: Pirq) -> PtIrq {
         match self.kind {
-            VectorKind::Intx { .. } => PtIrq::Pci {
-                pirq,
-                bus: 0,
-                device: self.sbdf.dev(),
-                intx: 0,
-            },
+            VectorKind::Intx { guest, .. } => {
+                let g = guest.unwrap_or(GuestIntx {
+                    bus: 0,
+                    device: self.sbdf.dev(),
+                    intx: 0,
+                });
+                PtIrq::Pci {
+                    pirq,
+                    bus: g.bus,
+                    device: g.device,
+                    intx: g.intx,
+                }
+            }
             VectorKind::Msix { .. } => PtIrq::Msi {
                 pirq,
                 gvec: self.gvec,
@@ -88,7 +100,7 @@ impl VectorRequest {
     /// The `map_pirq` argument (`pirq` chosen by Xen; INTx uses pirq == GSI as libxc does).
     pub fn map_request(&self) -> MapPirq {
         match self.kind {
-            VectorKind::Intx { gsi } => MapPirq::gsi(self.domid, gsi),
+            VectorKind::Intx { gsi, .. } => MapPirq::gsi(self.domid, gsi),
             VectorKind::Msix { entry, table_base } => {
                 MapPirq::msix(self.domid, self.sbdf, entry, table_base)
             }
@@ -139,6 +151,10 @@ pub struct DeviceModel {
     /// Per device: INTx pirq and the pirq of each mapped entry, as qemu keeps them in memory.
     pub intx: BTreeMap<Sbdf, Pirq>,
     pub vectors: BTreeMap<Sbdf, BTreeMap<u16, Pirq>>,
+    /// The guest's virtual slot of each plugged device (qemu gives slots from 4 up unless
+    /// the config names one).
+    #[serde(default)]
+    pub slots: BTreeMap<Sbdf, u8>,
     /// What a hostile model tried, and what answered.
     pub hostile_log: Vec<String>,
 }
@@ -151,7 +167,22 @@ impl DeviceModel {
             alive: true,
             intx: BTreeMap::new(),
             vectors: BTreeMap::new(),
+            slots: BTreeMap::new(),
             hostile_log: Vec::new(),
+        }
+    }
+
+    /// Where the guest sees `sbdf`'s INTx: its virtual slot (given at the first plug, from
+    /// 4 up) and pin A, qemu's emulated Interrupt Pin for a single-function device.
+    pub fn guest_intx(&mut self, sbdf: Sbdf) -> GuestIntx {
+        let next = (4u8..32)
+            .find(|s| !self.slots.values().any(|v| v == s))
+            .unwrap_or(31);
+        let device = *self.slots.entry(sbdf).or_insert(next);
+        GuestIntx {
+            bus: 0,
+            device,
+            intx: 0,
         }
     }
 
@@ -178,7 +209,8 @@ impl DeviceModel {
         }
         let gsi = host.irq(sbdf).map_err(|e| e.to_string())?;
         if gsi > 0 && gsi < 0xff {
-            let pirq = broker.bind_vector(&self.req(sbdf, VectorKind::Intx { gsi }, 0))?;
+            let guest = Some(self.guest_intx(sbdf));
+            let pirq = broker.bind_vector(&self.req(sbdf, VectorKind::Intx { gsi, guest }, 0))?;
             self.intx.insert(sbdf, pirq);
         }
         self.vectors.entry(sbdf).or_default();
@@ -342,7 +374,9 @@ impl DeviceModel {
         if self.behaviour != DmBehaviour::Hostile {
             if let Some(pirq) = self.intx.remove(&sbdf) {
                 let gsi = host.irq(sbdf).unwrap_or(0);
-                let _ = broker.unbind_vector(&self.req(sbdf, VectorKind::Intx { gsi }, 0), pirq);
+                let guest = Some(self.guest_intx(sbdf));
+                let kind = VectorKind::Intx { gsi, guest };
+                let _ = broker.unbind_vector(&self.req(sbdf, kind, 0), pirq);
             }
         }
         self.vectors.remove(&sbdf);

@@ -53,6 +53,11 @@ pub struct PirqEntry {
     pub source: PirqSource,
     /// HVM dpci binding (`XEN_DOMCTL_bind_pt_irq`).
     pub dpci: Option<PtIrq>,
+    /// For an INTx pirq, every guest (bus, device, intx) bound to it: devices sharing one
+    /// machine line in one guest are several links of one pirq (`digl_list`, Xen 4.17
+    /// drivers/passthrough/x86/hvm.c).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub intx_links: BTreeSet<(u8, u8, u8)>,
     /// PV guest event channel bound to the pirq.
     pub evtchn: bool,
 }
@@ -224,6 +229,7 @@ impl World {
                     irq: gsi as u32,
                     source: PirqSource::Gsi { gsi: gsi as u32 },
                     dpci: None,
+                    intx_links: BTreeSet::new(),
                     evtchn: false,
                 },
             );
@@ -636,6 +642,7 @@ impl World {
                         irq: gsi,
                         source: PirqSource::Gsi { gsi },
                         dpci: None,
+                        intx_links: BTreeSet::new(),
                         evtchn: false,
                     },
                 );
@@ -672,6 +679,7 @@ impl World {
                             irq,
                             source: PirqSource::Msi { sbdf },
                             dpci: None,
+                            intx_links: BTreeSet::new(),
                             evtchn: false,
                         },
                     );
@@ -744,6 +752,7 @@ impl World {
                             entry: entry_nr,
                         },
                         dpci: None,
+                        intx_links: BTreeSet::new(),
                         evtchn: false,
                     },
                 );
@@ -857,7 +866,15 @@ impl World {
         }
         let first = entry.dpci.is_none();
         if let Some(e) = self.domain_mut(domid)?.pirqs.get_mut(&pirq) {
-            e.dpci = Some(*bind);
+            if let PtIrq::Pci {
+                bus, device, intx, ..
+            } = *bind
+            {
+                e.intx_links.insert((bus, device, intx));
+            }
+            if first {
+                e.dpci = Some(*bind);
+            }
         }
         if let PtIrq::Msi { gflags, .. } = *bind {
             if let Some(desc) = self.descs.get_mut(&irq) {
@@ -885,6 +902,30 @@ impl World {
         if entry.dpci.is_none() {
             return Err(Errno::EINVAL);
         }
+        if let PtIrq::Pci {
+            bus, device, intx, ..
+        } = *bind
+        {
+            // pt_irq_destroy_bind: the girq (bus, device, intx) must be bound to this
+            // machine line, else -EINVAL; the pirq is unbound only with its last link.
+            let link = (bus, device, intx);
+            if !entry.intx_links.contains(&link) {
+                return Err(Errno::EINVAL);
+            }
+            let left = {
+                let e = self
+                    .domain_mut(domid)?
+                    .pirqs
+                    .get_mut(&pirq)
+                    .ok_or(Errno::EPERM)?;
+                e.intx_links.remove(&link);
+                e.intx_links.len()
+            };
+            if left == 0 {
+                self.guest_unbind(domid, pirq);
+            }
+            return Ok(());
+        }
         let irq = entry.irq;
         // pt_irq_destroy_bind guest-masks an MSI first (§1.6).
         if let Some(desc) = self.descs.get_mut(&irq) {
@@ -905,6 +946,7 @@ impl World {
         {
             Some(e) => {
                 e.dpci = None;
+                e.intx_links.clear();
                 e.evtchn = false;
                 e.irq
             }
@@ -1087,6 +1129,32 @@ impl World {
     // ----------------------------------------------------------------------------------
     // Interrupt delivery (§7 last bullet)
     // ----------------------------------------------------------------------------------
+
+    /// The device asserts its INTx line: whether the guest that owns it receives it at the
+    /// guest (bus, device, intx) its device model bound, or why not.
+    pub fn raise_intx(&self, sbdf: Sbdf, guest: (u8, u8, u8)) -> Result<(DomId, Pirq), String> {
+        let dev = self.devices.get(&sbdf).ok_or("no such device")?;
+        let gsi = dev.hw.spec.gsi;
+        if gsi == 0 {
+            return Err("the device has no INTx line".into());
+        }
+        let owner = dev.xen.owner;
+        let dom = self.domains.get(&owner).ok_or("owner domain is gone")?;
+        let (pirq, p) = dom
+            .pirqs
+            .iter()
+            .find(|(_, p)| matches!(p.source, PirqSource::Gsi { gsi: g } if g == gsi))
+            .ok_or_else(|| format!("GSI {gsi} is not mapped in {owner}"))?;
+        if !p.intx_links.contains(&guest) {
+            return Err(format!(
+                "GSI {gsi} (pirq {pirq} of {owner}) is not bound to guest device {:02x}:{:02x} INT{}",
+                guest.0,
+                guest.1,
+                (b'A' + guest.2) as char
+            ));
+        }
+        Ok((owner, Pirq(*pirq)))
+    }
 
     /// The device signals entry `entry`. Returns the domain and pirq it reached, or why not.
     pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), String> {

@@ -698,3 +698,52 @@ fn failed_msix_setup_leaves_host_maskall_and_clears_enable() {
     host.prepare_msix(dev).unwrap();
     host.with_world(|w| assert!(!w.device(dev).unwrap().xen.host_maskall));
 }
+
+/// Xen 4.17 `pt_irq_destroy_bind`: a PCI (INTx) unbind must name a (bus, device, intx) bound
+/// to that machine line (-EINVAL otherwise); the pirq stays bound until its last link goes,
+/// and an unmap force-unbinds every link.
+#[test]
+fn intx_links_of_a_shared_line_unbind_one_by_one() {
+    let host = SimHost::new(Profile::new(XenProfile::Xen4_17_5, NEW));
+    let (a, b): (Sbdf, Sbdf) = (
+        "0000:03:00.0".parse().unwrap(),
+        "0000:04:00.0".parse().unwrap(),
+    );
+    for s in [a, b] {
+        let mut spec = DeviceSpec::nic(s, 2);
+        spec.gsi = 20;
+        host.add_device(spec);
+    }
+    let g = host.create_domain("g", true);
+    host.unpause(g).unwrap();
+    for s in [a, b] {
+        host.assign_device(g, s, 0).unwrap();
+    }
+    let pirq = host.map_pirq(&MapPirq::gsi(g, 20)).unwrap();
+    let pci = |device: u8| PtIrq::Pci {
+        pirq,
+        bus: 0,
+        device,
+        intx: 0,
+    };
+    host.bind_pt_irq(g, &pci(4)).unwrap();
+    host.bind_pt_irq(g, &pci(5)).unwrap();
+    assert_eq!(
+        host.unbind_pt_irq(g, &pci(3)).unwrap_err().errno(),
+        Some(Errno::EINVAL)
+    );
+    host.unbind_pt_irq(g, &pci(4)).unwrap();
+    host.with_world(|w| {
+        assert!(w.raise_intx(a, (0, 4, 0)).is_err());
+        assert!(w.raise_intx(b, (0, 5, 0)).is_ok());
+    });
+    host.bind_pt_irq(g, &pci(4)).unwrap();
+    host.unmap_pirq(g, pirq).unwrap();
+    host.with_world(|w| {
+        assert!(w.raise_intx(a, (0, 4, 0)).is_err());
+        assert!(
+            w.raise_intx(b, (0, 5, 0)).is_err(),
+            "unmap drops every link"
+        );
+    });
+}

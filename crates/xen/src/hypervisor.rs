@@ -113,6 +113,35 @@ pub enum PtIrq {
     },
 }
 
+/// Where a guest sees a passed-through INTx line: the emulated bus, device (slot) and pin
+/// (0 = INTA) the device model binds it at (`XEN_DOMCTL_bind_pt_irq`'s `u.pci`). qemu uses
+/// the guest's virtual slot, not the host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GuestIntx {
+    pub bus: u8,
+    pub device: u8,
+    pub intx: u8,
+}
+
+impl GuestIntx {
+    /// Whether Xen can route it: slot 0-31, pin A-D.
+    pub fn is_valid(&self) -> bool {
+        self.device < 32 && self.intx < 4
+    }
+}
+
+impl fmt::Display for GuestIntx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x} INT{}",
+            self.bus,
+            self.device,
+            char::from(b'A' + self.intx.min(3))
+        )
+    }
+}
+
 impl PtIrq {
     pub fn pirq(&self) -> Pirq {
         match *self {
