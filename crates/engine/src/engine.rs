@@ -1218,8 +1218,12 @@ impl<'a> Engine<'a> {
 
     /// Turns memory decoding on so Xen masks vectors in the table instead of falling back
     /// to `host_maskall` (DESIGN.md §2 step 2, xen-semantics.md §1.3).
+    /// Turns memory decoding on where Xen looks for it (`memory_decoded()`): the function
+    /// itself, or for an SR-IOV virtual function its physical function (a VF's own Memory
+    /// bit is hard-wired 0, so writing it would change nothing).
     fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
         let pci = self.platform.pci();
+        let sbdf = pci.physfn(sbdf)?.unwrap_or(sbdf);
         let cfg = pci.read_config(sbdf)?;
         let cmd = u16::from_le_bytes([
             cfg.get(4).copied().unwrap_or(0),

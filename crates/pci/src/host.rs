@@ -65,6 +65,8 @@ pub trait PciHost: Send + Sync {
     fn enabled(&self, sbdf: Sbdf) -> Result<bool, PciError>;
     /// The name of the driver the `driver` link points to.
     fn driver(&self, sbdf: Sbdf) -> Result<Option<String>, PciError>;
+    /// For an SR-IOV virtual function, its physical function (the `physfn` link).
+    fn physfn(&self, sbdf: Sbdf) -> Result<Option<Sbdf>, PciError>;
     /// `driver_override` (`None` when it reads `(null)`).
     fn driver_override(&self, sbdf: Sbdf) -> Result<Option<String>, PciError>;
     /// Writes `driver_override`; `None` clears it.

@@ -329,6 +329,26 @@ impl PciHost for SysfsHost {
         }
     }
 
+    fn physfn(&self, sbdf: Sbdf) -> Result<Option<Sbdf>, PciError> {
+        self.require_device(sbdf)?;
+        let link = self.device_file(sbdf, "physfn");
+        match fs::read_link(&link) {
+            Ok(target) => {
+                let name = target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                name.parse().map(Some).map_err(|_| PciError::Malformed {
+                    file: link,
+                    what: "a link to a PCI function",
+                    text: name,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.device_error(sbdf, link, "readlink", e)),
+        }
+    }
+
     fn driver(&self, sbdf: Sbdf) -> Result<Option<String>, PciError> {
         self.require_device(sbdf)?;
         let link = self.device_file(sbdf, "driver");

@@ -291,3 +291,31 @@ fn a_missing_sysfs_root_is_an_io_error_naming_the_directory() {
         "{e}"
     );
 }
+
+/// Linux links an SR-IOV virtual function to its physical function with `physfn` (a
+/// relative link, `../0000:03:00.0`); other functions have none.
+#[test]
+fn physfn_names_a_virtual_functions_physical_function() {
+    let f = fixture();
+    let vf = sbdf("0000:03:10.0");
+    let b = ConfigBuilder::endpoint(0x8086, 0x1520).msix(3, 3, 0, 3, 0x2000);
+    f.tree
+        .add_device(&FixtureDevice::new(vf, b.build(), b.resources()))
+        .unwrap();
+    std::os::unix::fs::symlink("../0000:03:00.0", f.tree.device_dir(vf).join("physfn")).unwrap();
+    assert_eq!(f.host.physfn(vf).unwrap(), Some(sbdf("03:00.0")));
+    assert_eq!(f.host.physfn(sbdf("03:00.0")).unwrap(), None);
+    std::os::unix::fs::symlink(
+        "../not-a-device",
+        f.tree.device_dir(sbdf("00:1f.3")).join("physfn"),
+    )
+    .unwrap();
+    assert!(matches!(
+        f.host.physfn(sbdf("00:1f.3")),
+        Err(PciError::Malformed { .. })
+    ));
+    assert!(
+        f.host.physfn(sbdf("0000:09:00.0")).is_err(),
+        "no such device"
+    );
+}

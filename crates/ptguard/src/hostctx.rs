@@ -144,6 +144,9 @@ impl PciHost for LoggedPci {
     fn driver(&self, s: Sbdf) -> Result<Option<String>, PciError> {
         self.inner.driver(s)
     }
+    fn physfn(&self, s: Sbdf) -> Result<Option<Sbdf>, PciError> {
+        self.inner.physfn(s)
+    }
     fn driver_override(&self, s: Sbdf) -> Result<Option<String>, PciError> {
         self.inner.driver_override(s)
     }

@@ -1039,3 +1039,81 @@ fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
     drop(e);
     assert!(client.read(TxId::NONE, "/ptguard/intx/1/17").is_err());
 }
+
+/// A device model's requests, served by one engine (what `ptguard watch`'s broker does).
+struct InProcessBroker<'e, 'a>(std::cell::RefCell<&'e mut Engine<'a>>, u64);
+
+impl sim::dm::VectorBroker for InProcessBroker<'_, '_> {
+    fn bind_vector(&self, req: &sim::dm::VectorRequest) -> Result<xen::Pirq, String> {
+        let r = ptguard::platform::bind_request(req, self.1);
+        self.0.borrow_mut().bind(&r).map_err(|e| e.to_string())
+    }
+    fn unbind_vector(&self, req: &sim::dm::VectorRequest, pirq: xen::Pirq) -> Result<(), String> {
+        let r = ptguard::platform::bind_request(req, self.1);
+        self.0
+            .borrow_mut()
+            .unbind(&r, pirq)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Issue 14 (4): for an SR-IOV virtual function Xen checks memory decoding on the physical
+/// function; the VF's own Memory bit is hard-wired 0. ptguard must turn decoding on where
+/// Xen looks, or its force-unbind falls back to `host_maskall` and the next guest of the VF
+/// gets no interrupts.
+#[test]
+fn a_virtual_functions_decoding_is_its_physical_functions() {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(
+        XenProfile::Xen4_17_5,
+        PcibackProfile::AfterCommandFix,
+    ))
+    .with_sink(std::sync::Arc::new(xs.clone()));
+    let pf: Sbdf = "0000:05:00.0".parse().unwrap();
+    let vf: Sbdf = "0000:05:10.0".parse().unwrap();
+    host.add_device(DeviceSpec::nic(pf, 4));
+    host.add_device(DeviceSpec::virtual_function(vf, pf, 4));
+    assert_eq!(host.physfn(vf).unwrap(), Some(pf));
+    host.write_config(vf, 4, &0x6u16.to_le_bytes()).unwrap();
+    host.with_world(|w| {
+        assert!(!w.device(vf).unwrap().hw.memory_decoding(), "hard-wired 0");
+        assert!(w.memory_decoded(vf), "decodes through its PF");
+    });
+    let platform = SimPlatform { host: host.clone() };
+    let mut client = xs.connect(0);
+    let mut e = Engine::new(&mut client, &platform);
+    e.assignable_add(vf).unwrap();
+    let mut run_guest = |e: &mut Engine, name: &str, behaviour: DmBehaviour| {
+        let g = host.create_domain(name, true);
+        let epoch = e.attach(vf, g).unwrap();
+        host.unpause(g).unwrap();
+        let broker = InProcessBroker(std::cell::RefCell::new(e), epoch);
+        let mut dm = sim::dm::DeviceModel::new(g, behaviour);
+        dm.plug(&host, &broker, vf).unwrap();
+        dm.guest_enable_msix(&host, &broker, vf, 3).unwrap();
+        let report = sim::dm::check_interrupts(&host, g, vf, 3);
+        (g, dm, report)
+    };
+    let (a, mut dm, report) = run_guest(&mut e, "A", DmBehaviour::Crashes);
+    assert_eq!(report.delivered(), 3, "{report:?}");
+    // The device model dies with its vectors bound; the PF's driver goes away and takes
+    // memory decoding with it; then the guest shuts down.
+    dm.crash();
+    host.write_config(pf, 4, &0u16.to_le_bytes()).unwrap();
+    host.shutdown(a).unwrap();
+    let out = e.domain_released(a).unwrap();
+    assert!(
+        matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == vf),
+        "{out:?}"
+    );
+    host.destroy_domain(a).unwrap();
+    let x = host.with_world(|w| w.device(vf).unwrap().xen.clone());
+    assert!(!x.host_maskall, "unbound with decoding on (through the PF)");
+    assert_eq!(x.used_entries, 1);
+    let (_, _, report) = run_guest(&mut e, "B", DmBehaviour::WellBehaved);
+    assert_eq!(
+        report.delivered(),
+        3,
+        "the next guest's interrupts: {report:?}"
+    );
+}

@@ -52,6 +52,10 @@ pub struct DeviceSpec {
     pub driver: Option<String>,
     /// Firmware left Function Mask set (xen-semantics.md scenario 13).
     pub firmware_maskall: bool,
+    /// An SR-IOV virtual function of this physical function: its own Command Memory bit is
+    /// hard-wired 0 and its BARs decode with the PF's (Linux: the `physfn` link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physfn: Option<Sbdf>,
 }
 
 impl DeviceSpec {
@@ -66,6 +70,20 @@ impl DeviceSpec {
             gsi: 16 + u32::from(sbdf.devfn() % 8),
             driver: Some("igb".into()),
             firmware_maskall: false,
+            physfn: None,
+        }
+    }
+
+    /// A virtual function of `pf` (no INTx, no reset but FLR, no driver: VFs are given to
+    /// guests), as `sriov_numvfs` creates it.
+    pub fn virtual_function(sbdf: Sbdf, pf: Sbdf, entries: u16) -> DeviceSpec {
+        DeviceSpec {
+            device: 0x1520,
+            gsi: 0,
+            reset_methods: vec![ResetMethod::Flr],
+            driver: None,
+            physfn: Some(pf),
+            ..DeviceSpec::nic(sbdf, entries)
         }
     }
 }
@@ -124,6 +142,8 @@ impl SimDevice {
         if d.spec.firmware_maskall {
             d.set_msix_ctrl_bits(false, true);
         }
+        let cmd = d.command();
+        d.set_command(cmd);
         d
     }
 
@@ -135,6 +155,12 @@ impl SimDevice {
         self.config.read16(COMMAND).unwrap_or(0)
     }
     pub fn set_command(&mut self, v: u16) {
+        // A VF's Memory Space Enable is read-only 0 (PCIe SR-IOV 1.1 §3.4.1.3).
+        let v = if self.spec.physfn.is_some() {
+            v & !COMMAND_MEMORY
+        } else {
+            v
+        };
         let _ = self.config.write16(COMMAND, v);
     }
     /// `memory_decoded()`.
@@ -205,7 +231,8 @@ impl SimDevice {
 
     /// Which hardware condition blocks entry `i` from signalling, if any
     /// (xen-semantics.md §6: Enable, Function Mask, vector mask, memory decoding, Bus Master).
-    pub fn entry_blocked(&self, i: u16) -> Option<&'static str> {
+    /// `memory_decoded`: the function's BARs decode (for a VF, its PF's say so).
+    pub fn entry_blocked(&self, i: u16, memory_decoded: bool) -> Option<&'static str> {
         let e = self.table.get(usize::from(i))?;
         if !self.msix_enabled() {
             Some("MSI-X Enable is clear")
@@ -213,7 +240,7 @@ impl SimDevice {
             Some("Function Mask is set")
         } else if e.masked {
             Some("the vector's mask bit is set")
-        } else if !self.memory_decoding() {
+        } else if !memory_decoded {
             Some("memory decoding is off")
         } else if !self.bus_master() {
             Some("Bus Master is off")

@@ -787,6 +787,9 @@ impl PciHost for SimHost {
     fn enabled(&self, sbdf: Sbdf) -> Result<bool, PciError> {
         self.read_dev(sbdf, |d| d.linux.enable_cnt > 0)
     }
+    fn physfn(&self, sbdf: Sbdf) -> Result<Option<Sbdf>, PciError> {
+        self.read_dev(sbdf, |d| d.hw.spec.physfn)
+    }
     fn driver(&self, sbdf: Sbdf) -> Result<Option<String>, PciError> {
         self.read_dev(sbdf, |d| d.linux.driver.clone())
     }

@@ -200,12 +200,13 @@ impl World {
     /// `XEN_PCI_OP_enable_msix` from a PV guest's pcifront (§2.4): dom0 maps each vector for
     /// the owner and enables MSI-X.
     pub fn pv_enable_msix(&mut self, sbdf: Sbdf, nvec: u16) -> R<Vec<Pirq>> {
+        let decoded = self.memory_decoded(sbdf);
         let dev = self.dev_ref(sbdf)?;
         let owner = dev.linux.exported_to.ok_or(Errno::ENODEV)?;
         if !dev.linux.pv_msix.is_empty() {
             return Err(Errno::EALREADY);
         }
-        if !dev.hw.memory_decoding() {
+        if !decoded {
             return Err(Errno::ENXIO);
         }
         if nvec == 0 || nvec > dev.hw.msix_table_size() {

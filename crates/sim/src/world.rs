@@ -500,13 +500,14 @@ impl World {
         irq: u32,
         domid: DomId,
     ) {
+        let decoded = self.memory_decoded(sbdf);
         let Some(dev) = self.devices.get_mut(&sbdf) else {
             return;
         };
         let mut maskall = dev.xen.host_maskall;
         let orig = dev.hw.msix_ctrl();
         let mut warn = None;
-        if dev.hw.memory_decoding() {
+        if decoded {
             if let Some(e) = dev.hw.table.get_mut(usize::from(entry)) {
                 e.masked = mask;
             }
@@ -668,6 +669,7 @@ impl World {
                     return Err(Errno::ENODEV);
                 }
                 let enodata = self.profile.xen.enodata_without_table();
+                let decoded = self.memory_decoded(sbdf);
                 let dev = self.dev_mut(sbdf)?;
                 if table_base == 0 {
                     // Plain MSI: no table bookkeeping.
@@ -692,7 +694,7 @@ impl World {
                 if entry_nr >= dev.hw.msix_table_size() {
                     return Err(Errno::EINVAL);
                 }
-                if !dev.hw.memory_decoding() {
+                if !decoded {
                     return Err(msix_setup_failed(dev, Errno::ENXIO));
                 }
                 if dev.xen.used_entries == 0 {
@@ -807,6 +809,22 @@ impl World {
         Ok(())
     }
 
+    /// Xen's `memory_decoded()` (4.17 `arch/x86/msi.c`): the function's own Command
+    /// Memory bit, or for an SR-IOV virtual function its physical function's (a VF's own
+    /// bit is hard-wired 0).
+    pub fn memory_decoded(&self, sbdf: Sbdf) -> bool {
+        let Some(dev) = self.devices.get(&sbdf) else {
+            return false;
+        };
+        match dev.hw.spec.physfn {
+            Some(pf) => self
+                .devices
+                .get(&pf)
+                .is_some_and(|p| p.hw.memory_decoding()),
+            None => dev.hw.memory_decoding(),
+        }
+    }
+
     fn pdev_for_msix(&mut self, sbdf: Sbdf) -> R<&mut DeviceState> {
         let dev = self.dev_mut(sbdf)?;
         if dev.hw.msix.is_none() {
@@ -817,11 +835,12 @@ impl World {
 
     /// `PHYSDEVOP_prepare_msix` (§1.5.3, §7 `prepare`).
     pub fn prepare_msix(&mut self, sbdf: Sbdf) -> R<()> {
+        let decoded = self.memory_decoded(sbdf);
         let dev = self.pdev_for_msix(sbdf)?;
         if dev.xen.used_entries != 0 {
             return Err(Errno::EBUSY);
         }
-        if !dev.hw.memory_decoding() {
+        if !decoded {
             return Err(msix_setup_failed(dev, Errno::ENXIO));
         }
         dev.xen.table_recorded = true;
@@ -1159,7 +1178,7 @@ impl World {
     /// The device signals entry `entry`. Returns the domain and pirq it reached, or why not.
     pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), String> {
         let dev = self.devices.get(&sbdf).ok_or("no such device")?;
-        if let Some(why) = dev.hw.entry_blocked(entry) {
+        if let Some(why) = dev.hw.entry_blocked(entry, self.memory_decoded(sbdf)) {
             return Err(why.to_string());
         }
         let owner = dev.xen.owner;
