@@ -1083,7 +1083,7 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
     let mut client = xs.connect(0);
     let mut e = Engine::new(&mut client, &platform);
     e.assignable_add(vf).unwrap();
-    let mut run_guest = |e: &mut Engine, name: &str, behaviour: DmBehaviour| {
+    let run_guest = |e: &mut Engine, name: &str, behaviour: DmBehaviour| {
         let g = host.create_domain(name, true);
         let epoch = e.attach(vf, g).unwrap();
         host.unpause(g).unwrap();
