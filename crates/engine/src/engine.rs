@@ -6,7 +6,9 @@ use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
 use pci::{pciback, ConfigSpace, Sbdf};
 use serde::Serialize;
 use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
-use xen::{DomId, Errno, GuestIntx, Hypervisor, MapPirq, Pirq, PtIrq, XenError};
+use xen::{
+    DomId, DomainHandle, DomainInfo, Errno, GuestIntx, Hypervisor, MapPirq, Pirq, PtIrq, XenError,
+};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::ledger::*;
@@ -184,11 +186,28 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
     let state: DeviceState = state_text
         .parse()
         .map_err(|_| corrupt(field_path(sbdf, "state"), &state_text, "unknown state"))?;
-    let owner = match read_opt(xs, tx, &field_path(sbdf, "owner"))? {
-        None => None,
-        Some(t) => Some(DomId(t.parse().map_err(|_| {
-            corrupt(field_path(sbdf, "owner"), &t, "not a domain id")
-        })?)),
+    let (owner, owner_handle) = match read_opt(xs, tx, &field_path(sbdf, "owner"))? {
+        None => (None, None),
+        Some(t) => {
+            let bad = |what| corrupt(field_path(sbdf, "owner"), &t, what);
+            let mut parts = t.split_whitespace();
+            let domid = parts
+                .next()
+                .and_then(|d| d.parse().ok())
+                .map(DomId)
+                .ok_or_else(|| bad("not a domain id"))?;
+            let handle = match parts.next() {
+                None => None,
+                Some(h) => Some(
+                    h.parse::<DomainHandle>()
+                        .map_err(|_| bad("not a domain handle"))?,
+                ),
+            };
+            if parts.next().is_some() {
+                return Err(bad("not \"DOMID [HANDLE]\""));
+            }
+            (Some(domid), handle)
+        }
     };
     let epoch = match read_opt(xs, tx, &field_path(sbdf, "epoch"))? {
         None => return Err(corrupt(field_path(sbdf, "epoch"), "", "missing")),
@@ -238,6 +257,7 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
         driver,
         msix_size,
         table_base,
+        owner_handle,
         lost_maps: 0,
         bindings: Vec::new(),
     }))
@@ -408,9 +428,13 @@ fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
 
 /// The broker's checks common to bind and unbind: the device is managed, attached (attach
 /// finished, no teardown running) to the requesting domain, at the epoch it presents.
+/// Whether `req` may act on the device: attached to its domain at its epoch and, when the
+/// ledger recorded the owner's handle, to this incarnation of that domid (`current`: the
+/// requester's handle now, from getdomaininfo).
 fn check_requester(
     rec: Option<DeviceRecord>,
     req: &BindRequest,
+    current: Option<DomainHandle>,
 ) -> std::result::Result<DeviceRecord, Refusal> {
     let rec = rec.ok_or(Refusal::NotManaged)?;
     match (rec.state, rec.step) {
@@ -422,6 +446,15 @@ fn check_requester(
     if rec.owner != Some(req.domid) {
         return Err(Refusal::WrongDomain { owner: rec.owner });
     }
+    if let (Some(recorded), Some(now)) = (rec.owner_handle, current) {
+        if recorded != now {
+            return Err(Refusal::StaleIncarnation {
+                domid: req.domid,
+                recorded: recorded.to_string(),
+                current: now.to_string(),
+            });
+        }
+    }
     if rec.epoch != req.epoch {
         return Err(Refusal::StaleEpoch {
             presented: req.epoch,
@@ -429,6 +462,20 @@ fn check_requester(
         });
     }
     Ok(rec)
+}
+
+/// The `owner` node: the domid, and the domain's handle when Xen gave it one, so that a
+/// later domain reusing the domid is not taken for the owner.
+fn owner_text(domid: DomId, info: Option<&DomainInfo>) -> String {
+    match info.map(|i| i.handle).filter(|h| !h.is_nil()) {
+        Some(h) => format!("{} {h}", domid.0),
+        None => domid.0.to_string(),
+    }
+}
+
+/// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.
+fn same_incarnation(recorded: Option<DomainHandle>, info: &DomainInfo) -> bool {
+    recorded.is_none_or(|h| h == info.handle)
 }
 
 /// The epoch after `epoch`; a hand-edited maximum must not wrap to an old one.
@@ -630,11 +677,11 @@ impl<'a> Engine<'a> {
         if !pci.exists(sbdf)? {
             return Err(EngineError::NoSuchDevice { sbdf });
         }
-        match hv.domain_info(domid)? {
+        let info = match hv.domain_info(domid)? {
             None => return Err(EngineError::UnknownDomain { domid }),
             Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
-            Some(_) => {}
-        }
+            Some(i) => i,
+        };
         // Only what Xen says a guest holds: anything else is assignable-add/attach's.
         match hv.test_assign_device(sbdf) {
             Err(e) if e.errno() == Some(Errno::EBUSY) => {}
@@ -657,7 +704,12 @@ impl<'a> Engine<'a> {
             };
             let driver = old.and_then(|r| r.driver).unwrap_or_default();
             write(xs, tx, &field_path(sbdf, "state"), "attached")?;
-            write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "owner"),
+                &owner_text(domid, Some(&info)),
+            )?;
             write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
             write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
             write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
@@ -746,11 +798,11 @@ impl<'a> Engine<'a> {
     pub fn attach(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
         self.refuse_protected(domid, "attach a device to")?;
         let hv = self.platform.hypervisor();
-        match hv.domain_info(domid)? {
+        let info = match hv.domain_info(domid)? {
             None => return Err(EngineError::UnknownDomain { domid }),
             Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
-            Some(_) => {}
-        }
+            Some(i) => i,
+        };
         let epoch = self.xs.transaction(|xs, tx| -> Result<u64> {
             let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match (rec.state, rec.owner) {
@@ -768,7 +820,12 @@ impl<'a> Engine<'a> {
             }
             let epoch = next_epoch(sbdf, rec.epoch)?;
             write(xs, tx, &field_path(sbdf, "state"), "attached")?;
-            write(xs, tx, &field_path(sbdf, "owner"), &domid.0.to_string())?;
+            write(
+                xs,
+                tx,
+                &field_path(sbdf, "owner"),
+                &owner_text(domid, Some(&info)),
+            )?;
             write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
             write(xs, tx, &field_path(sbdf, "step"), Step::Attach.as_str())?;
             Ok(epoch)
@@ -976,9 +1033,12 @@ impl<'a> Engine<'a> {
                 }));
             }
         }
+        // Who the requester is now: its handle names the incarnation, and a PV guest gets
+        // no XEN_DOMCTL_bind_pt_irq.
+        let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let existing = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
             let rec = read_head(xs, tx, req.sbdf)?;
-            let rec = check_requester(rec, req).map_err(refuse)?;
+            let rec = check_requester(rec, req, requester.map(|i| i.handle)).map_err(refuse)?;
             if let BindKind::Msix { entry, table_base } = req.kind {
                 if entry >= rec.msix_size {
                     return Err(refuse(Refusal::EntryBeyondTable {
@@ -1058,7 +1118,7 @@ impl<'a> Engine<'a> {
         record.pirq = Some(pirq);
         // XEN_DOMCTL_bind_pt_irq is for HVM guests only (a PV guest binds the pirq to an
         // event channel itself; Xen 4.17 answers -EINVAL for a PV domain).
-        let hvm = hv.domain_info(req.domid)?.is_none_or(|i| i.hvm);
+        let hvm = requester.is_none_or(|i| i.hvm);
         self.checkpoint(|| format!("{} bind {key}: bind_pt_irq", req.sbdf))?;
         if hvm {
             if let Err(e) = hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf)) {
@@ -1081,9 +1141,10 @@ impl<'a> Engine<'a> {
         let path = binding_path(req.sbdf, &key);
         let refuse = |refusal| refused(req, refusal);
         self.refuse_protected_requester(req)?;
+        let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let b = self.xs.transaction(|xs, tx| -> Result<Binding> {
             let rec = read_head(xs, tx, req.sbdf)?;
-            check_requester(rec, req).map_err(refuse)?;
+            check_requester(rec, req, requester.map(|i| i.handle)).map_err(refuse)?;
             let b = read_binding(xs, tx, req.sbdf, key)?
                 .filter(|b| b.pirq == Some(pirq) && b.state != BindingState::Intent)
                 .ok_or_else(|| {
@@ -1241,6 +1302,16 @@ impl<'a> Engine<'a> {
         // Read once; each step journals its successor and updates this copy (the broker
         // refuses a tearing-down device, so nobody else changes the record meanwhile).
         let mut rec = self.require(sbdf)?;
+        // A domain that reused the owner's domid is another guest: none of the owner-directed
+        // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
+        // freed everything of the owner when it destroyed it.
+        let replaced = match (rec.owner, rec.owner_handle) {
+            (Some(d), Some(h)) => hv.domain_info(d)?.is_some_and(|i| i.handle != h),
+            _ => false,
+        };
+        if replaced {
+            self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
+        }
         loop {
             let owner = rec
                 .owner
@@ -1257,6 +1328,7 @@ impl<'a> Engine<'a> {
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
             let next = match step {
+                Step::Attach | Step::Revoke if replaced => Step::Unbind,
                 Step::Attach | Step::Revoke => {
                     bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
                     // The INTx line's permission goes with its pirq (Unbind): another
@@ -1273,7 +1345,7 @@ impl<'a> Engine<'a> {
                         .filter(|b| b.pirq.is_some())
                         .copied()
                         .collect();
-                    for b in &known {
+                    for b in known.iter().filter(|_| !replaced) {
                         let Some(pirq) = b.pirq else { continue };
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
                         if b.key == BindingKey::Intx {
@@ -1312,6 +1384,7 @@ impl<'a> Engine<'a> {
                     rec.step = Some(Step::Release);
                     continue;
                 }
+                Step::Deassign if replaced => Step::Reset,
                 Step::Deassign => {
                     match hv.deassign_device(owner, sbdf) {
                         // A domain without an IOMMU context never had the device (an attach
@@ -1338,7 +1411,7 @@ impl<'a> Engine<'a> {
                             // device stays with its (dying) owner, never with a new one.
                             Ok(()) => Step::Deassign,
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                                let info = hv.domain_info(owner)?;
+                                let info = hv.domain_info(owner)?.filter(|_| !replaced);
                                 let unconfirmed = rec.bindings.len();
                                 let lost = rec.lost_maps as usize + unconfirmed;
                                 let why = match info {
@@ -1462,8 +1535,11 @@ impl<'a> Engine<'a> {
                 }
             };
             let sbdf = rec.sbdf;
+            // A domain that reuses the owner's domid is not the owner (its handle differs).
             let owner_alive = match rec.owner {
-                Some(d) => hv.domain_info(d)?.is_some_and(|i| !i.dying && !i.shutdown),
+                Some(d) => hv.domain_info(d)?.is_some_and(|i| {
+                    !i.dying && !i.shutdown && same_incarnation(rec.owner_handle, &i)
+                }),
                 None => false,
             };
             let outcome = match rec.state {

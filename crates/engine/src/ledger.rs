@@ -3,7 +3,7 @@
 //! ```text
 //! /ptguard                                   n0 (dom0 only)
 //! /ptguard/device/<SSSS-BB-DD-F>/state               assignable | attached | tearing-down | quarantined | failed
-//! /ptguard/device/<SSSS-BB-DD-F>/owner               domid (attached, tearing-down, quarantined)
+//! /ptguard/device/<SSSS-BB-DD-F>/owner               "domid [handle]" (attached, tearing-down, quarantined)
 //! /ptguard/device/<SSSS-BB-DD-F>/epoch               assignments so far; a request with another is stale
 //! /ptguard/device/<SSSS-BB-DD-F>/step                journal: attach | revoke | unbind | release | deassign | reset | prepare | verify
 //! /ptguard/device/<SSSS-BB-DD-F>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use pci::Sbdf;
 use serde::Serialize;
-use xen::{DomId, GuestIntx, Pirq, PtIrq};
+use xen::{DomId, DomainHandle, GuestIntx, Pirq, PtIrq};
 
 pub const ROOT: &str = "/ptguard";
 pub const DEVICES: &str = "/ptguard/device";
@@ -331,6 +331,10 @@ pub struct DeviceRecord {
     pub sbdf: Sbdf,
     pub state: DeviceState,
     pub owner: Option<DomId>,
+    /// The owner's domain handle when it was given the device (records written before it
+    /// was kept, or a domain without a handle, have none): a later domain reusing the
+    /// domid has another.
+    pub owner_handle: Option<DomainHandle>,
     pub epoch: u64,
     pub step: Option<Step>,
     pub reason: Option<String>,

@@ -25,6 +25,13 @@ pub enum Refusal {
     TearingDown,
     /// The device belongs to another domain (or to none).
     WrongDomain { owner: Option<DomId> },
+    /// The requester reuses the owner's domid but is another domain (its handle differs
+    /// from the one recorded when the device was given).
+    StaleIncarnation {
+        domid: DomId,
+        recorded: String,
+        current: String,
+    },
     /// The request carries an epoch of an earlier assignment.
     StaleEpoch { presented: u64, current: u64 },
     /// An MSI-X entry at or beyond the device's table size.
@@ -58,6 +65,7 @@ impl Refusal {
             Refusal::AttachInProgress => "attach-in-progress",
             Refusal::TearingDown => "tearing-down",
             Refusal::WrongDomain { .. } => "wrong-domain",
+            Refusal::StaleIncarnation { .. } => "stale-incarnation",
             Refusal::StaleEpoch { .. } => "stale-epoch",
             Refusal::EntryBeyondTable { .. } => "entry-beyond-table",
             Refusal::WrongTableBase { .. } => "wrong-table-base",
@@ -91,6 +99,14 @@ impl fmt::Display for Refusal {
             Refusal::StaleEpoch { presented, current } => {
                 write!(f, "stale epoch {presented} (current {current})")
             }
+            Refusal::StaleIncarnation {
+                domid,
+                recorded,
+                current,
+            } => write!(
+                f,
+                "{domid} is not the domain the device was given to: that one (handle {recorded}) is gone and its domid was reused (handle {current})"
+            ),
             Refusal::EntryBeyondTable { entry, table_size } => write!(
                 f,
                 "MSI-X entry {entry} is beyond the table ({table_size} entries)"

@@ -36,6 +36,7 @@ fn record(s: Sbdf, state: DeviceState, owner: Option<u16>, step: Option<Step>) -
         sbdf: s,
         state,
         owner: owner.map(DomId),
+        owner_handle: None,
         epoch: 1,
         step,
         reason: Some("test".into()),

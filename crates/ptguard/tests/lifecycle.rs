@@ -1117,3 +1117,70 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
         "the next guest's interrupts: {report:?}"
     );
 }
+
+/// Issue 14 (5): Xen reuses domain ids. A guest destroyed while ptguard was down, and a new
+/// domain with its domid: the new one is not the owner (its handle differs). Recovery tears
+/// the device down without touching the new domain's pirqs (which reuse the same numbers),
+/// and the broker refuses the newcomer the old guest's device.
+#[test]
+fn a_reused_domid_is_not_the_owner() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let other: Sbdf = "0000:04:00.0".parse().unwrap();
+    let (epoch, old_pirqs) = {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        let epoch = e.attach(dev(), a).unwrap();
+        let pirqs: Vec<_> = (0..3).map(|n| e.bind(&req(a, epoch, n)).unwrap()).collect();
+        (epoch, pirqs)
+    };
+    // ptguard is down: A is destroyed (Xen frees its pirqs) and a new domain gets its id,
+    // a device of its own and the same pirq numbers.
+    f.host.destroy_domain(a).unwrap();
+    let a2 = f.host.create_domain_at("A-again", true, a).unwrap();
+    assert_eq!(a2, a);
+    let (h1, h2) = (
+        Engine::new(&mut f.client, &f.platform)
+            .record(dev())
+            .unwrap()
+            .unwrap()
+            .owner_handle
+            .unwrap(),
+        f.host.domain_info(a2).unwrap().unwrap().handle,
+    );
+    assert_ne!(h1, h2);
+    pci::pciback::seize(&f.host, other).unwrap();
+    f.host.assign_device(a2, other, 0).unwrap();
+    let tb = f
+        .host
+        .with_world(|w| w.device(other).unwrap().hw.table_base());
+    let theirs = f
+        .host
+        .map_pirq(&xen::MapPirq::msix(a2, other, 0, tb))
+        .unwrap();
+    assert!(
+        old_pirqs.contains(&theirs),
+        "the new domain reuses a pirq number the ledger holds"
+    );
+
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    assert_eq!(
+        refusal(e.bind(&req(a2, epoch, 4))).code(),
+        "stale-incarnation"
+    );
+    let out = e.recover().unwrap();
+    assert!(
+        matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()),
+        "{out:?}"
+    );
+    assert!(e.notices.iter().any(|n| n.contains("domid reused")));
+    f.host.with_world(|w| {
+        assert!(
+            w.domains[&a2].pirqs.contains_key(&theirs.0),
+            "the newcomer's pirq is untouched"
+        );
+        assert_eq!(w.device(other).unwrap().xen.owner, a2);
+        let x = &w.device(dev()).unwrap().xen;
+        assert_eq!((x.used_entries, x.host_maskall), (1, false));
+    });
+}

@@ -165,11 +165,23 @@ pub struct DomainInfo {
     pub handle: DomainHandle,
 }
 
-/// `xen_domain_handle_t`: 16 bytes the toolstack chooses at domain creation.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+/// `xen_domain_handle_t`: 16 bytes the toolstack chooses at domain creation. Serialized in
+/// its UUID form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DomainHandle(pub [u8; 16]);
+
+impl Serialize for DomainHandle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DomainHandle, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl DomainHandle {
     pub fn is_nil(&self) -> bool {
