@@ -31,11 +31,6 @@ pub trait Platform: Send + Sync {
     /// On a real host pciback reacts to the backend nodes ptguard writes in Xenstore; the
     /// simulated host is told here.
     fn backend_changed(&self, _sbdf: Sbdf, _domid: Option<DomId>) {}
-    /// Proves the device clean beyond what its config space shows (the simulated host checks
-    /// Xen's MSI-X state). A real host has nothing more to read.
-    fn verify_clean(&self, _sbdf: Sbdf) -> Result<(), String> {
-        Ok(())
-    }
     /// A dry run: mutations are recorded, not made, so there is nothing to verify.
     fn is_dry_run(&self) -> bool {
         false

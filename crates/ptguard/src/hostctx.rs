@@ -223,12 +223,6 @@ impl Platform for CmdPlatform {
             s.backend_changed(sbdf, domid);
         }
     }
-    fn verify_clean(&self, sbdf: Sbdf) -> Result<(), String> {
-        match (&self.sim, self.dry_run) {
-            (Some(s), false) => s.verify_clean(sbdf),
-            _ => Ok(()),
-        }
-    }
     fn is_dry_run(&self) -> bool {
         self.dry_run
     }

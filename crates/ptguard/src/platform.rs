@@ -30,9 +30,6 @@ impl Platform for SimPlatform {
             None => self.host.pciback_put(sbdf),
         };
     }
-    fn verify_clean(&self, sbdf: Sbdf) -> Result<(), String> {
-        self.host.with_world(|w| w.msix_clean(sbdf))
-    }
 }
 
 /// Engine calls with crash injection: a countdown of crash points shared by every call of a

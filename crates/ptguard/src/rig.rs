@@ -578,6 +578,12 @@ impl Rig {
                 }
             }
         });
+        let fatal = self.host.counters().fatal;
+        if fatal > 0 {
+            v.push(format!(
+                "after {at}: {fatal} call(s) real Xen 4.17 would crash on (MSI-X ops on a device without MSI-X)"
+            ));
+        }
         if at.starts_with("Boot") || at.starts_with("Attach") || at.starts_with("Reboot") {
             if let Some((g, got, n)) = self.report.checks.last() {
                 if *got != usize::from(*n) && !self.report.quarantined && self.host_got_device(g) {

@@ -1184,3 +1184,39 @@ fn a_reused_domid_is_not_the_owner() {
         assert_eq!((x.used_entries, x.host_maskall), (1, false));
     });
 }
+
+/// Issue 14 (8): `prepare_msix`/`release_msix` on a device without MSI-X dereference a NULL
+/// pointer inside Xen 4.17. The whole lifecycle of such a device (and a repair) makes none.
+#[test]
+fn a_device_without_msix_never_gets_msix_hypercalls() {
+    let mut f = fixture();
+    let plain: Sbdf = "0000:06:00.0".parse().unwrap();
+    let mut spec = DeviceSpec::nic(plain, 0);
+    spec.reset_methods.clear(); // and no reset method either
+    f.host.add_device(spec);
+    let g = f.host.create_domain("g", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(plain).unwrap();
+    let epoch = e.attach(plain, g).unwrap();
+    let gsi = f.host.irq(plain).unwrap();
+    e.bind(&BindRequest {
+        sbdf: plain,
+        ..intx_req(g, epoch, gsi)
+    })
+    .unwrap();
+    assert!(matches!(
+        e.detach(plain).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    let done = e.repair(plain).unwrap();
+    assert!(done[0].contains("no MSI-X"), "{done:?}");
+    e.assignable_remove(plain).unwrap();
+    let c = f.host.counters();
+    let n = |op: xen::HypercallOp| c.hypercalls.get(op.name()).copied().unwrap_or(0);
+    assert_eq!(n(xen::HypercallOp::PrepareMsix), 0);
+    assert_eq!(n(xen::HypercallOp::ReleaseMsix), 0);
+    assert_eq!(c.fatal, 0);
+    // The simulator does count such a call as fatal.
+    assert!(f.host.prepare_msix(plain).is_err());
+    assert_eq!(f.host.counters().fatal, 1);
+}

@@ -154,6 +154,13 @@ pub enum SimOp {
     PcibackPut {
         sbdf: Sbdf,
     },
+    /// The backend nodes went away; pciback's xenbus watch will put the device back when
+    /// its worker next runs ([`SimHost::settle`]), not inside the caller's step.
+    PcibackPutLater {
+        sbdf: Sbdf,
+    },
+    /// Time passes in dom0: pciback's pending puts run.
+    Settle,
     PvEnableMsix {
         sbdf: Sbdf,
         nvec: u16,
@@ -390,6 +397,17 @@ impl SimHost {
     pub fn pciback_put(&self, sbdf: Sbdf) -> Result<(), Errno> {
         self.unit(SimOp::PcibackPut { sbdf })
     }
+    /// pciback will give `sbdf` back asynchronously (its reaction to a removed backend).
+    pub fn pciback_put_later(&self, sbdf: Sbdf) -> Result<(), Errno> {
+        self.unit(SimOp::PcibackPutLater { sbdf })
+    }
+    /// Lets dom0's asynchronous work (pciback's pending puts) run; true if any did.
+    pub fn settle(&self) -> bool {
+        if self.with_world(|w| w.pciback.pending_puts.is_empty()) {
+            return false;
+        }
+        self.unit(SimOp::Settle).is_ok()
+    }
     pub fn pv_enable_msix(&self, sbdf: Sbdf, nvec: u16) -> Result<Vec<Pirq>, Errno> {
         match self.apply(SimOp::PvEnableMsix { sbdf, nvec })? {
             SimValue::Pirqs(p) => Ok(p),
@@ -542,6 +560,17 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
         }
         SimOp::PcibackExport { sbdf, domid } => w.pciback_export(sbdf, domid).map(|_| Unit),
         SimOp::PcibackPut { sbdf } => w.pciback_put(sbdf).map(|_| Unit),
+        SimOp::PcibackPutLater { sbdf } => {
+            w.dev_ref(sbdf)?;
+            w.pciback.pending_puts.insert(sbdf);
+            Ok(Unit)
+        }
+        SimOp::Settle => {
+            for sbdf in std::mem::take(&mut w.pciback.pending_puts) {
+                w.pciback_put(sbdf)?;
+            }
+            Ok(Unit)
+        }
         SimOp::PvEnableMsix { sbdf, nvec } => w.pv_enable_msix(sbdf, nvec).map(SimValue::Pirqs),
         SimOp::PvBindEvtchn { domid, pirq } => w.pv_bind_evtchn(domid, pirq).map(|_| Unit),
         SimOp::GuestTableWrite {

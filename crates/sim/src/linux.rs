@@ -10,7 +10,7 @@ use crate::world::World;
 type R<T> = Result<T, Errno>;
 
 impl World {
-    fn dev_ref(&self, sbdf: Sbdf) -> R<&crate::world::DeviceState> {
+    pub(crate) fn dev_ref(&self, sbdf: Sbdf) -> R<&crate::world::DeviceState> {
         self.devices.get(&sbdf).ok_or(Errno::ENODEV)
     }
 

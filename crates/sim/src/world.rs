@@ -142,6 +142,8 @@ pub struct PcibackState {
     pub slots: Vec<Sbdf>,
     pub permissive: BTreeSet<Sbdf>,
     pub allow_interrupt_control: BTreeSet<Sbdf>,
+    /// Devices whose backend went away and that pciback has not yet put back.
+    pub pending_puts: BTreeSet<Sbdf>,
 }
 
 /// Counts of every operation, for benchmarks and reports.
@@ -150,6 +152,10 @@ pub struct Counters {
     pub hypercalls: BTreeMap<String, u64>,
     pub sysfs_writes: u64,
     pub config_writes: u64,
+    /// Calls real Xen would not survive: `prepare_msix`/`release_msix` on a device without
+    /// MSI-X dereference a NULL `pdev->msix` in Xen 4.17 (the simulator answers `-ENODEV`
+    /// and counts them here; the oracle treats any as a violation).
+    pub fatal: u64,
 }
 
 impl Counters {
@@ -826,11 +832,16 @@ impl World {
     }
 
     fn pdev_for_msix(&mut self, sbdf: Sbdf) -> R<&mut DeviceState> {
-        let dev = self.dev_mut(sbdf)?;
-        if dev.hw.msix.is_none() {
+        if self.dev_mut(sbdf)?.hw.msix.is_none() {
+            // Xen 4.17 `pci_prepare_msix`/`release` use pdev->msix unchecked (HEAD "relies on
+            // callers"): a real host would take a fatal page fault here.
+            self.counters.fatal += 1;
+            self.log(format!(
+                "{sbdf}: prepare/release_msix on a device without MSI-X: Xen 4.17 dereferences a NULL pdev->msix"
+            ));
             return Err(Errno::ENODEV);
         }
-        Ok(dev)
+        self.dev_mut(sbdf)
     }
 
     /// `PHYSDEVOP_prepare_msix` (§1.5.3, §7 `prepare`).
