@@ -23,7 +23,7 @@ if [ "$mode" = real ]; then
 else
     SBDF=0000:03:00.0
     pt() { "${PTGUARD:-ptguard}" --host "sim:$simdir" "$@"; }
-    pt sim init --xen 4.17 --pciback new >/dev/null
+    pt sim init --xen 4.17.5 --pciback new >/dev/null
     new_domain() {
         local flags=()
         [ "$2" = pv ] && flags+=(--pv)

@@ -164,7 +164,11 @@ if group core; then
     out=$(ptguard attach $SBDF "$d" --json 2>&1); rc=$?
     epoch=$(ledger epoch)
     expect attach-hvm "d$d rc=$rc epoch=$epoch: $(tr '\n' ' ' <<<"$out")" \
-        test $rc = 0 -a "$(ledger state)" = attached -a "$(ledger owner)" = "$d"
+        test $rc = 0 -a "$(ledger state)" = attached -a "$(ledger owner | cut -d' ' -f1)" = "$d"
+    # The owner's incarnation: getdomaininfo's handle is the UUID xl gave the domain.
+    uuid=$(basename "$(xenstore-read "/local/domain/$d/vm" 2>/dev/null)")
+    expect owner-handle-is-the-domains-uuid "ledger owner '$(ledger owner)', xl uuid $uuid" \
+        test "$(ledger owner)" = "$d $uuid"
     pirqs=""
     for e in 0 1 2; do
         r=$(bind_as_dm "$d" "$epoch" $e 2>&1); rc=$?
