@@ -106,8 +106,8 @@ impl BindRequest {
 
 /// ptguard's engine over one Xenstore connection and one platform.
 pub struct Engine<'a> {
-    xs: &'a mut XsClient,
-    platform: &'a dyn Platform,
+    pub(crate) xs: &'a mut XsClient,
+    pub(crate) platform: &'a dyn Platform,
     fuel: Option<u64>,
     /// Crash points passed so far (the explorer enumerates them).
     pub checkpoints: u64,
@@ -516,7 +516,7 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn refuse_protected(&self, domid: DomId, action: &'static str) -> Result<()> {
+    pub(crate) fn refuse_protected(&self, domid: DomId, action: &'static str) -> Result<()> {
         if self.protected.contains(domid) {
             return Err(EngineError::ProtectedDomain { domid, action });
         }
@@ -540,7 +540,7 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn notice(&mut self, msg: String) {
+    pub(crate) fn notice(&mut self, msg: String) {
         // The caller prints notices to the operator; the log keeps a copy.
         tracing::info!("{msg}");
         self.notices.push(msg);
@@ -713,6 +713,10 @@ impl<'a> Engine<'a> {
             write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
             write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
             write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
+            // The toolstack gave the device and takes it back (permissions, backend,
+            // deassign); ptguard's teardown is the MSI-X part: sweep, release, reset,
+            // prepare, verify. Kept until the device leaves the ledger.
+            write(xs, tx, &field_path(sbdf, "mode"), "companion")?;
             Ok(epoch)
         })
     }
@@ -1282,7 +1286,7 @@ impl<'a> Engine<'a> {
     /// Turns memory decoding on where Xen looks for it (`memory_decoded()`): the function
     /// itself, or for an SR-IOV virtual function its physical function (a VF's own Memory
     /// bit is hard-wired 0, so writing it would change nothing).
-    fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
+    pub(crate) fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
         let pci = self.platform.pci();
         let sbdf = pci.physfn(sbdf)?.unwrap_or(sbdf);
         let cfg = pci.read_config(sbdf)?;
@@ -1302,6 +1306,10 @@ impl<'a> Engine<'a> {
         // Read once; each step journals its successor and updates this copy (the broker
         // refuses a tearing-down device, so nobody else changes the record meanwhile).
         let mut rec = self.require(sbdf)?;
+        // Companion mode (an adopted device): the toolstack revokes, removes its backend
+        // and deassigns; doing it too would race it.
+        let companion = read_opt(self.xs, TxId::NONE, &field_path(sbdf, "mode"))?.as_deref()
+            == Some("companion");
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
@@ -1312,6 +1320,7 @@ impl<'a> Engine<'a> {
         if replaced {
             self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
         }
+        let mut swept = false;
         loop {
             let owner = rec
                 .owner
@@ -1328,7 +1337,7 @@ impl<'a> Engine<'a> {
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
             let next = match step {
-                Step::Attach | Step::Revoke if replaced => Step::Unbind,
+                Step::Attach | Step::Revoke if replaced || companion => Step::Unbind,
                 Step::Attach | Step::Revoke => {
                     bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
                     // The INTx line's permission goes with its pirq (Unbind): another
@@ -1384,7 +1393,7 @@ impl<'a> Engine<'a> {
                     rec.step = Some(Step::Release);
                     continue;
                 }
-                Step::Deassign if replaced => Step::Reset,
+                Step::Deassign if replaced || companion => Step::Reset,
                 Step::Deassign => {
                     match hv.deassign_device(owner, sbdf) {
                         // A domain without an IOMMU context never had the device (an attach
@@ -1412,6 +1421,18 @@ impl<'a> Engine<'a> {
                             Ok(()) => Step::Deassign,
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                                 let info = hv.domain_info(owner)?.filter(|_| !replaced);
+                                // Bindings the ledger does not know (a stock device model's)
+                                // of an owner that will never run again: sweep them, with
+                                // decoding on, and release again. Idempotent, so a crash
+                                // here resumes at this step and sweeps again.
+                                if !swept && info.as_ref().is_some_and(|i| i.finished()) {
+                                    swept = true;
+                                    self.ensure_memory_decoding(sbdf)?;
+                                    self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
+                                    if !self.sweep(owner)?.unmapped.is_empty() {
+                                        continue;
+                                    }
+                                }
                                 let unconfirmed = rec.bindings.len();
                                 let lost = rec.lost_maps as usize + unconfirmed;
                                 let why = match info {
@@ -1489,7 +1510,7 @@ impl<'a> Engine<'a> {
                     self.xs.transaction(|xs, tx| -> Result<()> {
                         write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
                         write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
-                        for f in ["owner", "step", "reason", "binding"] {
+                        for f in ["owner", "step", "reason", "binding", "mode"] {
                             rm(xs, tx, &field_path(sbdf, f))?;
                         }
                         Ok(())

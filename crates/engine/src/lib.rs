@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod engine;
 pub mod ledger;
 pub mod refusal;
+pub mod sweep;
 pub mod xen_dump;
 
 use pci::{PciError, PciHost, Sbdf};
@@ -62,6 +63,8 @@ pub enum EngineError {
     UnknownDomain { domid: DomId },
     #[error("{domid}: the domain is dying; attach to a running domain")]
     DomainDying { domid: DomId },
+    #[error("{domid} may still run (running, paused or suspended): its pirqs are its own and are never swept; sweep only a domain that is dying or shut down for good")]
+    SweepLiveDomain { domid: DomId },
     #[error("{sbdf}: already managed by ptguard (state {state})")]
     AlreadyManaged { sbdf: Sbdf, state: DeviceState },
     #[error("ledger entry {path} is corrupt ({reason}): {value:?}; fix or remove it by hand (`xenstore-rm {path}`) after checking the device with `ptguard doctor`")]

@@ -242,7 +242,14 @@ fn parse_policy(s: &str) -> Result<crate::rig::Policy, String> {
     crate::rig::Policy::ALL
         .into_iter()
         .find(|p| p.name() == s)
-        .ok_or_else(|| "expected legacy, pciback-release-prepare or ptguard".to_string())
+        .ok_or_else(|| "expected legacy, pciback-release-prepare, sweep or ptguard".to_string())
+}
+
+fn parse_explored_policy(s: &str) -> Result<crate::rig::Policy, String> {
+    match parse_policy(s)? {
+        p @ (crate::rig::Policy::Ptguard | crate::rig::Policy::Sweep) => Ok(p),
+        _ => Err("only ptguard and sweep have crash points to explore".into()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -256,7 +263,8 @@ pub struct ScenarioArgs {
     #[arg(long = "dm", value_name = "BEHAVIOUR", value_parser = parse_dm)]
     pub dm: Vec<sim::DmBehaviour>,
 
-    /// Teardown policy; repeatable; default all.
+    /// Teardown policy (legacy, pciback-release-prepare, sweep, ptguard); repeatable;
+    /// default all.
     #[arg(long = "policy", value_name = "POLICY", value_parser = parse_policy)]
     pub policy: Vec<crate::rig::Policy>,
 
@@ -289,6 +297,11 @@ pub struct ExploreArgs {
 
     #[command(flatten)]
     pub profile: SimProfileArgs,
+
+    /// Whose crash points: ptguard with its exact ledger and broker (the default), or
+    /// sweep, companion mode beside a stock toolstack and device model.
+    #[arg(long, value_name = "POLICY", default_value = "ptguard", value_parser = parse_explored_policy)]
+    pub policy: crate::rig::Policy,
 
     /// Replay one case: SCENARIO/BEHAVIOUR/CRASH-POINT as printed with a violation.
     #[arg(long, value_name = "SEED")]

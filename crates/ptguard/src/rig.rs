@@ -26,12 +26,18 @@ pub enum Policy {
     PcibackReleasePrepare,
     /// ptguard: ledger, broker, force-unbind before reset, quarantine on -EBUSY.
     Ptguard,
+    /// ptguard's companion mode beside a stock toolstack (libxl's order) and a stock device
+    /// model (direct hypercalls, no broker): it adopts the device the toolstack gave and,
+    /// when the guest goes, sweeps the domain's pirqs, releases, resets and prepares before
+    /// the toolstack's own teardown.
+    Sweep,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [
+    pub const ALL: [Policy; 4] = [
         Policy::Legacy,
         Policy::PcibackReleasePrepare,
+        Policy::Sweep,
         Policy::Ptguard,
     ];
     pub fn name(self) -> &'static str {
@@ -39,6 +45,7 @@ impl Policy {
             Policy::Legacy => "legacy",
             Policy::PcibackReleasePrepare => "pciback-release-prepare",
             Policy::Ptguard => "ptguard",
+            Policy::Sweep => "sweep",
         }
     }
 }
@@ -390,6 +397,15 @@ impl Rig {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Policy::Sweep => {
+                let domid = g.domid;
+                libxl::attach(&self.host, domid, sbdf, &mut g.dm, &self.direct()).and_then(|()| {
+                    // `ptguard watch` sees the toolstack's backend and adopts the device.
+                    self.engine_retry(|e| e.adopt(sbdf, domid))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }
             _ => libxl::attach(&self.host, g.domid, sbdf, &mut g.dm, &self.direct()),
         };
         self.guests.insert(name.to_string(), g);
@@ -491,6 +507,25 @@ impl Rig {
                 let _ = self.engine_retry(|e| e.recover());
                 r.map(|_| ()).map_err(|e| e.to_string())
             }
+            Policy::Sweep => {
+                let direct = self.direct();
+                g.dm.guest_shutdown(&self.host, &direct, sbdf);
+                let _ = self.host.shutdown(domid);
+                // @releaseDomain reaches ptguard before libxl starts its teardown (the race
+                // docs/companion.md measures): sweep, release, reset, prepare, verify.
+                let r = self.engine_retry(|e| e.domain_released(domid));
+                if let Ok(out) = &r {
+                    if out
+                        .iter()
+                        .any(|(_, o)| matches!(o, Outcome::Quarantined { .. }))
+                    {
+                        self.report.quarantined = true;
+                    }
+                }
+                let devices: Vec<Sbdf> = if attached_here { vec![sbdf] } else { vec![] };
+                let l = libxl::destroy(&self.host, domid, &devices, &mut g.dm, &direct);
+                r.map(|_| ()).map_err(|e| e.to_string()).and(l)
+            }
             _ => {
                 let direct = self.direct();
                 g.dm.guest_shutdown(&self.host, &direct, sbdf);
@@ -526,6 +561,19 @@ impl Rig {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Policy::Sweep => {
+                let direct = self.direct();
+                let r = libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, false)
+                    .or_else(|_| {
+                        libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, true)
+                    });
+                // The device left the toolstack's backend: ptguard's teardown of it. The
+                // owner still runs, so nothing of it is swept; leftovers mean quarantine.
+                if let Ok(Outcome::Quarantined { .. }) = self.engine_retry(|e| e.detach(sbdf)) {
+                    self.report.quarantined = true;
+                }
+                r
+            }
             _ => {
                 let direct = self.direct();
                 // xl pci-detach; on a device_del timeout the operator forces it.
@@ -551,13 +599,23 @@ impl Rig {
                 ));
             }
         }
+        // In companion mode the toolstack deassigns: a live guest left holding pirqs of a
+        // device libxl took from it is libxl's doing (ptguard never touches a live guest's
+        // pirqs), reported as a notice, not as ptguard's violation.
+        let toolstack_deassigns = self.policy == Policy::Sweep;
+        let mut toolstack = Vec::new();
         self.host.with_world(|w| {
             let Some(d) = w.device(sbdf) else { return };
             // 3: no live domain holds a binding to a device it does not own.
             for desc in w.descs.values().filter(|x| x.sbdf == sbdf) {
                 let live = w.domains.get(&desc.domid).is_some_and(|dd| !dd.dying);
                 if live && desc.domid != d.xen.owner {
-                    v.push(format!(
+                    let to = if toolstack_deassigns {
+                        &mut toolstack
+                    } else {
+                        &mut v
+                    };
+                    to.push(format!(
                         "invariant 3 after {at}: {} holds pirq {} on {sbdf} owned by {}",
                         desc.domid, desc.pirq, d.xen.owner
                     ));
@@ -571,7 +629,15 @@ impl Rig {
                     .filter(|x| x.sbdf == sbdf && x.domid != d.xen.owner)
                     .count();
                 if stale > 0 && w.domains.get(&d.xen.owner).is_some_and(|o| !o.dying) {
-                    v.push(format!(
+                    // Handed over by the toolstack although ptguard had quarantined it.
+                    let to = if toolstack_deassigns
+                        && matches!(ledger, Some((DeviceState::Quarantined, _)))
+                    {
+                        &mut toolstack
+                    } else {
+                        &mut v
+                    };
+                    to.push(format!(
                         "invariant 1 after {at}: {} got {sbdf} with {stale} stale bindings",
                         d.xen.owner
                     ));
@@ -594,5 +660,8 @@ impl Rig {
             }
         }
         self.report.violations.extend(v);
+        self.report
+            .notices
+            .extend(toolstack.into_iter().map(|t| format!("toolstack: {t}")));
     }
 }

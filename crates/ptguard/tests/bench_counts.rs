@@ -17,8 +17,9 @@ fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
         assert_eq!(t.xenstore_transactions, 4, "{n} vectors");
         // One read per binding node and one DIRECTORY listing them (paged past 4 KiB); the
         // INTx line's index costs 4 (a DIRECTORY to decide the unmap, then RM, DIRECTORY and
-        // RM of the emptied line in the forget transaction).
-        assert_eq!(t.xenstore_requests, 61 + 2 * u64::from(n), "{n} vectors");
+        // RM of the emptied line in the forget transaction); the `mode` node (companion or
+        // not) one READ and one RM.
+        assert_eq!(t.xenstore_requests, 63 + 2 * u64::from(n), "{n} vectors");
         assert_eq!(t.sysfs_writes, 2);
     }
 }

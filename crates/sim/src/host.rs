@@ -58,6 +58,9 @@ pub enum SimOp {
     },
     Shutdown {
         domid: DomId,
+        /// `SHUTDOWN_*` (default 1, reboot).
+        #[serde(default = "reboot")]
+        reason: u8,
     },
     Destroy {
         domid: DomId,
@@ -379,8 +382,13 @@ impl SimHost {
     pub fn pause(&self, domid: DomId) -> Result<(), Errno> {
         self.unit(SimOp::Pause { domid })
     }
+    /// The guest shuts down to be rebooted (`SHUTDOWN_reboot`).
     pub fn shutdown(&self, domid: DomId) -> Result<(), Errno> {
-        self.unit(SimOp::Shutdown { domid })
+        self.shutdown_for(domid, 1)
+    }
+    /// The guest shuts down with `SHUTDOWN_*` code `reason` (2: suspend, it may resume).
+    pub fn shutdown_for(&self, domid: DomId, reason: u8) -> Result<(), Errno> {
+        self.unit(SimOp::Shutdown { domid, reason })
     }
     pub fn destroy_domain(&self, domid: DomId) -> Result<(), Errno> {
         self.unit(SimOp::Destroy { domid })
@@ -445,6 +453,10 @@ impl SimHost {
     }
 }
 
+fn reboot() -> u8 {
+    1
+}
+
 fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
     use SimValue::Unit;
     match op {
@@ -462,7 +474,7 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             .map(SimValue::Domain),
         SimOp::Unpause { domid } => w.unpause(domid).map(|_| Unit),
         SimOp::Pause { domid } => w.pause(domid).map(|_| Unit),
-        SimOp::Shutdown { domid } => w.shutdown(domid).map(|_| Unit),
+        SimOp::Shutdown { domid, reason } => w.shutdown(domid, reason).map(|_| Unit),
         SimOp::Destroy { domid } => w.destroy_domain(domid).map(|_| Unit),
         SimOp::HoldReference { domid } => w.hold_reference(domid).map(|_| Unit),
         SimOp::DropReference { domid } => w.drop_reference(domid).map(|_| Unit),
@@ -703,6 +715,7 @@ impl Hypervisor for SimHost {
             shutdown: d.state == DomainState::Shutdown,
             hvm: d.hvm,
             paused: d.paused,
+            shutdown_reason: d.shutdown_reason,
             handle: d.handle,
         }))
     }

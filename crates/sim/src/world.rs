@@ -84,6 +84,8 @@ pub struct Domain {
     pub iommu: bool,
     /// `xen_domain_handle_t`: a fresh UUID per created domain, as xl gives.
     pub handle: DomainHandle,
+    /// The `SHUTDOWN_*` code of its last shutdown.
+    pub shutdown_reason: u8,
 }
 
 /// Xen's per-MSI-X-vector descriptor (`struct msi_desc`).
@@ -250,7 +252,8 @@ impl World {
             descs: BTreeMap::new(),
             pciback: PcibackState::default(),
             counters: Counters::default(),
-            console: Vec::new(),
+            // What Xen 4.17 prints at boot (arch/x86/io_apic.c); a sweep reads nr_irqs_gsi here.
+            console: vec![format!("IRQ limits: {NR_IRQS_GSI} GSI, 1528 MSI/MSI-X")],
             trace: None,
             events: Vec::new(),
             next_domid: 1,
@@ -408,11 +411,12 @@ impl World {
     }
 
     /// The guest shut itself down (reboot or poweroff); xenstored fires `@releaseDomain`.
-    pub fn shutdown(&mut self, domid: DomId) -> R<()> {
+    pub fn shutdown(&mut self, domid: DomId, reason: u8) -> R<()> {
         let d = self.domain_mut(domid)?;
         if d.state != DomainState::Zombie {
             d.state = DomainState::Shutdown;
         }
+        d.shutdown_reason = reason;
         self.events.push(DomainEvent::Released(domid));
         Ok(())
     }
@@ -1228,6 +1232,7 @@ impl Domain {
             extra_refs: 0,
             iommu: true,
             handle: DomainHandle::default(),
+            shutdown_reason: 0,
         }
     }
 }

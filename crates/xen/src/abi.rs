@@ -109,6 +109,9 @@ pub const XEN_DOMINF_DYING: u32 = 1 << 0;
 pub const XEN_DOMINF_HVM_GUEST: u32 = 1 << 1;
 pub const XEN_DOMINF_SHUTDOWN: u32 = 1 << 2;
 pub const XEN_DOMINF_PAUSED: u32 = 1 << 3;
+/// The guest's `SHUTDOWN_*` code sits in bits 16-23 of the flags.
+pub const XEN_DOMINF_SHUTDOWNSHIFT: u32 = 16;
+pub const XEN_DOMINF_SHUTDOWNMASK: u32 = 255;
 
 pub const DOMID_SELF: u16 = 0x7ff0;
 pub const DOMID_IO: u16 = 0x7ff1;

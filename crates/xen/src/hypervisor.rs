@@ -158,11 +158,33 @@ pub struct DomainInfo {
     pub shutdown: bool,
     pub hvm: bool,
     pub paused: bool,
+    /// `SHUTDOWN_*` code the guest gave (meaningful when `shutdown`): 0 poweroff, 1 reboot,
+    /// 2 suspend, 3 crash, 4 watchdog, 5 soft reset.
+    #[serde(default)]
+    pub shutdown_reason: u8,
     /// The domain's handle (its UUID under xl and libvirt). With the domid it names one
     /// incarnation of a domain: Xen reuses domids, a toolstack gives each new domain a new
     /// handle (docs/xen-semantics.md, "Domain incarnations").
     #[serde(default)]
     pub handle: DomainHandle,
+}
+
+impl DomainInfo {
+    /// `SHUTDOWN_suspend`: the domain may be resumed (save, migration).
+    pub const SHUTDOWN_SUSPEND: u8 = 2;
+    /// `SHUTDOWN_soft_reset`: the toolstack resets and resumes the same domain.
+    pub const SHUTDOWN_SOFT_RESET: u8 = 5;
+
+    /// Whether the domain will never run again: dying, or shut down for good (poweroff,
+    /// reboot, crash, watchdog). Only such a domain's pirqs may be swept.
+    pub fn finished(&self) -> bool {
+        self.dying
+            || (self.shutdown
+                && !matches!(
+                    self.shutdown_reason,
+                    DomainInfo::SHUTDOWN_SUSPEND | DomainInfo::SHUTDOWN_SOFT_RESET
+                ))
+    }
 }
 
 /// `xen_domain_handle_t`: 16 bytes the toolstack chooses at domain creation. Serialized in

@@ -467,6 +467,8 @@ impl Hypervisor for Privcmd {
             shutdown: flags & abi::XEN_DOMINF_SHUTDOWN != 0,
             hvm: flags & abi::XEN_DOMINF_HVM_GUEST != 0,
             paused: flags & abi::XEN_DOMINF_PAUSED != 0,
+            shutdown_reason: ((flags >> abi::XEN_DOMINF_SHUTDOWNSHIFT)
+                & abi::XEN_DOMINF_SHUTDOWNMASK) as u8,
             handle: DomainHandle(d.get_bytes::<16>(payload::DOMINFO_HANDLE)),
         }))
     }

@@ -74,7 +74,7 @@ int main(void) {
     C(XEN_DOMCTL_DEV_PCI); C(XEN_DOMCTL_DEV_RDM_RELAXED);
     C(PT_IRQ_TYPE_PCI); C(PT_IRQ_TYPE_ISA); C(PT_IRQ_TYPE_MSI); C(PT_IRQ_TYPE_MSI_TRANSLATE);
     C(XEN_DOMCTL_VMSI_X86_UNMASKED);
-    C(XEN_DOMINF_dying); C(XEN_DOMINF_hvm_guest); C(XEN_DOMINF_shutdown); C(XEN_DOMINF_paused);
+    C(XEN_DOMINF_dying); C(XEN_DOMINF_hvm_guest); C(XEN_DOMINF_shutdown); C(XEN_DOMINF_paused); C(XEN_DOMINF_shutdownshift); C(XEN_DOMINF_shutdownmask);
     C(DOMID_SELF); C(DOMID_IO); C(DOMID_XEN); C(DOMID_INVALID);
     return 0;
 }
@@ -334,6 +334,8 @@ fn rust_values() -> Vec<(&'static str, i64)> {
         ("XEN_DOMINF_hvm_guest", XEN_DOMINF_HVM_GUEST.into()),
         ("XEN_DOMINF_shutdown", XEN_DOMINF_SHUTDOWN.into()),
         ("XEN_DOMINF_paused", XEN_DOMINF_PAUSED.into()),
+        ("XEN_DOMINF_shutdownshift", XEN_DOMINF_SHUTDOWNSHIFT.into()),
+        ("XEN_DOMINF_shutdownmask", XEN_DOMINF_SHUTDOWNMASK.into()),
         ("DOMID_SELF", DOMID_SELF.into()),
         ("DOMID_IO", DOMID_IO.into()),
         ("DOMID_XEN", DOMID_XEN.into()),

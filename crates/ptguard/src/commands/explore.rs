@@ -9,7 +9,7 @@ use sim::dm::DmBehaviour;
 
 use crate::cli::ExploreArgs;
 use crate::commands::scenario::load_scenarios;
-use crate::rig::{Policy, Rig};
+use crate::rig::Rig;
 
 /// One violation with what replays it.
 #[derive(Debug, Serialize)]
@@ -56,8 +56,9 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         args.dm.clone()
     };
     let (xen, pciback) = (args.profile.xen(), args.profile.pciback());
+    let policy = args.policy;
     let mut summary = ExploreSummary {
-        profile: format!("{} {}", xen.name(), pciback.name()),
+        profile: format!("{} {} ({})", xen.name(), pciback.name(), policy.name()),
         ..Default::default()
     };
     let replay = args.replay.as_deref().map(parse_seed).transpose()?;
@@ -71,7 +72,7 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
             }
             combos += 1;
-            let mut base = Rig::new(Policy::Ptguard, *b, xen, pciback, s.vectors);
+            let mut base = Rig::new(policy, *b, xen, pciback, s.vectors);
             let baseline = base.run(s);
             summary.cases += 1;
             for v in &baseline.violations {
@@ -86,7 +87,7 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             summary.crash_points += points.len() as u64;
             for k in points {
-                let mut rig = Rig::new(Policy::Ptguard, *b, xen, pciback, s.vectors);
+                let mut rig = Rig::new(policy, *b, xen, pciback, s.vectors);
                 rig.crash_at(k);
                 let r = rig.run(s);
                 summary.cases += 1;
@@ -176,8 +177,10 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         for v in summary.violations.iter().take(20) {
             writeln!(
                 out,
-                "  {}  (replay: ptguard explore --replay {})",
-                v.what, v.seed
+                "  {}  (replay: ptguard explore --policy {} --replay {})",
+                v.what,
+                args.policy.name(),
+                v.seed
             )?;
         }
     }

@@ -1,0 +1,147 @@
+//! The sweep: unmapping whatever pirqs a finished domain still holds, for the bindings no
+//! ledger knows (a stock device model binds by direct hypercalls and never unmaps on exit).
+//!
+//! Xen offers no call that lists a domain's pirqs, but `PHYSDEVOP_unmap_pirq` works on a
+//! dying domain, force-unbinds a still-bound pirq and answers `-EINVAL` for one that is not
+//! mapped. A guest's pirq space is `nr_irqs_gsi + extra_guest_irqs` and MSI pirqs are handed
+//! out from the top down, so the MSI range is `[nr_irqs_gsi, nr_pirqs)`. Only a domain that
+//! will never run again is swept: its pirqs are Xen's to free anyway.
+
+use serde::Serialize;
+use xen::{DomId, Errno, Hypervisor, Pirq};
+
+use crate::engine::Engine;
+use crate::EngineError;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// `DEFAULT_EXTRA_DOMU_IRQS` (Xen 4.17 xen/common/domain.c).
+pub const DEFAULT_EXTRA_GUEST_IRQS: u32 = 32;
+/// When Xen's "IRQ limits" line has left the console ring: the sweep starts at pirq 0
+/// (unmapping a finished domain's GSI pirqs is harmless) and covers this many GSIs, more
+/// than any IO-APIC layout gives.
+pub const FALLBACK_NR_IRQS_GSI: u32 = 1024;
+
+/// The pirqs a sweep tries, and where the bounds came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PirqRange {
+    pub first: u32,
+    pub end: u32,
+    /// `nr_irqs_gsi` from Xen's boot line, or `None` when it could not be read.
+    pub nr_irqs_gsi: Option<u32>,
+    pub extra_guest_irqs: u32,
+}
+
+impl PirqRange {
+    /// From Xen's command line (`extra_guest_irqs=`) and console (`IRQ limits: N GSI`).
+    pub fn learn(hv: &dyn Hypervisor) -> PirqRange {
+        let extra = hv
+            .command_line()
+            .ok()
+            .and_then(|c| crate::doctor::extra_guest_irqs(&c))
+            .unwrap_or(DEFAULT_EXTRA_GUEST_IRQS);
+        let gsi = hv.read_console().ok().and_then(|c| nr_irqs_gsi(&c));
+        PirqRange::new(gsi, extra)
+    }
+
+    pub fn new(nr_irqs_gsi: Option<u32>, extra_guest_irqs: u32) -> PirqRange {
+        let (first, gsis) = match nr_irqs_gsi {
+            Some(n) => (n, n),
+            None => (0, FALLBACK_NR_IRQS_GSI),
+        };
+        PirqRange {
+            first,
+            end: gsis.saturating_add(extra_guest_irqs),
+            nr_irqs_gsi,
+            extra_guest_irqs,
+        }
+    }
+}
+
+/// `nr_irqs_gsi` from the console line Xen 4.17 prints at boot (`arch/x86/io_apic.c`):
+/// `IRQ limits: 24 GSI, 1528 MSI/MSI-X`.
+pub fn nr_irqs_gsi(console: &str) -> Option<u32> {
+    console.lines().rev().find_map(|l| {
+        let rest = &l[l.find("IRQ limits: ")? + "IRQ limits: ".len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub domid: DomId,
+    pub range: PirqRange,
+    /// The pirqs that were still mapped and are now unmapped.
+    pub unmapped: Vec<Pirq>,
+    /// The domain was already gone: Xen had freed everything.
+    pub domain_gone: bool,
+}
+
+impl Engine<'_> {
+    /// Unmaps every pirq in `domid`'s MSI range. Refused for a domain that may still run
+    /// (running, paused, suspended): its pirqs are its own. Idempotent: a second sweep
+    /// finds nothing, so a crash in the middle is cured by sweeping again.
+    pub fn sweep(&mut self, domid: DomId) -> Result<SweepReport> {
+        self.refuse_protected(domid, "sweep the pirqs of")?;
+        let hv = self.platform.hypervisor();
+        let range = PirqRange::learn(hv);
+        match hv.domain_info(domid)? {
+            None => {
+                return Ok(SweepReport {
+                    domid,
+                    range,
+                    unmapped: Vec::new(),
+                    domain_gone: true,
+                })
+            }
+            Some(i) if !i.finished() => return Err(EngineError::SweepLiveDomain { domid }),
+            Some(_) => {}
+        }
+        let mut unmapped = Vec::new();
+        for p in (range.first..range.end).rev() {
+            let pirq = Pirq(p as i32);
+            match hv.unmap_pirq(domid, pirq) {
+                Ok(()) => unmapped.push(pirq),
+                // Not mapped (-EINVAL), beyond nr_pirqs (-EINVAL), the domain finished dying
+                // meanwhile (-ESRCH).
+                Err(e) if matches!(e.errno(), Some(Errno::EINVAL) | Some(Errno::ESRCH)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !unmapped.is_empty() {
+            self.notice(format!(
+                "{domid}: swept {} pirq(s) its device model left mapped: {}",
+                unmapped.len(),
+                unmapped
+                    .iter()
+                    .map(|p| p.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        Ok(SweepReport {
+            domid,
+            range,
+            unmapped,
+            domain_gone: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_irq_limits_line_gives_nr_irqs_gsi() {
+        let c = "(XEN) Using APIC driver default\n(XEN) IRQ limits: 24 GSI, 1528 MSI/MSI-X\n";
+        assert_eq!(nr_irqs_gsi(c), Some(24));
+        assert_eq!(nr_irqs_gsi("(XEN) nothing here\n"), None);
+        assert_eq!(nr_irqs_gsi("(XEN) IRQ limits: many GSI"), None);
+        let r = PirqRange::new(Some(24), 32);
+        assert_eq!((r.first, r.end), (24, 56));
+        let r = PirqRange::new(None, 64);
+        assert_eq!((r.first, r.end), (0, 1088));
+    }
+}
