@@ -516,6 +516,10 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    pub(crate) fn protected_domain(&self, domid: DomId) -> bool {
+        self.protected.contains(domid)
+    }
+
     pub(crate) fn refuse_protected(&self, domid: DomId, action: &'static str) -> Result<()> {
         if self.protected.contains(domid) {
             return Err(EngineError::ProtectedDomain { domid, action });

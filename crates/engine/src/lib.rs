@@ -9,6 +9,7 @@
 //! before any step. It must not reach around those traits (no direct file, device or socket
 //! I/O of its own).
 
+pub mod companion;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;

@@ -158,6 +158,17 @@ pub enum Command {
     /// @releaseDomain).
     #[command(name = "release-domain")]
     ReleaseDomain(DomidArg),
+    /// Unmap every pirq a finished domain still holds in its MSI range.
+    ///
+    /// For bindings no ledger knows (a stock device model binds by direct hypercalls
+    /// and never unmaps when it dies): PHYSDEVOP_unmap_pirq of each pirq from
+    /// nr_pirqs-1 down to nr_irqs_gsi (learnt from Xen's boot line and its
+    /// extra_guest_irqs= option). Refused for a domain that may still run (running,
+    /// paused, suspended). Idempotent. `watch` and the teardown sweep by themselves;
+    /// this is for hooks and by hand.
+    Sweep(DomidArg),
+    /// Entry points for a toolstack's hooks (companion mode).
+    Hook(HookArgs),
     /// Drive the simulated host: create it, create domains, start guests.
     Sim(SimArgs),
     /// List PCI devices with driver, reset methods, MSI and MSI-X state.
@@ -423,6 +434,23 @@ pub struct JsonArg {
 }
 
 #[derive(Debug, Args)]
+pub struct HookArgs {
+    #[command(subcommand)]
+    pub what: HookCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Before the toolstack resets a device (xenopsd's pci-flr-script `flr-pre`, a
+    /// libvirt hook, a wrapper around xl): if its guest is finished, sweep what that
+    /// guest's device model left mapped (or run ptguard's teardown for a device in the
+    /// ledger). Does nothing for a guest that may still run. Exit 0 unless the host
+    /// could not be asked; safe to run twice and beside `ptguard watch`.
+    #[command(name = "pre-reset")]
+    PreReset(SbdfArg),
+}
+
+#[derive(Debug, Args)]
 pub struct DomidArg {
     /// Domain id of a guest.
     #[arg(value_name = "DOMID")]
@@ -521,6 +549,10 @@ pub struct WatchArgs {
     /// With --once: print what was done as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Do not adopt the devices the toolstack gives guests (libxl's PCI backend nodes):
+    /// manage only what `ptguard attach` gave (companion mode off).
+    #[arg(long)]
+    pub no_adopt: bool,
 }
 
 #[derive(Debug, Args)]

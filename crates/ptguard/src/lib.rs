@@ -56,6 +56,10 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::List(a) => lc::list(&cli, a.json, out),
         Command::Show(a) => lc::show(&cli, a.sbdf, a.json, out),
         Command::ReleaseDomain(a) => lc::release_domain(&cli, a.domid, a.json, out),
+        Command::Sweep(a) => lc::sweep(&cli, a.domid, a.json, out),
+        Command::Hook(h) => match &h.what {
+            crate::cli::HookCommand::PreReset(a) => lc::hook_pre_reset(&cli, a.sbdf, a.json, out),
+        },
         Command::Doctor(a) => commands::doctor::run(&cli, a, out),
         Command::Preflight(a) => commands::doctor::preflight(&cli, a, out),
         Command::Report(a) => commands::doctor::report(&cli, a, out),

@@ -1287,3 +1287,82 @@ fn companion_sweep_cures_reboot_and_reassign_on_every_profile() {
     }
     assert!(points > 40, "{points} crash points");
 }
+
+/// Issue 15, companion mode at the engine: the daemon adopts what the toolstack's backend
+/// gives a guest, `hook pre-reset` leaves a running guest alone, and once the guest is
+/// finished sweeps what its stock device model left (through the companion teardown),
+/// idempotently; the toolstack's own teardown then hands the next guest a clean device.
+#[test]
+fn companion_adopts_from_the_toolstack_and_sweeps_before_its_reset() {
+    use engine::companion::PreReset;
+    use sim::dm::{DeviceModel, DirectBroker};
+    let mut f = fixture();
+    sim::libxl::assignable_add(&f.host, dev()).unwrap();
+    let g = f.host.create_domain("g", true);
+    let direct = DirectBroker(f.host.clone());
+    let mut dm = DeviceModel::new(g, DmBehaviour::Crashes);
+    sim::libxl::attach(&f.host, g, dev(), &mut dm, &direct).unwrap();
+    f.host.unpause(g).unwrap();
+    dm.guest_enable_msix(&f.host, &direct, dev(), 3).unwrap();
+    // What libxl writes for the guest's PCI backend.
+    let be = format!("/local/domain/0/backend/pci/{}/0", g.0);
+    f.client
+        .write(
+            TxId::NONE,
+            &format!("{be}/dev-0"),
+            dev().to_string().as_bytes(),
+        )
+        .unwrap();
+    f.client
+        .write(TxId::NONE, &format!("{be}/num_devs"), b"1")
+        .unwrap();
+
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let adopted = e.adopt_from_toolstack().unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!((adopted[0].sbdf, adopted[0].domid), (dev(), g));
+    assert!(e.adopt_from_toolstack().unwrap().is_empty(), "adopted once");
+    assert_eq!(
+        e.pre_reset(dev()).unwrap(),
+        PreReset::OwnerRunning { domid: g }
+    );
+    assert!(matches!(
+        e.sweep(g),
+        Err(EngineError::SweepLiveDomain { .. })
+    ));
+
+    // qemu dies with its vectors bound; the guest reboots.
+    dm.crash();
+    f.host.shutdown(g).unwrap();
+    match e.pre_reset(dev()).unwrap() {
+        PreReset::TornDown {
+            outcome: Outcome::Assignable { .. },
+            ..
+        } => {}
+        other => panic!("expected a clean teardown, got {other:?}"),
+    }
+    assert!(
+        e.notices.iter().any(|n| n.contains("swept 3 pirq(s)")),
+        "{:?}",
+        e.notices
+    );
+    f.host.with_world(|w| {
+        let x = &w.device(dev()).unwrap().xen;
+        assert_eq!((x.used_entries, x.host_maskall, x.owner), (1, false, g));
+    });
+    // Twice is harmless (the backend still names the guest until libxl removes it).
+    assert!(
+        matches!(e.pre_reset(dev()).unwrap(), PreReset::Swept { report } if report.unmapped.is_empty())
+    );
+    drop(e);
+
+    // libxl's own teardown (reset, deassign, pciback) then the next guest.
+    sim::libxl::destroy(&f.host, g, &[dev()], &mut dm, &direct).unwrap();
+    let g2 = f.host.create_domain("g2", true);
+    let mut dm2 = DeviceModel::new(g2, DmBehaviour::WellBehaved);
+    sim::libxl::attach(&f.host, g2, dev(), &mut dm2, &direct).unwrap();
+    f.host.unpause(g2).unwrap();
+    dm2.guest_enable_msix(&f.host, &direct, dev(), 3).unwrap();
+    let report = sim::dm::check_interrupts(&f.host, g2, dev(), 3);
+    assert_eq!(report.delivered(), 3, "{report:?}");
+}

@@ -64,7 +64,7 @@ fn release_domain_event_triggers_the_teardown() {
     let daemon = {
         let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, |d| {
+            watch_loop(&ctx, Some(&mut watcher), &stop, true, |d| {
                 done.lock().unwrap().push(d.clone())
             })
             .unwrap()

@@ -48,32 +48,6 @@ fn ledger_findings(
     Ok(recs)
 }
 
-/// The toolstack's view: every `dev-N` of libxl's PCI backends,
-/// `/local/domain/0/backend/pci/<domid>/0/dev-<n>`.
-fn toolstack_backends(xs: &mut xenstore::XsClient) -> Vec<(DomId, Sbdf)> {
-    use xenstore::TxId;
-    let base = "/local/domain/0/backend/pci";
-    let mut out = Vec::new();
-    for dom in xs.directory(TxId::NONE, base).unwrap_or_default() {
-        let Ok(domid) = dom.parse::<u16>() else {
-            continue;
-        };
-        let be = format!("{base}/{dom}/0");
-        for node in xs.directory(TxId::NONE, &be).unwrap_or_default() {
-            if !node.starts_with("dev-") {
-                continue;
-            }
-            let Ok(Some(v)) = xs.read_optional(TxId::NONE, &format!("{be}/{node}")) else {
-                continue;
-            };
-            if let Ok(s) = String::from_utf8_lossy(&v).trim().parse::<Sbdf>() {
-                out.push((DomId(domid), s));
-            }
-        }
-    }
-    out
-}
-
 fn missing(what: &str, unknown: &str, fix: &str) -> Finding {
     Finding::new(
         "view-missing",
@@ -181,7 +155,7 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 Err(e) if e.errno() == Some(xen::Errno::EBUSY) => Some(true),
                 Err(_) => None,
             };
-            let backends = toolstack_backends(&mut ctx.xs);
+            let backends = engine::companion::toolstack_backends(&mut ctx.xs);
             let pci: &dyn pci::PciHost = if ctx.sim.is_some() {
                 ctx.platform.pci()
             } else {

@@ -414,3 +414,73 @@ pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Resu
     }
     Ok(())
 }
+
+/// `ptguard sweep DOMID`.
+pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut ctx = open(cli)?;
+    let report = ctx.engine().sweep(DomId(domid))?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else if report.domain_gone {
+        writeln!(out, "d{domid} is gone: Xen has freed all its pirqs")?;
+    } else {
+        let r = &report.range;
+        let bounds = match r.nr_irqs_gsi {
+            Some(g) => format!("nr_irqs_gsi {g} + extra_guest_irqs {}", r.extra_guest_irqs),
+            None => format!(
+                "Xen's 'IRQ limits' line is gone from its console: from 0, {} GSIs assumed + extra_guest_irqs {}",
+                engine::sweep::FALLBACK_NR_IRQS_GSI,
+                r.extra_guest_irqs
+            ),
+        };
+        writeln!(
+            out,
+            "d{domid}: tried pirqs {}..{} ({bounds}); unmapped {}{}",
+            r.first,
+            r.end.saturating_sub(1),
+            report.unmapped.len(),
+            if report.unmapped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    report
+                        .unmapped
+                        .iter()
+                        .map(|p| p.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
+        )?;
+    }
+    finish(cli, &mut ctx, out)
+}
+
+/// `ptguard hook pre-reset SBDF`.
+pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    use engine::companion::PreReset;
+    let mut ctx = open(cli)?;
+    let done = ctx.engine().pre_reset(s)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &done)?;
+        writeln!(out)?;
+    } else {
+        match &done {
+            PreReset::NoOwner => writeln!(out, "{s}: no guest holds it; nothing to do")?,
+            PreReset::OwnerRunning { domid } => writeln!(
+                out,
+                "{s}: {domid} may still run; its pirqs are its own, nothing swept"
+            )?,
+            PreReset::TornDown { outcome, .. } => print_outcome(out, s, outcome)?,
+            PreReset::Swept { report } => writeln!(
+                out,
+                "{s}: swept {} pirq(s) of {}",
+                report.unmapped.len(),
+                report.domid
+            )?,
+        }
+    }
+    finish(cli, &mut ctx, out)
+}

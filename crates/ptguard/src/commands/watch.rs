@@ -25,8 +25,12 @@ const SIM_POLL: Duration = Duration::from_millis(500);
 /// Teardowns finished, and the notices raised on the way.
 type Recovered = (Vec<(Sbdf, Outcome)>, Vec<String>);
 
-fn recover_pending(ctx: &mut HostCtx) -> anyhow::Result<Recovered> {
+fn recover_pending(ctx: &mut HostCtx, adopt: bool) -> anyhow::Result<Recovered> {
     let mut e = ctx.engine();
+    if adopt {
+        // Companion mode: devices the toolstack gave since the last round.
+        e.adopt_from_toolstack()?;
+    }
     let done = e.recover()?;
     let notices = std::mem::take(&mut e.notices);
     Ok((done, notices))
@@ -39,6 +43,7 @@ pub fn watch_loop(
     host: &DaemonHost,
     mut watcher: Option<&mut xenstore::XsClient>,
     stop: &AtomicBool,
+    adopt: bool,
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
@@ -54,7 +59,7 @@ pub fn watch_loop(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        let (done, notices) = host.with(recover_pending)?;
+        let (done, notices) = host.with(|c| recover_pending(c, adopt))?;
         for n in notices {
             tracing::warn!("{n}");
         }
@@ -95,7 +100,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     let mut ctx = HostCtx::for_cli(cli)?;
     // One device whose resumed teardown fails does not stop the daemon: recover()
     // quarantines it and reports it among the outcomes.
-    let (done, notices) = recover_pending(&mut ctx)?;
+    let (done, notices) = recover_pending(&mut ctx, !args.no_adopt)?;
     ctx.save()?;
     let pending = Pending {
         notices,
@@ -142,6 +147,10 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         HostSpec::Real => {
             let mut w = xenstore::XsClient::open()?;
             w.watch("@releaseDomain", "ptguard")?;
+            if !args.no_adopt {
+                // A toolstack giving a guest a device writes its PCI backend here.
+                w.watch(engine::companion::TOOLSTACK_BACKENDS, "ptguard-adopt")?;
+            }
             (DaemonHost::Held(Box::new(Mutex::new(ctx))), Some(w))
         }
         spec @ HostSpec::Sim(_) => {
@@ -154,8 +163,16 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let broker = serve_broker(host.clone(), &socket, stop.clone(), BrokerLimits::default())?;
-    tracing::info!("watching @releaseDomain; broker on {}", socket.display());
-    let r = watch_loop(&host, watcher.as_mut(), &stop, |_| {});
+    tracing::info!(
+        "watching @releaseDomain{}; broker on {}",
+        if args.no_adopt {
+            ""
+        } else {
+            " and the toolstack's PCI backends (companion mode)"
+        },
+        socket.display()
+    );
+    let r = watch_loop(&host, watcher.as_mut(), &stop, !args.no_adopt, |_| {});
     stop.store(true, Ordering::Relaxed);
     broker.join();
     r
