@@ -377,6 +377,44 @@ if group ptpaths; then
     ptguard assignable-remove $SBDF >/dev/null 2>&1
 fi
 
+# ---- companion: stock xl (pci=) and stock qemu-xen, ptguard watch beside them ---------
+# The daemon adopts the device from libxl's backend; qemu is killed while the guest's
+# MSI-X is live; the guest powers itself off with decoding off (as old pciback leaves it),
+# xl tears it down; ptguard must sweep the leftover pirqs with decoding on before that,
+# and the next guest's interrupts must arrive.
+if group companion; then
+    start_watch
+    xl pci-assignable-add $SBDF
+    cfg hvmc hvm yes $SBDF "hold=1 stay=30"
+    cfg pv pv yes $SBDF ""
+    live=$(start_hold hvmc hvm)
+    d=$(domid_of hvmc)
+    wait_for 20 test "$(ledger mode)" = companion
+    expect companion-adopts "d$d live: $live; ledger $(ledger state) owner '$(ledger owner)' mode $(ledger mode)" \
+        test "$(ledger state)" = attached -a "$(ledger owner | cut -d' ' -f1)" = "$d" -a "$(ledger mode)" = companion
+    out=$(ptguard hook pre-reset $SBDF 2>&1); rc=$?
+    expect companion-hook-leaves-a-running-guest "rc=$rc $out" has "rc=$rc $out" "rc=0 .*may still run"
+    out=$(ptguard sweep "$d" 2>&1); rc=$?
+    expect companion-sweep-refuses-a-running-guest "rc=$rc $out" has "rc=$rc $out" "rc=1 .*may still run"
+    dm=$(xenstore-read "/local/domain/$d/image/device-model-pid" 2>/dev/null)
+    kill -9 "$dm" 2>/dev/null
+    setpci -s $BDF COMMAND=0000
+    log=$(guest_log hvmc hvm)
+    wait_for 60 grep -aq GUEST-POWEROFF "$log"
+    wait_for 60 sh -c "! xl domid hvmc >/dev/null 2>&1"
+    # A companion record lives while a guest holds the device: gone once it is clean.
+    wait_for 30 test -z "$(ledger state)"
+    sleep 3
+    swept=$(watch_log 60 | grep -a "swept" | tail -1)
+    capture companion-after-poweroff
+    expect companion-sweeps-the-dead-qemus-pirqs "qemu $dm killed, guest powered off; ledger '$(ledger state)'; daemon: '$swept'; MSI-X: $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
+        has "[$(ledger state)] $swept $(msix)" "\[\] .*swept [0-9]+ pirq.*Masked-"
+    r=$(run_guest pv pv)
+    expect companion-next-guest-irqs-arrive "next guest (xl, pci=): $r" has "$r" '^IRQS-ARRIVE'
+    stop_watch
+    xl pci-assignable-remove -r $SBDF
+fi
+
 # ---- zombie: a domain destroyed behind the toolstack's back, its MSI-X still live -------
 # (last: the zombie stays until dom0 powers off)
 if group zombie; then

@@ -1511,6 +1511,12 @@ impl<'a> Engine<'a> {
                         return self.quarantine(sbdf, format!("verification failed: {p}"));
                     }
                     let epoch = next_epoch(sbdf, rec.epoch)?;
+                    if companion {
+                        // The toolstack owns the device between guests: ptguard keeps a
+                        // record only while a guest holds it (the next one is adopted anew).
+                        rm(self.xs, TxId::NONE, &device_path(sbdf))?;
+                        return Ok(Outcome::Assignable { epoch });
+                    }
                     self.xs.transaction(|xs, tx| -> Result<()> {
                         write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
                         write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
