@@ -392,6 +392,11 @@ if group companion; then
     wait_for 20 test "$(ledger mode)" = companion
     expect companion-adopts "d$d live: $live; ledger $(ledger state) owner '$(ledger owner)' mode $(ledger mode)" \
         test "$(ledger state)" = attached -a "$(ledger owner | cut -d' ' -f1)" = "$d" -a "$(ledger mode)" = companion
+    if [ "$(ledger mode)" != companion ]; then
+        say "not adopted; daemon log:"; watch_log 15
+        say "backend: $(xenstore-ls -f /local/domain/0/backend/pci 2>&1 | grep -E 'dev-|num_devs|/state ' | tr '\n' ' ')"
+        say "watch --once: $(PTGUARD_LOG=debug ptguard watch --once 2>&1 | tail -8 | tr '\n' ' ')"
+    fi
     out=$(ptguard hook pre-reset $SBDF 2>&1); rc=$?
     expect companion-hook-leaves-a-running-guest "rc=$rc $out" has "rc=$rc $out" "rc=0 .*may still run"
     out=$(ptguard sweep "$d" 2>&1); rc=$?

@@ -94,7 +94,14 @@ impl Engine<'_> {
                     ));
                     done.push(Adopted { sbdf, domid, epoch });
                 }
-                Err(e) => tracing::debug!(%sbdf, %domid, "not adopted: {e}"),
+                // A domain that is going or gone, or a device Xen says nobody holds (the
+                // toolstack is still assigning it, or already took it back): next round.
+                Err(
+                    e @ (EngineError::DomainDying { .. }
+                    | EngineError::UnknownDomain { .. }
+                    | EngineError::NotHeld { .. }),
+                ) => tracing::debug!(%sbdf, %domid, "not adopted: {e}"),
+                Err(e) => tracing::warn!(%sbdf, %domid, "not adopted: {e}"),
             }
         }
         Ok(done)

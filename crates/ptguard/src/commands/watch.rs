@@ -28,8 +28,11 @@ type Recovered = (Vec<(Sbdf, Outcome)>, Vec<String>);
 fn recover_pending(ctx: &mut HostCtx, adopt: bool) -> anyhow::Result<Recovered> {
     let mut e = ctx.engine();
     if adopt {
-        // Companion mode: devices the toolstack gave since the last round.
-        e.adopt_from_toolstack()?;
+        // Companion mode: devices the toolstack gave since the last round. A failure here
+        // (Xenstore, the hypervisor) must not stop the teardowns below.
+        if let Err(err) = e.adopt_from_toolstack() {
+            tracing::warn!("adoption from the toolstack's backends: {err}");
+        }
     }
     let done = e.recover()?;
     let notices = std::mem::take(&mut e.notices);
