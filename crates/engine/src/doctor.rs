@@ -306,7 +306,7 @@ fn forced_mask(s: Sbdf, evidence: Vec<String>) -> Finding {
 }
 
 /// What Xen says of a device: `Some(true)` a guest holds it (`test_assign_device` answered
-/// `-EBUSY`), `Some(false)` it is dom0's or dom_io's, `None` unknown.
+/// `-EINVAL`, "already assigned"), `Some(false)` it is dom0's or dom_io's, `None` unknown.
 pub type HeldByGuest<'a> = &'a dyn Fn(Sbdf) -> Option<bool>;
 
 /// Compares the three views of every device any of them knows — the ledger, Xen
@@ -351,7 +351,7 @@ pub fn reconcile(
             format!(
                 "Xen: {}",
                 match held {
-                    Some(true) => "a guest holds it (test_assign_device -EBUSY)",
+                    Some(true) => "a guest holds it (test_assign_device -EINVAL: already assigned)",
                     Some(false) => "dom0 or dom_io holds it",
                     None => "unknown",
                 }

@@ -150,10 +150,10 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                     .ok()
                     .map(|i| i.is_some_and(|i| !i.dying && !i.shutdown))
             };
-            let held = |s: Sbdf| match hv.test_assign_device(s) {
-                Ok(()) => Some(false),
-                Err(e) if e.errno() == Some(xen::Errno::EBUSY) => Some(true),
-                Err(_) => None,
+            let held = |s: Sbdf| {
+                engine::engine::held_by_guest(hv, s)
+                    .ok()
+                    .map(|h| h.is_some())
             };
             let backends = engine::companion::toolstack_backends(&mut ctx.xs);
             let pci: &dyn pci::PciHost = if ctx.sim.is_some() {
@@ -544,15 +544,13 @@ pub fn preflight(
             format!("ptguard assignable-add {s} (or `xl pci-assignable-add {s}`)"),
         ));
     }
-    if let Err(e) = hv.test_assign_device(s) {
-        if e.errno() == Some(xen::Errno::EBUSY)
-            && !findings.iter().any(|f| f.code == "zombie-owner")
-        {
+    if let Ok(Some(errno)) = engine::engine::held_by_guest(hv, s) {
+        if !findings.iter().any(|f| f.code == "zombie-owner") {
             findings.push(Finding::new(
                 "held-by-guest",
                 Some(s),
                 "another domain holds it".into(),
-                vec![format!("Xen: test_assign_device {}", e)],
+                vec![format!("Xen: test_assign_device -{}", errno.name())],
                 format!("detach it there first (`xl pci-detach`, or `ptguard detach {s}`)"),
             ));
         }
