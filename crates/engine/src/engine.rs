@@ -486,6 +486,24 @@ fn owner_text(domid: DomId, info: Option<&DomainInfo>) -> String {
     }
 }
 
+/// Marks `sbdf` attached to the domain `info` describes (domid and handle) at `epoch`.
+fn write_attached(
+    xs: &mut XsClient,
+    tx: TxId,
+    sbdf: Sbdf,
+    info: &DomainInfo,
+    epoch: u64,
+) -> Result<()> {
+    write(xs, tx, &field_path(sbdf, "state"), "attached")?;
+    write(
+        xs,
+        tx,
+        &field_path(sbdf, "owner"),
+        &owner_text(info.domid, Some(info)),
+    )?;
+    write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())
+}
+
 /// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.
 fn same_incarnation(recorded: Option<DomainHandle>, info: &DomainInfo) -> bool {
     recorded.is_none_or(|h| h == info.handle)
@@ -715,14 +733,7 @@ impl<'a> Engine<'a> {
                 None => 1,
             };
             let driver = old.and_then(|r| r.driver).unwrap_or_default();
-            write(xs, tx, &field_path(sbdf, "state"), "attached")?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "owner"),
-                &owner_text(domid, Some(&info)),
-            )?;
-            write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+            write_attached(xs, tx, sbdf, &info, epoch)?;
             write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
             write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
             // The toolstack gave the device and takes it back (permissions, backend,
@@ -832,14 +843,7 @@ impl<'a> Engine<'a> {
                 }
             }
             let epoch = next_epoch(sbdf, rec.epoch)?;
-            write(xs, tx, &field_path(sbdf, "state"), "attached")?;
-            write(
-                xs,
-                tx,
-                &field_path(sbdf, "owner"),
-                &owner_text(domid, Some(&info)),
-            )?;
-            write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+            write_attached(xs, tx, sbdf, &info, epoch)?;
             write(xs, tx, &field_path(sbdf, "step"), Step::Attach.as_str())?;
             Ok(epoch)
         })?;

@@ -203,17 +203,9 @@ impl Binding {
         match self.key {
             BindingKey::Intx => {
                 // Records from before the guest's slot was kept: the host slot, pin A.
-                let g = self.guest_intx.unwrap_or(GuestIntx {
-                    bus: 0,
-                    device: sbdf.dev(),
-                    intx: 0,
-                });
-                PtIrq::Pci {
-                    pirq,
-                    bus: g.bus,
-                    device: g.device,
-                    intx: g.intx,
-                }
+                self.guest_intx
+                    .unwrap_or(GuestIntx::at_host_slot(sbdf))
+                    .pt_irq(pirq)
             }
             BindingKey::Msix(_) => PtIrq::Msi {
                 pirq,

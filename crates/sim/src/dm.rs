@@ -76,19 +76,9 @@ impl VectorRequest {
     /// The `bind_pt_irq` argument for `pirq`.
     pub fn pt_irq(&self, pirq: Pirq) -> PtIrq {
         match self.kind {
-            VectorKind::Intx { guest, .. } => {
-                let g = guest.unwrap_or(GuestIntx {
-                    bus: 0,
-                    device: self.sbdf.dev(),
-                    intx: 0,
-                });
-                PtIrq::Pci {
-                    pirq,
-                    bus: g.bus,
-                    device: g.device,
-                    intx: g.intx,
-                }
-            }
+            VectorKind::Intx { guest, .. } => guest
+                .unwrap_or(GuestIntx::at_host_slot(self.sbdf))
+                .pt_irq(pirq),
             VectorKind::Msix { .. } => PtIrq::Msi {
                 pirq,
                 gvec: self.gvec,

@@ -124,6 +124,24 @@ pub struct GuestIntx {
 }
 
 impl GuestIntx {
+    /// Where a binding recorded before the guest's slot was known is taken to be: the
+    /// host slot, pin A.
+    pub fn at_host_slot(sbdf: pci::Sbdf) -> GuestIntx {
+        GuestIntx {
+            bus: 0,
+            device: sbdf.dev(),
+            intx: 0,
+        }
+    }
+    /// The `XEN_DOMCTL_bind_pt_irq`/`unbind_pt_irq` argument binding `pirq` here.
+    pub fn pt_irq(self, pirq: Pirq) -> PtIrq {
+        PtIrq::Pci {
+            pirq,
+            bus: self.bus,
+            device: self.device,
+            intx: self.intx,
+        }
+    }
     /// Whether Xen can route it: slot 0-31, pin A-D.
     pub fn is_valid(&self) -> bool {
         self.device < 32 && self.intx < 4
