@@ -379,13 +379,16 @@ fi
 
 # ---- companion: stock xl (pci=) and stock qemu-xen, ptguard watch beside them ---------
 # The daemon adopts the device from libxl's backend; qemu is killed while the guest's
-# MSI-X is live; the guest powers itself off with decoding off (as old pciback leaves it),
-# xl tears it down; ptguard must sweep the leftover pirqs with decoding on before that,
-# and the next guest's interrupts must arrive.
+# MSI-X is live and decoding is turned off (as old pciback leaves it); the guest reboots
+# (with qemu gone its ACPI poweroff would go nowhere: it triple-faults, which Xen turns into
+# a reboot shutdown; on_reboot="preserve" keeps the domain for the operator); ptguard must
+# sweep the leftover pirqs with decoding on before anyone resets the device, and the next
+# guest's interrupts must arrive.
 if group companion; then
     start_watch
     xl pci-assignable-add $SBDF
-    cfg hvmc hvm yes $SBDF "hold=1 stay=30"
+    cfg hvmc hvm yes $SBDF "hold=1 stay=30 down=reboot reboot=t"
+    echo 'on_reboot = "preserve"' >> /root/hvmc.cfg
     cfg pv pv yes $SBDF ""
     live=$(start_hold hvmc hvm)
     d=$(domid_of hvmc)
@@ -408,15 +411,16 @@ if group companion; then
     wait_for 60 grep -aq GUEST-POWEROFF "$log"
     # A companion record lives while a guest holds the device: gone once it is clean.
     wait_for 30 test -z "$(ledger state)"
-    # With its qemu dead, xl's monitor may fail to destroy the domain (stock xl 4.17.5:
-    # "Unable to destroy guest"); the operator then does, after ptguard's sweep.
-    gone=yes
-    wait_for 30 sh -c "! xl domid hvmc >/dev/null 2>&1" || { gone="no, xl destroy by hand"; xl destroy hvmc 2>/dev/null; }
-    say "companion: domain destroyed by xl's monitor: $gone"
+    say "companion: after the guest's reboot: ledger '$(ledger state)' ($(ledger reason)); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')"
+    # on_reboot="preserve": the operator destroys the domain, after ptguard's sweep.
+    gone="by hand"
+    xl destroy hvmc 2>/dev/null || gone="by hand, failed"
+    wait_for 30 sh -c "! xl domid hvmc >/dev/null 2>&1" || gone="$gone, still there"
+    say "companion: domain destroyed $gone"
     sleep 3
     swept=$(watch_log 60 | grep -a "swept" | tail -1)
     capture companion-after-poweroff
-    expect companion-sweeps-the-dead-qemus-pirqs "qemu $dm killed, guest powered off; ledger '$(ledger state)'; daemon: '$swept'; MSI-X: $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
+    expect companion-sweeps-the-dead-qemus-pirqs "qemu $dm killed, guest rebooted (destroyed by xl: $gone); ledger '$(ledger state)'; daemon: '$swept'; MSI-X: $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
         has "[$(ledger state)] $swept $(msix)" "\[\] .*swept [0-9]+ pirq.*Masked-"
     r=$(run_guest pv pv)
     expect companion-next-guest-irqs-arrive "next guest (xl, pci=): $r" has "$r" '^IRQS-ARRIVE'
