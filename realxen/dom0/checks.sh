@@ -379,16 +379,17 @@ fi
 
 # ---- companion: stock xl (pci=) and stock qemu-xen, ptguard watch beside them ---------
 # The daemon adopts the device from libxl's backend; qemu is killed while the guest's
-# MSI-X is live and decoding is turned off (as old pciback leaves it); the guest reboots
-# (with qemu gone its ACPI poweroff would go nowhere: it triple-faults, which Xen turns into
-# a reboot shutdown; on_reboot="preserve" keeps the domain for the operator); ptguard must
-# sweep the leftover pirqs with decoding on before anyone resets the device, and the next
-# guest's interrupts must arrive.
+# MSI-X is live and decoding is turned off (as old pciback leaves it); the domain is shut
+# down (xc_domain_shutdown, what the guest's own SCHEDOP_shutdown does: an HVM guest whose
+# qemu is dead cannot power itself off, its ACPI and serial I/O wait on qemu forever;
+# on_poweroff="preserve" keeps it for the operator); ptguard must sweep the leftover pirqs
+# with decoding on before anyone resets the device, and the next guest's interrupts must
+# arrive.
 if group companion; then
     start_watch
     xl pci-assignable-add $SBDF
-    cfg hvmc hvm yes $SBDF "hold=1 stay=30 down=reboot reboot=t"
-    echo 'on_reboot = "preserve"' >> /root/hvmc.cfg
+    cfg hvmc hvm yes $SBDF "hold=1"
+    sed -i 's/^on_poweroff = .*/on_poweroff = "preserve"/' /root/hvmc.cfg
     cfg pv pv yes $SBDF ""
     live=$(start_hold hvmc hvm)
     d=$(domid_of hvmc)
@@ -407,12 +408,11 @@ if group companion; then
     dm=$(xenstore-read "/local/domain/$d/image/device-model-pid" 2>/dev/null)
     kill -9 "$dm" 2>/dev/null
     setpci -s $BDF COMMAND=0000
-    log=$(guest_log hvmc hvm)
-    wait_for 60 grep -aq GUEST-POWEROFF "$log"
+    sd=$(python3 -c "import ctypes; xc = ctypes.CDLL('libxenctrl.so.4.17'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_shutdown(poweroff) rc', xc.xc_domain_shutdown(h, ctypes.c_uint32($d), ctypes.c_int(0)))" 2>&1)
     # A companion record lives while a guest holds the device: gone once it is clean.
     wait_for 30 test -z "$(ledger state)"
-    say "companion: after the guest's reboot: ledger '$(ledger state)' ($(ledger reason)); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')"
-    # on_reboot="preserve": the operator destroys the domain, after ptguard's sweep.
+    say "companion: $sd; ledger '$(ledger state)' ($(ledger reason)); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')"
+    # on_poweroff="preserve": the operator destroys the domain, after ptguard's sweep.
     gone="by hand"
     xl destroy hvmc 2>/dev/null || gone="by hand, failed"
     wait_for 30 sh -c "! xl domid hvmc >/dev/null 2>&1" || gone="$gone, still there"
@@ -420,7 +420,7 @@ if group companion; then
     sleep 3
     swept=$(watch_log 60 | grep -a "swept" | tail -1)
     capture companion-after-poweroff
-    expect companion-sweeps-the-dead-qemus-pirqs "qemu $dm killed, guest rebooted (destroyed by xl: $gone); ledger '$(ledger state)'; daemon: '$swept'; MSI-X: $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
+    expect companion-sweeps-the-dead-qemus-pirqs "qemu $dm killed, domain shut down ($sd; destroyed $gone); ledger '$(ledger state)'; daemon: '$swept'; MSI-X: $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
         has "[$(ledger state)] $swept $(msix)" "\[\] .*swept [0-9]+ pirq.*Masked-"
     r=$(run_guest pv pv)
     expect companion-next-guest-irqs-arrive "next guest (xl, pci=): $r" has "$r" '^IRQS-ARRIVE'
