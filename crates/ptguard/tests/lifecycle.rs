@@ -165,14 +165,24 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let xs = LocalXenstore::new(Quotas::default());
-    let host = SimHost::new(Profile::new(
+    fixture_with(
         XenProfile::Xen4_17_0,
-        PcibackProfile::AfterCommandFix,
-    ))
-    .with_sink(std::sync::Arc::new(xs.clone()));
-    host.add_device(DeviceSpec::nic(dev(), 8));
-    host.add_device(DeviceSpec::nic("0000:04:00.0".parse().unwrap(), 4));
+        vec![
+            DeviceSpec::nic(dev(), 8),
+            DeviceSpec::nic("0000:04:00.0".parse().unwrap(), 4),
+        ],
+    )
+}
+
+/// A simulated host of release `xen` (new pciback) with `devices`, its in-process
+/// xenstored and dom0's connection.
+fn fixture_with(xen: XenProfile, devices: Vec<DeviceSpec>) -> Fixture {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(xen, PcibackProfile::AfterCommandFix))
+        .with_sink(std::sync::Arc::new(xs.clone()));
+    for d in devices {
+        host.add_device(d);
+    }
     let platform = SimPlatform { host: host.clone() };
     let client = xs.connect(0);
     Fixture {
@@ -899,17 +909,9 @@ fn repair_clears_a_forced_function_mask_in_place() {
 /// vector of a 40-entry device cannot be mapped, and ptguard says why.
 #[test]
 fn a_guest_runs_out_of_msi_pirqs_at_its_budget() {
-    let xs = LocalXenstore::new(Quotas::default());
-    let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17_0,
-        PcibackProfile::AfterCommandFix,
-    ))
-    .with_sink(std::sync::Arc::new(xs.clone()));
-    host.add_device(DeviceSpec::nic(dev(), 40));
-    let platform = SimPlatform { host: host.clone() };
-    let mut client = xs.connect(0);
-    let a = host.create_domain("A", true);
-    let mut e = Engine::new(&mut client, &platform);
+    let mut f = fixture_with(XenProfile::Xen4_17_0, vec![DeviceSpec::nic(dev(), 40)]);
+    let a = f.host.create_domain("A", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
     e.assignable_add(dev()).unwrap();
     let epoch = e.attach(dev(), a).unwrap();
     let mut pirqs = Vec::new();
@@ -941,25 +943,20 @@ fn a_guest_runs_out_of_msi_pirqs_at_its_budget() {
 /// each binds at the guest's virtual slot, not the host's.
 #[test]
 fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
-    let xs = LocalXenstore::new(Quotas::default());
-    let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17_5,
-        PcibackProfile::AfterCommandFix,
-    ))
-    .with_sink(std::sync::Arc::new(xs.clone()));
     let (a_dev, b_dev): (Sbdf, Sbdf) = (
         "0000:03:00.0".parse().unwrap(),
         "0000:04:00.0".parse().unwrap(),
     );
-    for s in [a_dev, b_dev] {
-        let mut spec = DeviceSpec::nic(s, 4);
-        spec.gsi = 17;
-        host.add_device(spec);
-    }
-    let platform = SimPlatform { host: host.clone() };
-    let mut client = xs.connect(0);
-    let g = host.create_domain("g", true);
-    let mut e = Engine::new(&mut client, &platform);
+    let on_line_17 = |s| DeviceSpec {
+        gsi: 17,
+        ..DeviceSpec::nic(s, 4)
+    };
+    let mut f = fixture_with(
+        XenProfile::Xen4_17_5,
+        vec![on_line_17(a_dev), on_line_17(b_dev)],
+    );
+    let (host, g) = (f.host.clone(), f.host.create_domain("g", true));
+    let mut e = Engine::new(&mut f.client, &f.platform);
     let mut epochs = Vec::new();
     for s in [a_dev, b_dev] {
         e.assignable_add(s).unwrap();
@@ -1037,7 +1034,7 @@ fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
         assert!(!w.domains[&g].irq_access.contains(&17));
     });
     drop(e);
-    assert!(client.read(TxId::NONE, "/ptguard/intx/1/17").is_err());
+    assert!(f.client.read(TxId::NONE, "/ptguard/intx/1/17").is_err());
 }
 
 /// A device model's requests, served by one engine (what `ptguard watch`'s broker does).
@@ -1063,25 +1060,23 @@ impl sim::dm::VectorBroker for InProcessBroker<'_, '_> {
 /// gets no interrupts.
 #[test]
 fn a_virtual_functions_decoding_is_its_physical_functions() {
-    let xs = LocalXenstore::new(Quotas::default());
-    let host = SimHost::new(Profile::new(
-        XenProfile::Xen4_17_5,
-        PcibackProfile::AfterCommandFix,
-    ))
-    .with_sink(std::sync::Arc::new(xs.clone()));
     let pf: Sbdf = "0000:05:00.0".parse().unwrap();
     let vf: Sbdf = "0000:05:10.0".parse().unwrap();
-    host.add_device(DeviceSpec::nic(pf, 4));
-    host.add_device(DeviceSpec::virtual_function(vf, pf, 4));
+    let mut f = fixture_with(
+        XenProfile::Xen4_17_5,
+        vec![
+            DeviceSpec::nic(pf, 4),
+            DeviceSpec::virtual_function(vf, pf, 4),
+        ],
+    );
+    let host = f.host.clone();
     assert_eq!(host.physfn(vf).unwrap(), Some(pf));
     host.write_config(vf, 4, &0x6u16.to_le_bytes()).unwrap();
     host.with_world(|w| {
         assert!(!w.device(vf).unwrap().hw.memory_decoding(), "hard-wired 0");
         assert!(w.memory_decoded(vf), "decodes through its PF");
     });
-    let platform = SimPlatform { host: host.clone() };
-    let mut client = xs.connect(0);
-    let mut e = Engine::new(&mut client, &platform);
+    let mut e = Engine::new(&mut f.client, &f.platform);
     e.assignable_add(vf).unwrap();
     let run_guest = |e: &mut Engine, name: &str, behaviour: DmBehaviour| {
         let g = host.create_domain(name, true);
