@@ -566,6 +566,18 @@ fn a_ledger_edited_into_nonsense_is_reported_not_trusted() {
         ),
         ("binding/bogus", "x"),
         ("msix-size", "4097"),
+        // The owner's handle, a lost-maps count and a guest INTx link, each garbled.
+        ("owner", "1 not-a-uuid"),
+        ("owner", "1 5e1f0000-0000-4000-8000-000000000001 extra"),
+        ("binding/lost", "many"),
+        (
+            "binding/intx",
+            "state=bound pirq=16 gsi=16 gvec=0 gflags=0 gtable=0 gbus=0 gdev=0x40 gintx=0",
+        ),
+        (
+            "binding/msix-1",
+            "state=bound pirq=70 gsi=0 gvec=0x40 gflags=0 gtable=0 gbus=0 gdev=4 gintx=0",
+        ),
     ] {
         let mut admin = f.xs.connect(0);
         let path = format!("{base}/{node}");
