@@ -1,9 +1,10 @@
 //! ptguard's core: the IRQ binding ledger, the broker, the device lifecycle with its safe
-//! teardown, and crash recovery.
+//! teardown, crash recovery, and companion mode beside a stock toolstack.
 //!
 //! This crate owns the policy of `DESIGN.md` §2: what is recorded in the ledger
 //! ([`ledger`]), when, and in which order hypercalls, sysfs writes and Xenstore transactions
-//! happen ([`Engine`]). It reaches the world only through the `xenstore` client, the `xen`
+//! happen ([`Engine`]); the sweep of a finished domain's pirqs ([`sweep`]) and the adoption
+//! of devices a toolstack gave ([`companion`]). It reaches the world only through the `xenstore` client, the `xen`
 //! [`Hypervisor`] trait and the `pci` [`PciHost`] trait (bundled as a [`Platform`]), so the
 //! same code runs on a real dom0 and on the simulated host, and a crash can be injected
 //! before any step. It must not reach around those traits (no direct file, device or socket

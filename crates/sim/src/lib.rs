@@ -4,8 +4,9 @@
 //! hypervisor's domains, pirq tables and per-device MSI-X bookkeeping ([`world`]), PCI
 //! functions with config space, MSI-X table and reset semantics ([`device`]), dom0 Linux's
 //! PCI core and pciback ([`linux`]), guests and device models with well-behaved, crashing,
-//! killed-early and hostile behaviours ([`dm`]), and the legacy libxl toolstack order the seed
-//! failure needs ([`libxl`]). Every rule comes from `../shared/xen/*.md` and cites it. The
+//! killed-early and hostile behaviours ([`dm`]), and the libxl toolstack order the seed
+//! failure needs ([`libxl`]), each as one of seven Xen releases behaves ([`profile`]). Every
+//! rule comes from `../shared/xen/*.md` or the release's sources and cites them. The
 //! host is reached through the same `Hypervisor` and `PciHost` traits as a real one
 //! ([`SimHost`]). It must not depend on ptguard's engine: the engine is what it tests.
 
