@@ -184,7 +184,9 @@ pub enum Command {
     /// Runs lifecycle scenarios (guest reboot, re-assignment, hot-unplug) with
     /// each device-model behaviour (well-behaved, crashes, killed-early,
     /// hostile) under each policy: the legacy libxl order, pciback's
-    /// release+prepare alone, and ptguard. Prints whether the next guest's
+    /// release+prepare alone, ptguard's companion mode beside a stock toolstack
+    /// and device model (sweep), and ptguard with its ledger and broker. Prints
+    /// whether the next guest's
     /// MSI-X interrupts arrive, stale bindings and forced masks at hand-over,
     /// quarantines, and the hypercalls and Xenstore requests/transactions spent.
     Scenario(ScenarioArgs),
