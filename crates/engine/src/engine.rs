@@ -263,6 +263,11 @@ pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Devic
     }))
 }
 
+/// `mode` of a device adopted from the toolstack: forgotten once clean.
+const COMPANION: &str = "companion";
+/// `mode` of a device ptguard managed before a toolstack gave it: assignable once clean.
+const COMPANION_KEEP: &str = "companion-keep";
+
 /// The `binding/lost` node: binds retried over an intent a crash left without its pirq.
 /// It lives among the bindings so that a device without one costs no extra request.
 const LOST_MAPS: &str = "lost";
@@ -732,14 +737,17 @@ impl<'a> Engine<'a> {
                 Some(r) => next_epoch(sbdf, r.epoch)?,
                 None => 1,
             };
+            let managed = old.is_some();
             let driver = old.and_then(|r| r.driver).unwrap_or_default();
             write_attached(xs, tx, sbdf, &info, epoch)?;
             write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
             write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
             // The toolstack gave the device and takes it back (permissions, backend,
             // deassign); ptguard's teardown is the MSI-X part: sweep, release, reset,
-            // prepare, verify. Kept until the device leaves the ledger.
-            write(xs, tx, &field_path(sbdf, "mode"), "companion")?;
+            // prepare, verify. A device ptguard already managed (assignable-add) goes
+            // back to assignable after it; one it did not is forgotten.
+            let mode = if managed { COMPANION_KEEP } else { COMPANION };
+            write(xs, tx, &field_path(sbdf, "mode"), mode)?;
             Ok(epoch)
         })
     }
@@ -1321,8 +1329,9 @@ impl<'a> Engine<'a> {
         let mut rec = self.require(sbdf)?;
         // Companion mode (an adopted device): the toolstack revokes, removes its backend
         // and deassigns; doing it too would race it.
-        let companion = read_opt(self.xs, TxId::NONE, &field_path(sbdf, "mode"))?.as_deref()
-            == Some("companion");
+        let mode = read_opt(self.xs, TxId::NONE, &field_path(sbdf, "mode"))?;
+        let companion = matches!(mode.as_deref(), Some(COMPANION | COMPANION_KEEP));
+        let forget = mode.as_deref() == Some(COMPANION);
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
@@ -1520,7 +1529,7 @@ impl<'a> Engine<'a> {
                         return self.quarantine(sbdf, format!("verification failed: {p}"));
                     }
                     let epoch = next_epoch(sbdf, rec.epoch)?;
-                    if companion {
+                    if forget {
                         // The toolstack owns the device between guests: ptguard keeps a
                         // record only while a guest holds it (the next one is adopted anew).
                         rm(self.xs, TxId::NONE, &device_path(sbdf))?;

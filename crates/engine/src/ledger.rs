@@ -11,7 +11,7 @@
 //! /ptguard/device/<SSSS-BB-DD-F>/msix-size           MSI-X table size (0: no MSI-X)
 //! /ptguard/device/<SSSS-BB-DD-F>/table-base          host address of the MSI-X table's BAR (hex)
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
-//! /ptguard/device/<SSSS-BB-DD-F>/mode                companion: adopted from the toolstack, which revokes, deassigns and removes its backend itself
+//! /ptguard/device/<SSSS-BB-DD-F>/mode                companion | companion-keep: adopted from the toolstack, which revokes, deassigns and removes its backend itself (keep: ptguard managed it before; assignable again after)
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/lost        binds a crash interrupted between map_pirq and recording its pirq, then retried
 //! ```
 

@@ -96,3 +96,71 @@ fn release_domain_event_triggers_the_teardown() {
         assert!(w.descs.is_empty(), "the daemon force-unbound every vector");
     });
 }
+
+/// The daemon watches the toolstack's PCI backends to adopt what it gives. ptguard's own
+/// attach writes a backend too: a backend event must never make the daemon take an attach
+/// still in progress (journal step `attach`) for an interrupted one and tear it down. Seen
+/// on real Xen: the daemon under systemd quarantined devices being attached.
+#[test]
+fn a_backend_event_during_an_attach_does_not_tear_it_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+    sim_init(
+        &dir,
+        XenProfile::Xen4_17_5,
+        PcibackProfile::AfterCommandFix,
+        &[DeviceSpec::nic(dev, 4)],
+    )
+    .unwrap();
+    let mut ctx = HostCtx::open(&HostSpec::Sim(dir), false).unwrap();
+    let (host, xs) = ctx
+        .sim
+        .as_ref()
+        .map(|(h, x, _)| (h.clone(), x.clone()))
+        .unwrap();
+    let a = host.create_domain("A", true);
+    ctx.engine().assignable_add(dev).unwrap();
+    // An attach in progress in another process: the journal says `attach` and the backend
+    // nodes are being written.
+    let mut other = xs.connect(0);
+    let base = engine::ledger::device_path(dev);
+    for (k, v) in [
+        ("state", "attached".to_string()),
+        ("owner", a.0.to_string()),
+        ("epoch", "1".to_string()),
+        ("step", "attach".to_string()),
+    ] {
+        other
+            .write(xenstore::TxId::NONE, &format!("{base}/{k}"), v.as_bytes())
+            .unwrap();
+    }
+    let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watcher = xs.connect(0);
+    watcher
+        .watch(engine::companion::TOOLSTACK_BACKENDS, "ptguard-adopt")
+        .unwrap();
+    let daemon = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            watch_loop(&ctx, Some(&mut watcher), &stop, true, |_| {}).unwrap()
+        })
+    };
+    other
+        .write(
+            xenstore::TxId::NONE,
+            &format!("/local/domain/0/backend/pci/{}/0/dev-0", a.0),
+            dev.to_string().as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    daemon.join().unwrap();
+    let rec = ctx.with(|c| Ok(c.engine().record(dev)?)).unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.step.map(|s| s.as_str())),
+        (DeviceState::Attached, Some("attach")),
+        "the attach in progress was left alone"
+    );
+}

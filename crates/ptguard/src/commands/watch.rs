@@ -25,7 +25,23 @@ const SIM_POLL: Duration = Duration::from_millis(500);
 /// Teardowns finished, and the notices raised on the way.
 type Recovered = (Vec<(Sbdf, Outcome)>, Vec<String>);
 
-fn recover_pending(ctx: &mut HostCtx, adopt: bool) -> anyhow::Result<Recovered> {
+/// The watch token of the toolstack's PCI backends: its events only adopt.
+const ADOPT_TOKEN: &str = "ptguard-adopt";
+
+/// What one round of the daemon does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Nothing happened.
+    Idle,
+    /// A backend changed: adopt what the toolstack gave. No recovery here: ptguard's own
+    /// attach and detach write backends too, and must not see their work in progress taken
+    /// for an interrupted one.
+    Adopt,
+    /// `@releaseDomain` (or a simulated host's poll): adopt, then finish teardowns.
+    Recover,
+}
+
+fn recover_pending(ctx: &mut HostCtx, adopt: bool, recover: bool) -> anyhow::Result<Recovered> {
     let mut e = ctx.engine();
     if adopt {
         // Companion mode: devices the toolstack gave since the last round. A failure here
@@ -34,7 +50,7 @@ fn recover_pending(ctx: &mut HostCtx, adopt: bool) -> anyhow::Result<Recovered> 
             tracing::warn!("adoption from the toolstack's backends: {err}");
         }
     }
-    let done = e.recover()?;
+    let done = if recover { e.recover()? } else { Vec::new() };
     let notices = std::mem::take(&mut e.notices);
     Ok((done, notices))
 }
@@ -50,19 +66,24 @@ pub fn watch_loop(
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
-        let due = match watcher.as_deref_mut() {
-            Some(w) => w.next_event(Some(Duration::from_millis(500)))?.is_some(),
+        let round = match watcher.as_deref_mut() {
+            Some(w) => match w.next_event(Some(Duration::from_millis(500)))? {
+                None => Round::Idle,
+                Some(ev) if ev.token == ADOPT_TOKEN => Round::Adopt,
+                Some(_) => Round::Recover,
+            },
             None => {
                 std::thread::sleep(SIM_POLL);
-                true
+                Round::Recover
             }
         };
-        if !due {
+        if round == Round::Idle || (round == Round::Adopt && !adopt) {
             // An in-process watcher returns at once when nothing is queued.
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        let (done, notices) = host.with(|c| recover_pending(c, adopt))?;
+        let recover = round == Round::Recover;
+        let (done, notices) = host.with(|c| recover_pending(c, adopt, recover))?;
         for n in notices {
             tracing::warn!("{n}");
         }
@@ -103,7 +124,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     let mut ctx = HostCtx::for_cli(cli)?;
     // One device whose resumed teardown fails does not stop the daemon: recover()
     // quarantines it and reports it among the outcomes.
-    let (done, notices) = recover_pending(&mut ctx, !args.no_adopt)?;
+    let (done, notices) = recover_pending(&mut ctx, !args.no_adopt, true)?;
     ctx.save()?;
     let pending = Pending {
         notices,
@@ -152,7 +173,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
             w.watch("@releaseDomain", "ptguard")?;
             if !args.no_adopt {
                 // A toolstack giving a guest a device writes its PCI backend here.
-                w.watch(engine::companion::TOOLSTACK_BACKENDS, "ptguard-adopt")?;
+                w.watch(engine::companion::TOOLSTACK_BACKENDS, ADOPT_TOKEN)?;
             }
             (DaemonHost::Held(Box::new(Mutex::new(ctx))), Some(w))
         }
