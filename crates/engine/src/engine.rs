@@ -65,7 +65,7 @@ pub struct BindRequest {
 }
 
 impl BindRequest {
-    fn key(&self) -> BindingKey {
+    pub(crate) fn key(&self) -> BindingKey {
         match self.kind {
             BindKind::Intx { .. } => BindingKey::Intx,
             BindKind::Msix { entry, .. } => BindingKey::Msix(entry),
@@ -126,7 +126,7 @@ fn corrupt(path: String, value: &str, reason: impl Into<String>) -> EngineError 
 
 /// Treats the "already gone" answers of unbind/unmap/deassign/permission calls during
 /// teardown as success.
-fn unless_gone(r: std::result::Result<(), XenError>) -> Result<()> {
+pub(crate) fn unless_gone(r: std::result::Result<(), XenError>) -> Result<()> {
     match r {
         Err(e)
             if !matches!(
@@ -141,7 +141,7 @@ fn unless_gone(r: std::result::Result<(), XenError>) -> Result<()> {
 }
 
 /// Unbinds then unmaps one pirq (`unbind_pt_irq`, `unmap_pirq`); "already gone" is success.
-fn unbind_and_unmap(hv: &dyn Hypervisor, domid: DomId, bind: &PtIrq) -> Result<()> {
+pub(crate) fn unbind_and_unmap(hv: &dyn Hypervisor, domid: DomId, bind: &PtIrq) -> Result<()> {
     unless_gone(hv.unbind_pt_irq(domid, bind))?;
     unless_gone(hv.unmap_pirq(domid, bind.pirq()))
 }
@@ -171,7 +171,7 @@ fn bar_permissions(
     Ok(())
 }
 
-fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option<String>> {
+pub(crate) fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option<String>> {
     match xs.read_optional(tx, path)? {
         Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
         None => Ok(None),
@@ -303,7 +303,7 @@ fn parse_lost_maps(sbdf: Sbdf, text: &str) -> Result<u32> {
 }
 
 /// Reads one binding node (`None`: absent).
-fn read_binding(
+pub(crate) fn read_binding(
     xs: &mut XsClient,
     tx: TxId,
     sbdf: Sbdf,
@@ -353,11 +353,11 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
     Ok(Some(rec))
 }
 
-fn write(xs: &mut XsClient, tx: TxId, path: &str, v: &str) -> Result<()> {
+pub(crate) fn write(xs: &mut XsClient, tx: TxId, path: &str, v: &str) -> Result<()> {
     xs.write(tx, path, v.as_bytes()).map_err(Into::into)
 }
 
-fn rm(xs: &mut XsClient, tx: TxId, path: &str) -> Result<()> {
+pub(crate) fn rm(xs: &mut XsClient, tx: TxId, path: &str) -> Result<()> {
     match xs.rm(tx, path) {
         Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(()),
         r => r.map_err(Into::into),
@@ -423,7 +423,7 @@ fn msix_layout(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<(u16, u64)> {
 }
 
 /// `req` refused for `refusal`.
-fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
+pub(crate) fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
     EngineError::Refused {
         sbdf: req.sbdf,
         domid: req.domid,
@@ -436,7 +436,7 @@ fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
 /// Whether `req` may act on the device: attached to its domain at its epoch and, when the
 /// ledger recorded the owner's handle, to this incarnation of that domid (`current`: the
 /// requester's handle now, from getdomaininfo).
-fn check_requester(
+pub(crate) fn check_requester(
     rec: Option<DeviceRecord>,
     req: &BindRequest,
     current: Option<DomainHandle>,
@@ -545,7 +545,7 @@ impl<'a> Engine<'a> {
 
     /// The broker's first check, for bind and unbind alike: no request may speak for a
     /// protected domain.
-    fn refuse_protected_requester(&self, req: &BindRequest) -> Result<()> {
+    pub(crate) fn refuse_protected_requester(&self, req: &BindRequest) -> Result<()> {
         if self.protected.contains(req.domid) {
             return Err(refused(req, Refusal::ProtectedDomain { domid: req.domid }));
         }
@@ -569,7 +569,7 @@ impl<'a> Engine<'a> {
         self
     }
 
-    fn checkpoint(&mut self, at: impl FnOnce() -> String) -> Result<()> {
+    pub(crate) fn checkpoint(&mut self, at: impl FnOnce() -> String) -> Result<()> {
         self.checkpoints += 1;
         if let Some(f) = &mut self.fuel {
             if *f == 0 {
@@ -1037,6 +1037,19 @@ impl<'a> Engine<'a> {
     /// (check + intent), then one write recording the pirq Xen chose and one confirming the
     /// bind.
     pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
+        let (requester, existing) = self.record_intent(req)?;
+        let pirq = self.map_recorded(req, existing, None)?;
+        self.bind_mapped(req, requester.as_ref(), pirq)?;
+        Ok(pirq)
+    }
+
+    /// The broker's checks and the binding's intent, in one transaction: the requester and
+    /// the binding the ledger already holds for the interrupt (`Mapped`: mapped before, by
+    /// attach for INTx or by a device model's separate map; the caller binds it).
+    pub(crate) fn record_intent(
+        &mut self,
+        req: &BindRequest,
+    ) -> Result<(Option<DomainInfo>, Option<Binding>)> {
         let key = req.key();
         let refuse = |refusal| refused(req, refusal);
         self.refuse_protected_requester(req)?;
@@ -1109,38 +1122,63 @@ impl<'a> Engine<'a> {
             }
             Ok(existing)
         })?;
+        Ok((requester, existing))
+    }
+
+    /// Maps the interrupt `record_intent` recorded (unless `existing` holds its pirq) and
+    /// records the pirq Xen chose: the binding is then `Mapped`. `requested`: a pirq the
+    /// device model asks for (a guest using pirq routing chose it), else Xen chooses.
+    pub(crate) fn map_recorded(
+        &mut self,
+        req: &BindRequest,
+        existing: Option<Binding>,
+        requested: Option<Pirq>,
+    ) -> Result<Pirq> {
+        let key = req.key();
         let hv = self.platform.hypervisor();
         let path = binding_path(req.sbdf, &key);
-        let mut record = req.binding(BindingState::Mapped, None);
-        let pirq = match existing.and_then(|b| b.pirq) {
-            // Mapped before (INTx by attach, or a bind a crash interrupted): bind it.
-            Some(p) => p,
-            None => {
-                self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
-                let map = req.map_request();
-                let pirq = match hv.map_pirq(&map) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        rm(self.xs, TxId::NONE, &path)?;
-                        // Xen hands a guest only extra_guest_irqs MSI pirqs.
-                        if e.errno() == Some(Errno::ENOSPC) {
-                            return Err(EngineError::PirqBudgetExhausted {
-                                sbdf: req.sbdf,
-                                domid: req.domid,
-                            });
-                        }
-                        return Err(e.into());
-                    }
-                };
-                // Recorded at once: Xen chose the pirq and offers no way to list a domain's
-                // pirqs, so this write is what lets a teardown find it (docs/ledger.md).
-                self.checkpoint(|| format!("{} bind {key}: record pirq", req.sbdf))?;
-                record.pirq = Some(pirq);
-                write(self.xs, TxId::NONE, &path, &record.encode())?;
-                pirq
+        // Mapped before (INTx by attach, or a map a crash interrupted): nothing to map.
+        if let Some(p) = existing.and_then(|b| b.pirq) {
+            return Ok(p);
+        }
+        self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
+        let mut map = req.map_request();
+        if requested.is_some() {
+            map.pirq = requested;
+        }
+        let pirq = match hv.map_pirq(&map) {
+            Ok(p) => p,
+            Err(e) => {
+                rm(self.xs, TxId::NONE, &path)?;
+                // Xen hands a guest only extra_guest_irqs MSI pirqs.
+                if e.errno() == Some(Errno::ENOSPC) {
+                    return Err(EngineError::PirqBudgetExhausted {
+                        sbdf: req.sbdf,
+                        domid: req.domid,
+                    });
+                }
+                return Err(e.into());
             }
         };
-        record.pirq = Some(pirq);
+        // Recorded at once: Xen chose the pirq and offers no way to list a domain's
+        // pirqs, so this write is what lets a teardown find it (docs/ledger.md).
+        self.checkpoint(|| format!("{} bind {key}: record pirq", req.sbdf))?;
+        let record = req.binding(BindingState::Mapped, Some(pirq));
+        write(self.xs, TxId::NONE, &path, &record.encode())?;
+        Ok(pirq)
+    }
+
+    /// `XEN_DOMCTL_bind_pt_irq` for a mapped interrupt, then the confirming write.
+    pub(crate) fn bind_mapped(
+        &mut self,
+        req: &BindRequest,
+        requester: Option<&DomainInfo>,
+        pirq: Pirq,
+    ) -> Result<()> {
+        let key = req.key();
+        let hv = self.platform.hypervisor();
+        let path = binding_path(req.sbdf, &key);
+        let mut record = req.binding(BindingState::Mapped, Some(pirq));
         // XEN_DOMCTL_bind_pt_irq is for HVM guests only (a PV guest binds the pirq to an
         // event channel itself; Xen 4.17 answers -EINVAL for a PV domain).
         let hvm = requester.is_none_or(|i| i.hvm);
@@ -1154,8 +1192,7 @@ impl<'a> Engine<'a> {
         }
         self.checkpoint(|| format!("{} bind {key}: confirm", req.sbdf))?;
         record.state = BindingState::Bound;
-        write(self.xs, TxId::NONE, &path, &record.encode())?;
-        Ok(pirq)
+        write(self.xs, TxId::NONE, &path, &record.encode())
     }
 
     /// Unbinds and unmaps one interrupt a device model bound through the broker. The same

@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod engine;
 pub mod ledger;
 pub mod refusal;
+pub mod stepwise;
 pub mod sweep;
 pub mod xen_dump;
 
@@ -25,6 +26,7 @@ use xenstore::XenstoreError;
 pub use engine::{BindKind, BindRequest, Engine, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
 pub use refusal::{ProtectedDomains, Refusal};
+pub use stepwise::{Credential, DeviceModelCall};
 
 /// The host ptguard manages: hypervisor and PCI devices.
 pub trait Platform: Send + Sync {
@@ -79,6 +81,13 @@ pub enum EngineError {
     Refused {
         sbdf: Sbdf,
         domid: DomId,
+        refusal: Refusal,
+    },
+    /// A device model named a pirq no device attached to its domain holds in the ledger.
+    #[error("broker refused {domid}'s request for pirq {}: {refusal} [{}]", pirq.0, refusal.code())]
+    RefusedPirq {
+        domid: DomId,
+        pirq: xen::Pirq,
         refusal: Refusal,
     },
     #[error("{domid} is a protected domain (dom0, dom_io, dom_xen, a reserved id or one given with --protect): ptguard does not {action} it")]

@@ -50,6 +50,9 @@ pub enum Refusal {
     ProtectedDomain { domid: DomId },
     /// The connecting process is not the domain's device model.
     NotDeviceModel { peer_pid: i32, dm_pid: i32 },
+    /// A request without an epoch from a process not proven to be the domain's device
+    /// model (no `device-model-pid` in Xenstore, or the socket could not name the peer).
+    EpochRequired,
     /// The request line is not a request.
     Malformed { detail: String },
     /// The request line is longer than the protocol allows.
@@ -75,6 +78,7 @@ impl Refusal {
             Refusal::NoSuchBinding { .. } => "no-such-binding",
             Refusal::ProtectedDomain { .. } => "protected-domain",
             Refusal::NotDeviceModel { .. } => "not-device-model",
+            Refusal::EpochRequired => "epoch-required",
             Refusal::Malformed { .. } => "malformed",
             Refusal::TooLong { .. } => "too-long",
         }
@@ -147,6 +151,9 @@ impl fmt::Display for Refusal {
             Refusal::NotDeviceModel { peer_pid, dm_pid } => write!(
                 f,
                 "request from pid {peer_pid}, but the domain's device model is pid {dm_pid}"
+            ),
+            Refusal::EpochRequired => f.write_str(
+                "a request without an epoch is accepted only from the domain's device model as libxl recorded it (/local/domain/<domid>/image/device-model-pid)",
             ),
             Refusal::Malformed { detail } => write!(f, "malformed request: {detail}"),
             Refusal::TooLong { limit } => write!(f, "request longer than {limit} bytes"),

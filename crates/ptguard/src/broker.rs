@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::{BindRequest, EngineError, ProtectedDomains, Refusal};
+use engine::{BindRequest, Credential, DeviceModelCall, EngineError, ProtectedDomains, Refusal};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
-use xen::Pirq;
+use xen::{DomId, Pirq};
 use xenstore::instance::SocketClaim;
 
 use crate::hostctx::{HostCtx, HostSpec};
@@ -51,7 +51,7 @@ impl Default for BrokerLimits {
 
 /// One broker request line.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
+#[serde(tag = "op", rename_all = "kebab-case")]
 pub enum BrokerRequest {
     Bind(BindRequest),
     Unbind {
@@ -59,10 +59,105 @@ pub enum BrokerRequest {
         req: BindRequest,
         pirq: i32,
     },
+    /// `xc_physdev_map_pirq_msi` of a stock device model (the preload library).
+    MapPirqMsi {
+        domid: DomId,
+        sbdf: pci::Sbdf,
+        entry: u16,
+        table_base: u64,
+        /// The pirq the guest chose (pirq routing); absent: Xen chooses.
+        #[serde(default)]
+        pirq: Option<i32>,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+    /// `xc_domain_update_msi_irq`.
+    UpdateMsiIrq {
+        domid: DomId,
+        pirq: i32,
+        gvec: u8,
+        gflags: u32,
+        gtable: u64,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+    /// `xc_domain_unbind_msi_irq`.
+    UnbindMsiIrq {
+        domid: DomId,
+        pirq: i32,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+    /// `xc_physdev_unmap_pirq`.
+    UnmapPirq {
+        domid: DomId,
+        pirq: i32,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+}
+
+impl BrokerRequest {
+    /// The domain the request speaks for.
+    fn domid(&self) -> DomId {
+        match self {
+            BrokerRequest::Bind(b) => b.domid,
+            BrokerRequest::Unbind { req, .. } => req.domid,
+            BrokerRequest::MapPirqMsi { domid, .. }
+            | BrokerRequest::UpdateMsiIrq { domid, .. }
+            | BrokerRequest::UnbindMsiIrq { domid, .. }
+            | BrokerRequest::UnmapPirq { domid, .. } => *domid,
+        }
+    }
+
+    /// A device-model call and its epoch, for the four libxenctrl operations.
+    fn device_model_call(&self) -> Option<(Option<u64>, DeviceModelCall)> {
+        Some(match *self {
+            BrokerRequest::Bind(_) | BrokerRequest::Unbind { .. } => return None,
+            BrokerRequest::MapPirqMsi {
+                sbdf,
+                entry,
+                table_base,
+                pirq,
+                epoch,
+                ..
+            } => (
+                epoch,
+                DeviceModelCall::MapPirqMsi {
+                    sbdf,
+                    entry,
+                    table_base,
+                    pirq: pirq.filter(|p| *p >= 0).map(Pirq),
+                },
+            ),
+            BrokerRequest::UpdateMsiIrq {
+                pirq,
+                gvec,
+                gflags,
+                gtable,
+                epoch,
+                ..
+            } => (
+                epoch,
+                DeviceModelCall::UpdateMsiIrq {
+                    pirq: Pirq(pirq),
+                    gvec,
+                    gflags,
+                    gtable,
+                },
+            ),
+            BrokerRequest::UnbindMsiIrq { pirq, epoch, .. } => {
+                (epoch, DeviceModelCall::UnbindMsiIrq { pirq: Pirq(pirq) })
+            }
+            BrokerRequest::UnmapPirq { pirq, epoch, .. } => {
+                (epoch, DeviceModelCall::UnmapPirq { pirq: Pirq(pirq) })
+            }
+        })
+    }
 }
 
 /// One broker reply line.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BrokerReply {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,15 +168,18 @@ pub struct BrokerReply {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For `code` `error` (and `pirq-budget`): the errno Xen answered, when a hypercall
+    /// failed, so a library standing in for libxenctrl can return it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
 }
 
 impl BrokerReply {
     fn refused(r: &Refusal) -> BrokerReply {
         BrokerReply {
-            ok: false,
-            pirq: None,
             code: Some(r.code().into()),
             error: Some(r.to_string()),
+            ..BrokerReply::default()
         }
     }
 }
@@ -175,13 +273,11 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
             })
         }
     };
-    let claimed = match &req {
-        BrokerRequest::Bind(b) => b.domid,
-        BrokerRequest::Unbind { req, .. } => req.domid,
-    };
+    let claimed = req.domid();
     // A device model may only speak for its own domain: when libxl recorded the model's pid,
     // the connecting process must be it.
-    if let (Some(peer), Some(dm)) = (peer_pid, device_model_pid(ctx, claimed)) {
+    let dm = device_model_pid(ctx, claimed);
+    if let (Some(peer), Some(dm)) = (peer_pid, dm) {
         if peer != dm {
             return BrokerReply::refused(&Refusal::NotDeviceModel {
                 peer_pid: peer,
@@ -189,29 +285,47 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
             });
         }
     }
-    let r = match req {
-        BrokerRequest::Bind(b) => ctx.engine().bind(&b).map(|p| Some(p.0)),
-        BrokerRequest::Unbind { req, pirq } => ctx.engine().unbind(&req, Pirq(pirq)).map(|_| None),
+    let verified = peer_pid.is_some() && peer_pid == dm;
+    let r = match (&req, req.device_model_call()) {
+        (BrokerRequest::Bind(b), _) => ctx.engine().bind(b).map(|p| Some(p.0)),
+        (BrokerRequest::Unbind { req, pirq }, _) => {
+            ctx.engine().unbind(req, Pirq(*pirq)).map(|_| None)
+        }
+        (_, Some((epoch, call))) => {
+            let credential = match (epoch, verified) {
+                (Some(e), _) => Credential::Epoch(e),
+                (None, true) => Credential::VerifiedDeviceModel,
+                (None, false) => return BrokerReply::refused(&Refusal::EpochRequired),
+            };
+            ctx.engine()
+                .device_model_call(claimed, credential, &call)
+                .map(|p| p.map(|p| p.0))
+        }
+        (_, None) => Ok(None),
     };
     match r {
         Ok(pirq) => BrokerReply {
             ok: true,
             pirq,
-            code: None,
-            error: None,
+            ..BrokerReply::default()
         },
-        Err(EngineError::Refused { refusal, .. }) => BrokerReply::refused(&refusal),
+        Err(EngineError::Refused { refusal, .. } | EngineError::RefusedPirq { refusal, .. }) => {
+            BrokerReply::refused(&refusal)
+        }
         Err(e @ EngineError::PirqBudgetExhausted { .. }) => BrokerReply {
-            ok: false,
-            pirq: None,
             code: Some("pirq-budget".into()),
             error: Some(e.to_string()),
+            errno: Some(xen::Errno::ENOSPC.0),
+            ..BrokerReply::default()
         },
         Err(e) => BrokerReply {
-            ok: false,
-            pirq: None,
             code: Some("error".into()),
+            errno: match &e {
+                EngineError::Xen(x) => x.errno().map(|n| n.0),
+                _ => None,
+            },
             error: Some(e.to_string()),
+            ..BrokerReply::default()
         },
     }
 }
@@ -487,10 +601,9 @@ impl BrokerLoop {
         match self.host.with(|ctx| Ok(handle_line(ctx, text, peer_pid))) {
             Ok(r) => r,
             Err(e) => BrokerReply {
-                ok: false,
-                pirq: None,
                 code: Some("error".into()),
                 error: Some(format!("{e:#}")),
+                ..BrokerReply::default()
             },
         }
     }

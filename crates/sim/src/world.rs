@@ -906,8 +906,19 @@ impl World {
             {
                 e.intx_links.insert((bus, device, intx));
             }
-            if first {
-                e.dpci = Some(*bind);
+            match (*bind, e.dpci) {
+                (_, None) => e.dpci = Some(*bind),
+                // pt_irq_create_bind on a bound MSI pirq takes the guest's new vector and
+                // flags; the emulated table stays the one registered at the first bind.
+                (PtIrq::Msi { gvec, gflags, .. }, Some(PtIrq::Msi { pirq, gtable, .. })) => {
+                    e.dpci = Some(PtIrq::Msi {
+                        pirq,
+                        gvec,
+                        gflags,
+                        gtable,
+                    })
+                }
+                _ => {}
             }
         }
         if let PtIrq::Msi { gflags, .. } = *bind {

@@ -1,0 +1,289 @@
+//! The four libxenctrl calls a stock device model makes for MSI-X, brokered one at a time.
+//!
+//! qemu-xen (`hw/xen/xen_pt_msi.c`) does not bind an interrupt in one request: it maps the
+//! entry (`xc_physdev_map_pirq_msi`), binds the pirq to the guest vector
+//! (`xc_domain_update_msi_irq`, called again whenever the guest rewrites the entry), and on
+//! disable or unplug unbinds (`xc_domain_unbind_msi_irq`) and unmaps
+//! (`xc_physdev_unmap_pirq`). ptguard's preload library (`crates/preload`) sends each of
+//! them here, so that a stock qemu keeps the ledger as exact as a broker-speaking one: the
+//! same checks, and the same journal (intent before the map, the pirq right after it).
+//! Only the map names the device; the others name a pirq, which the ledger maps back to
+//! the device and entry.
+
+use pci::Sbdf;
+use xen::{DomId, Pirq};
+use xenstore::TxId;
+
+use crate::engine::{
+    check_requester, read_binding, read_head, refused, rm, unbind_and_unmap, unless_gone, write,
+    BindKind, BindRequest,
+};
+use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
+use crate::{Engine, EngineError, Refusal};
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// How a device model shows it belongs to the device's current assignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The epoch `ptguard attach` printed (a broker-speaking device model).
+    Epoch(u64),
+    /// The broker saw that the connecting process is the pid libxl recorded as the domain's
+    /// device model: it speaks for the current assignment, whatever the epoch.
+    VerifiedDeviceModel,
+}
+
+/// One libxenctrl call of a device model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceModelCall {
+    /// `xc_physdev_map_pirq_msi` for an MSI-X entry (`pirq`: the one the guest chose, with
+    /// pirq routing; `None`: Xen chooses).
+    MapPirqMsi {
+        sbdf: Sbdf,
+        entry: u16,
+        table_base: u64,
+        pirq: Option<Pirq>,
+    },
+    /// `xc_domain_update_msi_irq`: bind, or rebind with the guest's new vector.
+    UpdateMsiIrq {
+        pirq: Pirq,
+        gvec: u8,
+        gflags: u32,
+        gtable: u64,
+    },
+    /// `xc_domain_unbind_msi_irq`.
+    UnbindMsiIrq { pirq: Pirq },
+    /// `xc_physdev_unmap_pirq`.
+    UnmapPirq { pirq: Pirq },
+}
+
+impl Engine<'_> {
+    /// Carries out one device-model call for `domid`; the pirq for a map.
+    pub fn device_model_call(
+        &mut self,
+        domid: DomId,
+        credential: Credential,
+        call: &DeviceModelCall,
+    ) -> Result<Option<Pirq>> {
+        match *call {
+            DeviceModelCall::MapPirqMsi {
+                sbdf,
+                entry,
+                table_base,
+                pirq,
+            } => {
+                let req = BindRequest {
+                    domid,
+                    sbdf,
+                    epoch: self.epoch_for(sbdf, credential)?,
+                    kind: BindKind::Msix { entry, table_base },
+                    gvec: 0,
+                    gflags: 0,
+                    gtable: 0,
+                };
+                let (_, existing) = self.record_intent(&req)?;
+                // A map the device model repeats (it got no answer) finds the pirq recorded.
+                self.map_recorded(&req, existing, pirq).map(Some)
+            }
+            DeviceModelCall::UpdateMsiIrq {
+                pirq,
+                gvec,
+                gflags,
+                gtable,
+            } => {
+                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let req = BindRequest {
+                    gvec,
+                    gflags,
+                    gtable,
+                    ..req
+                };
+                match b.state {
+                    BindingState::Mapped => {
+                        let (requester, _) = self.record_intent(&req)?;
+                        self.bind_mapped(&req, requester.as_ref(), pirq)?;
+                    }
+                    _ => self.rebind(&req, pirq)?,
+                }
+                Ok(None)
+            }
+            DeviceModelCall::UnbindMsiIrq { pirq } => {
+                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let path = binding_path(req.sbdf, &req.key());
+                if b.state == BindingState::Mapped {
+                    return Ok(None); // unbound already (a repeated call)
+                }
+                self.mark_unbinding(&req, pirq)?;
+                self.checkpoint(|| format!("{} unbind_msi_irq pirq {}", req.sbdf, pirq.0))?;
+                let hv = self.platform.hypervisor();
+                unless_gone(hv.unbind_pt_irq(domid, &b.pt_irq(pirq, req.sbdf)))?;
+                let mapped = Binding {
+                    state: BindingState::Mapped,
+                    ..b
+                };
+                write(self.xs, TxId::NONE, &path, &mapped.encode())?;
+                Ok(None)
+            }
+            DeviceModelCall::UnmapPirq { pirq } => {
+                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let path = binding_path(req.sbdf, &req.key());
+                self.mark_unbinding(&req, pirq)?;
+                self.checkpoint(|| format!("{} unmap_pirq pirq {}", req.sbdf, pirq.0))?;
+                let hv = self.platform.hypervisor();
+                if b.state == BindingState::Mapped {
+                    unless_gone(hv.unmap_pirq(domid, pirq))?;
+                } else {
+                    // Xen's unmap force-unbinds too; unbinding first keeps the order qemu's
+                    // own disable path has.
+                    unbind_and_unmap(hv, domid, &b.pt_irq(pirq, req.sbdf))?;
+                }
+                self.checkpoint(|| format!("{} unmap_pirq pirq {}: forget", req.sbdf, pirq.0))?;
+                rm(self.xs, TxId::NONE, &path)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The epoch a request for `sbdf` is checked against.
+    fn epoch_for(&mut self, sbdf: Sbdf, credential: Credential) -> Result<u64> {
+        match credential {
+            Credential::Epoch(e) => Ok(e),
+            // The current one: the transaction that follows checks it again, so a teardown
+            // that starts in between still refuses the request.
+            Credential::VerifiedDeviceModel => Ok(read_head(self.xs, TxId::NONE, sbdf)?
+                .map(|r| r.epoch)
+                .unwrap_or_default()),
+        }
+    }
+
+    /// The MSI-X binding of a device attached to `domid` that holds `pirq`, as the request
+    /// that would have made it.
+    fn pirq_request(
+        &mut self,
+        domid: DomId,
+        credential: Credential,
+        pirq: Pirq,
+    ) -> Result<(BindRequest, Binding)> {
+        let not_found = || EngineError::RefusedPirq {
+            domid,
+            pirq,
+            refusal: Refusal::NoSuchBinding {
+                key: "msix".into(),
+                pirq: pirq.0,
+            },
+        };
+        let names = match self.xs.directory(TxId::NONE, DEVICES) {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for sbdf in names.iter().filter_map(|n| Sbdf::from_xs_key(n).ok()) {
+            let Some(rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
+                continue;
+            };
+            if rec.owner != Some(domid) || rec.state != DeviceState::Attached {
+                continue;
+            }
+            for entry in 0..rec.msix_size {
+                let key = BindingKey::Msix(entry);
+                let Some(b) = read_binding(self.xs, TxId::NONE, sbdf, key)? else {
+                    continue;
+                };
+                if b.pirq != Some(pirq) || b.state == BindingState::Intent {
+                    continue;
+                }
+                let epoch = match credential {
+                    Credential::Epoch(e) => e,
+                    Credential::VerifiedDeviceModel => rec.epoch,
+                };
+                let req = BindRequest {
+                    domid,
+                    sbdf,
+                    epoch,
+                    kind: BindKind::Msix {
+                        entry,
+                        table_base: rec.table_base.unwrap_or_default(),
+                    },
+                    gvec: b.gvec,
+                    gflags: b.gflags,
+                    gtable: b.gtable,
+                };
+                return Ok((req, b));
+            }
+        }
+        Err(not_found())
+    }
+
+    /// Checks the requester again and marks the binding `Unbinding` (one transaction), so
+    /// a crash from here on leaves the teardown a binding to unbind and unmap.
+    fn mark_unbinding(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
+        self.refuse_protected_requester(req)?;
+        let requester = self.platform.hypervisor().domain_info(req.domid)?;
+        let key = req.key();
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            let rec = read_head(xs, tx, req.sbdf)?;
+            check_requester(rec, req, requester.map(|i| i.handle)).map_err(|r| refused(req, r))?;
+            let b = read_binding(xs, tx, req.sbdf, key)?
+                .filter(|b| b.pirq == Some(pirq))
+                .ok_or_else(|| {
+                    refused(
+                        req,
+                        Refusal::NoSuchBinding {
+                            key: key.to_string(),
+                            pirq: pirq.0,
+                        },
+                    )
+                })?;
+            let u = Binding {
+                state: BindingState::Unbinding,
+                ..b
+            };
+            write(xs, tx, &binding_path(req.sbdf, &key), &u.encode())
+        })
+    }
+
+    /// `xc_domain_update_msi_irq` on a bound pirq: Xen takes the guest's new vector and
+    /// flags (`pt_irq_create_bind` on a bound MSI pirq updates them); the ledger follows.
+    fn rebind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
+        self.refuse_protected_requester(req)?;
+        let requester = self.platform.hypervisor().domain_info(req.domid)?;
+        let key = req.key();
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            let rec = read_head(xs, tx, req.sbdf)?;
+            check_requester(rec, req, requester.map(|i| i.handle)).map_err(|r| refused(req, r))?;
+            match read_binding(xs, tx, req.sbdf, key)? {
+                Some(b) if b.pirq == Some(pirq) && b.state == BindingState::Bound => Ok(()),
+                _ => Err(refused(
+                    req,
+                    Refusal::NoSuchBinding {
+                        key: key.to_string(),
+                        pirq: pirq.0,
+                    },
+                )),
+            }
+        })?;
+        let record = Binding {
+            key,
+            state: BindingState::Bound,
+            pirq: Some(pirq),
+            gsi: 0,
+            gvec: req.gvec,
+            gflags: req.gflags,
+            gtable: req.gtable,
+            guest_intx: None,
+        };
+        self.checkpoint(|| format!("{} rebind {key}: bind_pt_irq", req.sbdf))?;
+        let hv = self.platform.hypervisor();
+        if requester.is_none_or(|i| i.hvm) {
+            hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf))?;
+        }
+        // A crash before this write leaves the old vector in the ledger: harmless, since
+        // unbinding an MSI pirq does not look at the vector.
+        write(
+            self.xs,
+            TxId::NONE,
+            &binding_path(req.sbdf, &key),
+            &record.encode(),
+        )
+    }
+}

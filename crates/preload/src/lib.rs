@@ -1,0 +1,345 @@
+//! `libptguard_preload.so`: preloaded into a stock device model (qemu-xen), it sends the
+//! four libxenctrl calls qemu makes for a passthrough device's MSI-X vectors —
+//! `xc_physdev_map_pirq_msi`, `xc_domain_update_msi_irq`, `xc_domain_unbind_msi_irq`,
+//! `xc_physdev_unmap_pirq` — to ptguard's broker, so that every binding is in the ledger
+//! before it exists in Xen, without changing qemu's source (docs/preload.md).
+//!
+//! This crate owns only that translation: a C-ABI symbol per call, the broker's line
+//! protocol over its unix socket, and the choice to fall through to the real libxenctrl
+//! (found with `dlsym(RTLD_NEXT)`) when the broker does not manage the device or is not
+//! there. It must not decide policy (the broker checks every request) and must not make
+//! hypercalls of its own; everything else qemu calls goes to libxenctrl untouched. Its
+//! `unsafe` is the FFI boundary: raw pointers from C and the `dlsym` lookups.
+
+use std::collections::BTreeSet;
+use std::ffi::{c_int, c_void, CStr};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Where `ptguard watch` serves the broker on a real dom0.
+const DEFAULT_SOCKET: &str = "/run/ptguard/broker.sock";
+/// How long a call waits for the broker's answer; a broker that takes longer is treated
+/// as failed (`EIO`), never fallen through, since it may have mapped the vector.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// qemu's `XEN_PT_AUTO_ASSIGN`: a new IRQ for the MSI, as opposed to an existing one.
+const AUTO_ASSIGN: c_int = -1;
+
+/// (domid, pirq) this process mapped through the broker: their later calls go there
+/// too, and only theirs (a pirq mapped by the real library stays with it).
+static BROKERED: Mutex<BTreeSet<(u32, i32)>> = Mutex::new(BTreeSet::new());
+
+fn brokered(domid: u32, pirq: i32) -> bool {
+    BROKERED
+        .lock()
+        .map(|s| s.contains(&(domid, pirq)))
+        .unwrap_or(false)
+}
+
+fn remember(domid: u32, pirq: i32, mapped: bool) {
+    if let Ok(mut s) = BROKERED.lock() {
+        if mapped {
+            s.insert((domid, pirq));
+        } else {
+            s.remove(&(domid, pirq));
+        }
+    }
+}
+
+fn log(msg: std::fmt::Arguments<'_>) {
+    // qemu's stderr is its log file (/var/log/xen/qemu-dm-NAME.log under xl).
+    let _ = writeln!(std::io::stderr(), "ptguard-preload: {msg}");
+}
+
+/// What the broker made of one call.
+enum Answer {
+    /// Done; the pirq for a map.
+    Done(Option<i32>),
+    /// Not ptguard's to broker (no broker, device not managed): the real library does it.
+    FallThrough(String),
+    /// Refused or failed: the call fails with this errno.
+    Failed(c_int, String),
+}
+
+fn socket_path() -> String {
+    std::env::var("PTGUARD_BROKER").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned())
+}
+
+fn ask(request: &Value) -> Answer {
+    let path = socket_path();
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        // No broker (ptguard not running, or this device model cannot reach its socket):
+        // qemu works as without the library, and the sweep covers it at teardown.
+        Err(e) => return Answer::FallThrough(format!("no broker at {path}: {e}")),
+    };
+    let mut exchange = || -> std::io::Result<String> {
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        let mut line = request.to_string();
+        line.push('\n');
+        stream.write_all(line.as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply)?;
+        if reply.is_empty() {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the broker closed the connection",
+            ));
+        }
+        Ok(reply)
+    };
+    let reply = match exchange() {
+        Ok(r) => r,
+        // The request may have reached Xen: never fall through to a second map.
+        Err(e) => return Answer::Failed(libc::EIO, format!("broker at {path}: {e}")),
+    };
+    let reply: Value = match serde_json::from_str(&reply) {
+        Ok(v) => v,
+        Err(e) => return Answer::Failed(libc::EIO, format!("unreadable broker reply: {e}")),
+    };
+    if reply["ok"] == Value::Bool(true) {
+        let pirq = reply["pirq"].as_i64().and_then(|p| i32::try_from(p).ok());
+        return Answer::Done(pirq);
+    }
+    let code = reply["code"].as_str().unwrap_or("error");
+    let why = format!("{code}: {}", reply["error"].as_str().unwrap_or(""));
+    match code {
+        "not-managed" => Answer::FallThrough(why),
+        "pirq-budget" => Answer::Failed(libc::ENOSPC, why),
+        "error" => {
+            let errno = reply["errno"]
+                .as_i64()
+                .and_then(|e| c_int::try_from(e).ok())
+                .filter(|e| *e > 0)
+                .unwrap_or(libc::EIO);
+            Answer::Failed(errno, why)
+        }
+        _ => Answer::Failed(libc::EPERM, why),
+    }
+}
+
+fn set_errno(errno: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's
+    // life.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// The next definition of `name` after this library: libxenctrl's.
+fn real(name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT is valid from a shared object.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+fn missing(name: &CStr) -> c_int {
+    log(format_args!("{name:?}: no libxenctrl behind this library"));
+    set_errno(libc::ENOSYS);
+    -1
+}
+
+type MapPirqMsiFn =
+    unsafe extern "C" fn(*mut c_void, u32, c_int, *mut c_int, c_int, c_int, c_int, u64) -> c_int;
+type UpdateMsiIrqFn = unsafe extern "C" fn(*mut c_void, u32, u32, u32, u32, u64) -> c_int;
+type UnbindMsiIrqFn = unsafe extern "C" fn(*mut c_void, u32, u32, u32, u32) -> c_int;
+type UnmapPirqFn = unsafe extern "C" fn(*mut c_void, u32, c_int) -> c_int;
+
+const MAP_PIRQ_MSI: &CStr = c"xc_physdev_map_pirq_msi";
+const UPDATE_MSI_IRQ: &CStr = c"xc_domain_update_msi_irq";
+const UNBIND_MSI_IRQ: &CStr = c"xc_domain_unbind_msi_irq";
+const UNMAP_PIRQ: &CStr = c"xc_physdev_unmap_pirq";
+
+/// Sends one call of a pirq this process mapped through the broker: `Some(rc)` is the
+/// call's return value (0, or -1 with errno set), `None` sends it to libxenctrl.
+fn brokered_call(what: &str, request: &Value, done: impl FnOnce()) -> Option<c_int> {
+    match ask(request) {
+        Answer::Done(_) => {
+            done();
+            Some(0)
+        }
+        Answer::Failed(errno, why) => {
+            log(format_args!("{what}: {why}"));
+            set_errno(errno);
+            Some(-1)
+        }
+        Answer::FallThrough(why) => {
+            log(format_args!("{what}: {why}; calling libxenctrl"));
+            None
+        }
+    }
+}
+
+/// `xc_physdev_map_pirq_msi`: an MSI-X entry (`table_base` non-zero, a new IRQ) of a device
+/// the broker manages is mapped by the broker; anything else by libxenctrl.
+///
+/// # Safety
+/// As libxenctrl's: `pirq` is null or points to an `int` the caller owns.
+#[no_mangle]
+pub unsafe extern "C" fn xc_physdev_map_pirq_msi(
+    xch: *mut c_void,
+    domid: u32,
+    index: c_int,
+    pirq: *mut c_int,
+    devfn: c_int,
+    bus: c_int,
+    entry_nr: c_int,
+    table_base: u64,
+) -> c_int {
+    let fall_through = |why: &str| -> c_int {
+        if !why.is_empty() {
+            log(format_args!(
+                "map_pirq_msi d{domid}: {why}; calling libxenctrl"
+            ));
+        }
+        match real(MAP_PIRQ_MSI) {
+            Some(f) => {
+                // SAFETY: the symbol is libxenctrl's xc_physdev_map_pirq_msi, whose C
+                // signature MapPirqMsiFn mirrors (xenctrl.h); the arguments are the caller's.
+                unsafe {
+                    let f: MapPirqMsiFn = std::mem::transmute(f);
+                    f(xch, domid, index, pirq, devfn, bus, entry_nr, table_base)
+                }
+            }
+            None => missing(MAP_PIRQ_MSI),
+        }
+    };
+    let (Ok(bus8), Ok(devfn8), Ok(entry)) = (
+        u8::try_from(bus),
+        u8::try_from(devfn),
+        u16::try_from(entry_nr),
+    ) else {
+        return fall_through("");
+    };
+    // Plain MSI (no table) and an existing IRQ are not ledger bindings.
+    if pirq.is_null() || table_base == 0 || index != AUTO_ASSIGN {
+        return fall_through("");
+    }
+    // SAFETY: checked non-null above; libxenctrl's contract makes it a valid int.
+    let requested = unsafe { *pirq };
+    // libxenctrl maps on segment 0 (it clears the whole physdev_map_pirq).
+    let sbdf = format!("0000:{bus8:02x}:{:02x}.{}", devfn8 >> 3, devfn8 & 7);
+    let mut request = json!({
+        "op": "map-pirq-msi", "domid": domid, "sbdf": sbdf,
+        "entry": entry, "table_base": table_base,
+    });
+    if requested >= 0 {
+        request["pirq"] = json!(requested);
+    }
+    let what = format!("map_pirq_msi d{domid} {sbdf} entry {entry}");
+    match ask(&request) {
+        Answer::Done(Some(p)) => {
+            remember(domid, p, true);
+            log(format_args!("{what}: pirq {p} (ledger)"));
+            // SAFETY: non-null and valid, as above.
+            unsafe { *pirq = p };
+            0
+        }
+        Answer::Done(None) => {
+            log(format_args!("{what}: the broker answered no pirq"));
+            set_errno(libc::EIO);
+            -1
+        }
+        Answer::Failed(errno, why) => {
+            log(format_args!("{what}: {why}"));
+            set_errno(errno);
+            -1
+        }
+        Answer::FallThrough(why) => fall_through(&why),
+    }
+}
+
+/// `xc_domain_update_msi_irq`: through the broker for a pirq it mapped.
+///
+/// # Safety
+/// As libxenctrl's (`xch` is passed through untouched).
+#[no_mangle]
+pub unsafe extern "C" fn xc_domain_update_msi_irq(
+    xch: *mut c_void,
+    domid: u32,
+    gvec: u32,
+    pirq: u32,
+    gflags: u32,
+    gtable: u64,
+) -> c_int {
+    let pirq_i = pirq as c_int;
+    if brokered(domid, pirq_i) {
+        // libxenctrl stores gvec in the uint8_t of xen_domctl_bind_pt_irq: the same cut.
+        let request = json!({
+            "op": "update-msi-irq", "domid": domid, "pirq": pirq_i,
+            "gvec": gvec & 0xff, "gflags": gflags, "gtable": gtable,
+        });
+        let what = format!("update_msi_irq d{domid} pirq {pirq_i}");
+        let done = || log(format_args!("{what}: vector {:#x} (ledger)", gvec & 0xff));
+        if let Some(rc) = brokered_call(&what, &request, done) {
+            return rc;
+        }
+    }
+    match real(UPDATE_MSI_IRQ) {
+        // SAFETY: libxenctrl's xc_domain_update_msi_irq, signature as UpdateMsiIrqFn.
+        Some(f) => unsafe {
+            let f: UpdateMsiIrqFn = std::mem::transmute(f);
+            f(xch, domid, gvec, pirq, gflags, gtable)
+        },
+        None => missing(UPDATE_MSI_IRQ),
+    }
+}
+
+/// `xc_domain_unbind_msi_irq`: through the broker for a pirq it mapped.
+///
+/// # Safety
+/// As libxenctrl's.
+#[no_mangle]
+pub unsafe extern "C" fn xc_domain_unbind_msi_irq(
+    xch: *mut c_void,
+    domid: u32,
+    gvec: u32,
+    pirq: u32,
+    gflags: u32,
+) -> c_int {
+    let pirq_i = pirq as c_int;
+    if brokered(domid, pirq_i) {
+        let request = json!({"op": "unbind-msi-irq", "domid": domid, "pirq": pirq_i});
+        let what = format!("unbind_msi_irq d{domid} pirq {pirq_i}");
+        let done = || log(format_args!("{what}: unbound (ledger)"));
+        if let Some(rc) = brokered_call(&what, &request, done) {
+            return rc;
+        }
+    }
+    match real(UNBIND_MSI_IRQ) {
+        // SAFETY: libxenctrl's xc_domain_unbind_msi_irq, signature as UnbindMsiIrqFn.
+        Some(f) => unsafe {
+            let f: UnbindMsiIrqFn = std::mem::transmute(f);
+            f(xch, domid, gvec, pirq, gflags)
+        },
+        None => missing(UNBIND_MSI_IRQ),
+    }
+}
+
+/// `xc_physdev_unmap_pirq`: through the broker for a pirq it mapped.
+///
+/// # Safety
+/// As libxenctrl's.
+#[no_mangle]
+pub unsafe extern "C" fn xc_physdev_unmap_pirq(xch: *mut c_void, domid: u32, pirq: c_int) -> c_int {
+    if brokered(domid, pirq) {
+        let request = json!({"op": "unmap-pirq", "domid": domid, "pirq": pirq});
+        let what = format!("unmap_pirq d{domid} pirq {pirq}");
+        let done = || {
+            remember(domid, pirq, false);
+            log(format_args!("{what}: unmapped (ledger)"));
+        };
+        if let Some(rc) = brokered_call(&what, &request, done) {
+            return rc;
+        }
+    }
+    match real(UNMAP_PIRQ) {
+        // SAFETY: libxenctrl's xc_physdev_unmap_pirq, signature as UnmapPirqFn.
+        Some(f) => unsafe {
+            let f: UnmapPirqFn = std::mem::transmute(f);
+            f(xch, domid, pirq)
+        },
+        None => missing(UNMAP_PIRQ),
+    }
+}
