@@ -521,6 +521,10 @@ fn next_epoch(sbdf: Sbdf, epoch: u64) -> Result<u64> {
         .ok_or(EngineError::EpochExhausted { sbdf, epoch })
 }
 
+/// How long a teardown waits for pciback to let go of a removed backend before it stops
+/// (and resumes from the same step on the next round).
+pub const PCIBACK_RELEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn backend_dir(domid: DomId) -> String {
     format!("/local/domain/0/backend/pci/{}/0", domid.0)
 }
@@ -991,10 +995,12 @@ impl<'a> Engine<'a> {
     }
 
     /// Removes the device's backend entry; the whole backend goes with the last device.
-    fn remove_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+    /// Takes `sbdf` out of `domid`'s PCI backend; true when the domain has no PCI backend
+    /// left (this was its last device, or it was gone already).
+    fn remove_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<bool> {
         let be = backend_dir(domid);
         let fe = format!("/local/domain/{}/device/pci", domid.0);
-        self.xs.transaction(|xs, tx| -> Result<()> {
+        self.xs.transaction(|xs, tx| -> Result<bool> {
             let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
@@ -1007,12 +1013,12 @@ impl<'a> Engine<'a> {
             let before = devs.len();
             devs.retain(|d| *d != sbdf.to_string());
             if devs.len() == before {
-                return Ok(());
+                return Ok(devs.is_empty());
             }
             if devs.is_empty() {
                 rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
                 rm(xs, tx, &fe)?;
-                return Ok(());
+                return Ok(true);
             }
             for i in 0..n {
                 for k in ["key", "dev", "vdevfn", "opts", "state"] {
@@ -1025,7 +1031,7 @@ impl<'a> Engine<'a> {
                 write(xs, tx, &format!("{be}/state-{i}"), "4")?;
             }
             write(xs, tx, &format!("{be}/num_devs"), &devs.len().to_string())?;
-            Ok(())
+            Ok(false)
         })
     }
 
@@ -1401,8 +1407,22 @@ impl<'a> Engine<'a> {
                     bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
                     // The INTx line's permission goes with its pirq (Unbind): another
                     // device of the same guest may share the line.
-                    self.remove_backend(sbdf, owner)?;
+                    let backend_gone = self.remove_backend(sbdf, owner)?;
                     self.platform.backend_changed(sbdf, None);
+                    if backend_gone {
+                        // pciback resets and gives the device back in its own worker, after
+                        // the Xenstore removal: everything from here on must come after
+                        // that, or its reset (and the old pciback's Command write) would
+                        // undo ours.
+                        let released = pci.wait_backend_released(owner.0, PCIBACK_RELEASE)?;
+                        if !released {
+                            return Err(EngineError::PcibackHoldsBackend {
+                                sbdf,
+                                domid: owner,
+                                waited: PCIBACK_RELEASE,
+                            });
+                        }
+                    }
                     Step::Unbind
                 }
                 Step::Unbind => {

@@ -90,6 +90,12 @@ pub enum EngineError {
         pirq: xen::Pirq,
         refusal: Refusal,
     },
+    #[error("{sbdf}: pciback has not released {domid}'s PCI backend {waited:?} after its removal (/sys/bus/xen-backend/devices/pci-{}-0 is still there); the teardown stops before any reset and resumes from this step on the next `ptguard watch` round or command", domid.0)]
+    PcibackHoldsBackend {
+        sbdf: Sbdf,
+        domid: DomId,
+        waited: std::time::Duration,
+    },
     #[error("{domid} is a protected domain (dom0, dom_io, dom_xen, a reserved id or one given with --protect): ptguard does not {action} it")]
     ProtectedDomain { domid: DomId, action: &'static str },
     #[error("{sbdf}: Xen says a guest still holds the device (test_assign_device: {errno}) although the ledger says {state}; nothing was changed. Detach it from that guest first (`xl pci-detach`, or `ptguard detach` if ptguard attached it); `ptguard doctor` shows who holds it")]

@@ -91,6 +91,16 @@ pub trait PciHost: Send + Sync {
     fn pciback_permissive(&self, sbdf: Sbdf) -> Result<(), PciError>;
     /// Writes the address to pciback's `allow_interrupt_control`.
     fn pciback_allow_interrupt_control(&self, sbdf: Sbdf) -> Result<(), PciError>;
+    /// Waits, at most `timeout`, until pciback has let go of domain `domid`'s PCI backend
+    /// after the toolstack removed it from Xenstore: pciback reacts in its xenbus worker
+    /// (reset, restore, give back each device), and the xen-backend device
+    /// `bus/xen-backend/devices/pci-<domid>-0` leaves sysfs once that is done.
+    /// `Ok(false)`: still there at the timeout.
+    fn wait_backend_released(
+        &self,
+        domid: u16,
+        timeout: std::time::Duration,
+    ) -> Result<bool, PciError>;
 }
 
 /// The pciback driver's name in sysfs.

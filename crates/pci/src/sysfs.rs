@@ -452,4 +452,25 @@ impl PciHost for SysfsHost {
             sbdf.to_string().as_bytes(),
         )
     }
+    fn wait_backend_released(
+        &self,
+        domid: u16,
+        timeout: std::time::Duration,
+    ) -> Result<bool, PciError> {
+        let dev = self
+            .root
+            .join(format!("bus/xen-backend/devices/pci-{domid}-0"));
+        let start = std::time::Instant::now();
+        // pciback's worker runs within milliseconds of the Xenstore removal; polling the
+        // link is all sysfs offers (no uevent reaches a process without netlink).
+        loop {
+            if !dev.exists() {
+                return Ok(true);
+            }
+            if start.elapsed() >= timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }

@@ -201,6 +201,26 @@ impl PciHost for LoggedPci {
             || self.inner.pciback_allow_interrupt_control(s),
         )
     }
+    fn wait_backend_released(
+        &self,
+        domid: u16,
+        timeout: std::time::Duration,
+    ) -> Result<bool, PciError> {
+        // A dry run removed no backend: nothing to wait for.
+        if self.dry_run {
+            return Ok(true);
+        }
+        let released = self.inner.wait_backend_released(domid, timeout)?;
+        self.log.push(format!(
+            "sysfs     /sys/bus/xen-backend/devices/pci-{domid}-0 {}",
+            if released {
+                "gone (pciback released the backend)"
+            } else {
+                "still present"
+            }
+        ));
+        Ok(released)
+    }
 }
 
 /// The platform a command runs on, with every hypercall and sysfs write logged.

@@ -27,7 +27,26 @@ impl Platform for SimPlatform {
         // pciback reacting to the backend nodes: export, or give back (reset + restore).
         let _ = match domid {
             Some(d) => self.host.pciback_export(sbdf, d),
-            None => self.host.pciback_put(sbdf),
+            None => {
+                let owner = self
+                    .host
+                    .with_world(|w| w.device(sbdf).and_then(|d| d.linux.exported_to));
+                let others = self.host.with_world(|w| {
+                    w.devices
+                        .iter()
+                        .any(|(s, d)| *s != sbdf && owner.is_some() && d.linux.exported_to == owner)
+                });
+                if others {
+                    // One of several devices leaves a live backend: given back at once here
+                    // (real pciback needs libxl's Closing/Reconfiguring handshake for this,
+                    // which ptguard does not do; docs/simulator.md).
+                    self.host.pciback_put(sbdf)
+                } else {
+                    // The whole backend went: pciback's xenbus worker gives the device back
+                    // later, and the engine waits for it (`wait_backend_released`).
+                    self.host.pciback_put_later(sbdf)
+                }
+            }
         };
     }
 }

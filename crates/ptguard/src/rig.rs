@@ -297,6 +297,9 @@ impl Rig {
             if let Err(e) = r {
                 self.report.notices.push(format!("{step:?}: {e}"));
             }
+            // Time passes between steps: dom0's asynchronous work (pciback's give-back of a
+            // removed backend) has run by the next one, whoever waited for it.
+            self.host.settle();
             self.check_invariants(&format!("{step:?}"));
         }
         // The lifecycle ends: every remaining guest is destroyed, so the end state compares

@@ -1373,3 +1373,61 @@ fn companion_adopts_from_the_toolstack_and_sweeps_before_its_reset() {
     let report = sim::dm::check_interrupts(&f.host, g2, dev(), 3);
     assert_eq!(report.delivered(), 3, "{report:?}");
 }
+
+/// pciback gives a device back in its xenbus worker, after the backend left Xenstore: the
+/// teardown waits for that (the xen-backend device leaving sysfs) before it touches the
+/// device, so pciback's reset — and the old pciback's Command write — cannot land on top
+/// of ptguard's release, reset and prepare.
+#[test]
+fn the_teardown_waits_for_pciback_to_give_the_device_back() {
+    for pciback in [
+        PcibackProfile::BeforeCommandFix,
+        PcibackProfile::AfterCommandFix,
+    ] {
+        let xs = LocalXenstore::new(Quotas::default());
+        let host = SimHost::new(Profile::new(XenProfile::Xen4_17_5, pciback))
+            .with_sink(std::sync::Arc::new(xs.clone()));
+        host.add_device(DeviceSpec::nic(dev(), 4));
+        let platform = SimPlatform { host: host.clone() };
+        let mut client = xs.connect(0);
+        let g = host.create_domain("g", true);
+        let mut e = Engine::new(&mut client, &platform);
+        e.assignable_add(dev()).unwrap();
+        let epoch = e.attach(dev(), g).unwrap();
+        // The guest's driver turns memory decoding on (the old pciback left it off).
+        host.write_config(dev(), 4, &[0x06, 0x00]).unwrap();
+        e.bind(&req(g, epoch, 0)).unwrap();
+        let before = host.journal().len();
+        let out = e.detach(dev()).unwrap();
+        assert!(matches!(out, Outcome::Assignable { .. }), "{out:?}");
+        let ops = host.journal()[before..].to_vec();
+        let put_later = ops
+            .iter()
+            .position(|o| matches!(o, sim::SimOp::PcibackPutLater { .. }))
+            .expect("the backend's removal leaves pciback a put to do");
+        let settled = ops
+            .iter()
+            .position(|o| matches!(o, sim::SimOp::Settle))
+            .expect("pciback's worker ran during the teardown");
+        let first_touch = ops
+            .iter()
+            .position(|o| {
+                matches!(
+                    o,
+                    sim::SimOp::ReleaseMsix { .. }
+                        | sim::SimOp::Reset { .. }
+                        | sim::SimOp::PrepareMsix { .. }
+                )
+            })
+            .expect("release, reset, prepare");
+        assert!(
+            put_later < settled && settled < first_touch,
+            "{pciback:?}: pciback's give-back at {settled}, ptguard's first reset/release at {first_touch}: {ops:?}"
+        );
+        host.with_world(|w| {
+            assert!(w.pciback.pending_puts.is_empty());
+            assert!(w.msix_clean(dev()).is_ok(), "{pciback:?}");
+            assert!(w.memory_decoded(dev()), "{pciback:?}: decoding left on");
+        });
+    }
+}

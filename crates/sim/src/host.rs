@@ -916,6 +916,19 @@ impl PciHost for SimHost {
             SimOp::AllowInterruptControl { sbdf },
         )
     }
+    fn wait_backend_released(
+        &self,
+        domid: u16,
+        _timeout: std::time::Duration,
+    ) -> Result<bool, PciError> {
+        // Waiting is what lets pciback's worker run: its pending puts happen now.
+        self.settle();
+        Ok(self.with_world(|w| {
+            !w.devices
+                .values()
+                .any(|d| d.linux.exported_to == Some(DomId(domid)))
+        }))
+    }
 }
 
 impl DomainEventSink for xenstore::local::LocalXenstore {
