@@ -31,6 +31,9 @@ pub struct ExploreSummary {
     /// gone and a guest asking for it meanwhile is refused; it ends as clean as the
     /// crash-free run (docs/ledger.md, "The map→record window").
     pub lost_map_quarantines: u64,
+    /// The lifecycles with several devices or domains (`explore_devices`), explored under
+    /// the ptguard policy when no scenario, behaviour or replay narrows the run.
+    pub device_scenarios: Vec<crate::commands::explore_devices::DeviceScenarioSummary>,
 }
 
 /// Whether a crashed run that ends differently from the crash-free one differs only as the
@@ -142,6 +145,21 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
     }
+    let whole = args.replay.is_none() && args.dm.is_empty() && args.scenario.is_empty();
+    if whole && policy == crate::rig::Policy::Ptguard {
+        for name in crate::commands::explore_devices::SCENARIOS {
+            let d = crate::commands::explore_devices::explore(name, xen, pciback);
+            summary.cases += d.crash_points + 1;
+            summary.crash_points += d.crash_points;
+            for v in &d.violations {
+                summary.violations.push(Violation {
+                    seed: format!("{name} (tests/explore_devices.rs)"),
+                    what: v.clone(),
+                });
+            }
+            summary.device_scenarios.push(d);
+        }
+    }
     if progress {
         eprintln!(
             "\rexplore: {} cases, {} violations",
@@ -155,14 +173,24 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "explored {} cases ({} crash-free runs + {} crash points, over {combos} scenario x device-model combinations of {} scenarios and {} behaviours) on {}",
+            "explored {} cases ({} crash-free runs + {} crash points, over {combos} scenario x device-model combinations of {} scenarios and {} behaviours, and {} multi-device lifecycles) on {}",
             summary.cases,
-            combos,
+            combos + summary.device_scenarios.len(),
             summary.crash_points,
             scenarios.len(),
             behaviours.len(),
+            summary.device_scenarios.len(),
             summary.profile
         )?;
+        for d in &summary.device_scenarios {
+            writeln!(
+                out,
+                "multi-device lifecycle {}: {} crash points, {} violations",
+                d.scenario,
+                d.crash_points,
+                d.violations.len()
+            )?;
+        }
         writeln!(
             out,
             "runs ending with the device quarantined: {}",
