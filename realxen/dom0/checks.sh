@@ -61,20 +61,27 @@ run_guest() {
 # A paused guest ptguard can attach to.
 paused() { xl create -p "/root/$1.cfg" >/dev/null 2>&1; domid_of "$1"; }
 # The broker asks: as the HVM domain's device model, so its pid goes into Xenstore first
-# (the broker checks SO_PEERCRED against libxl's device-model-pid).
+# (the broker checks SO_PEERCRED against libxl's device-model-pid). The real model's pid is
+# put back before this process exits: the daemon unbinds what a dead device model left.
 bind_as_dm() { # DOMID EPOCH ENTRY
-    local path=/local/domain/$1/image/device-model-pid old
-    old=$(xenstore-read "$path" 2>/dev/null)
+    local path=/local/domain/$1/image/device-model-pid
     python3 - "$path" "$@" <<'PY'
-import os, subprocess, sys
+import os, runpy, subprocess, sys
 path, domid, epoch, entry = sys.argv[1:5]
+old = subprocess.run(["xenstore-read", path], capture_output=True, text=True).stdout.strip()
 subprocess.run(["xenstore-write", path, str(os.getpid())], check=False)
 tb = subprocess.run(["xenstore-read", "/ptguard/device/0000-00-05-0/table-base"], capture_output=True, text=True).stdout.strip()
-os.execvp("python3", ["python3", "/opt/ptguard-test/broker_client.py", "/run/ptguard/broker.sock", domid, "0000:00:05.0", epoch, tb, "bind", entry])
+sys.argv = ["broker_client.py", "/run/ptguard/broker.sock", domid, "0000:00:05.0", epoch, tb, "bind", entry]
+rc = 0
+try:
+    runpy.run_path("/opt/ptguard-test/broker_client.py", run_name="__main__")
+except SystemExit as e:
+    rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+finally:
+    if old:
+        subprocess.run(["xenstore-write", path, old], check=False)
+sys.exit(rc)
 PY
-    local rc=$?
-    [ -n "$old" ] && xenstore-write "$path" "$old"
-    return $rc
 }
 
 OUT=/var/tmp/ptguard-out
@@ -454,6 +461,30 @@ if group preload && [ -x /usr/libexec/ptguard/qemu-dm ]; then
         unplugged_clean "rc=$rc [$(bindings)] $(preload_log 1)" "$q"
     xl destroy hvmp 2>/dev/null
     wait_for 60 test -z "$(ledger state)" -o "$(ledger state)" = assignable
+    # qemu dies while its guest runs: the daemon sees device-model-pid gone and unbinds
+    # what the ledger holds for it, so plain `xl destroy` with decoding off — the seed
+    # recipe — finds nothing mapped, and the next guest's interrupts arrive.
+    cfg hvmq hvm yes $SBDF "hold=1"
+    echo 'device_model_override = "/usr/libexec/ptguard/qemu-dm"' >> /root/hvmq.cfg
+    live=$(start_hold hvmq hvm)
+    d=$(domid_of hvmq)
+    before=$(bindings)
+    dm=$(xenstore-read "/local/domain/$d/image/device-model-pid" 2>/dev/null)
+    kill -9 "$dm" 2>/dev/null
+    setpci -s $BDF COMMAND=0000
+    wait_for 20 test -z "$(bindings)"
+    released=$(watch_log 30 | grep -a "device model of" | tail -1)
+    expect preload-dead-qemu-bindings-released "d$d live: $live; qemu $dm killed; before: $before; after: '$(bindings)'; daemon: $released; Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')" \
+        has "[$(bindings)] $(xl list hvmq >/dev/null 2>&1 && echo running) $released" "^\[\] running .*gone; unbound and unmapped its [1-9] vector"
+    setpci -s $BDF COMMAND=0000
+    n0=$(xl dmesg | grep -ac "cannot mask")
+    xl destroy hvmq 2>/dev/null
+    sleep 3
+    masked=""
+    [ "$(xl dmesg | grep -ac "cannot mask")" -gt "$n0" ] && masked=$(xl dmesg | grep -a "cannot mask" | tail -1)
+    capture preload-destroy-after-dead-qemu
+    expect preload-xl-destroy-after-dead-qemu-forces-no-mask "MSI-X: $(msix); Xen: '${masked:-no cannot-mask}'" \
+        has "$(msix) [${masked}]" "Masked- \[\]$"
     cfg pv pv yes $SBDF ""
     r=$(run_guest pv pv)
     expect preload-next-guest-irqs-arrive "ledger '$(ledger state)'; next guest (xl, pci=): $r" has "$r" '^IRQS-ARRIVE'

@@ -4,7 +4,9 @@
 //! This crate owns the policy of `DESIGN.md` §2: what is recorded in the ledger
 //! ([`ledger`]), when, and in which order hypercalls, sysfs writes and Xenstore transactions
 //! happen ([`Engine`]); the sweep of a finished domain's pirqs ([`sweep`]) and the adoption
-//! of devices a toolstack gave ([`companion`]). It reaches the world only through the `xenstore` client, the `xen`
+//! of devices a toolstack gave ([`companion`]); a stock device model's four libxenctrl calls
+//! brokered one at a time ([`stepwise`]); the release of what a dead device model left
+//! bound while its guest runs ([`orphaned`]). It reaches the world only through the `xenstore` client, the `xen`
 //! [`Hypervisor`] trait and the `pci` [`PciHost`] trait (bundled as a [`Platform`]), so the
 //! same code runs on a real dom0 and on the simulated host, and a crash can be injected
 //! before any step. It must not reach around those traits (no direct file, device or socket
@@ -14,6 +16,7 @@ pub mod companion;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
+pub mod orphaned;
 pub mod refusal;
 pub mod stepwise;
 pub mod sweep;

@@ -250,7 +250,7 @@ impl DaemonHost {
 }
 
 /// The pid libxl records for a domain's device model, if any.
-fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
+pub(crate) fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
     let path = format!("/local/domain/{}/image/device-model-pid", domid.0);
     let v = ctx
         .xs

@@ -164,3 +164,131 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
         "the attach in progress was left alone"
     );
 }
+
+/// Issue 15: a running guest's device model dies with its vectors bound through the broker
+/// (or the preload library). The daemon sees libxl's `device-model-pid` name a process
+/// that is gone and unbinds exactly the ledger's bindings, with decoding on, while the
+/// guest still runs — so a plain `xl destroy` afterwards finds nothing mapped, even with
+/// decoding off by then.
+#[test]
+fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+    sim_init(
+        &dir,
+        XenProfile::Xen4_17_5,
+        PcibackProfile::BeforeCommandFix,
+        &[DeviceSpec::nic(dev, 4)],
+    )
+    .unwrap();
+    let mut ctx = HostCtx::open(&HostSpec::Sim(dir), false).unwrap();
+    let (host, xs) = ctx
+        .sim
+        .as_ref()
+        .map(|(h, x, _)| (h.clone(), x.clone()))
+        .unwrap();
+    let a = host.create_domain("A", true);
+    host.unpause(a).unwrap();
+    let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
+    // A device model that really ran and is gone: a child process that exited and was
+    // reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let live_pid = std::process::id();
+    let dm_path = format!("/local/domain/{}/image/device-model-pid", a.0);
+    {
+        let mut e = ctx.engine();
+        e.assignable_add(dev).unwrap();
+        let epoch = e.attach(dev, a).unwrap();
+        drop(e);
+        pci::PciHost::write_config(&host, dev, 4, &0x0006u16.to_le_bytes()).unwrap();
+        let mut e = ctx.engine();
+        for entry in 0..3 {
+            e.bind(&BindRequest {
+                domid: a,
+                sbdf: dev,
+                epoch,
+                kind: BindKind::Msix {
+                    entry,
+                    table_base: tb,
+                },
+                gvec: 0x40,
+                gflags: 0x10000,
+                gtable: 0,
+            })
+            .unwrap();
+        }
+        drop(e);
+        ctx.xs
+            .write(
+                xenstore::TxId::NONE,
+                &dm_path,
+                live_pid.to_string().as_bytes(),
+            )
+            .unwrap();
+    }
+    let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watcher = xs.connect(0);
+    watcher.watch("@releaseDomain", "ptguard").unwrap();
+    let daemon = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            watch_loop(&ctx, Some(&mut watcher), &stop, true, |_| {}).unwrap()
+        })
+    };
+    let bindings = || {
+        ctx.with(|c| {
+            Ok(c.engine().record(dev)?.map(|r| {
+                r.bindings
+                    .iter()
+                    .filter(|b| matches!(b.key, engine::BindingKey::Msix(_)))
+                    .count()
+            }))
+        })
+        .unwrap()
+    };
+    // A live device model: two checks pass and nothing is touched.
+    std::thread::sleep(Duration::from_millis(2300));
+    assert_eq!(bindings(), Some(3), "a live device model's bindings stay");
+    // The device model dies; the guest keeps running; decoding goes off.
+    ctx.with(|c| {
+        Ok(c.xs.write(
+            xenstore::TxId::NONE,
+            &dm_path,
+            dead_pid.to_string().as_bytes(),
+        )?)
+    })
+    .unwrap();
+    pci::PciHost::write_config(&host, dev, 4, &0u16.to_le_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bindings() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon left the dead model's bindings"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.with_world(|w| {
+        assert!(w.descs.is_empty(), "every vector unmapped in Xen");
+        assert!(!w.domains[&a].dying, "the guest itself untouched");
+        assert_eq!(w.device(dev).unwrap().xen.owner, a, "still assigned to it");
+        assert!(w.memory_decoded(dev), "unbound with decoding on");
+    });
+    let state = ctx
+        .with(|c| Ok(c.engine().record(dev)?.map(|r| r.state)))
+        .unwrap();
+    assert_eq!(state, Some(DeviceState::Attached));
+    // Now the toolstack destroys the guest with decoding off (xl destroy, the seed recipe):
+    // Xen has nothing left to mask, so no Function Mask is forced.
+    pci::PciHost::write_config(&host, dev, 4, &0u16.to_le_bytes()).unwrap();
+    host.destroy_domain(a).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    daemon.join().unwrap();
+    host.with_world(|w| {
+        let d = w.device(dev).unwrap();
+        assert!(!d.xen.host_maskall, "no forced mask at the destroy");
+    });
+}

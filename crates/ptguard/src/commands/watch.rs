@@ -55,6 +55,62 @@ fn recover_pending(ctx: &mut HostCtx, adopt: bool, recover: bool) -> anyhow::Res
     Ok((done, notices))
 }
 
+/// How often the daemon checks that the device models of guests with MSI-X bindings in the
+/// ledger are still alive.
+const DEVICE_MODEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn process_alive(pid: i32) -> bool {
+    // /proc/PID/stat is "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, None | Some('Z' | 'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Guests holding MSI-X bindings in the ledger whose device model (libxl's
+/// `device-model-pid`) is no longer alive.
+fn orphaned_domains(ctx: &mut HostCtx) -> Vec<xen::DomId> {
+    let Ok(records) = ctx.engine().list() else {
+        return Vec::new();
+    };
+    let owners: std::collections::BTreeSet<xen::DomId> = records
+        .into_iter()
+        .flatten()
+        .filter(|r| r.state == engine::DeviceState::Attached)
+        .filter(|r| {
+            r.bindings
+                .iter()
+                .any(|b| matches!(b.key, engine::BindingKey::Msix(_)) && b.pirq.is_some())
+        })
+        .filter_map(|r| r.owner)
+        .collect();
+    owners
+        .into_iter()
+        .filter(|d| crate::broker::device_model_pid(ctx, *d).is_some_and(|p| !process_alive(p)))
+        .collect()
+}
+
+/// Unbinds what dead device models of running guests left bound (engine `orphaned`).
+fn release_orphans(ctx: &mut HostCtx) -> Vec<String> {
+    let mut said = Vec::new();
+    for domid in orphaned_domains(ctx) {
+        let mut e = ctx.engine();
+        if let Err(err) = e.release_orphaned_bindings(domid) {
+            said.push(format!(
+                "{domid}: its device model is gone, but unbinding what it left failed: {err}"
+            ));
+        }
+        said.append(&mut e.notices);
+    }
+    said
+}
+
 /// The daemon's loop: on every `@releaseDomain` seen by `watcher` (or every
 /// [`SIM_POLL`] without one), finish the teardowns of devices whose owner is gone and retry
 /// quarantines; `on_done` sees each outcome. Returns when `stop` is set.
@@ -65,7 +121,14 @@ pub fn watch_loop(
     adopt: bool,
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> anyhow::Result<()> {
+    let mut last_dm_check = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_dm_check.elapsed() >= DEVICE_MODEL_CHECK {
+            last_dm_check = std::time::Instant::now();
+            for n in host.with(|c| Ok(release_orphans(c)))? {
+                tracing::warn!("{n}");
+            }
+        }
         let round = match watcher.as_deref_mut() {
             Some(w) => match w.next_event(Some(Duration::from_millis(500)))? {
                 None => Round::Idle,
