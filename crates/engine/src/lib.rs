@@ -12,14 +12,19 @@
 //! before any step. It must not reach around those traits (no direct file, device or socket
 //! I/O of its own).
 
+mod bind;
+mod calls;
 pub mod companion;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
+mod lifecycle;
 pub mod orphaned;
 pub mod refusal;
 pub mod stepwise;
+mod store;
 pub mod sweep;
+mod teardown;
 pub mod xen_dump;
 
 use pci::{PciError, PciHost, Sbdf};

@@ -1,0 +1,411 @@
+//! assignable-add/-remove, adoption, repair and attach: how a device enters the ledger and
+//! is given to a guest (every multi-node change one Xenstore transaction).
+
+use pci::config::regs::MSIX_FLAGS;
+use pci::{pciback, Sbdf};
+use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
+use xen::{DomId, Errno, Pirq};
+use xenstore::{Access, TxId};
+
+use crate::ledger::*;
+use crate::EngineError;
+
+use crate::engine::*;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+impl Engine<'_> {
+    /// Seizes the device into pciback, quarantines it in `dom_io` and records it.
+    pub fn assignable_add(&mut self, sbdf: Sbdf) -> Result<DeviceRecord> {
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        if let Some(r) = self.record(sbdf)? {
+            return Err(EngineError::AlreadyManaged {
+                sbdf,
+                state: r.state,
+            });
+        }
+        self.init_ledger()?;
+        let (msix_size, table_base) = msix_layout(pci, sbdf)?;
+        self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
+        let seized = pciback::seize(pci, sbdf)?;
+        self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
+        match self
+            .platform
+            .hypervisor()
+            .assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
+        {
+            // Xen before 4.11.3/4.12.2/4.13.0 has no dom_io to assign to: keep the device in
+            // pciback, unassigned, as the toolstacks of that time did.
+            Err(e) if e.errno() == Some(Errno::ESRCH) => {
+                tracing::info!(%sbdf, "Xen has no quarantine (assign to dom_io: -ESRCH); the device stays in pciback, owned by dom0");
+            }
+            r => r?,
+        }
+        self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
+        let driver = seized.original_driver.unwrap_or_default();
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
+            write(xs, tx, &field_path(sbdf, "epoch"), "0")?;
+            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)
+        })?;
+        self.require(sbdf)
+    }
+
+    /// Returns an assignable device to dom0 and its original driver, and forgets it.
+    pub fn assignable_remove(&mut self, sbdf: Sbdf) -> Result<()> {
+        let rec = self.require(sbdf)?;
+        if rec.state != DeviceState::Assignable {
+            return Err(EngineError::NotAssignable {
+                sbdf,
+                state: rec.state,
+                hint: " (detach it first)",
+            });
+        }
+        let hv = self.platform.hypervisor();
+        // The ledger may be wrong (edited by hand, or a toolstack gave the device away
+        // behind ptguard's back): ask Xen whether a guest holds it before handing it to
+        // dom0's driver.
+        if let Some(errno) = held_by_guest(hv, sbdf)? {
+            return Err(EngineError::HeldByGuest {
+                sbdf,
+                state: rec.state,
+                errno,
+            });
+        }
+        // -ENODEV here: not in dom_io, i.e. already dom0's (test_assign said it is free).
+        unless_gone(hv.deassign_device(DomId::IO, sbdf))?;
+        self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
+        pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
+        rm(self.xs, TxId::NONE, &device_path(sbdf))
+    }
+
+    /// Records a device some guest already holds (the toolstack gave it, or its ledger entry
+    /// was lost) as attached to `domid`, so that its teardown is ptguard's. Its bindings are
+    /// unknown: that teardown keeps it quarantined until `domid` is gone.
+    pub fn adopt(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.refuse_protected(domid, "adopt a device of")?;
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        let info = match hv.domain_info(domid)? {
+            None => return Err(EngineError::UnknownDomain { domid }),
+            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(i) => i,
+        };
+        // Only what Xen says a guest holds: anything else is assignable-add/attach's.
+        if held_by_guest(hv, sbdf)?.is_none() {
+            return Err(EngineError::NotHeld { sbdf });
+        }
+        let (msix_size, table_base) = msix_layout(pci, sbdf)?;
+        self.init_ledger()?;
+        self.xs.transaction(|xs, tx| -> Result<u64> {
+            let old = read_head(xs, tx, sbdf)?;
+            if let Some(r) = old.as_ref().filter(|r| r.state != DeviceState::Assignable) {
+                return Err(EngineError::AlreadyManaged {
+                    sbdf,
+                    state: r.state,
+                });
+            }
+            let epoch = match &old {
+                Some(r) => next_epoch(sbdf, r.epoch)?,
+                None => 1,
+            };
+            let managed = old.is_some();
+            let driver = old.and_then(|r| r.driver).unwrap_or_default();
+            write_attached(xs, tx, sbdf, &info, epoch)?;
+            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
+            write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
+            // The toolstack gave the device and takes it back (permissions, backend,
+            // deassign); ptguard's teardown is the MSI-X part: sweep, release, reset,
+            // prepare, verify. A device ptguard already managed (assignable-add) goes
+            // back to assignable after it; one it did not is forgotten.
+            let mode = if managed { COMPANION_KEEP } else { COMPANION };
+            write(xs, tx, &field_path(sbdf, "mode"), mode)?;
+            Ok(epoch)
+        })
+    }
+
+    /// Makes a stuck device that no guest holds usable again without unbinding it from
+    /// pciback: memory decoding on, `release_msix` then `prepare_msix` (Xen's 0→1 path
+    /// clears `host_maskall` and writes Function Mask from `guest_maskall`), Enable and
+    /// Function Mask cleared, and a reset if the mask survives. Returns what it did, in
+    /// order; fails naming who holds the device, or what is left, when it cannot.
+    pub fn repair(&mut self, sbdf: Sbdf) -> Result<Vec<String>> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        if !pci.exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        if let Some(r) = self.record(sbdf)? {
+            if !matches!(r.state, DeviceState::Assignable) {
+                return Err(EngineError::NotAssignable {
+                    sbdf,
+                    state: r.state,
+                    hint: " (a guest may still hold it: `ptguard detach` it, or let `ptguard watch` finish its teardown)",
+                });
+            }
+        }
+        if let Some(errno) = held_by_guest(hv, sbdf)? {
+            return Err(EngineError::HeldByGuest {
+                sbdf,
+                state: DeviceState::Assignable,
+                errno,
+            });
+        }
+        let driver = pci.driver(sbdf)?;
+        if driver.as_deref() != Some(pci::host::PCIBACK) {
+            return Err(EngineError::NotInPciback { sbdf, driver });
+        }
+        let msix = |pci: &dyn pci::PciHost| msix_cap(pci, sbdf);
+        let Some(cap) = msix(pci)? else {
+            return Ok(vec![
+                "no MSI-X capability: nothing Xen keeps to repair".into()
+            ]);
+        };
+        let mut done = Vec::new();
+        self.ensure_memory_decoding(sbdf)?;
+        done.push("memory decoding on".to_string());
+        match hv.release_msix(sbdf) {
+            Ok(()) => done.push("release_msix: 0".into()),
+            // used_entries is not exactly 1: 0 (never prepared) or vectors still mapped.
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                done.push("release_msix: -EBUSY (not prepared, or vectors mapped)".into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match hv.prepare_msix(sbdf) {
+            Ok(()) => done.push("prepare_msix: 0 (Xen's MSI-X state starts afresh)".into()),
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                return Err(EngineError::VectorsStillMapped { sbdf });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        pci.write_config(sbdf, cap.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+        done.push("MSI-X Enable and Function Mask cleared".into());
+        if msix(pci)?.is_some_and(|m| m.function_mask) && pci.can_reset(sbdf)? {
+            pci.reset(sbdf)?;
+            self.ensure_memory_decoding(sbdf)?;
+            pci.write_config(sbdf, cap.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+            done.push("Function Mask survived: reset, Message Control cleared again".into());
+        }
+        if msix(pci)?.is_some_and(|m| m.function_mask) {
+            return Err(EngineError::StillMasked { sbdf, done });
+        }
+        done.push("verified: MSI-X Function Mask clear".into());
+        Ok(done)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // attach
+    // ---------------------------------------------------------------------------------
+
+    /// Gives an assignable device to `domid`; returns the new epoch.
+    pub fn attach(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.refuse_protected(domid, "attach a device to")?;
+        let hv = self.platform.hypervisor();
+        let info = match hv.domain_info(domid)? {
+            None => return Err(EngineError::UnknownDomain { domid }),
+            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(i) => i,
+        };
+        let epoch = self.xs.transaction(|xs, tx| -> Result<u64> {
+            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            match (rec.state, rec.owner) {
+                (DeviceState::Assignable, _) => {}
+                (DeviceState::Attached, Some(owner)) => {
+                    return Err(EngineError::AttachedElsewhere { sbdf, owner })
+                }
+                (state, _) => {
+                    return Err(EngineError::NotAssignable {
+                        sbdf,
+                        state,
+                        hint: " (see `ptguard show`)",
+                    })
+                }
+            }
+            let epoch = next_epoch(sbdf, rec.epoch)?;
+            write_attached(xs, tx, sbdf, &info, epoch)?;
+            write(xs, tx, &field_path(sbdf, "step"), Step::Attach.as_str())?;
+            Ok(epoch)
+        })?;
+        match self.attach_steps(sbdf, domid) {
+            Ok(()) => Ok(epoch),
+            Err(e) if e.is_crash() => Err(e),
+            Err(e) => {
+                // Roll back through the teardown: it is idempotent and leaves the device
+                // assignable (or quarantined if something is off).
+                self.notice(format!(
+                    "{sbdf}: attach to {domid} failed ({e}); rolling back"
+                ));
+                self.teardown(sbdf, "attach-failed")?;
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_steps(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        self.checkpoint(|| format!("{sbdf} attach: test_assign"))?;
+        hv.test_assign_device(sbdf)?;
+        if pci.can_reset(sbdf)? {
+            self.checkpoint(|| format!("{sbdf} attach: reset"))?;
+            pci.reset(sbdf)?;
+        }
+        // Assign first: a domain created without an IOMMU context (no `passthrough=` in
+        // its xl config) is refused here, before it was given any permission or pirq.
+        self.checkpoint(|| format!("{sbdf} attach: assign_device"))?;
+        hv.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
+            .map_err(|e| match e.errno() {
+                Some(Errno::EOPNOTSUPP) => EngineError::NoIommuContext { sbdf, domid },
+                _ => e.into(),
+            })?;
+        self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
+        bar_permissions(hv, pci, domid, sbdf, true, |r| r.map_err(Into::into))?;
+        let irq = pci.irq(sbdf)?;
+        if irq > 0 && irq < 0xff {
+            // The INTx pirq is a binding like any other: intent, map, confirm.
+            let intx = BindRequest {
+                domid,
+                sbdf,
+                epoch: 0,
+                kind: BindKind::Intx {
+                    gsi: irq,
+                    guest: None,
+                },
+                gvec: 0,
+                gflags: 0,
+                gtable: 0,
+            };
+            let path = binding_path(sbdf, &BindingKey::Intx);
+            let intent = intx.binding(BindingState::Intent, None);
+            self.xs.transaction(|xs, tx| -> Result<()> {
+                write(xs, tx, &path, &intent.encode())?;
+                write(xs, tx, &intx_line_path(domid, irq, Some(sbdf)), "")
+            })?;
+            self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
+            let pirq = hv.map_pirq(&intx.map_request())?;
+            let mapped = intx.binding(BindingState::Mapped, Some(pirq));
+            write(self.xs, TxId::NONE, &path, &mapped.encode())?;
+            self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
+            hv.irq_permission(domid, Pirq(irq as i32), true)?;
+        }
+        self.checkpoint(|| format!("{sbdf} attach: backend"))?;
+        self.write_backend(sbdf, domid)?;
+        self.platform.backend_changed(sbdf, Some(domid));
+        self.checkpoint(|| format!("{sbdf} attach: done"))?;
+        rm(self.xs, TxId::NONE, &field_path(sbdf, "step"))
+    }
+
+    /// The PCI backend and frontend nodes as libxl writes them (xen-semantics.md §4.2).
+    fn write_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let be = backend_dir(domid);
+        let fe = format!("/local/domain/{}/device/pci/0", domid.0);
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            for i in 0..n {
+                if read_opt(xs, tx, &format!("{be}/dev-{i}"))?.as_deref() == Some(&sbdf.to_string())
+                {
+                    return Ok(());
+                }
+            }
+            if n == 0 {
+                // As libxl: the backend is dom0's and readable by the guest; the frontend is
+                // the guest's and readable by dom0. Children inherit these.
+                let dom = u32::from(domid.0);
+                xs.mkdir(tx, &be)?;
+                xs.set_perms(
+                    tx,
+                    &be,
+                    &perm_list(&[(Access::None, 0), (Access::Read, dom)]),
+                )?;
+                xs.mkdir(tx, &fe)?;
+                xs.set_perms(
+                    tx,
+                    &fe,
+                    &perm_list(&[(Access::None, dom), (Access::Read, 0)]),
+                )?;
+                write(xs, tx, &format!("{be}/frontend"), &fe)?;
+                write(xs, tx, &format!("{be}/frontend-id"), &domid.0.to_string())?;
+                write(xs, tx, &format!("{be}/online"), "1")?;
+                write(xs, tx, &format!("{be}/state"), "1")?;
+                write(
+                    xs,
+                    tx,
+                    &format!("{be}/domain"),
+                    &format!("domain-{}", domid.0),
+                )?;
+                write(xs, tx, &format!("{fe}/backend"), &be)?;
+                write(xs, tx, &format!("{fe}/backend-id"), "0")?;
+                write(xs, tx, &format!("{fe}/state"), "1")?;
+            } else {
+                write(xs, tx, &format!("{be}/state"), "7")?;
+            }
+            write(xs, tx, &format!("{be}/key-{n}"), &sbdf.to_string())?;
+            write(xs, tx, &format!("{be}/dev-{n}"), &sbdf.to_string())?;
+            write(
+                xs,
+                tx,
+                &format!("{be}/vdevfn-{n}"),
+                &format!("{:#x}", (n + 1) << 3),
+            )?;
+            write(
+                xs,
+                tx,
+                &format!("{be}/opts-{n}"),
+                "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=relaxed",
+            )?;
+            write(xs, tx, &format!("{be}/state-{n}"), "1")?;
+            write(xs, tx, &format!("{be}/num_devs"), &(n + 1).to_string())?;
+            Ok(())
+        })
+    }
+
+    /// Removes the device's backend entry; the whole backend goes with the last device.
+    /// Takes `sbdf` out of `domid`'s PCI backend; true when the domain has no PCI backend
+    /// left (this was its last device, or it was gone already).
+    pub(crate) fn remove_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<bool> {
+        let be = backend_dir(domid);
+        let fe = format!("/local/domain/{}/device/pci", domid.0);
+        self.xs.transaction(|xs, tx| -> Result<bool> {
+            let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut devs = Vec::new();
+            for i in 0..n {
+                if let Some(d) = read_opt(xs, tx, &format!("{be}/dev-{i}"))? {
+                    devs.push(d);
+                }
+            }
+            let before = devs.len();
+            devs.retain(|d| *d != sbdf.to_string());
+            if devs.len() == before {
+                return Ok(devs.is_empty());
+            }
+            if devs.is_empty() {
+                rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
+                rm(xs, tx, &fe)?;
+                return Ok(true);
+            }
+            for i in 0..n {
+                for k in ["key", "dev", "vdevfn", "opts", "state"] {
+                    rm(xs, tx, &format!("{be}/{k}-{i}"))?;
+                }
+            }
+            for (i, d) in devs.iter().enumerate() {
+                write(xs, tx, &format!("{be}/key-{i}"), d)?;
+                write(xs, tx, &format!("{be}/dev-{i}"), d)?;
+                write(xs, tx, &format!("{be}/state-{i}"), "4")?;
+            }
+            write(xs, tx, &format!("{be}/num_devs"), &devs.len().to_string())?;
+            Ok(false)
+        })
+    }
+}

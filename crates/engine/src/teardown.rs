@@ -1,0 +1,446 @@
+//! The teardown of DESIGN.md §2 (revoke, unbind, release, deassign, reset, prepare,
+//! verify), each step journaled and idempotent, and recovery: finishing whatever a crash
+//! left half done.
+
+use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
+use pci::{ConfigSpace, Sbdf};
+use xen::{DomId, Errno, Pirq, XenError};
+use xenstore::TxId;
+
+use crate::ledger::*;
+use crate::EngineError;
+
+use crate::engine::*;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+impl Engine<'_> {
+    /// Hot-unplug: tears the device down while its owner may still run.
+    pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        self.teardown(sbdf, "unplug")
+    }
+
+    /// The owner is gone or going (reboot, destroy): tears down every device it had.
+    pub fn domain_released(&mut self, domid: DomId) -> Result<Vec<(Sbdf, Outcome)>> {
+        self.refuse_protected(domid, "tear down the devices of")?;
+        let mut out = Vec::new();
+        for rec in self.list()?.into_iter().flatten() {
+            if rec.owner == Some(domid) {
+                out.push((rec.sbdf, self.teardown(rec.sbdf, "destroy")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts (or resumes) the teardown of one device.
+    pub fn teardown(&mut self, sbdf: Sbdf, reason: &str) -> Result<Outcome> {
+        let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
+            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            match rec.state {
+                DeviceState::Assignable => Ok(Some(Outcome::Assignable { epoch: rec.epoch })),
+                DeviceState::Failed => Ok(Some(Outcome::Failed {
+                    reason: rec.reason.unwrap_or_default(),
+                })),
+                DeviceState::Attached => {
+                    write(xs, tx, &field_path(sbdf, "state"), "tearing-down")?;
+                    write(xs, tx, &field_path(sbdf, "step"), Step::Revoke.as_str())?;
+                    write(xs, tx, &field_path(sbdf, "reason"), reason)?;
+                    Ok(None)
+                }
+                DeviceState::TearingDown | DeviceState::Quarantined => Ok(None),
+            }
+        })?;
+        if let Some(o) = start {
+            return Ok(o);
+        }
+        self.run_teardown(sbdf)
+    }
+
+    fn set_step(&mut self, sbdf: Sbdf, step: Step) -> Result<()> {
+        write(
+            self.xs,
+            TxId::NONE,
+            &field_path(sbdf, "step"),
+            step.as_str(),
+        )
+    }
+
+    /// Tears down `sbdf`'s INTx in `owner`: its own guest link always; the pirq (and the
+    /// line's IRQ permission) only if no other device of `owner` shares the machine line,
+    /// since unmapping a pirq force-unbinds every device bound to it (qemu refcounts the
+    /// same way). The caller forgets the line's index node ([`forget_intx_line`]) in the
+    /// transaction that forgets the binding, so a resumed teardown decides the same way.
+    pub(crate) fn release_intx_line(
+        &mut self,
+        sbdf: Sbdf,
+        owner: DomId,
+        b: &Binding,
+        pirq: Pirq,
+    ) -> Result<()> {
+        let hv = self.platform.hypervisor();
+        if b.state != BindingState::Mapped {
+            // Mapped only (attach's map, never bound by a device model): Xen 4.17.5
+            // answers an unbind with -EINVAL; there is no link to remove.
+            unless_gone(hv.unbind_pt_irq(owner, &b.pt_irq(pirq, sbdf)))?;
+        }
+        let own = sbdf.xs_key();
+        let others: Vec<String> = match self
+            .xs
+            .directory(TxId::NONE, &intx_line_path(owner, b.gsi, None))
+        {
+            Ok(n) => n.into_iter().filter(|n| *n != own).collect(),
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        if others.is_empty() {
+            unless_gone(hv.unmap_pirq(owner, pirq))?;
+            unless_gone(hv.irq_permission(owner, Pirq(b.gsi as i32), false))?;
+        } else {
+            tracing::info!(%sbdf, %owner, gsi = b.gsi, shared_with = ?others, "INTx line shared with other devices of the guest: its pirq stays mapped for them");
+        }
+        Ok(())
+    }
+
+    fn quarantine(&mut self, sbdf: Sbdf, reason: String) -> Result<Outcome> {
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            write(xs, tx, &field_path(sbdf, "state"), "quarantined")?;
+            write(xs, tx, &field_path(sbdf, "reason"), &reason)?;
+            Ok(())
+        })?;
+        self.notice(format!("{sbdf}: QUARANTINED: {reason}"));
+        Ok(Outcome::Quarantined { reason })
+    }
+
+    /// Turns memory decoding on so Xen masks vectors in the table instead of falling back
+    /// to `host_maskall` (DESIGN.md §2 step 2, xen-semantics.md §1.3).
+    /// Turns memory decoding on where Xen looks for it (`memory_decoded()`): the function
+    /// itself, or for an SR-IOV virtual function its physical function (a VF's own Memory
+    /// bit is hard-wired 0, so writing it would change nothing).
+    pub(crate) fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
+        let pci = self.platform.pci();
+        let sbdf = pci.physfn(sbdf)?.unwrap_or(sbdf);
+        let cfg = pci.read_config(sbdf)?;
+        let cmd = u16::from_le_bytes([
+            cfg.get(4).copied().unwrap_or(0),
+            cfg.get(5).copied().unwrap_or(0),
+        ]);
+        if cmd & COMMAND_MEMORY == 0 {
+            pci.write_config(sbdf, COMMAND, &(cmd | COMMAND_MEMORY).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        // Read once; each step journals its successor and updates this copy (the broker
+        // refuses a tearing-down device, so nobody else changes the record meanwhile).
+        let mut rec = self.require(sbdf)?;
+        // Companion mode (an adopted device): the toolstack revokes, removes its backend
+        // and deassigns; doing it too would race it.
+        let mode = read_opt(self.xs, TxId::NONE, &field_path(sbdf, "mode"))?;
+        let companion = matches!(mode.as_deref(), Some(COMPANION | COMPANION_KEEP));
+        let forget = mode.as_deref() == Some(COMPANION);
+        // A domain that reused the owner's domid is another guest: none of the owner-directed
+        // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
+        // freed everything of the owner when it destroyed it.
+        let replaced = match (rec.owner, rec.owner_handle) {
+            (Some(d), Some(h)) => hv.domain_info(d)?.is_some_and(|i| i.handle != h),
+            _ => false,
+        };
+        if replaced {
+            self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
+        }
+        let mut swept = false;
+        loop {
+            let owner = rec
+                .owner
+                .ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
+            if self.protected.contains(owner) {
+                // Only a hand-edited ledger (or a domain protected after the attach) gets
+                // here: revoking or unbinding would strip a protected domain.
+                let why = format!("the ledger names protected domain {owner} as the owner; nothing was revoked, unbound or reset (check the ledger by hand)");
+                if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
+                    return Ok(Outcome::Quarantined { reason: why });
+                }
+                return self.quarantine(sbdf, why);
+            }
+            let step = rec.step.unwrap_or(Step::Revoke);
+            self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
+            let next = match step {
+                Step::Attach | Step::Revoke if replaced || companion => Step::Unbind,
+                Step::Attach | Step::Revoke => {
+                    bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
+                    // The INTx line's permission goes with its pirq (Unbind): another
+                    // device of the same guest may share the line.
+                    let backend_gone = self.remove_backend(sbdf, owner)?;
+                    self.platform.backend_changed(sbdf, None);
+                    if backend_gone {
+                        // pciback resets and gives the device back in its own worker, after
+                        // the Xenstore removal: everything from here on must come after
+                        // that, or its reset (and the old pciback's Command write) would
+                        // undo ours.
+                        let released = pci.wait_backend_released(owner.0, PCIBACK_RELEASE)?;
+                        if !released {
+                            return Err(EngineError::PcibackHoldsBackend {
+                                sbdf,
+                                domid: owner,
+                                waited: PCIBACK_RELEASE,
+                            });
+                        }
+                    }
+                    Step::Unbind
+                }
+                Step::Unbind => {
+                    self.ensure_memory_decoding(sbdf)?;
+                    let known: Vec<Binding> = rec
+                        .bindings
+                        .iter()
+                        .filter(|b| b.pirq.is_some())
+                        .copied()
+                        .collect();
+                    for b in known.iter().filter(|_| !replaced) {
+                        let Some(pirq) = b.pirq else { continue };
+                        self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
+                        if b.key == BindingKey::Intx {
+                            self.release_intx_line(sbdf, owner, b, pirq)?;
+                        } else if b.state == BindingState::Mapped {
+                            // Mapped (attach's INTx) but never bound by a device model:
+                            // Xen 4.17.5 answers an unbind with -EINVAL and logs
+                            // `pt_irq_destroy_bind failed`; the unmap alone is the cleanup.
+                            unless_gone(hv.unmap_pirq(owner, pirq))?;
+                        } else {
+                            unbind_and_unmap(hv, owner, &b.pt_irq(pirq, sbdf))?;
+                        }
+                    }
+                    self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
+                    // The lost-maps count stays until the teardown ends: Release needs it.
+                    let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
+                    let intx_gsi = known
+                        .iter()
+                        .find(|b| b.key == BindingKey::Intx)
+                        .map(|b| b.gsi);
+                    self.xs.transaction(|xs, tx| -> Result<()> {
+                        if let Some(gsi) = intx_gsi {
+                            forget_intx_line(xs, tx, owner, gsi, sbdf)?;
+                        }
+                        if all_known {
+                            // One recursive rm instead of one per binding.
+                            rm(xs, tx, &field_path(sbdf, "binding"))?;
+                        } else {
+                            for b in &known {
+                                rm(xs, tx, &binding_path(sbdf, &b.key))?;
+                            }
+                        }
+                        write(xs, tx, &field_path(sbdf, "step"), Step::Release.as_str())
+                    })?;
+                    rec.bindings.retain(|b| b.pirq.is_none());
+                    rec.step = Some(Step::Release);
+                    continue;
+                }
+                Step::Deassign if replaced || companion => Step::Reset,
+                Step::Deassign => {
+                    match hv.deassign_device(owner, sbdf) {
+                        // A domain without an IOMMU context never had the device (an attach
+                        // refused at assign, rolled back through here).
+                        Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {}
+                        r => unless_gone(r)?,
+                    }
+                    Step::Reset
+                }
+                Step::Release => {
+                    if rec.msix_size == 0 {
+                        Step::Deassign
+                    } else {
+                        let mut released = hv.release_msix(sbdf);
+                        if released.as_ref().err().and_then(XenError::errno) == Some(Errno::EBUSY)
+                            && hv.prepare_msix(sbdf).is_ok()
+                        {
+                            // The count was 0: a crash hit after our release and before the
+                            // step was recorded. Prepare took it back to 1; release again.
+                            released = hv.release_msix(sbdf);
+                        }
+                        match released {
+                            // Deassign only once no stale binding is left: until then the
+                            // device stays with its (dying) owner, never with a new one.
+                            Ok(()) => Step::Deassign,
+                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                                let info = hv.domain_info(owner)?.filter(|_| !replaced);
+                                // Bindings the ledger does not know (a stock device model's)
+                                // of an owner that will never run again: sweep them, with
+                                // decoding on, and release again. Idempotent, so a crash
+                                // here resumes at this step and sweeps again.
+                                if !swept && info.as_ref().is_some_and(|i| i.finished()) {
+                                    swept = true;
+                                    self.ensure_memory_decoding(sbdf)?;
+                                    self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
+                                    if !self.sweep(owner)?.unmapped.is_empty() {
+                                        continue;
+                                    }
+                                }
+                                let unconfirmed = rec.bindings.len();
+                                let lost = rec.lost_maps as usize + unconfirmed;
+                                let why = match info {
+                                    Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
+                                        "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
+                                    ),
+                                    Some(i) if !i.dying && !i.shutdown => format!(
+                                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
+                                    ),
+                                    Some(_) => format!(
+                                        "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
+                                    ),
+                                    None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
+                                };
+                                return self.quarantine(sbdf, why);
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Step::Reset => {
+                    if pci.can_reset(sbdf)? {
+                        pci.reset(sbdf)?;
+                    } else {
+                        self.notice(format!("{sbdf}: no reset method; relying on prepare and a cleared Message Control"));
+                    }
+                    Step::Prepare
+                }
+                Step::Prepare => {
+                    if rec.msix_size > 0 {
+                        let mut r = hv.prepare_msix(sbdf);
+                        if r.as_ref().err().and_then(XenError::errno) == Some(Errno::ENXIO) {
+                            self.ensure_memory_decoding(sbdf)?;
+                            r = hv.prepare_msix(sbdf);
+                        }
+                        match r {
+                            Ok(()) => {}
+                            // Already prepared: a resumed teardown that crashed after this call.
+                            Err(e)
+                                if e.errno() == Some(Errno::EBUSY)
+                                    && self.prepared_by_us(sbdf)? => {}
+                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                                return self.quarantine(sbdf, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                        // Enable and Function Mask off: some devices keep MASKALL across reset.
+                        let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
+                        if let Ok(Some(m)) = cfg.map(|c| c.msix) {
+                            pci.write_config(sbdf, m.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+                        }
+                    }
+                    Step::Verify
+                }
+                Step::Verify => {
+                    let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
+                    let dry = self.platform.is_dry_run();
+                    // Only what a real host can read: the config space. Xen's own MSI-X state is
+                    // the independent oracle's to check (`World::msix_clean`), not ours.
+                    let problem = match cfg {
+                        _ if dry => None,
+                        Ok(c) => match c.msix {
+                            Some(m) if m.function_mask => {
+                                Some("MSI-X Function Mask still set".to_string())
+                            }
+                            Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
+                            _ => None,
+                        },
+                        Err(e) => Some(format!("config space unreadable: {e}")),
+                    };
+                    if let Some(p) = problem {
+                        return self.quarantine(sbdf, format!("verification failed: {p}"));
+                    }
+                    let epoch = next_epoch(sbdf, rec.epoch)?;
+                    if forget {
+                        // The toolstack owns the device between guests: ptguard keeps a
+                        // record only while a guest holds it (the next one is adopted anew).
+                        rm(self.xs, TxId::NONE, &device_path(sbdf))?;
+                        return Ok(Outcome::Assignable { epoch });
+                    }
+                    self.xs.transaction(|xs, tx| -> Result<()> {
+                        write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
+                        write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
+                        for f in ["owner", "step", "reason", "binding", "mode"] {
+                            rm(xs, tx, &field_path(sbdf, f))?;
+                        }
+                        Ok(())
+                    })?;
+                    return Ok(Outcome::Assignable { epoch });
+                }
+            };
+            self.set_step(sbdf, next)?;
+            rec.step = Some(next);
+        }
+    }
+
+    /// Whether the device is prepared by pciback/us already (the step after a crash that
+    /// happened between `prepare_msix` and recording it): a second release would say so.
+    fn prepared_by_us(&mut self, sbdf: Sbdf) -> Result<bool> {
+        // release_msix succeeds only with exactly prepare's reference; redo prepare at once.
+        let hv = self.platform.hypervisor();
+        match hv.release_msix(sbdf) {
+            Ok(()) => {
+                hv.prepare_msix(sbdf)?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Recovery
+    // ---------------------------------------------------------------------------------
+
+    /// Finishes whatever a crash left half done: teardowns, quarantines whose owner is gone,
+    /// attaches interrupted midway, devices whose owner died while ptguard was down.
+    pub fn recover(&mut self) -> Result<Vec<(Sbdf, Outcome)>> {
+        let hv = self.platform.hypervisor();
+        let mut out = Vec::new();
+        for rec in self.list()? {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    self.notice(format!("recover: skipping a corrupt ledger entry: {e}"));
+                    continue;
+                }
+            };
+            let sbdf = rec.sbdf;
+            // A domain that reuses the owner's domid is not the owner (its handle differs).
+            let owner_alive = match rec.owner {
+                Some(d) => hv.domain_info(d)?.is_some_and(|i| {
+                    !i.dying && !i.shutdown && same_incarnation(rec.owner_handle, &i)
+                }),
+                None => false,
+            };
+            let outcome = match rec.state {
+                DeviceState::TearingDown | DeviceState::Quarantined => self.run_teardown(sbdf),
+                DeviceState::Attached if rec.step == Some(Step::Attach) => {
+                    self.teardown(sbdf, "attach-interrupted")
+                }
+                DeviceState::Attached if !owner_alive => self.teardown(sbdf, "destroy"),
+                _ => continue,
+            };
+            let outcome = match outcome {
+                Ok(o) => Some(o),
+                Err(e) if e.is_crash() => return Err(e),
+                // One device's failing step must not stop the rest (nor the daemon): keep
+                // it from guests, say why, and retry it on the next round.
+                Err(e) => {
+                    let step = self
+                        .record(sbdf)
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.step)
+                        .map_or("its first step", |s| s.as_str());
+                    let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
+                    Some(self.quarantine(sbdf, why)?)
+                }
+            };
+            if let Some(o) = outcome {
+                out.push((sbdf, o));
+            }
+        }
+        Ok(out)
+    }
+}
