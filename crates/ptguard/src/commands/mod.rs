@@ -2,7 +2,7 @@
 
 pub mod doctor;
 pub mod explore;
-pub mod explore_devices;
+pub use lab::explore_devices;
 pub mod lifecycle;
 pub mod lspci;
 pub mod scenario;

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context};
+use crate::LabError;
+
+type Result<T> = std::result::Result<T, LabError>;
 use engine::{BindKind, BindRequest, Engine, Outcome};
 use pci::Sbdf;
 use serde::Serialize;
@@ -61,7 +63,7 @@ fn bound_device(
     sbdf: Sbdf,
     domid: DomId,
     n: u16,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     if engine.record(sbdf)?.is_none() {
         engine.assignable_add(sbdf)?;
     }
@@ -92,7 +94,7 @@ pub struct TeardownRow {
     pub micros: f64,
 }
 
-pub fn teardown(vectors: u16) -> anyhow::Result<TeardownRow> {
+pub fn teardown(vectors: u16) -> Result<TeardownRow> {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(profile()).with_sink(Arc::new(xs.clone()));
     let sbdf = dev(0);
@@ -102,15 +104,18 @@ pub fn teardown(vectors: u16) -> anyhow::Result<TeardownRow> {
     let d = host.create_domain("g", true);
     bound_device(&mut Engine::new(&mut c, &platform), &host, sbdf, d, vectors)?;
     // The device model crashes; the guest goes away.
-    host.shutdown(d).map_err(|e| anyhow!("{e}"))?;
-    host.pause(d).map_err(|e| anyhow!("{e}"))?;
+    host.shutdown(d)
+        .map_err(|e| LabError::Host(e.to_string()))?;
+    host.pause(d).map_err(|e| LabError::Host(e.to_string()))?;
     let hc0 = host.counters();
     let xs0 = c.stats();
     let t = Instant::now();
     let out = Engine::new(&mut c, &platform).domain_released(d)?;
     let micros = t.elapsed().as_secs_f64() * 1e6;
     if !matches!(out.as_slice(), [(_, Outcome::Assignable { .. })]) {
-        anyhow::bail!("teardown of {vectors} vectors did not end assignable: {out:?}");
+        return Err(LabError::Unexpected(format!(
+            "teardown of {vectors} vectors did not end assignable: {out:?}"
+        )));
     }
     let hc1 = host.counters();
     let xs1 = c.stats();
@@ -153,10 +158,10 @@ pub struct BindReport {
     pub transport: &'static str,
 }
 
-pub fn bind_overhead(n: u16) -> anyhow::Result<BindReport> {
+pub fn bind_overhead(n: u16) -> Result<BindReport> {
     let dir = std::env::temp_dir().join(format!("ptguard-bench-bind-{}", std::process::id()));
     let server = xenstore::server::start(xenstore::server::ServerConfig::new(&dir))
-        .context("embedded xenstored")?;
+        .map_err(|e| LabError::Host(format!("embedded xenstored: {e}")))?;
     let sbdf = dev(0);
     // ptguard: ledger transaction over the real unix socket + simulated hypercalls.
     let host = SimHost::new(profile());
@@ -185,7 +190,7 @@ pub fn bind_overhead(n: u16) -> anyhow::Result<BindReport> {
     // Baseline: the same map + bind straight to the simulated hypervisor.
     let bare_host = SimHost::new(profile());
     bare_host.add_device(DeviceSpec::nic(sbdf, n));
-    sim::libxl::assignable_add(&bare_host, sbdf).map_err(|e| anyhow!(e))?;
+    sim::libxl::assignable_add(&bare_host, sbdf).map_err(LabError::Host)?;
     let bd = bare_host.create_domain("g", true);
     bare_host.assign_device(bd, sbdf, 0)?;
     let t = Instant::now();
@@ -255,7 +260,7 @@ fn max_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn scale(devices: usize, vectors: u16) -> anyhow::Result<ScaleRow> {
+pub fn scale(devices: usize, vectors: u16) -> Result<ScaleRow> {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(profile()).with_sink(Arc::new(xs.clone()));
     for i in 0..devices {
@@ -279,8 +284,10 @@ pub fn scale(devices: usize, vectors: u16) -> anyhow::Result<ScaleRow> {
     let nodes1 = xs.with_store(|s| (s.node_count(), s.approx_bytes()));
     // ptguard is down; every guest dies.
     for d in &doms {
-        host.shutdown(*d).map_err(|e| anyhow!("{e}"))?;
-        host.destroy_domain(*d).map_err(|e| anyhow!("{e}"))?;
+        host.shutdown(*d)
+            .map_err(|e| LabError::Host(e.to_string()))?;
+        host.destroy_domain(*d)
+            .map_err(|e| LabError::Host(e.to_string()))?;
     }
     let xs0 = c.stats();
     let t = Instant::now();
@@ -321,7 +328,7 @@ pub fn reboot_storm(
     per_guest: usize,
     reboots: usize,
     vectors: u16,
-) -> anyhow::Result<StormReport> {
+) -> Result<StormReport> {
     let xs = LocalXenstore::new(Quotas::default());
     let host = SimHost::new(profile()).with_sink(Arc::new(xs.clone()));
     for i in 0..guests * per_guest {
@@ -349,8 +356,9 @@ pub fn reboot_storm(
     for _ in 0..reboots {
         for (g, dom) in doms.iter_mut().enumerate() {
             let old = *dom;
-            host.shutdown(old).map_err(|e| anyhow!("{e}"))?;
-            host.pause(old).map_err(|e| anyhow!("{e}"))?;
+            host.shutdown(old)
+                .map_err(|e| LabError::Host(e.to_string()))?;
+            host.pause(old).map_err(|e| LabError::Host(e.to_string()))?;
             let t = Instant::now();
             let out = Engine::new(&mut c, &platform).domain_released(old)?;
             let per_device = t.elapsed().as_secs_f64() * 1e3;
@@ -360,7 +368,8 @@ pub fn reboot_storm(
                 .iter()
                 .filter(|(_, o)| !matches!(o, Outcome::Assignable { .. }))
                 .count();
-            host.destroy_domain(old).map_err(|e| anyhow!("{e}"))?;
+            host.destroy_domain(old)
+                .map_err(|e| LabError::Host(e.to_string()))?;
             let new = host.create_domain(&format!("g{g}"), true);
             let mut e = Engine::new(&mut c, &platform);
             for i in 0..per_guest {
@@ -411,19 +420,16 @@ pub fn machine() -> String {
     )
 }
 
-pub fn run_all(quick: bool) -> anyhow::Result<EngineReport> {
+pub fn run_all(quick: bool) -> Result<EngineReport> {
     let sizes: &[usize] = if quick { &[4, 16, 64] } else { &[16, 64, 256] };
     Ok(EngineReport {
         machine: machine(),
         teardown: [1u16, 64, 2048]
             .iter()
             .map(|n| teardown(*n))
-            .collect::<anyhow::Result<_>>()?,
+            .collect::<Result<_>>()?,
         bind: bind_overhead(if quick { 256 } else { 2048 })?,
-        scale: sizes
-            .iter()
-            .map(|d| scale(*d, 64))
-            .collect::<anyhow::Result<_>>()?,
+        scale: sizes.iter().map(|d| scale(*d, 64)).collect::<Result<_>>()?,
         storm: if quick {
             reboot_storm(8, 4, 2, 3)?
         } else {
@@ -432,7 +438,7 @@ pub fn run_all(quick: bool) -> anyhow::Result<EngineReport> {
     })
 }
 
-pub fn print(r: &EngineReport, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn print(r: &EngineReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "machine: {}", r.machine)?;
     writeln!(
         out,

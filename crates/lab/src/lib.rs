@@ -1,0 +1,32 @@
+//! ptguard's proving harness: the engine wired to the simulated host ([`platform`]: its
+//! `Platform`, crash injection at the engine's crash points, the broker as simulated device
+//! models reach it), the scenario runner with DESIGN.md §5's invariants checked on the
+//! simulated host itself ([`rig`]), the multi-device crash exploration
+//! ([`explore_devices`]) and the engine side of the benchmarks ([`bench_engine`]).
+//!
+//! It owns how ptguard is proved, not what ptguard does: it must not hold product logic
+//! (that is the engine's) nor parse command lines or print for people beyond report tables
+//! (that is the `ptguard` crate's). Nothing here runs on a real dom0.
+
+pub mod bench_engine;
+pub mod explore_devices;
+pub mod platform;
+pub mod rig;
+
+/// What can stop a harness run: the simulated host refusing a step the scenario needs, the
+/// engine or Xenstore failing, or a result that is not what the run exists to measure.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("simulated host: {0}")]
+    Host(String),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    Xenstore(#[from] xenstore::XenstoreError),
+    #[error(transparent)]
+    Xen(#[from] xen::XenError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unexpected(String),
+}
