@@ -12,7 +12,7 @@ use serde::Serialize;
 use xen::{DomId, GuestIntx, MapPirq, Pirq};
 use xenstore::{Access, TxId, XsClient};
 
-pub(crate) use crate::bind::{check_requester, refused};
+pub(crate) use crate::bind::refused;
 pub use crate::calls::held_by_guest;
 pub(crate) use crate::calls::*;
 use crate::ledger::*;

@@ -15,8 +15,7 @@ use xen::{DomId, Pirq};
 use xenstore::TxId;
 
 use crate::engine::{
-    check_requester, read_binding, read_head, refused, rm, unbind_and_unmap, unless_gone, write,
-    BindKind, BindRequest,
+    read_binding, read_head, rm, unbind_and_unmap, unless_gone, write, BindKind, BindRequest,
 };
 use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
 use crate::{Engine, EngineError, Refusal};
@@ -113,7 +112,7 @@ impl Engine<'_> {
                 if b.state == BindingState::Mapped {
                     return Ok(None); // unbound already (a repeated call)
                 }
-                self.mark_unbinding(&req, pirq)?;
+                self.held_binding(&req, pirq, |_| true, true)?;
                 self.checkpoint(|| format!("{} unbind_msi_irq pirq {}", req.sbdf, pirq.0))?;
                 let hv = self.platform.hypervisor();
                 unless_gone(hv.unbind_pt_irq(domid, &b.pt_irq(pirq, req.sbdf)))?;
@@ -127,7 +126,7 @@ impl Engine<'_> {
             DeviceModelCall::UnmapPirq { pirq } => {
                 let (req, b) = self.pirq_request(domid, credential, pirq)?;
                 let path = binding_path(req.sbdf, &req.key());
-                self.mark_unbinding(&req, pirq)?;
+                self.held_binding(&req, pirq, |_| true, true)?;
                 self.checkpoint(|| format!("{} unmap_pirq pirq {}", req.sbdf, pirq.0))?;
                 let hv = self.platform.hypervisor();
                 if b.state == BindingState::Mapped {
@@ -214,54 +213,12 @@ impl Engine<'_> {
         Err(not_found())
     }
 
-    /// Checks the requester again and marks the binding `Unbinding` (one transaction), so
-    /// a crash from here on leaves the teardown a binding to unbind and unmap.
-    fn mark_unbinding(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
-        self.refuse_protected_requester(req)?;
-        let requester = self.platform.hypervisor().domain_info(req.domid)?;
-        let key = req.key();
-        self.xs.transaction(|xs, tx| -> Result<()> {
-            let rec = read_head(xs, tx, req.sbdf)?;
-            check_requester(rec, req, requester.map(|i| i.handle)).map_err(|r| refused(req, r))?;
-            let b = read_binding(xs, tx, req.sbdf, key)?
-                .filter(|b| b.pirq == Some(pirq))
-                .ok_or_else(|| {
-                    refused(
-                        req,
-                        Refusal::NoSuchBinding {
-                            key: key.to_string(),
-                            pirq: pirq.0,
-                        },
-                    )
-                })?;
-            let u = Binding {
-                state: BindingState::Unbinding,
-                ..b
-            };
-            write(xs, tx, &binding_path(req.sbdf, &key), &u.encode())
-        })
-    }
-
     /// `xc_domain_update_msi_irq` on a bound pirq: Xen takes the guest's new vector and
     /// flags (`pt_irq_create_bind` on a bound MSI pirq updates them); the ledger follows.
     fn rebind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
-        self.refuse_protected_requester(req)?;
+        self.held_binding(req, pirq, |s| s == BindingState::Bound, false)?;
         let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let key = req.key();
-        self.xs.transaction(|xs, tx| -> Result<()> {
-            let rec = read_head(xs, tx, req.sbdf)?;
-            check_requester(rec, req, requester.map(|i| i.handle)).map_err(|r| refused(req, r))?;
-            match read_binding(xs, tx, req.sbdf, key)? {
-                Some(b) if b.pirq == Some(pirq) && b.state == BindingState::Bound => Ok(()),
-                _ => Err(refused(
-                    req,
-                    Refusal::NoSuchBinding {
-                        key: key.to_string(),
-                        pirq: pirq.0,
-                    },
-                )),
-            }
-        })?;
         let record = Binding {
             key,
             state: BindingState::Bound,

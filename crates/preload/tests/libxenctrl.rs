@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use engine::{BindingKey, BindingState, Outcome};
 use ptguard::broker::{serve_broker, BrokerLimits, DaemonHost};
-use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
+use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 use xen::{DomId, PtIrq};
 
@@ -87,15 +87,13 @@ impl Bed {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("host");
         let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-        sim_init(
+        let (mut ctx, host, _) = sim_open(
             &dir,
             XenProfile::Xen4_17_5,
             PcibackProfile::AfterCommandFix,
             &[DeviceSpec::nic(dev, 4)],
         )
         .unwrap();
-        let mut ctx = HostCtx::open(&HostSpec::Sim(dir.clone()), false).unwrap();
-        let host = ctx.sim.as_ref().map(|(h, _, _)| h.clone()).unwrap();
         let domid = host.create_domain("hvm", true);
         {
             let mut e = ctx.engine();

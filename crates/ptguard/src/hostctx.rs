@@ -308,6 +308,24 @@ struct SimFile {
 
 /// Creates a simulated host directory. Two concurrent `sim init`s of one directory: one
 /// wins, the other fails (the state file is created under the directory's lock).
+/// A new simulated host in `dir` (see [`sim_init`]), opened: the context a daemon or a
+/// test works on, with the simulated host and its in-process xenstored for direct access.
+pub fn sim_open(
+    dir: &Path,
+    xen: XenProfile,
+    pciback: PcibackProfile,
+    devices: &[DeviceSpec],
+) -> anyhow::Result<(HostCtx, SimHost, LocalXenstore)> {
+    sim_init(dir, xen, pciback, devices)?;
+    let ctx = HostCtx::open(&HostSpec::Sim(dir.to_path_buf()), false)?;
+    let (host, xs) = ctx
+        .sim
+        .as_ref()
+        .map(|(h, x, _)| (h.clone(), x.clone()))
+        .ok_or_else(|| anyhow::anyhow!("{} opened without its simulated host", dir.display()))?;
+    Ok((ctx, host, xs))
+}
+
 pub fn sim_init(
     dir: &Path,
     xen: XenProfile,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ptguard::broker::{serve_broker, BrokerLimits, BrokerReply, DaemonHost};
-use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
+use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
 #[test]
@@ -15,15 +15,13 @@ fn bind_unbind_and_refusals_over_the_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    sim_init(
+    let (mut ctx, host, _) = sim_open(
         &dir,
         XenProfile::Xen4_17_0,
         PcibackProfile::AfterCommandFix,
         &[DeviceSpec::nic(dev, 4)],
     )
     .unwrap();
-    let mut ctx = HostCtx::open(&HostSpec::Sim(dir.clone()), false).unwrap();
-    let host = ctx.sim.as_ref().map(|(h, _, _)| h.clone()).unwrap();
     let a = host.create_domain("A", true);
     let epoch = {
         let mut e = ctx.engine();

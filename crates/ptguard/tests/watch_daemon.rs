@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use engine::{BindKind, BindRequest, DeviceState};
 use ptguard::broker::DaemonHost;
 use ptguard::commands::watch::watch_loop;
-use ptguard::hostctx::{sim_init, HostCtx, HostSpec};
+use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
 #[test]
@@ -16,46 +16,16 @@ fn release_domain_event_triggers_the_teardown() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    sim_init(
+    let (mut ctx, host, xs) = sim_open(
         &dir,
         XenProfile::Xen4_11_0,
         PcibackProfile::BeforeCommandFix,
         &[DeviceSpec::nic(dev, 4)],
     )
     .unwrap();
-    let mut ctx = HostCtx::open(&HostSpec::Sim(dir), false).unwrap();
-    let (host, xs) = ctx
-        .sim
-        .as_ref()
-        .map(|(h, x, _)| (h.clone(), x.clone()))
-        .unwrap();
     let a = host.create_domain("A", true);
     host.unpause(a).unwrap();
-    let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
-    {
-        let mut e = ctx.engine();
-        e.assignable_add(dev).unwrap();
-        let epoch = e.attach(dev, a).unwrap();
-        drop(e);
-        // The guest's driver turns decoding on (through its device model) before MSI-X.
-        pci::PciHost::write_config(&host, dev, 4, &0x0006u16.to_le_bytes()).unwrap();
-        let mut e = ctx.engine();
-        for entry in 0..3 {
-            e.bind(&BindRequest {
-                domid: a,
-                sbdf: dev,
-                epoch,
-                kind: BindKind::Msix {
-                    entry,
-                    table_base: tb,
-                },
-                gvec: 0x40,
-                gflags: 0x10000,
-                gtable: 0,
-            })
-            .unwrap();
-        }
-    }
+    attach_with_three_vectors(&mut ctx, &host, dev, a);
     let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = xs.connect(0);
@@ -106,19 +76,13 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    sim_init(
+    let (mut ctx, host, xs) = sim_open(
         &dir,
         XenProfile::Xen4_17_5,
         PcibackProfile::AfterCommandFix,
         &[DeviceSpec::nic(dev, 4)],
     )
     .unwrap();
-    let mut ctx = HostCtx::open(&HostSpec::Sim(dir), false).unwrap();
-    let (host, xs) = ctx
-        .sim
-        .as_ref()
-        .map(|(h, x, _)| (h.clone(), x.clone()))
-        .unwrap();
     let a = host.create_domain("A", true);
     ctx.engine().assignable_add(dev).unwrap();
     // An attach in progress in another process: the journal says `attach` and the backend
@@ -175,22 +139,15 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    sim_init(
+    let (mut ctx, host, xs) = sim_open(
         &dir,
         XenProfile::Xen4_17_5,
         PcibackProfile::BeforeCommandFix,
         &[DeviceSpec::nic(dev, 4)],
     )
     .unwrap();
-    let mut ctx = HostCtx::open(&HostSpec::Sim(dir), false).unwrap();
-    let (host, xs) = ctx
-        .sim
-        .as_ref()
-        .map(|(h, x, _)| (h.clone(), x.clone()))
-        .unwrap();
     let a = host.create_domain("A", true);
     host.unpause(a).unwrap();
-    let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
     // A device model that really ran and is gone: a child process that exited and was
     // reaped.
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -198,29 +155,8 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
     child.wait().unwrap();
     let live_pid = std::process::id();
     let dm_path = format!("/local/domain/{}/image/device-model-pid", a.0);
+    attach_with_three_vectors(&mut ctx, &host, dev, a);
     {
-        let mut e = ctx.engine();
-        e.assignable_add(dev).unwrap();
-        let epoch = e.attach(dev, a).unwrap();
-        drop(e);
-        pci::PciHost::write_config(&host, dev, 4, &0x0006u16.to_le_bytes()).unwrap();
-        let mut e = ctx.engine();
-        for entry in 0..3 {
-            e.bind(&BindRequest {
-                domid: a,
-                sbdf: dev,
-                epoch,
-                kind: BindKind::Msix {
-                    entry,
-                    table_base: tb,
-                },
-                gvec: 0x40,
-                gflags: 0x10000,
-                gtable: 0,
-            })
-            .unwrap();
-        }
-        drop(e);
         ctx.xs
             .write(
                 xenstore::TxId::NONE,
@@ -291,4 +227,36 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
         let d = w.device(dev).unwrap();
         assert!(!d.xen.host_maskall, "no forced mask at the destroy");
     });
+}
+
+/// Gives `dev` to `a` with ptguard and binds three MSI-X vectors through the broker, the
+/// guest's driver having turned memory decoding on first.
+fn attach_with_three_vectors(
+    ctx: &mut ptguard::hostctx::HostCtx,
+    host: &sim::SimHost,
+    dev: pci::Sbdf,
+    a: xen::DomId,
+) {
+    let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
+    let mut e = ctx.engine();
+    e.assignable_add(dev).unwrap();
+    let epoch = e.attach(dev, a).unwrap();
+    drop(e);
+    pci::PciHost::write_config(host, dev, 4, &0x0006u16.to_le_bytes()).unwrap();
+    let mut e = ctx.engine();
+    for entry in 0..3 {
+        e.bind(&BindRequest {
+            domid: a,
+            sbdf: dev,
+            epoch,
+            kind: BindKind::Msix {
+                entry,
+                table_base: tb,
+            },
+            gvec: 0x40,
+            gflags: 0x10000,
+            gtable: 0,
+        })
+        .unwrap();
+    }
 }
