@@ -215,8 +215,15 @@ impl DaemonHost {
                 let mut ctx = m
                     .lock()
                     .map_err(|_| anyhow::anyhow!("host state lock poisoned"))?;
+                // A real dom0: commands and the daemon take turns on the ledger, one piece
+                // of work at a time (hostctx::REAL_LEDGER_LOCK).
+                ctx.relock_real()?;
                 let r = f(&mut ctx);
-                ctx.save()?;
+                let saved = ctx.save();
+                if matches!(ctx.spec, HostSpec::Real) {
+                    ctx.unlock();
+                }
+                saved?;
                 r
             }
             DaemonHost::Reopened {

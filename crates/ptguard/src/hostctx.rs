@@ -266,17 +266,47 @@ pub struct HostCtx {
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
+/// Where a real dom0's ptguard commands and daemon take turns on the ledger: each command,
+/// and each round of the daemon (a teardown, a broker request), holds this lock, so that
+/// recovery in the daemon never runs a device's steps while a command runs them too.
+pub const REAL_LEDGER_LOCK: &str = "/run/ptguard/ledger.lock";
+
+/// Takes [`REAL_LEDGER_LOCK`], waiting up to 60 s (a teardown may wait 10 s for pciback);
+/// `None` when `/run/ptguard` cannot be made (a warning says the commands are not
+/// serialised then).
+pub fn lock_real_ledger() -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let path = Path::new(REAL_LEDGER_LOCK);
+    if let Some(dir) = path.parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(
+                "cannot create {}: {e}; commands and the daemon are not serialised",
+                dir.display()
+            );
+            return Ok(None);
+        }
+    }
+    lock_file(path, std::time::Duration::from_secs(60)).map(Some)
+}
+
 /// Takes `DIR/lock`, waiting up to 10 s for another command to finish.
 pub fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    lock_file(&dir.join("lock"), std::time::Duration::from_secs(10))
+}
+
+fn lock_file(
+    path: &Path,
+    wait: std::time::Duration,
+) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
-    let path = dir.join("lock");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let path = path.to_path_buf();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + wait;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => return Ok(l),
@@ -470,6 +500,8 @@ impl HostCtx {
                 }
                 let pci: Arc<dyn PciHost> = Arc::new(SysfsHost::new("/sys"));
                 let hv: Arc<dyn Hypervisor> = Arc::new(hv);
+                // A dry run changes nothing: it need not wait for anyone.
+                let lock = if dry_run { None } else { lock_real_ledger()? };
                 Ok(HostCtx {
                     spec: spec.clone(),
                     platform: platform(hv, pci, None, &log, dry_run),
@@ -479,7 +511,7 @@ impl HostCtx {
                     dry_run,
                     protected: ProtectedDomains::default(),
                     saved: None,
-                    _lock: None,
+                    _lock: lock,
                 })
             }
             HostSpec::Sim(dir) => {
@@ -528,9 +560,18 @@ impl HostCtx {
         }
     }
 
-    /// Lets go of a simulated host directory's lock between pieces of work (a daemon).
+    /// Lets go of the host's lock (a simulated host's directory, a real dom0's ledger lock)
+    /// between pieces of work (a daemon).
     pub fn unlock(&mut self) {
         self._lock = None;
+    }
+
+    /// Takes a real dom0's ledger lock again for one piece of the daemon's work.
+    pub fn relock_real(&mut self) -> anyhow::Result<()> {
+        if matches!(self.spec, HostSpec::Real) && !self.dry_run && self._lock.is_none() {
+            self._lock = lock_real_ledger()?;
+        }
+        Ok(())
     }
 
     /// Takes a simulated host directory's lock again; `false` (lock released) when another

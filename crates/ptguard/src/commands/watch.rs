@@ -238,6 +238,9 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
                 // A toolstack giving a guest a device writes its PCI backend here.
                 w.watch(engine::companion::TOOLSTACK_BACKENDS, ADOPT_TOKEN)?;
             }
+            // The ledger lock is taken per piece of work from here on.
+            let mut ctx = ctx;
+            ctx.unlock();
             (DaemonHost::Held(Box::new(Mutex::new(ctx))), Some(w))
         }
         spec @ HostSpec::Sim(_) => {
