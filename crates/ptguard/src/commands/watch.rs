@@ -112,7 +112,7 @@ fn release_orphans(ctx: &mut HostCtx) -> Vec<String> {
 }
 
 /// The daemon's loop: on every `@releaseDomain` seen by `watcher` (or every
-/// [`SIM_POLL`] without one), finish the teardowns of devices whose owner is gone and retry
+/// `SIM_POLL` (500 ms) without one), finish the teardowns of devices whose owner is gone and retry
 /// quarantines; `on_done` sees each outcome. Returns when `stop` is set.
 pub fn watch_loop(
     host: &DaemonHost,
