@@ -15,16 +15,29 @@ use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 use xen::{DomId, PtIrq};
 
-/// The cdylib cargo built beside this test's binary (target/<profile>/).
+/// The library as this source tree builds it. `cargo test` does not build a cdylib for
+/// the package's own integration tests, so the test builds it once, with the cargo running
+/// it, into a target directory of its own (the outer cargo keeps its own locked).
 fn preload_library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let lib = dir.join("libptguard_preload.so");
-    assert!(lib.exists(), "{} not built", lib.display());
-    lib
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload-build");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(manifest.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .status()
+                .expect("cargo");
+            assert!(st.success(), "building libptguard_preload.so failed");
+            let lib = target.join("debug/libptguard_preload.so");
+            assert!(lib.exists(), "{} not built", lib.display());
+            lib
+        })
+        .clone()
 }
 
 /// Compiles tests/dm_calls.c against the system's libxenctrl.
