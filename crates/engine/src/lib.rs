@@ -44,10 +44,6 @@ pub trait Platform: Send + Sync {
     /// On a real host pciback reacts to the backend nodes ptguard writes in Xenstore; the
     /// simulated host is told here.
     fn backend_changed(&self, _sbdf: Sbdf, _domid: Option<DomId>) {}
-    /// A dry run: mutations are recorded, not made, so there is nothing to verify.
-    fn is_dry_run(&self) -> bool {
-        false
-    }
 }
 
 /// Everything that can go wrong in the engine; each names the device, domain and step.

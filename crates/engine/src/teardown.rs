@@ -334,11 +334,9 @@ impl Engine<'_> {
                 }
                 Step::Verify => {
                     let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
-                    let dry = self.platform.is_dry_run();
                     // Only what a real host can read: the config space. Xen's own MSI-X state is
                     // the independent oracle's to check (`World::msix_clean`), not ours.
                     let problem = match cfg {
-                        _ if dry => None,
                         Ok(c) => match c.msix {
                             Some(m) if m.function_mask => {
                                 Some("MSI-X Function Mask still set".to_string())

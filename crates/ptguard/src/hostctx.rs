@@ -93,7 +93,14 @@ pub struct LoggedPci {
     inner: Arc<dyn PciHost>,
     log: OpLog,
     dry_run: bool,
+    /// A dry run's config-space writes, per device in order: read back over the device's
+    /// real config space, so that what the run checks (a teardown's verification) sees
+    /// what it would have written, and the engine needs no notion of a dry run.
+    unwritten: std::sync::Mutex<std::collections::BTreeMap<Sbdf, Vec<ConfigWrite>>>,
 }
+
+/// One config-space write: offset and bytes.
+type ConfigWrite = (u16, Vec<u8>);
 
 impl LoggedPci {
     fn write(
@@ -120,10 +127,24 @@ impl PciHost for LoggedPci {
         self.inner.exists(s)
     }
     fn read_config(&self, s: Sbdf) -> Result<Vec<u8>, PciError> {
-        self.inner.read_config(s)
+        let mut cfg = self.inner.read_config(s)?;
+        if let Ok(unwritten) = self.unwritten.lock() {
+            for (off, data) in unwritten.get(&s).into_iter().flatten() {
+                let at = usize::from(*off);
+                if let Some(dst) = cfg.get_mut(at..at + data.len()) {
+                    dst.copy_from_slice(data);
+                }
+            }
+        }
+        Ok(cfg)
     }
     fn write_config(&self, s: Sbdf, off: u16, data: &[u8]) -> Result<(), PciError> {
         let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        if self.dry_run {
+            if let Ok(mut unwritten) = self.unwritten.lock() {
+                unwritten.entry(s).or_default().push((off, data.to_vec()));
+            }
+        }
         self.write(
             format!("{SYS}/devices/{s}/config @{off:#x} <- {hex}"),
             || self.inner.write_config(s, off, data),
@@ -242,9 +263,6 @@ impl Platform for CmdPlatform {
         if let (Some(s), false) = (&self.sim, self.dry_run) {
             s.backend_changed(sbdf, domid);
         }
-    }
-    fn is_dry_run(&self) -> bool {
-        self.dry_run
     }
 }
 
@@ -648,6 +666,7 @@ fn platform(
             inner: pci,
             log: log.clone(),
             dry_run,
+            unwritten: Default::default(),
         },
         sim,
         dry_run,
