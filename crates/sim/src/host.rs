@@ -597,30 +597,35 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
 }
 
 fn target_of(op: &SimOp) -> String {
+    use xen::CallTarget as T;
     match op {
-        SimOp::MapPirq { req } => match req.source {
-            xen::MapSource::Gsi { gsi } => format!("{} gsi {gsi}", req.domid),
-            xen::MapSource::Msi { sbdf, entry_nr, .. } => {
-                format!("{} {sbdf} entry {entry_nr}", req.domid)
-            }
-        },
-        SimOp::UnmapPirq { domid, pirq } => format!("{domid} pirq {pirq}"),
-        SimOp::PrepareMsix { sbdf } | SimOp::ReleaseMsix { sbdf } => sbdf.to_string(),
+        SimOp::MapPirq { req } => T::Map(req).to_string(),
+        SimOp::UnmapPirq { domid, pirq } | SimOp::IrqPermission { domid, pirq, .. } => {
+            T::Pirq(*domid, *pirq).to_string()
+        }
+        SimOp::PrepareMsix { sbdf } | SimOp::ReleaseMsix { sbdf } => T::Device(*sbdf).to_string(),
         SimOp::BindPtIrq { domid, bind } | SimOp::UnbindPtIrq { domid, bind } => {
-            format!("{domid} pirq {}", bind.pirq())
+            T::Pirq(*domid, bind.pirq()).to_string()
         }
         SimOp::AssignDevice { domid, sbdf, .. } | SimOp::DeassignDevice { domid, sbdf } => {
-            format!("{domid} {sbdf}")
+            T::DomainDevice(*domid, *sbdf).to_string()
         }
         SimOp::IomemPermission {
             domid, first, nr, ..
-        } => format!("{domid} mfn {first:#x}+{nr}"),
+        } => T::Iomem {
+            domid: *domid,
+            first: *first,
+            nr: *nr,
+        }
+        .to_string(),
         SimOp::IoportPermission {
             domid, first, nr, ..
-        } => {
-            format!("{domid} port {first:#x}+{nr}")
+        } => T::Ioport {
+            domid: *domid,
+            first: *first,
+            nr: *nr,
         }
-        SimOp::IrqPermission { domid, pirq, .. } => format!("{domid} pirq {pirq}"),
+        .to_string(),
         other => format!("{other:?}"),
     }
 }

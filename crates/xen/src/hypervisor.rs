@@ -273,6 +273,42 @@ impl fmt::Display for XenVersion {
     }
 }
 
+/// What a hypercall acts on, in the one textual form traces, errors and the simulator's
+/// journal all use (`d1 pirq 79`, `d1 0000:03:00.0 entry 0`, `d1 mfn 0xfeb80+32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallTarget<'a> {
+    /// `PHYSDEVOP_map_pirq`: the domain and the GSI or the device's MSI-X entry.
+    Map(&'a MapPirq),
+    /// A pirq of a domain (unmap, bind, unbind, IRQ permission).
+    Pirq(DomId, Pirq),
+    /// A device (`prepare_msix`, `release_msix`, `test_assign_device`).
+    Device(Sbdf),
+    /// A device of a domain (assign, deassign).
+    DomainDevice(DomId, Sbdf),
+    /// A range of machine frames.
+    Iomem { domid: DomId, first: u64, nr: u64 },
+    /// A range of I/O ports.
+    Ioport { domid: DomId, first: u32, nr: u32 },
+}
+
+impl fmt::Display for CallTarget<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CallTarget::Map(req) => match req.source {
+                MapSource::Gsi { gsi } => write!(f, "{} gsi {gsi}", req.domid),
+                MapSource::Msi { sbdf, entry_nr, .. } => {
+                    write!(f, "{} {sbdf} entry {entry_nr}", req.domid)
+                }
+            },
+            CallTarget::Pirq(domid, pirq) => write!(f, "{domid} pirq {pirq}"),
+            CallTarget::Device(sbdf) => write!(f, "{sbdf}"),
+            CallTarget::DomainDevice(domid, sbdf) => write!(f, "{domid} {sbdf}"),
+            CallTarget::Iomem { domid, first, nr } => write!(f, "{domid} mfn {first:#x}+{nr}"),
+            CallTarget::Ioport { domid, first, nr } => write!(f, "{domid} port {first:#x}+{nr}"),
+        }
+    }
+}
+
 /// The hypercalls, by the names Xen's headers give them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum HypercallOp {

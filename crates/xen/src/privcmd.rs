@@ -261,7 +261,7 @@ impl Hypervisor for Privcmd {
             MapSource::Gsi { gsi } => {
                 m.type_ = abi::MAP_PIRQ_TYPE_GSI;
                 m.index = gsi as i32;
-                format!("{} gsi {gsi}", req.domid)
+                CallTarget::Map(req).to_string()
             }
             MapSource::Msi {
                 sbdf,
@@ -274,7 +274,7 @@ impl Hypervisor for Privcmd {
                 m.devfn = i32::from(sbdf.devfn());
                 m.entry_nr = i32::from(entry_nr);
                 m.table_base = table_base;
-                format!("{} {sbdf} entry {entry_nr}", req.domid)
+                CallTarget::Map(req).to_string()
             }
         };
         let mut bytes = m.to_bytes();
@@ -294,7 +294,7 @@ impl Hypervisor for Privcmd {
             .map_err(|errno| {
                 XenError::hypercall(
                     HypercallOp::UnmapPirq,
-                    format!("{domid} pirq {pirq}"),
+                    CallTarget::Pirq(domid, pirq).to_string(),
                     errno,
                 )
             })
@@ -311,7 +311,7 @@ impl Hypervisor for Privcmd {
     }
 
     fn bind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError> {
-        let target = format!("{domid} pirq {}", bind.pirq());
+        let target = CallTarget::Pirq(domid, bind.pirq()).to_string();
         self.domctl_op(
             HypercallOp::BindPtIrq,
             abi::XEN_DOMCTL_BIND_PT_IRQ,
@@ -323,7 +323,7 @@ impl Hypervisor for Privcmd {
     }
 
     fn unbind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError> {
-        let target = format!("{domid} pirq {}", bind.pirq());
+        let target = CallTarget::Pirq(domid, bind.pirq()).to_string();
         self.domctl_op(
             HypercallOp::UnbindPtIrq,
             abi::XEN_DOMCTL_UNBIND_PT_IRQ,
@@ -339,7 +339,7 @@ impl Hypervisor for Privcmd {
             HypercallOp::AssignDevice,
             abi::XEN_DOMCTL_ASSIGN_DEVICE,
             domid,
-            format!("{domid} {sbdf}"),
+            CallTarget::DomainDevice(domid, sbdf).to_string(),
             |d| {
                 d.put_u32(payload::ASSIGN_DEV, abi::XEN_DOMCTL_DEV_PCI)
                     .put_u32(payload::ASSIGN_FLAGS, flags)
@@ -362,7 +362,7 @@ impl Hypervisor for Privcmd {
             HypercallOp::DeassignDevice,
             abi::XEN_DOMCTL_DEASSIGN_DEVICE,
             domid,
-            format!("{domid} {sbdf}"),
+            CallTarget::DomainDevice(domid, sbdf).to_string(),
             |d| {
                 d.put_u32(payload::ASSIGN_DEV, abi::XEN_DOMCTL_DEV_PCI)
                     .put_u32(payload::ASSIGN_MACHINE_SBDF, sbdf.machine_sbdf());
@@ -382,7 +382,12 @@ impl Hypervisor for Privcmd {
             HypercallOp::IomemPermission,
             abi::XEN_DOMCTL_IOMEM_PERMISSION,
             domid,
-            format!("{domid} mfn {first_mfn:#x}+{nr_mfns}"),
+            CallTarget::Iomem {
+                domid,
+                first: first_mfn,
+                nr: nr_mfns,
+            }
+            .to_string(),
             |d| {
                 d.put_u64(payload::IOMEM_FIRST_MFN, first_mfn)
                     .put_u64(payload::IOMEM_NR_MFNS, nr_mfns)
@@ -403,7 +408,12 @@ impl Hypervisor for Privcmd {
             HypercallOp::IoportPermission,
             abi::XEN_DOMCTL_IOPORT_PERMISSION,
             domid,
-            format!("{domid} port {first_port:#x}+{nr_ports}"),
+            CallTarget::Ioport {
+                domid,
+                first: first_port,
+                nr: nr_ports,
+            }
+            .to_string(),
             |d| {
                 d.put_u32(payload::IOPORT_FIRST_PORT, first_port)
                     .put_u32(payload::IOPORT_NR_PORTS, nr_ports)
@@ -419,7 +429,8 @@ impl Hypervisor for Privcmd {
             return Err(XenError::hypercall(
                 HypercallOp::IrqPermission,
                 format!(
-                    "{domid} pirq {pirq} (Xen {} carries only pirqs 0-255 here)",
+                    "{} (Xen {} carries only pirqs 0-255 here)",
+                    CallTarget::Pirq(domid, pirq),
                     self.version
                 ),
                 Errno::EINVAL,
@@ -429,7 +440,7 @@ impl Hypervisor for Privcmd {
             HypercallOp::IrqPermission,
             abi::XEN_DOMCTL_IRQ_PERMISSION,
             domid,
-            format!("{domid} pirq {pirq}"),
+            CallTarget::Pirq(domid, pirq).to_string(),
             |d| {
                 if self.abi.irq_permission_pirq_is_u8 {
                     d.put_u8(payload::IRQ_PERM_PIRQ_U8, pirq.0 as u8)

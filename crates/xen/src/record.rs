@@ -116,15 +116,10 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     }
     fn map_pirq(&self, req: &MapPirq) -> Result<Pirq, XenError> {
         let args = match req.source {
-            MapSource::Gsi { gsi } => format!("{} gsi {gsi}", req.domid),
-            MapSource::Msi {
-                sbdf,
-                entry_nr,
-                table_base,
-            } => format!(
-                "{} {sbdf} entry {entry_nr} table_base {table_base:#x}",
-                req.domid
-            ),
+            MapSource::Gsi { .. } => CallTarget::Map(req).to_string(),
+            MapSource::Msi { table_base, .. } => {
+                format!("{} table_base {table_base:#x}", CallTarget::Map(req))
+            }
         };
         let args = match req.pirq {
             Some(p) => format!("{args} pirq {p}"),
@@ -140,20 +135,26 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     fn unmap_pirq(&self, domid: DomId, pirq: Pirq) -> Result<(), XenError> {
         self.call(
             HypercallOp::UnmapPirq,
-            format!("{domid} pirq {pirq}"),
+            CallTarget::Pirq(domid, pirq).to_string(),
             (),
             |h| h.unmap_pirq(domid, pirq),
         )
     }
     fn prepare_msix(&self, sbdf: Sbdf) -> Result<(), XenError> {
-        self.call(HypercallOp::PrepareMsix, sbdf.to_string(), (), |h| {
-            h.prepare_msix(sbdf)
-        })
+        self.call(
+            HypercallOp::PrepareMsix,
+            CallTarget::Device(sbdf).to_string(),
+            (),
+            |h| h.prepare_msix(sbdf),
+        )
     }
     fn release_msix(&self, sbdf: Sbdf) -> Result<(), XenError> {
-        self.call(HypercallOp::ReleaseMsix, sbdf.to_string(), (), |h| {
-            h.release_msix(sbdf)
-        })
+        self.call(
+            HypercallOp::ReleaseMsix,
+            CallTarget::Device(sbdf).to_string(),
+            (),
+            |h| h.release_msix(sbdf),
+        )
     }
     fn bind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError> {
         self.call(
@@ -166,7 +167,7 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     fn unbind_pt_irq(&self, domid: DomId, bind: &PtIrq) -> Result<(), XenError> {
         self.call(
             HypercallOp::UnbindPtIrq,
-            format!("{domid} pirq {}", bind.pirq()),
+            CallTarget::Pirq(domid, bind.pirq()).to_string(),
             (),
             |h| h.unbind_pt_irq(domid, bind),
         )
@@ -174,20 +175,23 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     fn assign_device(&self, domid: DomId, sbdf: Sbdf, flags: u32) -> Result<(), XenError> {
         self.call(
             HypercallOp::AssignDevice,
-            format!("{domid} {sbdf} flags {flags}"),
+            format!("{} flags {flags}", CallTarget::DomainDevice(domid, sbdf)),
             (),
             |h| h.assign_device(domid, sbdf, flags),
         )
     }
     fn test_assign_device(&self, sbdf: Sbdf) -> Result<(), XenError> {
-        self.call(HypercallOp::TestAssignDevice, sbdf.to_string(), (), |h| {
-            h.test_assign_device(sbdf)
-        })
+        self.call(
+            HypercallOp::TestAssignDevice,
+            CallTarget::Device(sbdf).to_string(),
+            (),
+            |h| h.test_assign_device(sbdf),
+        )
     }
     fn deassign_device(&self, domid: DomId, sbdf: Sbdf) -> Result<(), XenError> {
         self.call(
             HypercallOp::DeassignDevice,
-            format!("{domid} {sbdf}"),
+            CallTarget::DomainDevice(domid, sbdf).to_string(),
             (),
             |h| h.deassign_device(domid, sbdf),
         )
@@ -201,7 +205,15 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     ) -> Result<(), XenError> {
         self.call(
             HypercallOp::IomemPermission,
-            format!("{domid} mfn {first_mfn:#x}+{nr_mfns} {}", allow_text(allow)),
+            format!(
+                "{} {}",
+                CallTarget::Iomem {
+                    domid,
+                    first: first_mfn,
+                    nr: nr_mfns
+                },
+                allow_text(allow)
+            ),
             (),
             |h| h.iomem_permission(domid, first_mfn, nr_mfns, allow),
         )
@@ -216,7 +228,12 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
         self.call(
             HypercallOp::IoportPermission,
             format!(
-                "{domid} port {first_port:#x}+{nr_ports} {}",
+                "{} {}",
+                CallTarget::Ioport {
+                    domid,
+                    first: first_port,
+                    nr: nr_ports
+                },
                 allow_text(allow)
             ),
             (),
@@ -226,7 +243,7 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
     fn irq_permission(&self, domid: DomId, pirq: Pirq, allow: bool) -> Result<(), XenError> {
         self.call(
             HypercallOp::IrqPermission,
-            format!("{domid} pirq {pirq} {}", allow_text(allow)),
+            format!("{} {}", CallTarget::Pirq(domid, pirq), allow_text(allow)),
             (),
             |h| h.irq_permission(domid, pirq, allow),
         )
