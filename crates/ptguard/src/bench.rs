@@ -18,17 +18,16 @@ use xenstore::wire::{join_strings, HEADER_LEN};
 use xenstore::{ErrorCode, Op, TxId, XsClient};
 
 use crate::cli::{BenchArgs, BenchWhat, BenchXenstoreArgs};
+use crate::output::emit;
 
 pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match args.what {
         None => {
             let r = crate::bench_engine::run_all(args.quick)?;
-            if args.json {
-                serde_json::to_writer_pretty(&mut *out, &r)?;
-                writeln!(out)?;
-            } else {
+            emit(out, args.json, &r, |out| {
                 crate::bench_engine::print(&r, out)?;
-            }
+                Ok(())
+            })?;
             Ok(())
         }
         Some(BenchWhat::Broker(a)) => {
@@ -41,10 +40,7 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     cycles: a.cycles,
                 },
             )?;
-            if a.json {
-                serde_json::to_writer_pretty(&mut *out, &r)?;
-                writeln!(out)?;
-            } else {
+            emit(out, a.json, &r, |out| {
                 writeln!(out, "broker under attack ({} hostile connections, {} of them 1 MiB lines, {} bind+unbind cycles of a well-behaved device model):", a.hostile, a.oversized, a.cycles)?;
                 writeln!(out, "  well-behaved failures     {}", r.good_failures)?;
                 writeln!(
@@ -59,7 +55,8 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 )?;
                 writeln!(out, "  hostile refused by kernel {}", r.hostile_refused)?;
                 writeln!(out, "  clean exit on SIGTERM     {}", r.clean_exit)?;
-            }
+                Ok(())
+            })?;
             if r.good_failures > 0 {
                 anyhow::bail!(
                     "the well-behaved device model was refused: {:?}",
@@ -70,12 +67,10 @@ pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Some(BenchWhat::Xenstore(a)) => {
             let report = xenstore_bench(&a)?;
-            if a.json {
-                serde_json::to_writer_pretty(&mut *out, &report)?;
-                writeln!(out)?;
-            } else {
+            emit(out, a.json, &report, |out| {
                 print_xenstore(&report, out)?;
-            }
+                Ok(())
+            })?;
             Ok(())
         }
     }

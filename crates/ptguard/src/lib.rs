@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod hostctx;
 pub mod journal;
+pub mod output;
 
 // The proving harness lives in crates/lab; these paths stay for the commands and tests.
 pub use lab::{bench_engine, platform, rig};

@@ -9,6 +9,7 @@ use sim::dm::DmBehaviour;
 
 use crate::cli::ExploreArgs;
 use crate::commands::scenario::load_scenarios;
+use crate::output::emit;
 use crate::rig::Rig;
 
 /// One violation with what replays it.
@@ -167,10 +168,7 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             summary.violations.len()
         );
     }
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &summary)?;
-        writeln!(out)?;
-    } else {
+    emit(out, args.json, &summary, |out| {
         writeln!(
             out,
             "explored {} cases ({} crash-free runs + {} crash points, over {combos} scenario x device-model combinations of {} scenarios and {} behaviours, and {} multi-device lifecycles) on {}",
@@ -211,7 +209,8 @@ pub fn run(args: ExploreArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 v.seed
             )?;
         }
-    }
+        Ok(())
+    })?;
     if !summary.violations.is_empty() {
         anyhow::bail!("{} invariant violations", summary.violations.len());
     }

@@ -11,6 +11,7 @@ use xen::DomId;
 
 use crate::cli::Cli;
 use crate::hostctx::HostCtx;
+use crate::output::emit;
 
 /// Opens the host and, unless this is a dry run, finishes whatever a crash left half done
 /// (every command resumes interrupted teardowns).
@@ -59,16 +60,14 @@ struct Done<'a, T: Serialize> {
 pub fn assignable_add(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     let rec = ctx.engine().assignable_add(s)?;
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &rec)?;
-        writeln!(out)?;
-    } else {
+    emit(out, json, &rec, |out| {
         writeln!(
             out,
             "{s}: assignable (seized into pciback from {}, quarantined in dom_io)",
             rec.driver.as_deref().unwrap_or("no driver")
         )?;
-    }
+        Ok(())
+    })?;
     finish(cli, &mut ctx, out)
 }
 
@@ -80,19 +79,19 @@ pub fn assignable_remove(
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     ctx.engine().assignable_remove(s)?;
-    if json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &Done {
-                sbdf: s,
-                action: "assignable-remove",
-                result: (),
-            },
-        )?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "{s}: returned to dom0")?;
-    }
+    emit(
+        out,
+        json,
+        &Done {
+            sbdf: s,
+            action: "assignable-remove",
+            result: (),
+        },
+        |out| {
+            writeln!(out, "{s}: returned to dom0")?;
+            Ok(())
+        },
+    )?;
     finish(cli, &mut ctx, out)
 }
 
@@ -110,35 +109,33 @@ pub fn attach(
         domid: u16,
         epoch: u64,
     }
-    if json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &Done {
-                sbdf: s,
-                action: "attach",
-                result: R { domid, epoch },
-            },
-        )?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "{s}: attached to d{domid} (epoch {epoch})")?;
-    }
+    emit(
+        out,
+        json,
+        &Done {
+            sbdf: s,
+            action: "attach",
+            result: R { domid, epoch },
+        },
+        |out| {
+            writeln!(out, "{s}: attached to d{domid} (epoch {epoch})")?;
+            Ok(())
+        },
+    )?;
     finish(cli, &mut ctx, out)
 }
 
 pub fn repair(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     let done = ctx.engine().repair(s)?;
-    if json {
-        let v = serde_json::json!({ "sbdf": s, "action": "repair", "done": done });
-        serde_json::to_writer_pretty(&mut *out, &v)?;
-        writeln!(out)?;
-    } else {
+    let v = serde_json::json!({ "sbdf": s, "action": "repair", "done": done });
+    emit(out, json, &v, |out| {
         for d in &done {
             writeln!(out, "{s}: {d}")?;
         }
         writeln!(out, "{s}: repaired")?;
-    }
+        Ok(())
+    })?;
     finish(cli, &mut ctx, out)
 }
 
@@ -151,16 +148,14 @@ pub fn adopt(
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli)?;
     let epoch = ctx.engine().adopt(s, DomId(domid))?;
-    if json {
-        let v = serde_json::json!({ "sbdf": s, "action": "adopt", "domid": domid, "epoch": epoch });
-        serde_json::to_writer_pretty(&mut *out, &v)?;
-        writeln!(out)?;
-    } else {
+    let v = serde_json::json!({ "sbdf": s, "action": "adopt", "domid": domid, "epoch": epoch });
+    emit(out, json, &v, |out| {
         writeln!(
             out,
             "{s}: adopted as attached to d{domid} (epoch {epoch}); its bindings are unknown, so its teardown waits for d{domid} to be gone"
         )?;
-    }
+        Ok(())
+    })?;
     finish(cli, &mut ctx, out)
 }
 
@@ -183,25 +178,25 @@ pub fn detach(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Re
     let o = e.detach(s)?;
     let mut n = std::mem::take(&mut e.notices);
     drop(e);
-    if json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &Done {
-                sbdf: s,
-                action: "detach",
-                result: &o,
-            },
-        )?;
-        writeln!(out)?;
-    } else {
-        for l in n.drain(..) {
-            writeln!(out, "NOTICE: {l}")?;
-        }
-        if cli.dry_run {
-            write!(out, "would end: ")?;
-        }
-        print_outcome(out, s, &o)?;
-    }
+    emit(
+        out,
+        json,
+        &Done {
+            sbdf: s,
+            action: "detach",
+            result: &o,
+        },
+        |out| {
+            for l in n.drain(..) {
+                writeln!(out, "NOTICE: {l}")?;
+            }
+            if cli.dry_run {
+                write!(out, "would end: ")?;
+            }
+            print_outcome(out, s, &o)?;
+            Ok(())
+        },
+    )?;
     finish(cli, &mut ctx, out)?;
     if matches!(o, Outcome::Assignable { .. }) {
         Ok(())
@@ -221,10 +216,7 @@ pub fn release_domain(
     let done = e.domain_released(DomId(domid))?;
     let n = std::mem::take(&mut e.notices);
     drop(e);
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &done)?;
-        writeln!(out)?;
-    } else {
+    emit(out, json, &done, |out| {
         for l in n {
             writeln!(out, "NOTICE: {l}")?;
         }
@@ -237,7 +229,8 @@ pub fn release_domain(
             }
             print_outcome(out, *s, o)?;
         }
-    }
+        Ok(())
+    })?;
     finish(cli, &mut ctx, out)
 }
 
@@ -463,10 +456,7 @@ pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> an
     use engine::companion::PreReset;
     let mut ctx = open(cli)?;
     let done = ctx.engine().pre_reset(s)?;
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &done)?;
-        writeln!(out)?;
-    } else {
+    emit(out, json, &done, |out| {
         match &done {
             PreReset::NoOwner => writeln!(out, "{s}: no guest holds it; nothing to do")?,
             PreReset::OwnerRunning { domid } => writeln!(
@@ -481,6 +471,7 @@ pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> an
                 report.domid
             )?,
         }
-    }
+        Ok(())
+    })?;
     finish(cli, &mut ctx, out)
 }

@@ -12,6 +12,7 @@ use pci::{ConfigSpace, DeviceConfig, Sbdf};
 use serde::Serialize;
 
 use crate::cli::LspciArgs;
+use crate::output::emit;
 
 /// One device as `ptguard lspci --json` prints it.
 #[derive(Debug, Serialize)]
@@ -250,13 +251,11 @@ pub fn run(args: LspciArgs, host_spec: &HostSpec, out: &mut dyn Write) -> anyhow
             Err(e) => return Err(e.into()),
         }
     }
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &reports)?;
-        writeln!(out)?;
-    } else {
+    emit(out, args.json, &reports, |out| {
         for r in &reports {
             print_text(out, r, args.details)?;
         }
-    }
+        Ok(())
+    })?;
     Ok(())
 }

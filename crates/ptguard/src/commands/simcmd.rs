@@ -14,6 +14,7 @@ use xen::{DomId, Pirq};
 use crate::cli::{Cli, SimCommand};
 use crate::commands::lifecycle::{open, print_log};
 use crate::hostctx::{sim_init, HostCtx, HostSpec};
+use crate::output::emit;
 use crate::platform::bind_request;
 
 /// The broker as a device model started from the command line reaches it.
@@ -132,10 +133,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 }
             }
             let rep = check_interrupts(&host, domid, sbdf, a.vectors);
-            if a.json {
-                serde_json::to_writer_pretty(&mut *out, &rep)?;
-                writeln!(out)?;
-            } else {
+            emit(out, a.json, &rep, |out| {
                 writeln!(
                     out,
                     "{domid}: {} of {} MSI-X vectors of {sbdf} delivered",
@@ -147,7 +145,8 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                         writeln!(out, "  vector {i}: no interrupt ({why})")?;
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
         SimCommand::Reboot(a) => {
             let domid = DomId(a.domid);
@@ -239,10 +238,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     })
                 })
                 .with_context(|| format!("{sbdf}: no such device on the simulated host"))?;
-            if a.json {
-                serde_json::to_writer_pretty(&mut *out, &st)?;
-                writeln!(out)?;
-            } else {
+            emit(out, a.json, &st, |out| {
                 writeln!(
                     out,
                     "{sbdf}: owner {} used_entries {} host_maskall {} guest_maskall {}",
@@ -259,7 +255,8 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 for l in &st.console {
                     writeln!(out, "  (XEN) {l}")?;
                 }
-            }
+                Ok(())
+            })?;
         }
     }
     ctx.save()?;

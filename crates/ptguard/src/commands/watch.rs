@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::broker::{serve_broker, BrokerLimits, DaemonHost};
 use crate::cli::{Cli, WatchArgs};
 use crate::hostctx::{HostCtx, HostSpec};
+use crate::output::emit;
 
 /// How often a simulated host's daemon looks for work (it has no event to wait on: other
 /// commands change the directory from other processes).
@@ -201,10 +202,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
             0
         },
     };
-    if args.json && args.once {
-        serde_json::to_writer_pretty(&mut *out, &pending)?;
-        writeln!(out)?;
-    } else {
+    emit(out, args.json && args.once, &pending, |out| {
         for n in &pending.notices {
             writeln!(out, "NOTICE: {n}")?;
         }
@@ -224,7 +222,8 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
                 pending.finished.len()
             )?;
         }
-    }
+        Ok(())
+    })?;
     if args.once {
         return crate::commands::lifecycle::print_log(cli, &ctx, out);
     }

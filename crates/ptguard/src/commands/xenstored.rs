@@ -8,6 +8,7 @@ use xenstore::server::{self, ServerConfig};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::cli::XenstoredArgs;
+use crate::output::emit;
 
 pub fn run(args: XenstoredArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = ServerConfig::new(&args.rundir);
@@ -16,10 +17,7 @@ pub fn run(args: XenstoredArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.self_test {
         let report = self_test(handle.socket_path())?;
         handle.shutdown()?;
-        if args.json {
-            serde_json::to_writer_pretty(&mut *out, &report)?;
-            writeln!(out)?;
-        } else {
+        emit(out, args.json, &report, |out| {
             writeln!(out, "embedded xenstored at {}", report.socket)?;
             for step in &report.steps {
                 writeln!(out, "  {:<44} -> {}", step.request, step.answer)?;
@@ -29,7 +27,8 @@ pub fn run(args: XenstoredArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 "all {} requests answered as xenstored answers them",
                 report.steps.len()
             )?;
-        }
+            Ok(())
+        })?;
         return Ok(());
     }
     let trigger = handle.shutdown_trigger();
