@@ -9,7 +9,7 @@
 
 use pci::Sbdf;
 use serde::Serialize;
-use xen::{DomId, GuestIntx, MapPirq, Pirq};
+use xen::{DomId, MapPirq, Pirq};
 use xenstore::{Access, TxId, XsClient};
 
 pub(crate) use crate::bind::refused;
@@ -40,22 +40,8 @@ pub enum Outcome {
     },
 }
 
-/// What a device model asks the broker to bind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum BindKind {
-    /// The device's INTx line (`gsi`, the host's), bound at `guest` (the guest's virtual
-    /// slot and pin; absent from older clients: the host slot, pin A).
-    Intx {
-        gsi: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        guest: Option<GuestIntx>,
-    },
-    Msix {
-        entry: u16,
-        table_base: u64,
-    },
-}
+/// What a device model asks the broker to bind: its INTx line or one MSI-X entry.
+pub type BindKind = xen::IrqSource;
 
 /// A broker request (in-process API; the unix-socket protocol carries the same fields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -98,15 +84,9 @@ impl BindRequest {
         }
     }
 
-    /// `PHYSDEVOP_map_pirq`'s argument: INTx with pirq == GSI as libxc does, MSI-X with the
-    /// pirq left to Xen.
+    /// `PHYSDEVOP_map_pirq`'s argument.
     pub(crate) fn map_request(&self) -> MapPirq {
-        match self.kind {
-            BindKind::Intx { gsi, .. } => MapPirq::gsi(self.domid, gsi),
-            BindKind::Msix { entry, table_base } => {
-                MapPirq::msix(self.domid, self.sbdf, entry, table_base)
-            }
-        }
+        self.kind.map_request(self.domid, self.sbdf)
     }
 }
 

@@ -200,20 +200,17 @@ pub struct Binding {
 impl Binding {
     /// The `bind_pt_irq`/`unbind_pt_irq` argument.
     pub fn pt_irq(&self, pirq: Pirq, sbdf: Sbdf) -> PtIrq {
-        match self.key {
-            BindingKey::Intx => {
-                // Records from before the guest's slot was kept: the host slot, pin A.
-                self.guest_intx
-                    .unwrap_or(GuestIntx::at_host_slot(sbdf))
-                    .pt_irq(pirq)
-            }
-            BindingKey::Msix(_) => PtIrq::Msi {
-                pirq,
-                gvec: self.gvec,
-                gflags: self.gflags,
-                gtable: self.gtable,
+        let source = match self.key {
+            BindingKey::Intx => xen::IrqSource::Intx {
+                gsi: self.gsi,
+                guest: self.guest_intx,
             },
-        }
+            BindingKey::Msix(entry) => xen::IrqSource::Msix {
+                entry,
+                table_base: 0,
+            },
+        };
+        source.pt_irq(sbdf, pirq, self.gvec, self.gflags, self.gtable)
     }
 
     pub fn encode(&self) -> String {

@@ -3,9 +3,9 @@
 
 use std::cell::RefCell;
 
-use engine::{BindKind, BindRequest, Engine, EngineError, Platform};
+use engine::{BindRequest, Engine, EngineError, Platform};
 use pci::{PciHost, Sbdf};
-use sim::dm::{VectorBroker, VectorKind, VectorRequest};
+use sim::dm::{VectorBroker, VectorRequest};
 use sim::SimHost;
 use xen::{DomId, Hypervisor, Pirq};
 use xenstore::XsClient;
@@ -124,10 +124,8 @@ pub fn bind_request(req: &VectorRequest, epoch: u64) -> BindRequest {
         domid: req.domid,
         sbdf: req.sbdf,
         epoch,
-        kind: match req.kind {
-            VectorKind::Intx { gsi, guest } => BindKind::Intx { gsi, guest },
-            VectorKind::Msix { entry, table_base } => BindKind::Msix { entry, table_base },
-        },
+        // The same vocabulary (xen::IrqSource) on both sides.
+        kind: req.kind,
         gvec: req.gvec,
         gflags: req.gflags,
         gtable: req.gtable,

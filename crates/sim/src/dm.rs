@@ -46,20 +46,9 @@ impl DmBehaviour {
     }
 }
 
-/// What a device model asks to be bound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum VectorKind {
-    /// The device's INTx, by host GSI, bound at the guest's virtual slot and pin (qemu
-    /// realize: `xc_physdev_map_pirq` + `xc_domain_bind_pt_pci_irq`).
-    Intx {
-        gsi: u32,
-        #[serde(default)]
-        guest: Option<GuestIntx>,
-    },
-    /// One MSI-X entry.
-    Msix { entry: u16, table_base: u64 },
-}
+/// What a device model asks to be bound: its INTx line (qemu realize:
+/// `xc_physdev_map_pirq` + `xc_domain_bind_pt_pci_irq`) or one MSI-X entry.
+pub type VectorKind = xen::IrqSource;
 
 /// A bind or unbind request from a device model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,26 +64,12 @@ pub struct VectorRequest {
 impl VectorRequest {
     /// The `bind_pt_irq` argument for `pirq`.
     pub fn pt_irq(&self, pirq: Pirq) -> PtIrq {
-        match self.kind {
-            VectorKind::Intx { guest, .. } => guest
-                .unwrap_or(GuestIntx::at_host_slot(self.sbdf))
-                .pt_irq(pirq),
-            VectorKind::Msix { .. } => PtIrq::Msi {
-                pirq,
-                gvec: self.gvec,
-                gflags: self.gflags,
-                gtable: self.gtable,
-            },
-        }
+        self.kind
+            .pt_irq(self.sbdf, pirq, self.gvec, self.gflags, self.gtable)
     }
     /// The `map_pirq` argument (`pirq` chosen by Xen; INTx uses pirq == GSI as libxc does).
     pub fn map_request(&self) -> MapPirq {
-        match self.kind {
-            VectorKind::Intx { gsi, .. } => MapPirq::gsi(self.domid, gsi),
-            VectorKind::Msix { entry, table_base } => {
-                MapPirq::msix(self.domid, self.sbdf, entry, table_base)
-            }
-        }
+        self.kind.map_request(self.domid, self.sbdf)
     }
 }
 

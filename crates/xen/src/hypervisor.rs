@@ -273,6 +273,50 @@ impl fmt::Display for XenVersion {
     }
 }
 
+/// An interrupt of a passed-through device that a device model maps and binds: its INTx
+/// line (by host GSI, bound where the guest sees it) or one MSI-X entry. The broker
+/// protocol's `kind`; the engine's and the simulated device models' one vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum IrqSource {
+    /// The device's INTx line (`gsi`, the host's), bound at `guest` (the guest's virtual
+    /// slot and pin; absent from older clients: the host slot, pin A).
+    Intx {
+        gsi: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guest: Option<GuestIntx>,
+    },
+    /// One MSI-X entry of the table in the BAR at host address `table_base`.
+    Msix { entry: u16, table_base: u64 },
+}
+
+impl IrqSource {
+    /// `PHYSDEVOP_map_pirq`'s argument: INTx with pirq == GSI as libxc does, MSI-X with the
+    /// pirq left to Xen (qemu's `XEN_PT_AUTO_ASSIGN`).
+    pub fn map_request(self, domid: DomId, sbdf: Sbdf) -> MapPirq {
+        match self {
+            IrqSource::Intx { gsi, .. } => MapPirq::gsi(domid, gsi),
+            IrqSource::Msix { entry, table_base } => MapPirq::msix(domid, sbdf, entry, table_base),
+        }
+    }
+
+    /// `XEN_DOMCTL_bind_pt_irq`'s argument for `pirq`: INTx at the guest's slot and pin
+    /// (the host slot, pin A when unknown), MSI-X with the guest's vector, flags and table.
+    pub fn pt_irq(self, sbdf: Sbdf, pirq: Pirq, gvec: u8, gflags: u32, gtable: u64) -> PtIrq {
+        match self {
+            IrqSource::Intx { guest, .. } => {
+                guest.unwrap_or(GuestIntx::at_host_slot(sbdf)).pt_irq(pirq)
+            }
+            IrqSource::Msix { .. } => PtIrq::Msi {
+                pirq,
+                gvec,
+                gflags,
+                gtable,
+            },
+        }
+    }
+}
+
 /// What a hypercall acts on, in the one textual form traces, errors and the simulator's
 /// journal all use (`d1 pirq 79`, `d1 0000:03:00.0 entry 0`, `d1 mfn 0xfeb80+32`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

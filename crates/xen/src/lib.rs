@@ -18,8 +18,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use hypervisor::{
-    CallTarget, DomId, DomainHandle, DomainInfo, GuestIntx, HypercallOp, Hypervisor, MapPirq,
-    MapSource, Pirq, PtIrq, XenVersion,
+    CallTarget, DomId, DomainHandle, DomainInfo, GuestIntx, HypercallOp, Hypervisor, IrqSource,
+    MapPirq, MapSource, Pirq, PtIrq, XenVersion,
 };
 
 /// A positive errno value, named as Linux and Xen name it.
