@@ -30,14 +30,17 @@ pub struct Orphaned {
 }
 
 impl Engine<'_> {
-    /// Unbinds and unmaps the MSI-X bindings the ledger holds for devices attached to
-    /// `domid`, whose device model is gone. Refused for a protected domain; does nothing
-    /// for a domain Xen no longer knows or that is dying (its teardown covers it).
+    /// Unbinds and unmaps the MSI-X bindings the ledger holds for devices attached to the
+    /// HVM guest `domid`, whose device model is gone. Refused for a protected domain; does
+    /// nothing for a PV guest, or a domain Xen no longer knows or that is finished (its
+    /// teardown covers it).
     pub fn release_orphaned_bindings(&mut self, domid: DomId) -> Result<Vec<Orphaned>> {
         self.refuse_protected(domid, "unbind the interrupts of")?;
-        // A finished domain's devices get their whole teardown on @releaseDomain.
+        // A finished domain's devices get their whole teardown on @releaseDomain. A PV
+        // guest's vectors are not its device model's (pciback maps them, the guest binds
+        // them to event channels; a PV domain's qemu serves only disks): never touched.
         let info = match self.platform.hypervisor().domain_info(domid)? {
-            Some(i) if !i.finished() => i,
+            Some(i) if !i.finished() && i.hvm => i,
             _ => return Ok(Vec::new()),
         };
         let names = match self.xs.directory(TxId::NONE, DEVICES) {

@@ -1431,3 +1431,57 @@ fn the_teardown_waits_for_pciback_to_give_the_device_back() {
         });
     }
 }
+
+/// Issue 15: what a dead device model left is released only for an HVM guest, whose
+/// MSI-X bindings are its device model's; a PV guest's vectors belong to pciback and the
+/// guest's event channels (a PV domain's qemu serves only disks), so they are never
+/// touched. Protected domains are refused.
+#[test]
+fn orphaned_bindings_are_released_for_hvm_guests_only() {
+    let mut f = fixture();
+    let other: Sbdf = "0000:04:00.0".parse().unwrap();
+    let hvm = f.host.create_domain("hvm", true);
+    let pv = f.host.create_domain("pv", false);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    for (s, d) in [(dev(), hvm), (other, pv)] {
+        e.assignable_add(s).unwrap();
+        let epoch = e.attach(s, d).unwrap();
+        for n in 0..2 {
+            e.bind(&BindRequest {
+                sbdf: s,
+                kind: BindKind::Msix {
+                    entry: n,
+                    table_base: 0x40_0000_0000 + u64::from(s.machine_sbdf()) * 0x10_0000,
+                },
+                ..req(d, epoch, n)
+            })
+            .unwrap();
+        }
+    }
+    let msix = |e: &mut Engine, s: Sbdf| {
+        e.record(s)
+            .unwrap()
+            .unwrap()
+            .bindings
+            .iter()
+            .filter(|b| matches!(b.key, BindingKey::Msix(_)))
+            .count()
+    };
+    assert!(e.release_orphaned_bindings(pv).unwrap().is_empty());
+    assert_eq!(msix(&mut e, other), 2, "the PV guest's vectors stay");
+    let released = e.release_orphaned_bindings(hvm).unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].sbdf, dev());
+    assert_eq!(released[0].pirqs.len(), 2);
+    assert_eq!(msix(&mut e, dev()), 0);
+    f.host.with_world(|w| {
+        // MSI pirqs sit above the 48 GSIs of the simulated IO-APIC.
+        let msi = |d: DomId| w.domains[&d].pirqs.keys().filter(|p| **p >= 48).count();
+        assert_eq!(msi(hvm), 0, "nothing left mapped to the HVM guest");
+        assert_eq!(msi(pv), 2, "the PV guest's two vectors still mapped");
+    });
+    assert!(matches!(
+        e.release_orphaned_bindings(DomId(0)),
+        Err(EngineError::ProtectedDomain { .. })
+    ));
+}
