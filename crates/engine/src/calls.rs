@@ -3,8 +3,9 @@
 //! domain's PCI backend lives.
 
 use pci::{ConfigSpace, Sbdf};
-use xen::{DomId, Errno, Hypervisor, PtIrq, XenError};
+use xen::{DomId, Errno, Hypervisor, Pirq, PtIrq, XenError};
 
+use crate::ledger::{Binding, BindingState};
 use crate::EngineError;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -29,6 +30,24 @@ pub(crate) fn unless_gone(r: std::result::Result<(), XenError>) -> Result<()> {
 pub(crate) fn unbind_and_unmap(hv: &dyn Hypervisor, domid: DomId, bind: &PtIrq) -> Result<()> {
     unless_gone(hv.unbind_pt_irq(domid, bind))?;
     unless_gone(hv.unmap_pirq(domid, bind.pirq()))
+}
+
+/// Releases the pirq of one MSI-X binding: a pirq mapped but never bound (a device model's
+/// separate map, or a bind a crash cut short) is only unmapped — Xen answers an unbind of
+/// it with `-EINVAL` and logs `pt_irq_destroy_bind failed` — any other is unbound then
+/// unmapped. "Already gone" is success.
+pub(crate) fn release_msix_pirq(
+    hv: &dyn Hypervisor,
+    domid: DomId,
+    sbdf: Sbdf,
+    b: &Binding,
+    pirq: Pirq,
+) -> Result<()> {
+    if b.state == BindingState::Mapped {
+        unless_gone(hv.unmap_pirq(domid, pirq))
+    } else {
+        unbind_and_unmap(hv, domid, &b.pt_irq(pirq, sbdf))
+    }
 }
 
 /// Grants or revokes `domid`'s access to every implemented BAR of the device (I/O ports or

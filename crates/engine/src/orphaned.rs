@@ -16,7 +16,7 @@ use serde::Serialize;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
 
-use crate::engine::{read_binding, read_head, rm, unbind_and_unmap, unless_gone, write, Engine};
+use crate::engine::{read_binding, read_head, release_msix_pirq, rm, write, Engine};
 use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
 use crate::EngineError;
 
@@ -100,12 +100,7 @@ impl Engine<'_> {
         };
         write(self.xs, TxId::NONE, &path, &unbinding.encode())?;
         self.checkpoint(|| format!("{sbdf} orphaned {}: unbind and unmap", b.key))?;
-        let hv = self.platform.hypervisor();
-        if b.state == BindingState::Mapped {
-            unless_gone(hv.unmap_pirq(domid, pirq))?;
-        } else {
-            unbind_and_unmap(hv, domid, &b.pt_irq(pirq, sbdf))?;
-        }
+        release_msix_pirq(self.platform.hypervisor(), domid, sbdf, &b, pirq)?;
         self.checkpoint(|| format!("{sbdf} orphaned {}: forget", b.key))?;
         rm(self.xs, TxId::NONE, &path)
     }

@@ -15,7 +15,7 @@ use xen::{DomId, Pirq};
 use xenstore::TxId;
 
 use crate::engine::{
-    read_binding, read_head, rm, unbind_and_unmap, unless_gone, write, BindKind, BindRequest,
+    read_binding, read_head, release_msix_pirq, rm, unless_gone, write, BindKind, BindRequest,
 };
 use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
 use crate::{Engine, EngineError, Refusal};
@@ -128,14 +128,9 @@ impl Engine<'_> {
                 let path = binding_path(req.sbdf, &req.key());
                 self.held_binding(&req, pirq, |_| true, true)?;
                 self.checkpoint(|| format!("{} unmap_pirq pirq {}", req.sbdf, pirq.0))?;
-                let hv = self.platform.hypervisor();
-                if b.state == BindingState::Mapped {
-                    unless_gone(hv.unmap_pirq(domid, pirq))?;
-                } else {
-                    // Xen's unmap force-unbinds too; unbinding first keeps the order qemu's
-                    // own disable path has.
-                    unbind_and_unmap(hv, domid, &b.pt_irq(pirq, req.sbdf))?;
-                }
+                // Xen's unmap force-unbinds too; unbinding a bound pirq first keeps the order
+                // qemu's own disable path has.
+                release_msix_pirq(self.platform.hypervisor(), domid, req.sbdf, &b, pirq)?;
                 self.checkpoint(|| format!("{} unmap_pirq pirq {}: forget", req.sbdf, pirq.0))?;
                 rm(self.xs, TxId::NONE, &path)?;
                 Ok(None)

@@ -204,13 +204,8 @@ impl Engine<'_> {
                         self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
                         if b.key == BindingKey::Intx {
                             self.release_intx_line(sbdf, owner, b, pirq)?;
-                        } else if b.state == BindingState::Mapped {
-                            // Mapped (attach's INTx) but never bound by a device model:
-                            // Xen 4.17.5 answers an unbind with -EINVAL and logs
-                            // `pt_irq_destroy_bind failed`; the unmap alone is the cleanup.
-                            unless_gone(hv.unmap_pirq(owner, pirq))?;
                         } else {
-                            unbind_and_unmap(hv, owner, &b.pt_irq(pirq, sbdf))?;
+                            release_msix_pirq(hv, owner, sbdf, b, pirq)?;
                         }
                     }
                     self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
