@@ -191,13 +191,8 @@ impl<'a> Engine<'a> {
 
     /// Every managed device (entries that fail to parse are returned as errors in place).
     pub fn list(&mut self) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
-        let names = match self.xs.directory(TxId::NONE, DEVICES) {
-            Ok(n) => n,
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
         let mut out = Vec::new();
-        for n in names {
+        for n in device_names(self.xs)? {
             match Sbdf::from_xs_key(&n) {
                 Ok(sbdf) => match read_record(self.xs, TxId::NONE, sbdf) {
                     Ok(Some(r)) => out.push(Ok(r)),

@@ -16,8 +16,8 @@ use serde::Serialize;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
 
-use crate::engine::{read_binding, read_head, release_msix_pirq, rm, write, Engine};
-use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
+use crate::engine::{attached_msix_bindings, release_msix_pirq, rm, write, Engine};
+use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord};
 use crate::EngineError;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -43,51 +43,41 @@ impl Engine<'_> {
             Some(i) if !i.finished() && i.hvm => i,
             _ => return Ok(Vec::new()),
         };
-        let names = match self.xs.directory(TxId::NONE, DEVICES) {
-            Ok(n) => n,
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for sbdf in names.iter().filter_map(|n| Sbdf::from_xs_key(n).ok()) {
-            let Some(rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
-                continue;
-            };
-            // Only this incarnation's devices (a reused domid is another domain).
-            let ours = rec.owner == Some(domid)
-                && rec.owner_handle.is_none_or(|h| h == info.handle)
-                && rec.state == DeviceState::Attached
-                && rec.step.is_none();
-            if !ours {
-                continue;
+        // Only this incarnation's devices (a reused domid is another domain), attach done.
+        let bindings: Vec<(DeviceRecord, Binding)> = attached_msix_bindings(self.xs, domid)?
+            .into_iter()
+            .filter(|(rec, _)| {
+                rec.owner_handle.is_none_or(|h| h == info.handle) && rec.step.is_none()
+            })
+            .collect();
+        let mut out: Vec<Orphaned> = Vec::new();
+        for (rec, b) in bindings {
+            let Some(pirq) = b.pirq else { continue };
+            if out.last().is_none_or(|o| o.sbdf != rec.sbdf) {
+                // Xen masks in the table only while the device decodes memory; without it
+                // the unmap forces the Function Mask (docs/xen-semantics.md).
+                self.ensure_memory_decoding(rec.sbdf)?;
+                out.push(Orphaned {
+                    sbdf: rec.sbdf,
+                    pirqs: Vec::new(),
+                });
             }
-            let mut pirqs = Vec::new();
-            for entry in 0..rec.msix_size {
-                let key = BindingKey::Msix(entry);
-                let Some(b) = read_binding(self.xs, TxId::NONE, sbdf, key)? else {
-                    continue;
-                };
-                let Some(pirq) = b.pirq else { continue };
-                if pirqs.is_empty() {
-                    // Xen masks in the table only while the device decodes memory; without
-                    // it the unmap forces the Function Mask (docs/xen-semantics.md).
-                    self.ensure_memory_decoding(sbdf)?;
-                }
-                self.release_one(sbdf, domid, b, pirq)?;
-                pirqs.push(pirq);
+            self.release_one(rec.sbdf, domid, b, pirq)?;
+            if let Some(o) = out.last_mut() {
+                o.pirqs.push(pirq);
             }
-            if !pirqs.is_empty() {
-                self.notice(format!(
-                    "{sbdf}: the device model of {domid} is gone; unbound and unmapped its {} vector(s) (pirqs {}) so that the domain's end finds nothing mapped",
-                    pirqs.len(),
-                    pirqs
-                        .iter()
-                        .map(|p| p.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-                out.push(Orphaned { sbdf, pirqs });
-            }
+        }
+        for o in &out {
+            self.notice(format!(
+                "{}: the device model of {domid} is gone; unbound and unmapped its {} vector(s) (pirqs {}) so that the domain's end finds nothing mapped",
+                o.sbdf,
+                o.pirqs.len(),
+                o.pirqs
+                    .iter()
+                    .map(|p| p.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
         }
         Ok(out)
     }

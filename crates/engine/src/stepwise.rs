@@ -15,9 +15,10 @@ use xen::{DomId, Pirq};
 use xenstore::TxId;
 
 use crate::engine::{
-    read_binding, read_head, release_msix_pirq, rm, unless_gone, write, BindKind, BindRequest,
+    attached_msix_bindings, read_head, release_msix_pirq, rm, unless_gone, write, BindKind,
+    BindRequest,
 };
-use crate::ledger::{binding_path, Binding, BindingKey, BindingState, DeviceState, DEVICES};
+use crate::ledger::{binding_path, Binding, BindingKey, BindingState};
 use crate::{Engine, EngineError, Refusal};
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -30,6 +31,17 @@ pub enum Credential {
     /// The broker saw that the connecting process is the pid libxl recorded as the domain's
     /// device model: it speaks for the current assignment, whatever the epoch.
     VerifiedDeviceModel,
+}
+
+impl Credential {
+    /// The epoch the request presents: its own, or for a verified device model the
+    /// device's `current` one.
+    fn epoch(self, current: u64) -> u64 {
+        match self {
+            Credential::Epoch(e) => e,
+            Credential::VerifiedDeviceModel => current,
+        }
+    }
 }
 
 /// One libxenctrl call of a device model.
@@ -138,16 +150,17 @@ impl Engine<'_> {
         }
     }
 
-    /// The epoch a request for `sbdf` is checked against.
+    /// The epoch a request for `sbdf` is checked against. The current one for a verified
+    /// device model: the transaction that follows checks it again, so a teardown that
+    /// starts in between still refuses the request.
     fn epoch_for(&mut self, sbdf: Sbdf, credential: Credential) -> Result<u64> {
-        match credential {
-            Credential::Epoch(e) => Ok(e),
-            // The current one: the transaction that follows checks it again, so a teardown
-            // that starts in between still refuses the request.
-            Credential::VerifiedDeviceModel => Ok(read_head(self.xs, TxId::NONE, sbdf)?
+        let current = match credential {
+            Credential::Epoch(_) => 0,
+            Credential::VerifiedDeviceModel => read_head(self.xs, TxId::NONE, sbdf)?
                 .map(|r| r.epoch)
-                .unwrap_or_default()),
-        }
+                .unwrap_or_default(),
+        };
+        Ok(credential.epoch(current))
     }
 
     /// The MSI-X binding of a device attached to `domid` that holds `pirq`, as the request
@@ -166,46 +179,28 @@ impl Engine<'_> {
                 pirq: pirq.0,
             },
         };
-        let names = match self.xs.directory(TxId::NONE, DEVICES) {
-            Ok(n) => n,
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
-            Err(e) => return Err(e.into()),
+        let found = attached_msix_bindings(self.xs, domid)?
+            .into_iter()
+            .find(|(_, b)| b.pirq == Some(pirq) && b.state != BindingState::Intent);
+        let Some((rec, b)) = found else {
+            return Err(not_found());
         };
-        for sbdf in names.iter().filter_map(|n| Sbdf::from_xs_key(n).ok()) {
-            let Some(rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
-                continue;
-            };
-            if rec.owner != Some(domid) || rec.state != DeviceState::Attached {
-                continue;
-            }
-            for entry in 0..rec.msix_size {
-                let key = BindingKey::Msix(entry);
-                let Some(b) = read_binding(self.xs, TxId::NONE, sbdf, key)? else {
-                    continue;
-                };
-                if b.pirq != Some(pirq) || b.state == BindingState::Intent {
-                    continue;
-                }
-                let epoch = match credential {
-                    Credential::Epoch(e) => e,
-                    Credential::VerifiedDeviceModel => rec.epoch,
-                };
-                let req = BindRequest {
-                    domid,
-                    sbdf,
-                    epoch,
-                    kind: BindKind::Msix {
-                        entry,
-                        table_base: rec.table_base.unwrap_or_default(),
-                    },
-                    gvec: b.gvec,
-                    gflags: b.gflags,
-                    gtable: b.gtable,
-                };
-                return Ok((req, b));
-            }
-        }
-        Err(not_found())
+        let BindingKey::Msix(entry) = b.key else {
+            return Err(not_found());
+        };
+        let req = BindRequest {
+            domid,
+            sbdf: rec.sbdf,
+            epoch: credential.epoch(rec.epoch),
+            kind: BindKind::Msix {
+                entry,
+                table_base: rec.table_base.unwrap_or_default(),
+            },
+            gvec: b.gvec,
+            gflags: b.gflags,
+            gtable: b.gtable,
+        };
+        Ok((req, b))
     }
 
     /// `xc_domain_update_msi_irq` on a bound pirq: Xen takes the guest's new vector and

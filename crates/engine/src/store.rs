@@ -26,6 +26,43 @@ pub(crate) fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option
     }
 }
 
+/// The entries under `/ptguard/device`, as named there (none before the first device).
+pub(crate) fn device_names(xs: &mut XsClient) -> Result<Vec<String>> {
+    match xs.directory(TxId::NONE, DEVICES) {
+        Ok(n) => Ok(n),
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every MSI-X binding holding a pirq of the devices the ledger has attached to `domid`
+/// (attach finished or not, any incarnation), each with its device's record head.
+pub(crate) fn attached_msix_bindings(
+    xs: &mut XsClient,
+    domid: DomId,
+) -> Result<Vec<(DeviceRecord, Binding)>> {
+    let mut out = Vec::new();
+    for sbdf in device_names(xs)?
+        .iter()
+        .filter_map(|n| Sbdf::from_xs_key(n).ok())
+    {
+        let Some(rec) = read_head(xs, TxId::NONE, sbdf)? else {
+            continue;
+        };
+        if rec.owner != Some(domid) || rec.state != DeviceState::Attached {
+            continue;
+        }
+        for entry in 0..rec.msix_size {
+            if let Some(b) = read_binding(xs, TxId::NONE, sbdf, BindingKey::Msix(entry))? {
+                if b.pirq.is_some() {
+                    out.push((rec.clone(), b));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads a device's record without its bindings (a constant number of requests).
 pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
     let Some(state_text) = read_opt(xs, tx, &field_path(sbdf, "state"))? else {
