@@ -229,7 +229,7 @@ impl Engine<'_> {
     pub fn unbind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
         let key = req.key();
         let path = binding_path(req.sbdf, &key);
-        let b = self.held_binding(req, pirq, |s| s != BindingState::Intent, true)?;
+        let (_, b) = self.held_binding(req, pirq, |s| s != BindingState::Intent, true)?;
         let hv = self.platform.hypervisor();
         self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
         if key == BindingKey::Intx {
@@ -250,39 +250,43 @@ impl Engine<'_> {
     /// One transaction: the broker's checks of the requester, then the binding of `req`'s
     /// interrupt holding `pirq` in a state `accept` allows (else `no-such-binding`); with
     /// `unbinding`, marked `Unbinding` so that a crash from here on leaves the teardown a
-    /// binding to unbind and unmap. Returns the binding as it was.
+    /// binding to unbind and unmap. Returns the requester as Xen knows it and the binding
+    /// as it was.
     pub(crate) fn held_binding(
         &mut self,
         req: &BindRequest,
         pirq: Pirq,
         accept: impl Fn(BindingState) -> bool,
         unbinding: bool,
-    ) -> Result<Binding> {
+    ) -> Result<(Option<DomainInfo>, Binding)> {
         self.refuse_protected_requester(req)?;
         let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let key = req.key();
-        self.xs.transaction(|xs, tx| -> Result<Binding> {
-            let rec = read_head(xs, tx, req.sbdf)?;
-            check_requester(rec, req, requester.map(|i| i.handle)).map_err(|r| refused(req, r))?;
-            let b = read_binding(xs, tx, req.sbdf, key)?
-                .filter(|b| b.pirq == Some(pirq) && accept(b.state))
-                .ok_or_else(|| {
-                    refused(
-                        req,
-                        Refusal::NoSuchBinding {
-                            key: key.to_string(),
-                            pirq: pirq.0,
-                        },
-                    )
-                })?;
-            if unbinding {
-                let u = Binding {
-                    state: BindingState::Unbinding,
-                    ..b
-                };
-                write(xs, tx, &binding_path(req.sbdf, &key), &u.encode())?;
-            }
-            Ok(b)
-        })
+        self.xs
+            .transaction(|xs, tx| -> Result<Binding> {
+                let rec = read_head(xs, tx, req.sbdf)?;
+                check_requester(rec, req, requester.map(|i| i.handle))
+                    .map_err(|r| refused(req, r))?;
+                let b = read_binding(xs, tx, req.sbdf, key)?
+                    .filter(|b| b.pirq == Some(pirq) && accept(b.state))
+                    .ok_or_else(|| {
+                        refused(
+                            req,
+                            Refusal::NoSuchBinding {
+                                key: key.to_string(),
+                                pirq: pirq.0,
+                            },
+                        )
+                    })?;
+                if unbinding {
+                    let u = Binding {
+                        state: BindingState::Unbinding,
+                        ..b
+                    };
+                    write(xs, tx, &binding_path(req.sbdf, &key), &u.encode())?;
+                }
+                Ok(b)
+            })
+            .map(|b| (requester, b))
     }
 }

@@ -206,19 +206,9 @@ impl Engine<'_> {
     /// `xc_domain_update_msi_irq` on a bound pirq: Xen takes the guest's new vector and
     /// flags (`pt_irq_create_bind` on a bound MSI pirq updates them); the ledger follows.
     fn rebind(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
-        self.held_binding(req, pirq, |s| s == BindingState::Bound, false)?;
-        let requester = self.platform.hypervisor().domain_info(req.domid)?;
+        let (requester, _) = self.held_binding(req, pirq, |s| s == BindingState::Bound, false)?;
         let key = req.key();
-        let record = Binding {
-            key,
-            state: BindingState::Bound,
-            pirq: Some(pirq),
-            gsi: 0,
-            gvec: req.gvec,
-            gflags: req.gflags,
-            gtable: req.gtable,
-            guest_intx: None,
-        };
+        let record = req.binding(BindingState::Bound, Some(pirq));
         self.checkpoint(|| format!("{} rebind {key}: bind_pt_irq", req.sbdf))?;
         let hv = self.platform.hypervisor();
         if requester.is_none_or(|i| i.hvm) {
