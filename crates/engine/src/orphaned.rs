@@ -11,13 +11,17 @@
 //! Nothing else of the guest is touched: not its INTx (a machine line may be shared),
 //! not pirqs the ledger does not know (no sweep of a live domain), not the assignment.
 
+use std::collections::BTreeSet;
+
 use pci::Sbdf;
 use serde::Serialize;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
 
-use crate::engine::{attached_msix_bindings, release_msix_pirq, rm, write, Engine};
-use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord};
+use crate::engine::{
+    attached_msix_bindings, device_names, read_head, release_msix_pirq, rm, write, Engine,
+};
+use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord, DeviceState};
 use crate::EngineError;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -80,6 +84,23 @@ impl Engine<'_> {
             ));
         }
         Ok(out)
+    }
+
+    /// The domains the ledger has devices attached to (record heads only: the daemon asks
+    /// this every second, so it reads no bindings).
+    pub fn attached_owners(&mut self) -> Result<BTreeSet<DomId>> {
+        let mut owners = BTreeSet::new();
+        for sbdf in device_names(self.xs)?
+            .iter()
+            .filter_map(|n| Sbdf::from_xs_key(n).ok())
+        {
+            if let Some(rec) = read_head(self.xs, TxId::NONE, sbdf)? {
+                if rec.state == DeviceState::Attached {
+                    owners.extend(rec.owner);
+                }
+            }
+        }
+        Ok(owners)
     }
 
     fn release_one(&mut self, sbdf: Sbdf, domid: DomId, b: Binding, pirq: Pirq) -> Result<()> {

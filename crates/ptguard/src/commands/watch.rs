@@ -2,6 +2,7 @@
 //! quarantines whose owner is gone, and serves the broker protocol (docs/broker.md) on a
 //! unix socket ([`crate::broker`]).
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,8 +57,8 @@ fn recover_pending(ctx: &mut HostCtx, adopt: bool, recover: bool) -> anyhow::Res
     Ok((done, notices))
 }
 
-/// How often the daemon checks that the device models of guests with MSI-X bindings in the
-/// ledger are still alive.
+/// How often the daemon checks that the device models of guests the ledger has devices
+/// attached to are still alive.
 const DEVICE_MODEL_CHECK: Duration = Duration::from_secs(1);
 
 /// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
@@ -74,38 +75,40 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// Guests holding MSI-X bindings in the ledger whose device model (libxl's
+/// A guest and the pid of its device model, as libxl recorded it.
+type DeviceModelOf = (xen::DomId, i32);
+
+/// Guests the ledger has devices attached to whose device model (libxl's
 /// `device-model-pid`) is no longer alive.
-fn orphaned_domains(ctx: &mut HostCtx) -> Vec<xen::DomId> {
-    let Ok(records) = ctx.engine().list() else {
+fn dead_device_models(ctx: &mut HostCtx) -> Vec<DeviceModelOf> {
+    let Ok(owners) = ctx.engine().attached_owners() else {
         return Vec::new();
     };
-    let owners: std::collections::BTreeSet<xen::DomId> = records
-        .into_iter()
-        .flatten()
-        .filter(|r| r.state == engine::DeviceState::Attached)
-        .filter(|r| {
-            r.bindings
-                .iter()
-                .any(|b| matches!(b.key, engine::BindingKey::Msix(_)) && b.pirq.is_some())
-        })
-        .filter_map(|r| r.owner)
-        .collect();
     owners
         .into_iter()
-        .filter(|d| crate::broker::device_model_pid(ctx, *d).is_some_and(|p| !process_alive(p)))
+        .filter_map(|d| crate::broker::device_model_pid(ctx, d).map(|p| (d, p)))
+        .filter(|(_, p)| !process_alive(*p))
         .collect()
 }
 
-/// Unbinds what dead device models of running guests left bound (engine `orphaned`).
-fn release_orphans(ctx: &mut HostCtx) -> Vec<String> {
+/// Unbinds what dead device models of running guests left bound (engine `orphaned`), once
+/// per dead model: `released` remembers them (and forgets guests the ledger no longer has).
+fn release_orphans(ctx: &mut HostCtx, released: &mut BTreeSet<DeviceModelOf>) -> Vec<String> {
+    let dead = dead_device_models(ctx);
+    released.retain(|d| dead.contains(d));
     let mut said = Vec::new();
-    for domid in orphaned_domains(ctx) {
+    for (domid, pid) in dead {
+        if released.contains(&(domid, pid)) {
+            continue;
+        }
         let mut e = ctx.engine();
-        if let Err(err) = e.release_orphaned_bindings(domid) {
-            said.push(format!(
+        match e.release_orphaned_bindings(domid) {
+            Ok(_) => {
+                released.insert((domid, pid));
+            }
+            Err(err) => said.push(format!(
                 "{domid}: its device model is gone, but unbinding what it left failed: {err}"
-            ));
+            )),
         }
         said.append(&mut e.notices);
     }
@@ -123,10 +126,11 @@ pub fn watch_loop(
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> anyhow::Result<()> {
     let mut last_dm_check = std::time::Instant::now();
+    let mut released = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         if last_dm_check.elapsed() >= DEVICE_MODEL_CHECK {
             last_dm_check = std::time::Instant::now();
-            for n in host.with(|c| Ok(release_orphans(c)))? {
+            for n in host.with(|c| Ok(release_orphans(c, &mut released)))? {
                 tracing::warn!("{n}");
             }
         }
