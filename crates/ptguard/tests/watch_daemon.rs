@@ -13,18 +13,7 @@ use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
 #[test]
 fn release_domain_event_triggers_the_teardown() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("host");
-    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    let (mut ctx, host, xs) = sim_open(
-        &dir,
-        XenProfile::Xen4_11_0,
-        PcibackProfile::BeforeCommandFix,
-        &[DeviceSpec::nic(dev, 4)],
-    )
-    .unwrap();
-    let a = host.create_domain("A", true);
-    host.unpause(a).unwrap();
+    let (_tmp, mut ctx, host, xs, dev, a) = running_guest(XenProfile::Xen4_11_0);
     attach_with_three_vectors(&mut ctx, &host, dev, a);
     let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
@@ -136,18 +125,7 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
 /// decoding off by then.
 #[test]
 fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("host");
-    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-    let (mut ctx, host, xs) = sim_open(
-        &dir,
-        XenProfile::Xen4_17_5,
-        PcibackProfile::BeforeCommandFix,
-        &[DeviceSpec::nic(dev, 4)],
-    )
-    .unwrap();
-    let a = host.create_domain("A", true);
-    host.unpause(a).unwrap();
+    let (_tmp, mut ctx, host, xs, dev, a) = running_guest(XenProfile::Xen4_17_5);
     // A device model that really ran and is gone: a child process that exited and was
     // reaped.
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -259,4 +237,31 @@ fn attach_with_three_vectors(
         })
         .unwrap();
     }
+}
+
+/// A simulated host of release `xen` (the old pciback) with one NIC, and a running HVM
+/// guest "A": the directory (kept alive by the caller), the host context, the host, its
+/// xenstored, the NIC and the guest.
+fn running_guest(
+    xen: XenProfile,
+) -> (
+    tempfile::TempDir,
+    ptguard::hostctx::HostCtx,
+    sim::SimHost,
+    xenstore::local::LocalXenstore,
+    pci::Sbdf,
+    xen::DomId,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+    let (ctx, host, xs) = sim_open(
+        &tmp.path().join("host"),
+        xen,
+        PcibackProfile::BeforeCommandFix,
+        &[DeviceSpec::nic(dev, 4)],
+    )
+    .unwrap();
+    let a = host.create_domain("A", true);
+    host.unpause(a).unwrap();
+    (tmp, ctx, host, xs, dev, a)
 }
