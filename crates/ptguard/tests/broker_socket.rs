@@ -103,3 +103,149 @@ fn bind_unbind_and_refusals_over_the_socket() {
     server.join();
     assert!(!sock.exists(), "the broker removes its own socket");
 }
+
+/// The four libxenctrl calls of a stock device model (the preload library's requests)
+/// from a hostile or confused process: every one is refused with its code, and the ledger
+/// and Xen keep only what the genuine device models mapped.
+#[test]
+fn hostile_device_model_calls_are_refused() {
+    use ptguard::broker::handle_line;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dev, b_dev): (pci::Sbdf, pci::Sbdf) = (
+        "0000:03:00.0".parse().unwrap(),
+        "0000:04:00.0".parse().unwrap(),
+    );
+    let (mut ctx, host, _) = sim_open(
+        &tmp.path().join("host"),
+        XenProfile::Xen4_17_5,
+        PcibackProfile::AfterCommandFix,
+        &[DeviceSpec::nic(a_dev, 4), DeviceSpec::nic(b_dev, 4)],
+    )
+    .unwrap();
+    let (a, b) = (host.create_domain("A", true), host.create_domain("B", true));
+    for (s, d, pid) in [(a_dev, a, "100"), (b_dev, b, "200")] {
+        let mut e = ctx.engine();
+        e.assignable_add(s).unwrap();
+        e.attach(s, d).unwrap();
+        drop(e);
+        let path = format!("/local/domain/{}/image/device-model-pid", d.0);
+        ctx.xs
+            .write(xenstore::TxId::NONE, &path, pid.as_bytes())
+            .unwrap();
+    }
+    let tb = |s: pci::Sbdf| host.with_world(|w| w.device(s).unwrap().hw.table_base());
+    let map = |domid: u16, s: pci::Sbdf, entry: u16, table_base: u64| {
+        format!(
+            r#"{{"op":"map-pirq-msi","domid":{domid},"sbdf":"{s}","entry":{entry},"table_base":{table_base}}}"#
+        )
+    };
+    let code = |r: BrokerReply| r.code.unwrap_or_else(|| format!("ok {:?}", r.pirq));
+
+    // The genuine device models map one vector each.
+    let ra = handle_line(&mut ctx, &map(a.0, a_dev, 0, tb(a_dev)), Some(100));
+    assert!(ra.ok, "{ra:?}");
+    let rb = handle_line(&mut ctx, &map(b.0, b_dev, 0, tb(b_dev)), Some(200));
+    assert!(rb.ok, "{rb:?}");
+    let (pa, pb) = (ra.pirq.unwrap(), rb.pirq.unwrap());
+
+    let hostile = [
+        // Another process, claiming A.
+        (map(a.0, a_dev, 1, tb(a_dev)), Some(300), "not-device-model"),
+        // A peer the socket could not name, without an epoch.
+        (map(a.0, a_dev, 1, tb(a_dev)), None, "epoch-required"),
+        // A's model speaking for B.
+        (map(b.0, b_dev, 1, tb(b_dev)), Some(100), "not-device-model"),
+        // A's model asking for B's device, for A.
+        (map(a.0, b_dev, 1, tb(b_dev)), Some(100), "wrong-domain"),
+        // An address of its choosing, an entry past the table.
+        (
+            map(a.0, a_dev, 1, 0xdead_0000),
+            Some(100),
+            "wrong-table-base",
+        ),
+        (
+            map(a.0, a_dev, 99, tb(a_dev)),
+            Some(100),
+            "entry-beyond-table",
+        ),
+        // The same entry again is the pirq already recorded, not a second mapping: below.
+        // An epoch of an earlier assignment, even from the genuine model.
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"epoch":999}}"#,
+                a.0,
+                tb(a_dev)
+            ),
+            Some(100),
+            "stale-epoch",
+        ),
+        // Pirqs that are not its own.
+        (
+            format!(
+                r#"{{"op":"update-msi-irq","domid":{},"pirq":12,"gvec":64,"gflags":0,"gtable":0}}"#,
+                a.0
+            ),
+            Some(100),
+            "no-such-binding",
+        ),
+        (
+            format!(r#"{{"op":"unmap-pirq","domid":{},"pirq":{pb}}}"#, b.0),
+            Some(100),
+            "not-device-model",
+        ),
+        (
+            format!(r#"{{"op":"unbind-msi-irq","domid":{},"pirq":7}}"#, a.0),
+            Some(100),
+            "no-such-binding",
+        ),
+        // Garbage.
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}"}}"#,
+                a.0
+            ),
+            Some(100),
+            "malformed",
+        ),
+        (
+            format!(r#"{{"op":"unmap-pirq","domid":{},"pirq":"all"}}"#, a.0),
+            Some(100),
+            "malformed",
+        ),
+        // dom0.
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":0,"sbdf":"{a_dev}","entry":0,"table_base":0,"epoch":1}}"#
+            ),
+            None,
+            "protected-domain",
+        ),
+    ];
+    for (line, peer, want) in hostile {
+        assert_eq!(code(handle_line(&mut ctx, &line, peer)), want, "{line}");
+    }
+    let again = handle_line(&mut ctx, &map(a.0, a_dev, 0, tb(a_dev)), Some(100));
+    assert_eq!(
+        again.pirq,
+        Some(pa),
+        "a repeated map finds the recorded pirq"
+    );
+
+    // Nothing the hostile requests asked for exists, in the ledger or in Xen.
+    let msix = |ctx: &mut ptguard::hostctx::HostCtx, s| {
+        ctx.engine()
+            .record(s)
+            .unwrap()
+            .unwrap()
+            .bindings
+            .into_iter()
+            .filter(|b| matches!(b.key, engine::BindingKey::Msix(_)))
+            .count()
+    };
+    assert_eq!(msix(&mut ctx, a_dev), 1);
+    assert_eq!(msix(&mut ctx, b_dev), 1);
+    host.with_world(|w| {
+        let msi = |d| w.domains[&d].pirqs.keys().filter(|p| **p >= 48).count();
+        assert_eq!((msi(a), msi(b)), (1, 1), "one MSI pirq each");
+    });
+}
