@@ -28,13 +28,13 @@ impl Platform for SimPlatform {
         let _ = match domid {
             Some(d) => self.host.pciback_export(sbdf, d),
             None => {
-                let owner = self
-                    .host
-                    .with_world(|w| w.device(sbdf).and_then(|d| d.linux.exported_to));
+                // Whether another device stays exported to the same domain.
                 let others = self.host.with_world(|w| {
-                    w.devices
-                        .iter()
-                        .any(|(s, d)| *s != sbdf && owner.is_some() && d.linux.exported_to == owner)
+                    let owner = w.device(sbdf).and_then(|d| d.linux.exported_to);
+                    owner.is_some()
+                        && w.devices
+                            .iter()
+                            .any(|(s, d)| *s != sbdf && d.linux.exported_to == owner)
                 });
                 if others {
                     // One of several devices leaves a live backend: given back at once here
