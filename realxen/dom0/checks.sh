@@ -22,7 +22,18 @@ want_groups=$(sed -n 's/.*ptguard\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
 group() { [ -z "$want_groups" ] || [ "$want_groups" = all ] || grep -q "+$1+" <<<"+$want_groups+"; }
 driver() { basename "$(readlink "/sys/bus/pci/devices/$SBDF/driver" 2>/dev/null)" 2>/dev/null; }
 msix() { lspci -vv -s "$BDF" 2>/dev/null | sed -n 's/.*MSI-X: \(.*\)/\1/p'; }
-ledger() { xenstore-read "/ptguard/device/$KEY/$1" 2>/dev/null; }
+# ledger FIELD: one field of the device's ledger head, one node of key=value words with the
+# free-text reason last (docs/ledger.md); `owner` as "DOMID [HANDLE]"; empty when absent.
+ledger() {
+    local head
+    head=$(xenstore-read "/ptguard/device/$KEY" 2>/dev/null) || return 0
+    case $1 in
+    reason) sed -n 's/.* reason=//p' <<<"$head" ;;
+    owner) echo "$(head_field owner "$head")$(head_field handle "$head" | sed 's/^./ &/')" ;;
+    *) head_field "$1" "$head" ;;
+    esac
+}
+head_field() { sed 's/ reason=.*//' <<<"$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 # Xen's 'Q' dump line for the device, e.g. "0000:00:05.0 - d3 - node -1  - MSIs < 25 26 >".
 xen_q() { xl debug-keys Q >/dev/null; sleep 1; xl dmesg | grep -a "$SBDF - " | tail -1; }
 domid_of() { xl domid "$1" 2>/dev/null; }
@@ -70,7 +81,8 @@ import os, runpy, subprocess, sys
 path, domid, epoch, entry = sys.argv[1:5]
 old = subprocess.run(["xenstore-read", path], capture_output=True, text=True).stdout.strip()
 subprocess.run(["xenstore-write", path, str(os.getpid())], check=False)
-tb = subprocess.run(["xenstore-read", "/ptguard/device/0000-00-05-0/table-base"], capture_output=True, text=True).stdout.strip()
+head = subprocess.run(["xenstore-read", "/ptguard/device/0000-00-05-0"], capture_output=True, text=True).stdout
+tb = next((w[len("table-base="):] for w in head.split(" reason=")[0].split() if w.startswith("table-base=")), "")
 sys.argv = ["broker_client.py", "/run/ptguard/broker.sock", domid, "0000:00:05.0", epoch, tb, "bind", entry]
 rc = 0
 try:

@@ -61,19 +61,25 @@ pub(crate) fn check_requester(
 }
 
 impl Engine<'_> {
-    /// Records, maps and binds one interrupt for a device model: one Xenstore transaction
-    /// (check + intent), then one write recording the pirq Xen chose and one confirming the
-    /// bind.
+    /// Records, maps and binds one interrupt for a device model. A new MSI-X vector costs
+    /// four Xenstore requests: the head and the binding read for the broker's checks, the
+    /// intent before `map_pirq`, the confirmation (with the pirq Xen chose) after
+    /// `bind_pt_irq`. No transaction: ptguard's processes take turns on the ledger (the
+    /// ledger lock on a dom0, the host directory's lock on a simulated host), so nothing
+    /// changes the record between the check and the intent, and each write is one node.
     pub fn bind(&mut self, req: &BindRequest) -> Result<Pirq> {
         let (requester, existing) = self.record_intent(req)?;
-        let pirq = self.map_recorded(req, existing, None)?;
+        let pirq = match existing.and_then(|b| b.pirq) {
+            Some(p) => p,
+            None => self.map_intent(req, None)?,
+        };
         self.bind_mapped(req, requester.as_ref(), pirq)?;
         Ok(pirq)
     }
 
-    /// The broker's checks and the binding's intent, in one transaction: the requester and
-    /// the binding the ledger already holds for the interrupt (`Mapped`: mapped before, by
-    /// attach for INTx or by a device model's separate map; the caller binds it).
+    /// The broker's checks and the binding's intent: the requester and the binding the
+    /// ledger already holds for the interrupt (`Mapped`: mapped before, by attach for INTx
+    /// or by a device model's separate map; the caller binds it).
     pub(crate) fn record_intent(
         &mut self,
         req: &BindRequest,
@@ -102,28 +108,53 @@ impl Engine<'_> {
         // Who the requester is now: its handle names the incarnation, and a PV guest gets
         // no XEN_DOMCTL_bind_pt_irq.
         let requester = self.platform.hypervisor().domain_info(req.domid)?;
-        let existing = self.xs.transaction(|xs, tx| -> Result<Option<Binding>> {
-            let rec = read_head(xs, tx, req.sbdf)?;
-            let rec = check_requester(rec, req, requester.map(|i| i.handle)).map_err(refuse)?;
-            if let BindKind::Msix { entry, table_base } = req.kind {
-                if entry >= rec.msix_size {
-                    return Err(refuse(Refusal::EntryBeyondTable {
-                        entry,
-                        table_size: rec.msix_size,
-                    }));
-                }
-                if let Some(expected) = rec.table_base.filter(|t| *t != table_base) {
-                    return Err(refuse(Refusal::WrongTableBase {
-                        presented: table_base,
-                        expected,
-                    }));
-                }
+        let rec = read_head(self.xs, TxId::NONE, req.sbdf)?;
+        let rec = check_requester(rec, req, requester.map(|i| i.handle)).map_err(refuse)?;
+        if let BindKind::Msix { entry, table_base } = req.kind {
+            if entry >= rec.msix_size {
+                return Err(refuse(Refusal::EntryBeyondTable {
+                    entry,
+                    table_size: rec.msix_size,
+                }));
             }
-            let found = read_binding(xs, tx, req.sbdf, key)?;
-            if found.is_some_and(|b| b.state == BindingState::Intent && b.pirq.is_none()) {
-                // A crash hit this bind between its intent and its pirq: the map may have
-                // reached Xen. Its pirq is lost; count it so the teardown can say why it must
-                // wait for the owner to go (docs/ledger.md, "The map→record window").
+            if let Some(expected) = rec.table_base.filter(|t| *t != table_base) {
+                return Err(refuse(Refusal::WrongTableBase {
+                    presented: table_base,
+                    expected,
+                }));
+            }
+        }
+        let found = read_binding(self.xs, TxId::NONE, req.sbdf, key)?;
+        let existing = found.filter(|b| b.state != BindingState::Intent);
+        match existing {
+            // The INTx pirq attach mapped: qemu binds it.
+            Some(b) if b.state == BindingState::Mapped => return Ok((requester, existing)),
+            Some(_) => return Err(refuse(Refusal::already_bound(key))),
+            None => {}
+        }
+        // No binding, or an unconfirmed intent a crash left behind: (re)record it. An
+        // earlier map that did happen is caught by release_msix at teardown.
+        let intent = req.binding(BindingState::Intent, None);
+        let line = match req.kind {
+            BindKind::Intx { gsi, .. } => Some(intx_line_path(req.domid, gsi, Some(req.sbdf))),
+            BindKind::Msix { .. } => None,
+        };
+        // A crash hit this bind between its intent and its confirmation: the map may have
+        // reached Xen. Its pirq is lost; count it so the teardown can say why it must wait
+        // for the owner to go (docs/ledger.md, "The map→record window").
+        let retried = found.is_some_and(|b| b.pirq.is_none());
+        if line.is_none() && !retried {
+            write(
+                self.xs,
+                TxId::NONE,
+                &binding_path(req.sbdf, &key),
+                &intent.encode(),
+            )?;
+            return Ok((requester, None));
+        }
+        // More than one node: one transaction.
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            if retried {
                 let path = lost_maps_path(req.sbdf);
                 let lost = match read_opt(xs, tx, &path)? {
                     Some(t) => parse_lost_maps(req.sbdf, &t)?,
@@ -131,53 +162,33 @@ impl Engine<'_> {
                 };
                 write(xs, tx, &path, &lost.saturating_add(1).to_string())?;
             }
-            let existing = found.filter(|b| b.state != BindingState::Intent);
-            match existing {
-                // The INTx pirq attach mapped: qemu binds it.
-                Some(b) if b.state == BindingState::Mapped => {}
-                Some(b) if b.state != BindingState::Intent => {
-                    return Err(refuse(Refusal::already_bound(key)))
-                }
-                // No binding, or an unconfirmed intent a crash left behind: (re)record it. An
-                // earlier map that did happen is caught by release_msix at teardown.
-                _ => {
-                    let intent = req.binding(BindingState::Intent, None);
-                    write(xs, tx, &binding_path(req.sbdf, &key), &intent.encode())?;
-                    if let BindKind::Intx { gsi, .. } = req.kind {
-                        write(xs, tx, &intx_line_path(req.domid, gsi, Some(req.sbdf)), "")?;
-                    }
-                }
+            write(xs, tx, &binding_path(req.sbdf, &key), &intent.encode())?;
+            if let Some(line) = &line {
+                write(xs, tx, line, "")?;
             }
-            Ok(existing)
+            Ok(())
         })?;
-        Ok((requester, existing))
+        Ok((requester, None))
     }
 
-    /// Maps the interrupt `record_intent` recorded (unless `existing` holds its pirq) and
-    /// records the pirq Xen chose: the binding is then `Mapped`. `requested`: a pirq the
-    /// device model asks for (a guest using pirq routing chose it), else Xen chooses.
-    pub(crate) fn map_recorded(
+    /// `PHYSDEVOP_map_pirq` for the interrupt `record_intent` recorded. `requested`: a pirq
+    /// the device model asks for (a guest using pirq routing chose it), else Xen chooses.
+    /// On failure the intent goes (nothing was mapped).
+    pub(crate) fn map_intent(
         &mut self,
         req: &BindRequest,
-        existing: Option<Binding>,
         requested: Option<Pirq>,
     ) -> Result<Pirq> {
         let key = req.key();
-        let hv = self.platform.hypervisor();
-        let path = binding_path(req.sbdf, &key);
-        // Mapped before (INTx by attach, or a map a crash interrupted): nothing to map.
-        if let Some(p) = existing.and_then(|b| b.pirq) {
-            return Ok(p);
-        }
         self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
         let mut map = req.map_request();
         if requested.is_some() {
             map.pirq = requested;
         }
-        let pirq = match hv.map_pirq(&map) {
-            Ok(p) => p,
+        match self.platform.hypervisor().map_pirq(&map) {
+            Ok(p) => Ok(p),
             Err(e) => {
-                rm(self.xs, TxId::NONE, &path)?;
+                rm(self.xs, TxId::NONE, &binding_path(req.sbdf, &key))?;
                 // Xen hands a guest only extra_guest_irqs MSI pirqs.
                 if e.errno() == Some(Errno::ENOSPC) {
                     return Err(EngineError::PirqBudgetExhausted {
@@ -185,14 +196,34 @@ impl Engine<'_> {
                         domid: req.domid,
                     });
                 }
-                return Err(e.into());
+                Err(e.into())
             }
-        };
-        // Recorded at once: Xen chose the pirq and offers no way to list a domain's
-        // pirqs, so this write is what lets a teardown find it (docs/ledger.md).
-        self.checkpoint(|| format!("{} bind {key}: record pirq", req.sbdf))?;
+        }
+    }
+
+    /// A device model's separate map (libxenctrl's `xc_physdev_map_pirq_msi`): maps the
+    /// recorded intent (unless `existing` holds its pirq) and records the pirq Xen chose at
+    /// once, since the bind comes in another call: the binding is then `Mapped`.
+    pub(crate) fn map_recorded(
+        &mut self,
+        req: &BindRequest,
+        existing: Option<Binding>,
+        requested: Option<Pirq>,
+    ) -> Result<Pirq> {
+        if let Some(p) = existing.and_then(|b| b.pirq) {
+            return Ok(p);
+        }
+        let pirq = self.map_intent(req, requested)?;
+        // Xen chose the pirq and offers no way to list a domain's pirqs, so this write is
+        // what lets a teardown find it (docs/ledger.md).
+        self.checkpoint(|| format!("{} map {}: record pirq", req.sbdf, req.key()))?;
         let record = req.binding(BindingState::Mapped, Some(pirq));
-        write(self.xs, TxId::NONE, &path, &record.encode())?;
+        write(
+            self.xs,
+            TxId::NONE,
+            &binding_path(req.sbdf, &req.key()),
+            &record.encode(),
+        )?;
         Ok(pirq)
     }
 

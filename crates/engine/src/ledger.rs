@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! /ptguard                                   n0 (dom0 only)
-//! /ptguard/device/<SSSS-BB-DD-F>/state               assignable | attached | tearing-down | quarantined | failed
-//! /ptguard/device/<SSSS-BB-DD-F>/owner               "domid [handle]" (attached, tearing-down, quarantined)
-//! /ptguard/device/<SSSS-BB-DD-F>/epoch               assignments so far; a request with another is stale
-//! /ptguard/device/<SSSS-BB-DD-F>/step                journal: attach | revoke | unbind | release | deassign | reset | prepare | verify
-//! /ptguard/device/<SSSS-BB-DD-F>/reason              why the teardown runs (reboot, destroy, unplug, attach-failed, recover)
-//! /ptguard/device/<SSSS-BB-DD-F>/driver              driver to rebind on assignable-remove ("" for none)
-//! /ptguard/device/<SSSS-BB-DD-F>/msix-size           MSI-X table size (0: no MSI-X)
-//! /ptguard/device/<SSSS-BB-DD-F>/table-base          host address of the MSI-X table's BAR (hex)
+//! /ptguard/device/<SSSS-BB-DD-F>                     the record's head, one node, space-separated key=value:
+//!     state=assignable|attached|tearing-down|quarantined|failed  epoch=<assignments so far>
+//!     [owner=<domid> [handle=<uuid>]]  [step=attach|revoke|unbind|release|deassign|reset|prepare|verify]
+//!     [mode=companion|companion-keep]  [driver=<name>]  msix-size=<n>  [table-base=<hex>]
+//!     [reason=<free text to the end of the value>]
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
-//! /ptguard/device/<SSSS-BB-DD-F>/mode                companion | companion-keep: adopted from the toolstack, which revokes, deassigns and removes its backend itself (keep: ptguard managed it before; assignable again after)
 //! /ptguard/device/<SSSS-BB-DD-F>/binding/lost        binds a crash interrupted between map_pirq and recording its pirq, then retried
+//! /ptguard/intx/<domid>/<gsi>/<SSSS-BB-DD-F>         which attached devices of a guest share one machine INTx line
+//! ```
+//!
+//! The head is one node so that reading or changing a record's state is one request
+//! (xenstored applies each request atomically): the broker's check before a bind reads it
+//! once.
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,8 +32,9 @@ pub const DEVICES: &str = "/ptguard/device";
 pub fn device_path(sbdf: Sbdf) -> String {
     format!("{DEVICES}/{}", sbdf.xs_key())
 }
-pub fn field_path(sbdf: Sbdf, field: &str) -> String {
-    format!("{}/{field}", device_path(sbdf))
+/// The directory of a device's bindings.
+pub fn bindings_path(sbdf: Sbdf) -> String {
+    format!("{}/binding", device_path(sbdf))
 }
 pub fn binding_path(sbdf: Sbdf, key: &BindingKey) -> String {
     format!("{}/binding/{key}", device_path(sbdf))
@@ -338,6 +341,172 @@ pub struct DeviceRecord {
     /// `binding/lost`, so only a full read ([`crate::engine::read_record`]) fills it.
     pub lost_maps: u32,
     pub bindings: Vec<Binding>,
+    /// Adopted from a toolstack, which revokes, removes the backend and deassigns itself.
+    pub mode: Option<CompanionMode>,
+}
+
+/// How ptguard holds a device a toolstack gave (`mode=` in the head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompanionMode {
+    /// Unknown to ptguard before: forgotten once clean (the toolstack owns it between guests).
+    Companion,
+    /// Managed by ptguard before (assignable-add): assignable again once clean.
+    CompanionKeep,
+}
+
+impl CompanionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompanionMode::Companion => "companion",
+            CompanionMode::CompanionKeep => "companion-keep",
+        }
+    }
+}
+
+impl DeviceRecord {
+    /// A record's head without bindings: what assignable-add writes.
+    pub fn new(sbdf: Sbdf, state: DeviceState, epoch: u64) -> DeviceRecord {
+        DeviceRecord {
+            sbdf,
+            state,
+            owner: None,
+            owner_handle: None,
+            epoch,
+            step: None,
+            reason: None,
+            driver: None,
+            msix_size: 0,
+            table_base: None,
+            lost_maps: 0,
+            bindings: Vec::new(),
+            mode: None,
+        }
+    }
+
+    /// The head node's value (bindings and the lost-maps count live in their own nodes).
+    pub fn encode_head(&self) -> String {
+        let mut text = format!("state={} epoch={}", self.state, self.epoch);
+        if let Some(o) = self.owner {
+            text.push_str(&format!(" owner={}", o.0));
+            if let Some(h) = self.owner_handle.filter(|h| !h.is_nil()) {
+                text.push_str(&format!(" handle={h}"));
+            }
+        }
+        if let Some(s) = self.step {
+            text.push_str(&format!(" step={}", s.as_str()));
+        }
+        if let Some(m) = self.mode {
+            text.push_str(&format!(" mode={}", m.as_str()));
+        }
+        if let Some(d) = self.driver.as_deref().filter(|d| !d.is_empty()) {
+            text.push_str(&format!(" driver={d}"));
+        }
+        text.push_str(&format!(" msix-size={}", self.msix_size));
+        if let Some(t) = self.table_base {
+            text.push_str(&format!(" table-base={t:#x}"));
+        }
+        if let Some(r) = &self.reason {
+            text.push_str(&format!(" reason={r}"));
+        }
+        text
+    }
+
+    /// Parses a head node; any deviation is an error (the ledger may be edited by hand).
+    /// `reason=` comes last and runs to the end of the value, spaces included.
+    pub fn decode_head(sbdf: Sbdf, text: &str) -> Result<DeviceRecord, String> {
+        let mut fields = BTreeMap::new();
+        let mut reason = None;
+        let mut rest = text.trim_start();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("reason=") {
+                reason = Some(r.to_string());
+                break;
+            }
+            let (part, after) = rest.split_once(' ').unwrap_or((rest, ""));
+            rest = after.trim_start();
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("field {part:?} is not key=value"))?;
+            if fields.insert(k, v).is_some() {
+                return Err(format!("field {k:?} appears twice"));
+            }
+        }
+        let mut take = |k: &str| fields.remove(k);
+        let state: DeviceState = match take("state") {
+            None => return Err("missing state=".into()),
+            Some(s) => s.parse().map_err(|_| format!("unknown state {s:?}"))?,
+        };
+        let epoch = match take("epoch") {
+            None => return Err("missing epoch=".into()),
+            Some(e) => e
+                .parse()
+                .map_err(|_| format!("epoch={e:?} is not a number"))?,
+        };
+        let owner = match take("owner") {
+            None => None,
+            Some(o) => Some(DomId(
+                o.parse()
+                    .map_err(|_| format!("owner={o:?} is not a domain id"))?,
+            )),
+        };
+        let owner_handle = match take("handle") {
+            None => None,
+            Some(_) if owner.is_none() => return Err("handle= without owner=".into()),
+            Some(h) => Some(
+                h.parse::<DomainHandle>()
+                    .map_err(|_| format!("handle={h:?} is not a domain handle"))?,
+            ),
+        };
+        let step = match take("step") {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| format!("unknown step {s:?}"))?),
+        };
+        let mode = match take("mode") {
+            None => None,
+            Some("companion") => Some(CompanionMode::Companion),
+            Some("companion-keep") => Some(CompanionMode::CompanionKeep),
+            Some(m) => return Err(format!("unknown mode {m:?}")),
+        };
+        let driver = take("driver").map(str::to_string);
+        let msix_size = match take("msix-size") {
+            None => return Err("missing msix-size=".into()),
+            Some(t) => t
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n <= 2048)
+                .ok_or_else(|| format!("msix-size={t:?} is not a table size"))?,
+        };
+        let table_base = match take("table-base") {
+            None => None,
+            Some(t) => Some(
+                t.strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("table-base={t:?} is not a hex address"))?,
+            ),
+        };
+        if let Some(k) = fields.keys().next() {
+            return Err(format!("unknown field {k:?}"));
+        }
+        if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
+            return Err(format!("a {state} device needs an owner"));
+        }
+        Ok(DeviceRecord {
+            sbdf,
+            state,
+            owner,
+            owner_handle,
+            epoch,
+            step,
+            reason,
+            driver,
+            msix_size,
+            table_base,
+            lost_maps: 0,
+            bindings: Vec::new(),
+            mode,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -45,13 +45,14 @@ impl Engine<'_> {
             r => r?,
         }
         self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
-        let driver = seized.original_driver.unwrap_or_default();
-        self.xs.transaction(|xs, tx| -> Result<()> {
-            write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
-            write(xs, tx, &field_path(sbdf, "epoch"), "0")?;
-            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)
-        })?;
-        self.require(sbdf)
+        let rec = DeviceRecord {
+            driver: seized.original_driver,
+            msix_size,
+            table_base: Some(table_base),
+            ..DeviceRecord::new(sbdf, DeviceState::Assignable, 0)
+        };
+        write_head(self.xs, TxId::NONE, &rec)?;
+        Ok(rec)
     }
 
     /// Returns an assignable device to dom0 and its original driver, and forgets it.
@@ -116,16 +117,24 @@ impl Engine<'_> {
                 None => 1,
             };
             let managed = old.is_some();
-            let driver = old.and_then(|r| r.driver).unwrap_or_default();
-            write_attached(xs, tx, sbdf, &info, epoch)?;
-            write_device_facts(xs, tx, sbdf, &driver, msix_size, table_base)?;
-            write(xs, tx, &field_path(sbdf, "reason"), "adopted")?;
-            // The toolstack gave the device and takes it back (permissions, backend,
-            // deassign); ptguard's teardown is the MSI-X part: sweep, release, reset,
-            // prepare, verify. A device ptguard already managed (assignable-add) goes
-            // back to assignable after it; one it did not is forgotten.
-            let mode = if managed { COMPANION_KEEP } else { COMPANION };
-            write(xs, tx, &field_path(sbdf, "mode"), mode)?;
+            let mut rec = DeviceRecord {
+                driver: old.and_then(|r| r.driver),
+                msix_size,
+                table_base: Some(table_base),
+                reason: Some("adopted".into()),
+                // The toolstack gave the device and takes it back (permissions, backend,
+                // deassign); ptguard's teardown is the MSI-X part: sweep, release, reset,
+                // prepare, verify. A device ptguard already managed (assignable-add) goes
+                // back to assignable after it; one it did not is forgotten.
+                mode: Some(if managed {
+                    CompanionMode::CompanionKeep
+                } else {
+                    CompanionMode::Companion
+                }),
+                ..DeviceRecord::new(sbdf, DeviceState::Attached, epoch)
+            };
+            attached_to(&mut rec, &info, epoch);
+            write_head(xs, tx, &rec)?;
             Ok(epoch)
         })
     }
@@ -213,8 +222,8 @@ impl Engine<'_> {
             Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
             Some(i) => i,
         };
-        let epoch = self.xs.transaction(|xs, tx| -> Result<u64> {
-            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+        let rec = self.xs.transaction(|xs, tx| -> Result<DeviceRecord> {
+            let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match (rec.state, rec.owner) {
                 (DeviceState::Assignable, _) => {}
                 (DeviceState::Attached, Some(owner)) => {
@@ -229,11 +238,13 @@ impl Engine<'_> {
                 }
             }
             let epoch = next_epoch(sbdf, rec.epoch)?;
-            write_attached(xs, tx, sbdf, &info, epoch)?;
-            write(xs, tx, &field_path(sbdf, "step"), Step::Attach.as_str())?;
-            Ok(epoch)
+            attached_to(&mut rec, &info, epoch);
+            rec.step = Some(Step::Attach);
+            write_head(xs, tx, &rec)?;
+            Ok(rec)
         })?;
-        match self.attach_steps(sbdf, domid) {
+        let epoch = rec.epoch;
+        match self.attach_steps(rec) {
             Ok(()) => Ok(epoch),
             Err(e) if e.is_crash() => Err(e),
             Err(e) => {
@@ -248,7 +259,12 @@ impl Engine<'_> {
         }
     }
 
-    fn attach_steps(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+    /// Everything after the record says `step=attach`; the step goes when it is done.
+    fn attach_steps(&mut self, mut rec: DeviceRecord) -> Result<()> {
+        let sbdf = rec.sbdf;
+        let domid = rec
+            .owner
+            .ok_or_else(|| corrupt(device_path(sbdf), "", "attach without an owner"))?;
         let hv = self.platform.hypervisor();
         let pci = self.platform.pci();
         self.checkpoint(|| format!("{sbdf} attach: test_assign"))?;
@@ -299,7 +315,8 @@ impl Engine<'_> {
         self.write_backend(sbdf, domid)?;
         self.platform.backend_changed(sbdf, Some(domid));
         self.checkpoint(|| format!("{sbdf} attach: done"))?;
-        rm(self.xs, TxId::NONE, &field_path(sbdf, "step"))
+        rec.step = None;
+        write_head(self.xs, TxId::NONE, &rec)
     }
 
     /// The PCI backend and frontend nodes as libxl writes them (xen-semantics.md §4.2).

@@ -63,95 +63,23 @@ pub(crate) fn attached_msix_bindings(
     Ok(out)
 }
 
-/// Reads a device's record without its bindings (a constant number of requests).
+/// Reads a device's record without its bindings: one request (the head is one node).
 pub fn read_head(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<DeviceRecord>> {
-    let Some(state_text) = read_opt(xs, tx, &field_path(sbdf, "state"))? else {
-        return Ok(None);
-    };
-    let state: DeviceState = state_text
-        .parse()
-        .map_err(|_| corrupt(field_path(sbdf, "state"), &state_text, "unknown state"))?;
-    let (owner, owner_handle) = match read_opt(xs, tx, &field_path(sbdf, "owner"))? {
-        None => (None, None),
-        Some(t) => {
-            let bad = |what| corrupt(field_path(sbdf, "owner"), &t, what);
-            let mut parts = t.split_whitespace();
-            let domid = parts
-                .next()
-                .and_then(|d| d.parse().ok())
-                .map(DomId)
-                .ok_or_else(|| bad("not a domain id"))?;
-            let handle = match parts.next() {
-                None => None,
-                Some(h) => Some(
-                    h.parse::<DomainHandle>()
-                        .map_err(|_| bad("not a domain handle"))?,
-                ),
-            };
-            if parts.next().is_some() {
-                return Err(bad("not \"DOMID [HANDLE]\""));
-            }
-            (Some(domid), handle)
-        }
-    };
-    let epoch = match read_opt(xs, tx, &field_path(sbdf, "epoch"))? {
-        None => return Err(corrupt(field_path(sbdf, "epoch"), "", "missing")),
-        Some(t) => t
-            .parse()
-            .map_err(|_| corrupt(field_path(sbdf, "epoch"), &t, "not a number"))?,
-    };
-    let step = match read_opt(xs, tx, &field_path(sbdf, "step"))? {
-        None => None,
-        Some(t) => Some(
-            t.parse()
-                .map_err(|_| corrupt(field_path(sbdf, "step"), &t, "unknown step"))?,
-        ),
-    };
-    let reason = read_opt(xs, tx, &field_path(sbdf, "reason"))?;
-    let driver = read_opt(xs, tx, &field_path(sbdf, "driver"))?.filter(|d| !d.is_empty());
-    let msix_size = match read_opt(xs, tx, &field_path(sbdf, "msix-size"))? {
-        None => 0,
-        Some(t) => t
-            .parse::<u16>()
-            .ok()
-            .filter(|n| *n <= 2048)
-            .ok_or_else(|| corrupt(field_path(sbdf, "msix-size"), &t, "not a table size"))?,
-    };
-    let table_base = match read_opt(xs, tx, &field_path(sbdf, "table-base"))? {
-        None => None,
-        Some(t) => Some(
-            t.strip_prefix("0x")
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .ok_or_else(|| corrupt(field_path(sbdf, "table-base"), &t, "not a hex address"))?,
-        ),
-    };
-    if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
-        return Err(corrupt(
-            field_path(sbdf, "owner"),
-            "",
-            format!("a {state} device needs an owner"),
-        ));
+    let path = device_path(sbdf);
+    match read_opt(xs, tx, &path)? {
+        // An empty node is a parent xenstored made for a stray child, not a record.
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => DeviceRecord::decode_head(sbdf, &text)
+            .map(Some)
+            .map_err(|why| corrupt(path, &text, why)),
     }
-    Ok(Some(DeviceRecord {
-        sbdf,
-        state,
-        owner,
-        epoch,
-        step,
-        reason,
-        driver,
-        msix_size,
-        table_base,
-        owner_handle,
-        lost_maps: 0,
-        bindings: Vec::new(),
-    }))
 }
 
-/// `mode` of a device adopted from the toolstack: forgotten once clean.
-pub(crate) const COMPANION: &str = "companion";
-/// `mode` of a device ptguard managed before a toolstack gave it: assignable once clean.
-pub(crate) const COMPANION_KEEP: &str = "companion-keep";
+/// Writes a record's head (its bindings are written one by one, by the broker).
+pub(crate) fn write_head(xs: &mut XsClient, tx: TxId, rec: &DeviceRecord) -> Result<()> {
+    write(xs, tx, &device_path(rec.sbdf), &rec.encode_head())
+}
 
 /// The `binding/lost` node: binds retried over an intent a crash left without its pirq.
 /// It lives among the bindings so that a device without one costs no extra request.
@@ -261,56 +189,13 @@ pub(crate) fn perm_list(entries: &[(Access, u32)]) -> PermList {
         .unwrap_or_else(|| PermList::owned_by(0, Access::None))
 }
 
-/// What the ledger keeps about a device itself: the driver to give it back to, its MSI-X
-/// table size and the host address of the table's BAR.
-pub(crate) fn write_device_facts(
-    xs: &mut XsClient,
-    tx: TxId,
-    sbdf: Sbdf,
-    driver: &str,
-    msix_size: u16,
-    table_base: u64,
-) -> Result<()> {
-    write(xs, tx, &field_path(sbdf, "driver"), driver)?;
-    write(
-        xs,
-        tx,
-        &field_path(sbdf, "msix-size"),
-        &msix_size.to_string(),
-    )?;
-    write(
-        xs,
-        tx,
-        &field_path(sbdf, "table-base"),
-        &format!("{table_base:#x}"),
-    )
-}
-
-/// The `owner` node: the domid, and the domain's handle when Xen gave it one, so that a
-/// later domain reusing the domid is not taken for the owner.
-pub(crate) fn owner_text(domid: DomId, info: Option<&DomainInfo>) -> String {
-    match info.map(|i| i.handle).filter(|h| !h.is_nil()) {
-        Some(h) => format!("{} {h}", domid.0),
-        None => domid.0.to_string(),
-    }
-}
-
-/// Marks `sbdf` attached to the domain `info` describes (domid and handle) at `epoch`.
-pub(crate) fn write_attached(
-    xs: &mut XsClient,
-    tx: TxId,
-    sbdf: Sbdf,
-    info: &DomainInfo,
-    epoch: u64,
-) -> Result<()> {
-    write(xs, tx, &field_path(sbdf, "state"), "attached")?;
-    write(
-        xs,
-        tx,
-        &field_path(sbdf, "owner"),
-        &owner_text(info.domid, Some(info)),
-    )?;
-    write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())
+/// `rec` attached to the domain `info` describes (domid and, when Xen gave it one, its
+/// handle, so that a later domain reusing the domid is not taken for the owner) at `epoch`.
+pub(crate) fn attached_to(rec: &mut DeviceRecord, info: &DomainInfo, epoch: u64) {
+    rec.state = DeviceState::Attached;
+    rec.owner = Some(info.domid);
+    rec.owner_handle = Some(info.handle).filter(|h| !h.is_nil());
+    rec.epoch = epoch;
 }
 
 /// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.

@@ -35,16 +35,17 @@ impl Engine<'_> {
     /// Starts (or resumes) the teardown of one device.
     pub fn teardown(&mut self, sbdf: Sbdf, reason: &str) -> Result<Outcome> {
         let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
-            let rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+            let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match rec.state {
                 DeviceState::Assignable => Ok(Some(Outcome::Assignable { epoch: rec.epoch })),
                 DeviceState::Failed => Ok(Some(Outcome::Failed {
                     reason: rec.reason.unwrap_or_default(),
                 })),
                 DeviceState::Attached => {
-                    write(xs, tx, &field_path(sbdf, "state"), "tearing-down")?;
-                    write(xs, tx, &field_path(sbdf, "step"), Step::Revoke.as_str())?;
-                    write(xs, tx, &field_path(sbdf, "reason"), reason)?;
+                    rec.state = DeviceState::TearingDown;
+                    rec.step = Some(Step::Revoke);
+                    rec.reason = Some(reason.to_string());
+                    write_head(xs, tx, &rec)?;
                     Ok(None)
                 }
                 DeviceState::TearingDown | DeviceState::Quarantined => Ok(None),
@@ -56,13 +57,10 @@ impl Engine<'_> {
         self.run_teardown(sbdf)
     }
 
-    fn set_step(&mut self, sbdf: Sbdf, step: Step) -> Result<()> {
-        write(
-            self.xs,
-            TxId::NONE,
-            &field_path(sbdf, "step"),
-            step.as_str(),
-        )
+    /// Journals the step the teardown resumes from.
+    fn set_step(&mut self, rec: &mut DeviceRecord, step: Step) -> Result<()> {
+        rec.step = Some(step);
+        write_head(self.xs, TxId::NONE, rec)
     }
 
     /// Tears down `sbdf`'s INTx in `owner`: its own guest link always; the pirq (and the
@@ -101,13 +99,12 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn quarantine(&mut self, sbdf: Sbdf, reason: String) -> Result<Outcome> {
-        self.xs.transaction(|xs, tx| -> Result<()> {
-            write(xs, tx, &field_path(sbdf, "state"), "quarantined")?;
-            write(xs, tx, &field_path(sbdf, "reason"), &reason)?;
-            Ok(())
-        })?;
-        self.notice(format!("{sbdf}: QUARANTINED: {reason}"));
+    /// Keeps the device from every guest, saying why; the teardown resumes from its step.
+    fn quarantine(&mut self, rec: &mut DeviceRecord, reason: String) -> Result<Outcome> {
+        rec.state = DeviceState::Quarantined;
+        rec.reason = Some(reason.clone());
+        write_head(self.xs, TxId::NONE, rec)?;
+        self.notice(format!("{}: QUARANTINED: {reason}", rec.sbdf));
         Ok(Outcome::Quarantined { reason })
     }
 
@@ -138,9 +135,8 @@ impl Engine<'_> {
         let mut rec = self.require(sbdf)?;
         // Companion mode (an adopted device): the toolstack revokes, removes its backend
         // and deassigns; doing it too would race it.
-        let mode = read_opt(self.xs, TxId::NONE, &field_path(sbdf, "mode"))?;
-        let companion = matches!(mode.as_deref(), Some(COMPANION | COMPANION_KEEP));
-        let forget = mode.as_deref() == Some(COMPANION);
+        let companion = rec.mode.is_some();
+        let forget = rec.mode == Some(CompanionMode::Companion);
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
@@ -155,7 +151,7 @@ impl Engine<'_> {
         loop {
             let owner = rec
                 .owner
-                .ok_or_else(|| corrupt(field_path(sbdf, "owner"), "", "missing during teardown"))?;
+                .ok_or_else(|| corrupt(device_path(sbdf), "", "no owner during teardown"))?;
             if self.protected.contains(owner) {
                 // Only a hand-edited ledger (or a domain protected after the attach) gets
                 // here: revoking or unbinding would strip a protected domain.
@@ -163,7 +159,7 @@ impl Engine<'_> {
                 if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
                     return Ok(Outcome::Quarantined { reason: why });
                 }
-                return self.quarantine(sbdf, why);
+                return self.quarantine(&mut rec, why);
             }
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
@@ -215,22 +211,22 @@ impl Engine<'_> {
                         .iter()
                         .find(|b| b.key == BindingKey::Intx)
                         .map(|b| b.gsi);
+                    rec.bindings.retain(|b| b.pirq.is_none());
+                    rec.step = Some(Step::Release);
                     self.xs.transaction(|xs, tx| -> Result<()> {
                         if let Some(gsi) = intx_gsi {
                             forget_intx_line(xs, tx, owner, gsi, sbdf)?;
                         }
                         if all_known {
                             // One recursive rm instead of one per binding.
-                            rm(xs, tx, &field_path(sbdf, "binding"))?;
+                            rm(xs, tx, &bindings_path(sbdf))?;
                         } else {
                             for b in &known {
                                 rm(xs, tx, &binding_path(sbdf, &b.key))?;
                             }
                         }
-                        write(xs, tx, &field_path(sbdf, "step"), Step::Release.as_str())
+                        write_head(xs, tx, &rec)
                     })?;
-                    rec.bindings.retain(|b| b.pirq.is_none());
-                    rec.step = Some(Step::Release);
                     continue;
                 }
                 Step::Deassign if replaced || companion => Step::Reset,
@@ -287,7 +283,7 @@ impl Engine<'_> {
                                     ),
                                     None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
                                 };
-                                return self.quarantine(sbdf, why);
+                                return self.quarantine(&mut rec, why);
                             }
                             Err(e) => return Err(e.into()),
                         }
@@ -315,7 +311,7 @@ impl Engine<'_> {
                                 if e.errno() == Some(Errno::EBUSY)
                                     && self.prepared_by_us(sbdf)? => {}
                             Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                                return self.quarantine(sbdf, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
+                                return self.quarantine(&mut rec, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
                             }
                             Err(e) => return Err(e.into()),
                         }
@@ -342,7 +338,7 @@ impl Engine<'_> {
                         Err(e) => Some(format!("config space unreadable: {e}")),
                     };
                     if let Some(p) = problem {
-                        return self.quarantine(sbdf, format!("verification failed: {p}"));
+                        return self.quarantine(&mut rec, format!("verification failed: {p}"));
                     }
                     let epoch = next_epoch(sbdf, rec.epoch)?;
                     if forget {
@@ -351,19 +347,20 @@ impl Engine<'_> {
                         rm(self.xs, TxId::NONE, &device_path(sbdf))?;
                         return Ok(Outcome::Assignable { epoch });
                     }
+                    let clean = DeviceRecord {
+                        driver: rec.driver.take(),
+                        msix_size: rec.msix_size,
+                        table_base: rec.table_base,
+                        ..DeviceRecord::new(sbdf, DeviceState::Assignable, epoch)
+                    };
                     self.xs.transaction(|xs, tx| -> Result<()> {
-                        write(xs, tx, &field_path(sbdf, "state"), "assignable")?;
-                        write(xs, tx, &field_path(sbdf, "epoch"), &epoch.to_string())?;
-                        for f in ["owner", "step", "reason", "binding", "mode"] {
-                            rm(xs, tx, &field_path(sbdf, f))?;
-                        }
-                        Ok(())
+                        write_head(xs, tx, &clean)?;
+                        rm(xs, tx, &bindings_path(sbdf))
                     })?;
                     return Ok(Outcome::Assignable { epoch });
                 }
             };
-            self.set_step(sbdf, next)?;
-            rec.step = Some(next);
+            self.set_step(&mut rec, next)?;
         }
     }
 
@@ -420,14 +417,12 @@ impl Engine<'_> {
                 // One device's failing step must not stop the rest (nor the daemon): keep
                 // it from guests, say why, and retry it on the next round.
                 Err(e) => {
-                    let step = self
-                        .record(sbdf)
-                        .ok()
-                        .flatten()
-                        .and_then(|r| r.step)
-                        .map_or("its first step", |s| s.as_str());
+                    let Some(mut rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
+                        continue;
+                    };
+                    let step = rec.step.map_or("its first step", |s| s.as_str());
                     let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
-                    Some(self.quarantine(sbdf, why)?)
+                    Some(self.quarantine(&mut rec, why)?)
                 }
             };
             if let Some(o) = outcome {

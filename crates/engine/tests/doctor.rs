@@ -33,18 +33,12 @@ fn device(tree: &FixtureTree, s: Sbdf, driver: &str, ctrl: u16, msi_irqs: Vec<u3
 
 fn record(s: Sbdf, state: DeviceState, owner: Option<u16>, step: Option<Step>) -> DeviceRecord {
     DeviceRecord {
-        sbdf: s,
-        state,
         owner: owner.map(DomId),
-        owner_handle: None,
-        epoch: 1,
         step,
         reason: Some("test".into()),
-        driver: None,
         msix_size: 4,
         table_base: Some(0xf000_0000),
-        lost_maps: 0,
-        bindings: vec![],
+        ..DeviceRecord::new(s, state, 1)
     }
 }
 

@@ -436,8 +436,8 @@ impl Rig {
             let mut c = self.xs.connect(u32::from(g.domid.0));
             let w = c.write(
                 TxId::NONE,
-                &engine::ledger::field_path(sbdf, "state"),
-                b"assignable",
+                &engine::ledger::device_path(sbdf),
+                b"state=assignable epoch=0 msix-size=0",
             );
             if w.is_ok() {
                 self.report

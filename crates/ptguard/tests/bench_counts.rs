@@ -1,6 +1,6 @@
 //! The benchmarks' operation counts, asserted exactly (times are never asserted).
 
-use ptguard::bench_engine::{reboot_storm, teardown};
+use ptguard::bench_engine::{bind_overhead, reboot_storm, teardown};
 
 #[test]
 fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
@@ -16,10 +16,10 @@ fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
         assert_eq!(t.bookkeeping_hypercalls, 4);
         assert_eq!(t.xenstore_transactions, 4, "{n} vectors");
         // One read per binding node and one DIRECTORY listing them (paged past 4 KiB); the
-        // INTx line's index costs 4 (a DIRECTORY to decide the unmap, then RM, DIRECTORY and
-        // RM of the emptied line in the forget transaction); the `mode` node (companion or
-        // not) one READ and one RM.
-        assert_eq!(t.xenstore_requests, 63 + 2 * u64::from(n), "{n} vectors");
+        // record's head is one node: one READ, then one WRITE per journaled step; the INTx
+        // line's index costs 4 (a DIRECTORY to decide the unmap, then RM, DIRECTORY and RM
+        // of the emptied line in the forget transaction).
+        assert_eq!(t.xenstore_requests, 34 + 2 * u64::from(n), "{n} vectors");
         assert_eq!(t.sysfs_writes, 2);
     }
 }
@@ -29,4 +29,19 @@ fn a_small_reboot_storm_readies_every_device() {
     let s = reboot_storm(2, 2, 3, 3).unwrap();
     assert_eq!(s.device_teardowns, 2 * 2 * 3);
     assert_eq!(s.quarantined, 0);
+}
+
+/// Issue 13: a device model's bind costs at most 4 Xenstore requests and no transaction
+/// (the head, the binding, the intent before the map, the confirmation after the bind),
+/// over the real wire protocol to the embedded xenstored.
+#[test]
+fn a_bind_costs_four_xenstore_requests_and_two_hypercalls() {
+    for n in [1u16, 16] {
+        let b = bind_overhead(n).unwrap();
+        assert_eq!(b.binds, u32::from(n));
+        assert_eq!(b.xenstore_requests_per_bind, 4.0, "{n} binds");
+        assert_eq!(b.xenstore_transactions_per_bind, 0.0, "{n} binds");
+        // getdomaininfo for the requester's incarnation, map_pirq, bind_pt_irq.
+        assert_eq!(b.hypercalls_per_bind, 3.0, "{n} binds");
+    }
 }

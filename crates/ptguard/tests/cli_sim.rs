@@ -355,7 +355,10 @@ fn doctor_finds_a_device_the_ledger_lost_and_adopt_recovers_it() {
     assert!(start.contains("3 of 3"), "{start}");
     let entry = "/ptguard/device/0000-03-00-0";
     edit_xenstore(&d, |xs| {
-        xs.write(xenstore::TxId::NONE, &format!("{entry}/state"), b"attachd")
+        let head = xs.read_string(xenstore::TxId::NONE, entry).unwrap();
+        let garbled = head.replacen("state=attached", "state=attachd", 1);
+        assert_ne!(garbled, head);
+        xs.write(xenstore::TxId::NONE, entry, garbled.as_bytes())
             .unwrap()
     });
     let (code, findings) = doctor(&d);
@@ -607,12 +610,12 @@ fn doctor_reports_a_corrupt_entry_by_code() {
     ok(&d, &["sim", "init"]);
     ok(&d, &["assignable-add", "0000:03:00.0"]);
     edit_xenstore(&d, |xs| {
-        xs.write(
-            xenstore::TxId::NONE,
-            "/ptguard/device/0000-03-00-0/epoch",
-            b"many",
-        )
-        .unwrap()
+        let entry = "/ptguard/device/0000-03-00-0";
+        let head = xs.read_string(xenstore::TxId::NONE, entry).unwrap();
+        let garbled = head.replacen("epoch=0", "epoch=many", 1);
+        assert_ne!(garbled, head);
+        xs.write(xenstore::TxId::NONE, entry, garbled.as_bytes())
+            .unwrap()
     });
     let (code, f) = doctor(&d);
     assert_eq!(code, 1);

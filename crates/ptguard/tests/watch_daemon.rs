@@ -77,17 +77,18 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     // An attach in progress in another process: the journal says `attach` and the backend
     // nodes are being written.
     let mut other = xs.connect(0);
-    let base = engine::ledger::device_path(dev);
-    for (k, v) in [
-        ("state", "attached".to_string()),
-        ("owner", a.0.to_string()),
-        ("epoch", "1".to_string()),
-        ("step", "attach".to_string()),
-    ] {
-        other
-            .write(xenstore::TxId::NONE, &format!("{base}/{k}"), v.as_bytes())
-            .unwrap();
-    }
+    let mut rec = ctx.engine().record(dev).unwrap().unwrap();
+    rec.state = DeviceState::Attached;
+    rec.owner = Some(a);
+    rec.epoch = 1;
+    rec.step = Some(engine::Step::Attach);
+    other
+        .write(
+            xenstore::TxId::NONE,
+            &engine::ledger::device_path(dev),
+            rec.encode_head().as_bytes(),
+        )
+        .unwrap();
     let ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = xs.connect(0);

@@ -27,7 +27,8 @@ pub struct ExploreSummary {
     pub crash_points: u64,
     pub violations: Vec<Violation>,
     pub quarantined_runs: u64,
-    /// Crashes between `map_pirq` returning and its pirq being recorded while the owner
+    /// Crashes between `map_pirq` returning and its pirq being recorded (with the bind's
+    /// confirmation) while the owner
     /// runs: the mapping cannot be named, so the device is quarantined until the owner is
     /// gone and a guest asking for it meanwhile is refused; it ends as clean as the
     /// crash-free run (docs/ledger.md, "The map→record window").
@@ -37,14 +38,21 @@ pub struct ExploreSummary {
     pub device_scenarios: Vec<crate::commands::explore_devices::DeviceScenarioSummary>,
 }
 
+/// Whether a crash point lies between a bind's `map_pirq` and the write recording its pirq
+/// (the broker's bind confirms after `bind_pt_irq`; a device model's separate map records
+/// at once).
+fn in_map_confirm_window(at: &str) -> bool {
+    let bind =
+        at.contains(" bind ") && (at.ends_with(": bind_pt_irq") || at.ends_with(": confirm"));
+    bind || at.ends_with(": record pirq")
+}
+
 /// Whether a crashed run that ends differently from the crash-free one differs only as the
 /// map→record window is designed to: a guest refused while the device waited in quarantine
 /// for the owner to go, and otherwise the same end state.
 pub fn lost_map_by_design(r: &crate::rig::RunReport, baseline: &crate::rig::RunReport) -> bool {
     let strip = |s: &str| s.split(" works=").next().unwrap_or_default().to_string();
-    r.crashed_at
-        .as_deref()
-        .is_some_and(|at| at.ends_with(": record pirq"))
+    r.crashed_at.as_deref().is_some_and(in_map_confirm_window)
         && r.quarantined
         && r.notices
             .iter()
