@@ -36,14 +36,12 @@ pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, S
 pub use refusal::{ProtectedDomains, Refusal};
 pub use stepwise::{Credential, DeviceModelCall};
 
-/// The host ptguard manages: hypervisor and PCI devices.
+/// The host ptguard manages: hypervisor and PCI devices (Xenstore is the engine's own
+/// client). Nothing else: pciback reacts to the backend nodes the engine writes, on a real
+/// host and on the simulated one alike.
 pub trait Platform: Send + Sync {
     fn hypervisor(&self) -> &dyn Hypervisor;
     fn pci(&self) -> &dyn PciHost;
-    /// The PCI backend of `domid` now holds the device (`Some`) or gave it back (`None`).
-    /// On a real host pciback reacts to the backend nodes ptguard writes in Xenstore; the
-    /// simulated host is told here.
-    fn backend_changed(&self, _sbdf: Sbdf, _domid: Option<DomId>) {}
 }
 
 /// Everything that can go wrong in the engine; each names the device, domain and step.

@@ -313,7 +313,6 @@ impl Engine<'_> {
         }
         self.checkpoint(|| format!("{sbdf} attach: backend"))?;
         self.write_backend(sbdf, domid)?;
-        self.platform.backend_changed(sbdf, Some(domid));
         self.checkpoint(|| format!("{sbdf} attach: done"))?;
         rec.step = None;
         write_head(self.xs, TxId::NONE, &rec)

@@ -170,7 +170,6 @@ impl Engine<'_> {
                     // The INTx line's permission goes with its pirq (Unbind): another
                     // device of the same guest may share the line.
                     let backend_gone = self.remove_backend(sbdf, owner)?;
-                    self.platform.backend_changed(sbdf, None);
                     if backend_gone {
                         // pciback resets and gives the device back in its own worker, after
                         // the Xenstore removal: everything from here on must come after

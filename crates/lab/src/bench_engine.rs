@@ -99,7 +99,7 @@ pub fn teardown(vectors: u16) -> Result<TeardownRow> {
     let host = SimHost::new(profile()).with_sink(Arc::new(xs.clone()));
     let sbdf = dev(0);
     host.add_device(DeviceSpec::nic(sbdf, vectors.max(1)));
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), xs.connect(0))?;
     let mut c = xs.connect(0);
     let d = host.create_domain("g", true);
     bound_device(&mut Engine::new(&mut c, &platform), &host, sbdf, d, vectors)?;
@@ -166,7 +166,7 @@ pub fn bind_overhead(n: u16) -> Result<BindReport> {
     // ptguard: ledger transaction over the real unix socket + simulated hypercalls.
     let host = SimHost::new(profile());
     host.add_device(DeviceSpec::nic(sbdf, n));
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), XsClient::connect(server.socket_path())?)?;
     let mut c = XsClient::connect(server.socket_path())?;
     let d = host.create_domain("g", true);
     let epoch = {
@@ -266,7 +266,7 @@ pub fn scale(devices: usize, vectors: u16) -> Result<ScaleRow> {
     for i in 0..devices {
         host.add_device(DeviceSpec::nic(dev(i), vectors));
     }
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), xs.connect(0))?;
     let mut c = xs.connect(0);
     let nodes0 = xs.with_store(|s| (s.node_count(), s.approx_bytes()));
     let guests = devices.div_ceil(4);
@@ -334,7 +334,7 @@ pub fn reboot_storm(
     for i in 0..guests * per_guest {
         host.add_device(DeviceSpec::nic(dev(i), vectors.max(4)));
     }
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), xs.connect(0))?;
     let mut c = xs.connect(0);
     let mut doms: Vec<DomId> = Vec::new();
     {

@@ -45,7 +45,9 @@ impl Bed {
         for d in devices {
             host.add_device(d);
         }
-        let ctl = Ctl::new(xs.connect(0), SimPlatform { host: host.clone() });
+        let platform = SimPlatform::new(host.clone(), xs.connect(0))
+            .unwrap_or_else(|e| unreachable!("an in-process store takes a watch: {e}"));
+        let ctl = Ctl::new(xs.connect(0), platform);
         Bed {
             host,
             ctl: RefCell::new(ctl),

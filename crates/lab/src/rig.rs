@@ -214,7 +214,9 @@ impl Rig {
         let host = SimHost::new(profile).with_sink(std::sync::Arc::new(xs.clone()));
         let sbdf = scenario_device();
         host.add_device(DeviceSpec::nic(sbdf, vectors.max(4) + 2));
-        let ctl = Ctl::new(xs.connect(0), SimPlatform { host: host.clone() });
+        let platform = SimPlatform::new(host.clone(), xs.connect(0))
+            .unwrap_or_else(|e| unreachable!("an in-process store takes a watch: {e}"));
+        let ctl = Ctl::new(xs.connect(0), platform);
         Rig {
             policy,
             behaviour,
@@ -299,7 +301,7 @@ impl Rig {
             }
             // Time passes between steps: dom0's asynchronous work (pciback's give-back of a
             // removed backend) has run by the next one, whoever waited for it.
-            self.host.settle();
+            self.ctl.borrow().platform.settle();
             self.check_invariants(&format!("{step:?}"));
         }
         // The lifecycle ends: every remaining guest is destroyed, so the end state compares

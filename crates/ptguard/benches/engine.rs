@@ -36,7 +36,7 @@ fn setup() -> Setup {
     ))
     .with_sink(Arc::new(xs.clone()));
     host.add_device(DeviceSpec::nic(dev(), VECTORS));
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), xs.connect(0)).expect("pciback's watch");
     let mut c = xs.connect(0);
     let domid = host.create_domain("g", true);
     let mut e = Engine::new(&mut c, &platform);
@@ -68,9 +68,7 @@ fn req(s: &Setup, entry: u16) -> BindRequest {
 }
 
 fn bind_all(s: &Setup) {
-    let platform = SimPlatform {
-        host: s.host.clone(),
-    };
+    let platform = SimPlatform::new(s.host.clone(), s.xs.connect(0)).expect("pciback's watch");
     let mut c = s.xs.connect(0);
     let mut e = Engine::new(&mut c, &platform);
     for entry in 0..VECTORS {
@@ -125,9 +123,8 @@ fn benches(c: &mut Criterion) {
                 s
             },
             |s| {
-                let platform = SimPlatform {
-                    host: s.host.clone(),
-                };
+                let platform =
+                    SimPlatform::new(s.host.clone(), s.xs.connect(0)).expect("pciback's watch");
                 let mut c = s.xs.connect(0);
                 Engine::new(&mut c, &platform)
                     .detach(dev())

@@ -249,7 +249,6 @@ pub struct CmdPlatform {
     hv: Recorder<Arc<dyn Hypervisor>>,
     pci: LoggedPci,
     sim: Option<SimPlatform>,
-    dry_run: bool,
 }
 
 impl Platform for CmdPlatform {
@@ -258,11 +257,6 @@ impl Platform for CmdPlatform {
     }
     fn pci(&self) -> &dyn PciHost {
         &self.pci
-    }
-    fn backend_changed(&self, sbdf: Sbdf, domid: Option<DomId>) {
-        if let (Some(s), false) = (&self.sim, self.dry_run) {
-            s.backend_changed(sbdf, domid);
-        }
     }
 }
 
@@ -560,9 +554,10 @@ impl HostCtx {
                 let mut c = xs.connect(0);
                 restore(&mut c, &file.xenstore)?;
                 let host = host.with_sink(Arc::new(xs.clone()));
-                let simp = SimPlatform { host: host.clone() };
+                // pciback watches the backends from here on (its first run reads them all).
+                let simp = SimPlatform::new(host.clone(), xs.connect(0))?;
                 let hv: Arc<dyn Hypervisor> = Arc::new(host.clone());
-                let pci: Arc<dyn PciHost> = Arc::new(host.clone());
+                let pci: Arc<dyn PciHost> = Arc::new(simp.clone());
                 Ok(HostCtx {
                     spec: spec.clone(),
                     platform: platform(hv, pci, Some(simp), &log, dry_run),
@@ -613,6 +608,10 @@ impl HostCtx {
     pub fn save(&mut self) -> anyhow::Result<()> {
         if self.dry_run {
             return Ok(());
+        }
+        if let Some(simp) = &self.platform.sim {
+            // dom0's work after the command: pciback reacts to the backends it wrote.
+            simp.dom0_runs();
         }
         if let (HostSpec::Sim(dir), Some((host, xs, state))) = (&self.spec, &mut self.sim) {
             state.journal = host.journal();
@@ -669,7 +668,6 @@ fn platform(
             unwritten: Default::default(),
         },
         sim,
-        dry_run,
     }
 }
 

@@ -183,7 +183,7 @@ fn fixture_with(xen: XenProfile, devices: Vec<DeviceSpec>) -> Fixture {
     for d in devices {
         host.add_device(d);
     }
-    let platform = SimPlatform { host: host.clone() };
+    let platform = SimPlatform::new(host.clone(), xs.connect(0)).unwrap();
     let client = xs.connect(0);
     Fixture {
         host,
@@ -1424,7 +1424,7 @@ fn the_teardown_waits_for_pciback_to_give_the_device_back() {
         let host = SimHost::new(Profile::new(XenProfile::Xen4_17_5, pciback))
             .with_sink(std::sync::Arc::new(xs.clone()));
         host.add_device(DeviceSpec::nic(dev(), 4));
-        let platform = SimPlatform { host: host.clone() };
+        let platform = SimPlatform::new(host.clone(), xs.connect(0)).unwrap();
         let mut client = xs.connect(0);
         let g = host.create_domain("g", true);
         let mut e = Engine::new(&mut client, &platform);
@@ -1433,14 +1433,26 @@ fn the_teardown_waits_for_pciback_to_give_the_device_back() {
         // The guest's driver turns memory decoding on (the old pciback left it off).
         host.write_config(dev(), 4, &[0x06, 0x00]).unwrap();
         e.bind(&req(g, epoch, 0)).unwrap();
+        // attach's backend nodes make pciback export the device to the guest once dom0's
+        // work runs.
+        platform.dom0_runs();
+        assert!(host.journal().iter().any(|o| matches!(o,
+            sim::SimOp::XenbusBackend { domid, listed, present: true }
+                if *domid == g && listed == &[dev()])));
+        host.with_world(|w| assert_eq!(w.device(dev()).unwrap().linux.exported_to, Some(g)));
         let before = host.journal().len();
         let out = e.detach(dev()).unwrap();
         assert!(matches!(out, Outcome::Assignable { .. }), "{out:?}");
         let ops = host.journal()[before..].to_vec();
+        // pciback read the backend's removal from Xenstore (its xenbus watch), which leaves
+        // its worker a put to do.
         let put_later = ops
             .iter()
-            .position(|o| matches!(o, sim::SimOp::PcibackPutLater { .. }))
-            .expect("the backend's removal leaves pciback a put to do");
+            .position(|o| {
+                matches!(o, sim::SimOp::XenbusBackend { domid, listed, present: false }
+                    if *domid == g && listed.is_empty())
+            })
+            .expect("pciback saw the backend go");
         let settled = ops
             .iter()
             .position(|o| matches!(o, sim::SimOp::Settle))

@@ -4,6 +4,7 @@
 //! journal, so a profile plus a journal replays a host exactly (`--host sim:DIR` keeps its
 //! state that way) and every operation is counted and, when tracing, printed.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pci::host::{PciHost, Resource, PCIBACK};
@@ -164,6 +165,16 @@ pub enum SimOp {
     },
     /// Time passes in dom0: pciback's pending puts run.
     Settle,
+    /// pciback's xenbus watch read domain `domid`'s PCI backend from Xenstore: the devices
+    /// it lists (`dev-N`), and whether the backend exists at all. Devices newly listed are
+    /// exported; a device it exported and no longer lists is put back at once (the backend
+    /// stays), or later by pciback's worker (the whole backend went). The journal keeps
+    /// what was read, so a replay does not need Xenstore.
+    XenbusBackend {
+        domid: DomId,
+        listed: Vec<Sbdf>,
+        present: bool,
+    },
     PvEnableMsix {
         sbdf: Sbdf,
         nvec: u16,
@@ -409,6 +420,35 @@ impl SimHost {
     pub fn pciback_put_later(&self, sbdf: Sbdf) -> Result<(), Errno> {
         self.unit(SimOp::PcibackPutLater { sbdf })
     }
+    /// pciback's reaction to domain `domid`'s PCI backend as Xenstore holds it now
+    /// ([`SimOp::XenbusBackend`]); journaled only when it changes something.
+    pub fn xenbus_backend(
+        &self,
+        domid: DomId,
+        listed: Vec<Sbdf>,
+        present: bool,
+    ) -> Result<(), Errno> {
+        let unchanged = self.with_world(|w| {
+            let had = w.pciback.xenbus.get(&domid);
+            let listed_set: BTreeSet<Sbdf> = listed.iter().copied().collect();
+            match had {
+                Some(h) => *h == listed_set,
+                None => listed.iter().all(|s| {
+                    w.device(*s).is_none_or(|d| {
+                        d.linux.driver.as_deref() != Some(PCIBACK) || d.linux.exported_to.is_some()
+                    })
+                }),
+            }
+        });
+        if unchanged {
+            return Ok(());
+        }
+        self.unit(SimOp::XenbusBackend {
+            domid,
+            listed,
+            present,
+        })
+    }
     /// Lets dom0's asynchronous work (pciback's pending puts) run; true if any did.
     pub fn settle(&self) -> bool {
         if self.with_world(|w| w.pciback.pending_puts.is_empty()) {
@@ -580,6 +620,36 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
         SimOp::Settle => {
             for sbdf in std::mem::take(&mut w.pciback.pending_puts) {
                 w.pciback_put(sbdf)?;
+            }
+            Ok(Unit)
+        }
+        SimOp::XenbusBackend {
+            domid,
+            listed,
+            present,
+        } => {
+            let had = w.pciback.xenbus.remove(&domid).unwrap_or_default();
+            let mut now = BTreeSet::new();
+            for sbdf in listed {
+                if had.contains(&sbdf) {
+                    now.insert(sbdf);
+                } else if w.pciback_export(sbdf, domid).is_ok() {
+                    // A device not in pciback, or exported elsewhere, is refused
+                    // (xen_pcibk_export_device's pcistub_get_pci_dev_by_slot fails).
+                    now.insert(sbdf);
+                }
+            }
+            for sbdf in had.difference(&now) {
+                if present {
+                    // One of several devices left a live backend (real pciback waits for
+                    // libxl's Closing/Reconfiguring handshake; docs/simulator.md).
+                    w.pciback_put(*sbdf)?;
+                } else {
+                    w.pciback.pending_puts.insert(*sbdf);
+                }
+            }
+            if !now.is_empty() {
+                w.pciback.xenbus.insert(domid, now);
             }
             Ok(Unit)
         }

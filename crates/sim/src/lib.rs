@@ -18,6 +18,7 @@ pub mod libxl;
 pub mod linux;
 pub mod profile;
 pub mod world;
+pub mod xenbus;
 
 pub use device::{DeviceSpec, ResetMethod};
 pub use dm::{DeviceModel, DmBehaviour, VectorBroker};

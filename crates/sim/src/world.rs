@@ -146,6 +146,9 @@ pub struct PcibackState {
     pub allow_interrupt_control: BTreeSet<Sbdf>,
     /// Devices whose backend went away and that pciback has not yet put back.
     pub pending_puts: BTreeSet<Sbdf>,
+    /// What each domain's xenbus PCI backend exported, as pciback read it from Xenstore
+    /// (`xen_pcibk_export_device` from the backend's `dev-N` nodes).
+    pub xenbus: BTreeMap<DomId, BTreeSet<Sbdf>>,
 }
 
 /// Counts of every operation, for benchmarks and reports.

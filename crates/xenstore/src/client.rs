@@ -482,6 +482,12 @@ impl XsClient {
         }
     }
 
+    /// Whether this client talks to an in-process store ([`crate::local::LocalXenstore`]):
+    /// then a change's watch events are queued by the time the change's reply is.
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.stream, Transport::Local(_))
+    }
+
     /// Events already received and queued.
     pub fn queued_events(&self) -> usize {
         self.events.len()
