@@ -90,13 +90,50 @@ impl BindRequest {
     }
 }
 
+/// The crash points a run passes, counted across every engine of the run, with an
+/// injected crash at one of them: the explorer's one counter. The engine consults it only
+/// when given one ([`Engine::counting`]); a real ptguard has none.
+#[derive(Debug, Default)]
+pub struct CrashPoints {
+    passed: std::cell::Cell<u64>,
+    crash_at: std::cell::Cell<Option<u64>>,
+}
+
+impl CrashPoints {
+    /// Counts without crashing.
+    pub fn new() -> CrashPoints {
+        CrashPoints::default()
+    }
+
+    /// Crashes at crash point `n` (0: the first), once.
+    pub fn crashing_at(n: u64) -> CrashPoints {
+        let c = CrashPoints::default();
+        c.crash_at.set(Some(n));
+        c
+    }
+
+    /// Crash points passed so far.
+    pub fn passed(&self) -> u64 {
+        self.passed.get()
+    }
+
+    /// Passes one crash point: `Crashed` (naming it) if this is the planned one.
+    fn pass(&self, at: impl FnOnce() -> String) -> Result<()> {
+        let n = self.passed.get();
+        self.passed.set(n + 1);
+        if self.crash_at.get() == Some(n) {
+            self.crash_at.set(None);
+            return Err(EngineError::Crashed { at: at() });
+        }
+        Ok(())
+    }
+}
+
 /// ptguard's engine over one Xenstore connection and one platform.
 pub struct Engine<'a> {
     pub(crate) xs: &'a mut XsClient,
     pub(crate) platform: &'a dyn Platform,
-    fuel: Option<u64>,
-    /// Crash points passed so far (the explorer enumerates them).
-    pub checkpoints: u64,
+    crash_points: Option<&'a CrashPoints>,
     /// Loud notices (quarantine, unknown bindings) for the caller to print.
     pub notices: Vec<String>,
     pub(crate) protected: ProtectedDomains,
@@ -111,8 +148,7 @@ impl<'a> Engine<'a> {
         Engine {
             xs,
             platform,
-            fuel: None,
-            checkpoints: 0,
+            crash_points: None,
             notices: Vec::new(),
             protected: ProtectedDomains::default(),
         }
@@ -144,21 +180,18 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Makes the engine "crash" (return [`EngineError::Crashed`]) at crash point `n`.
-    pub fn crash_at(mut self, n: u64) -> Engine<'a> {
-        self.fuel = Some(n);
+    /// Counts the crash points this engine passes in `points`, which may plan a crash
+    /// ([`EngineError::Crashed`]) at one of them.
+    pub fn counting(mut self, points: &'a CrashPoints) -> Engine<'a> {
+        self.crash_points = Some(points);
         self
     }
 
     pub(crate) fn checkpoint(&mut self, at: impl FnOnce() -> String) -> Result<()> {
-        self.checkpoints += 1;
-        if let Some(f) = &mut self.fuel {
-            if *f == 0 {
-                return Err(EngineError::Crashed { at: at() });
-            }
-            *f -= 1;
+        match self.crash_points {
+            Some(c) => c.pass(at),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub(crate) fn notice(&mut self, msg: String) {

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod ledger;
 mod lifecycle;
 pub mod orphaned;
+pub mod reconcile;
 pub mod refusal;
 pub mod stepwise;
 mod store;
@@ -31,8 +32,9 @@ use pci::{PciError, PciHost, Sbdf};
 use xen::{DomId, Hypervisor, XenError};
 use xenstore::XenstoreError;
 
-pub use engine::{BindKind, BindRequest, Engine, Outcome};
+pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
+pub use reconcile::{Decision, OwnerView, Trigger};
 pub use refusal::{ProtectedDomains, Refusal};
 pub use stepwise::{Credential, DeviceModelCall};
 

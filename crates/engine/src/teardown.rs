@@ -1,6 +1,6 @@
 //! The teardown of DESIGN.md §2 (revoke, unbind, release, deassign, reset, prepare,
-//! verify), each step journaled and idempotent, and recovery: finishing whatever a crash
-//! left half done.
+//! verify), each step journaled and idempotent, so that a crash resumes it from its step
+//! (when is `reconcile.rs`'s to decide).
 
 use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
 use pci::{ConfigSpace, Sbdf};
@@ -11,44 +11,27 @@ use crate::ledger::*;
 use crate::EngineError;
 
 use crate::engine::*;
+use crate::reconcile::{decide, Decision, OwnerView, Trigger};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
 impl Engine<'_> {
-    /// Hot-unplug: tears the device down while its owner may still run.
-    pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
-        self.teardown(sbdf, "unplug")
-    }
-
-    /// The owner is gone or going (reboot, destroy): tears down every device it had.
-    pub fn domain_released(&mut self, domid: DomId) -> Result<Vec<(Sbdf, Outcome)>> {
-        self.refuse_protected(domid, "tear down the devices of")?;
-        let mut out = Vec::new();
-        for rec in self.list()?.into_iter().flatten() {
-            if rec.owner == Some(domid) {
-                out.push((rec.sbdf, self.teardown(rec.sbdf, "destroy")?));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Starts (or resumes) the teardown of one device.
-    pub fn teardown(&mut self, sbdf: Sbdf, reason: &str) -> Result<Outcome> {
+    /// Starts (or resumes) the teardown of one device, recording `reason`: the record is
+    /// read and, if attached, marked `tearing-down` in one transaction ([`decide`] for a
+    /// named device).
+    pub(crate) fn teardown(&mut self, sbdf: Sbdf, reason: &'static str) -> Result<Outcome> {
         let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
             let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
-            match rec.state {
-                DeviceState::Assignable => Ok(Some(Outcome::Assignable { epoch: rec.epoch })),
-                DeviceState::Failed => Ok(Some(Outcome::Failed {
-                    reason: rec.reason.unwrap_or_default(),
-                })),
-                DeviceState::Attached => {
+            match decide(&rec, OwnerView::Unobserved, &Trigger::Unplug(sbdf, reason)) {
+                Decision::Report(o) => Ok(Some(o)),
+                Decision::Start(reason) => {
                     rec.state = DeviceState::TearingDown;
                     rec.step = Some(Step::Revoke);
                     rec.reason = Some(reason.to_string());
                     write_head(xs, tx, &rec)?;
                     Ok(None)
                 }
-                DeviceState::TearingDown | DeviceState::Quarantined => Ok(None),
+                Decision::Resume | Decision::Leave => Ok(None),
             }
         })?;
         if let Some(o) = start {
@@ -100,7 +83,7 @@ impl Engine<'_> {
     }
 
     /// Keeps the device from every guest, saying why; the teardown resumes from its step.
-    fn quarantine(&mut self, rec: &mut DeviceRecord, reason: String) -> Result<Outcome> {
+    pub(crate) fn quarantine(&mut self, rec: &mut DeviceRecord, reason: String) -> Result<Outcome> {
         rec.state = DeviceState::Quarantined;
         rec.reason = Some(reason.clone());
         write_head(self.xs, TxId::NONE, rec)?;
@@ -127,7 +110,7 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+    pub(crate) fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
         let hv = self.platform.hypervisor();
         let pci = self.platform.pci();
         // Read once; each step journals its successor and updates this copy (the broker
@@ -375,59 +358,5 @@ impl Engine<'_> {
             }
             Err(_) => Ok(false),
         }
-    }
-
-    // ---------------------------------------------------------------------------------
-    // Recovery
-    // ---------------------------------------------------------------------------------
-
-    /// Finishes whatever a crash left half done: teardowns, quarantines whose owner is gone,
-    /// attaches interrupted midway, devices whose owner died while ptguard was down.
-    pub fn recover(&mut self) -> Result<Vec<(Sbdf, Outcome)>> {
-        let hv = self.platform.hypervisor();
-        let mut out = Vec::new();
-        for rec in self.list()? {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    self.notice(format!("recover: skipping a corrupt ledger entry: {e}"));
-                    continue;
-                }
-            };
-            let sbdf = rec.sbdf;
-            // A domain that reuses the owner's domid is not the owner (its handle differs).
-            let owner_alive = match rec.owner {
-                Some(d) => hv.domain_info(d)?.is_some_and(|i| {
-                    !i.dying && !i.shutdown && same_incarnation(rec.owner_handle, &i)
-                }),
-                None => false,
-            };
-            let outcome = match rec.state {
-                DeviceState::TearingDown | DeviceState::Quarantined => self.run_teardown(sbdf),
-                DeviceState::Attached if rec.step == Some(Step::Attach) => {
-                    self.teardown(sbdf, "attach-interrupted")
-                }
-                DeviceState::Attached if !owner_alive => self.teardown(sbdf, "destroy"),
-                _ => continue,
-            };
-            let outcome = match outcome {
-                Ok(o) => Some(o),
-                Err(e) if e.is_crash() => return Err(e),
-                // One device's failing step must not stop the rest (nor the daemon): keep
-                // it from guests, say why, and retry it on the next round.
-                Err(e) => {
-                    let Some(mut rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
-                        continue;
-                    };
-                    let step = rec.step.map_or("its first step", |s| s.as_str());
-                    let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
-                    Some(self.quarantine(&mut rec, why)?)
-                }
-            };
-            if let Some(o) = outcome {
-                out.push((sbdf, o));
-            }
-        }
-        Ok(out)
     }
 }

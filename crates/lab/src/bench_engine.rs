@@ -110,7 +110,7 @@ pub fn teardown(vectors: u16) -> Result<TeardownRow> {
     let hc0 = host.counters();
     let xs0 = c.stats();
     let t = Instant::now();
-    let out = Engine::new(&mut c, &platform).domain_released(d)?;
+    let out = Engine::new(&mut c, &platform).reconcile(engine::Trigger::DomainReleased(d))?;
     let micros = t.elapsed().as_secs_f64() * 1e6;
     if !matches!(out.as_slice(), [(_, Outcome::Assignable { .. })]) {
         return Err(LabError::Unexpected(format!(
@@ -291,7 +291,7 @@ pub fn scale(devices: usize, vectors: u16) -> Result<ScaleRow> {
     }
     let xs0 = c.stats();
     let t = Instant::now();
-    let done = Engine::new(&mut c, &platform).recover()?;
+    let done = Engine::new(&mut c, &platform).reconcile(engine::Trigger::Recover)?;
     let recover_ms = t.elapsed().as_secs_f64() * 1e3;
     let bindings = devices * (usize::from(vectors) + 1);
     Ok(ScaleRow {
@@ -360,7 +360,8 @@ pub fn reboot_storm(
                 .map_err(|e| LabError::Host(e.to_string()))?;
             host.pause(old).map_err(|e| LabError::Host(e.to_string()))?;
             let t = Instant::now();
-            let out = Engine::new(&mut c, &platform).domain_released(old)?;
+            let out =
+                Engine::new(&mut c, &platform).reconcile(engine::Trigger::DomainReleased(old))?;
             let per_device = t.elapsed().as_secs_f64() * 1e3;
             slowest = slowest.max(per_device);
             teardowns += out.len();

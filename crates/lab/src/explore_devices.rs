@@ -103,7 +103,7 @@ fn msix_request(host: &SimHost, domid: DomId, sbdf: Sbdf, epoch: u64, entry: u16
     }
 }
 
-/// Runs `scenario` on a fresh host with `fuel` (None: no crash); returns its end state and
+/// Runs `scenario` on a fresh host with a crash at crash point `crash_at` (None: no crash); returns its end state and
 /// what went wrong, and the crash points it passed.
 type Scenario = fn(&Bed, &mut Vec<String>) -> String;
 
@@ -112,15 +112,17 @@ fn run_one(
     pciback: PcibackProfile,
     devices: &[DeviceSpec],
     scenario: Scenario,
-    fuel: Option<u64>,
+    crash_at: Option<u64>,
 ) -> (String, Vec<String>, u64) {
     let bed = Bed::new(xen, pciback, devices.to_vec());
-    bed.ctl.borrow_mut().fuel = fuel;
+    if let Some(k) = crash_at {
+        bed.ctl.borrow_mut().crash_points = engine::CrashPoints::crashing_at(k);
+    }
     let mut problems = Vec::new();
     let end = scenario(&bed, &mut problems);
     let sbdfs: Vec<Sbdf> = devices.iter().map(|d| d.sbdf).collect();
     bed.end_checks(&sbdfs, &mut problems);
-    let passed = bed.ctl.borrow().checkpoints;
+    let passed = bed.ctl.borrow().crash_points.passed();
     (end, problems, passed)
 }
 
@@ -181,9 +183,9 @@ fn shared_intx_line(bed: &Bed, problems: &mut Vec<String>) -> String {
         problems.push(format!("B's INTx after A's unplug ({detached:?}): {e}"));
     }
     let _ = host.shutdown(g);
-    let _ = bed.ask(|e| e.domain_released(g));
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::DomainReleased(g)));
     let _ = host.destroy_domain(g);
-    let _ = bed.ask(|e| e.recover());
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::Recover));
     format!("A {:?} B {:?}", bed.state(a), bed.state(b))
 }
 
@@ -229,9 +231,9 @@ fn vf_pf_decoding(bed: &Bed, problems: &mut Vec<String>) -> String {
     dm.crash();
     let _ = host.write_config(pf, 4, &0u16.to_le_bytes());
     let _ = host.shutdown(a);
-    let _ = bed.ask(|e| e.domain_released(a));
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::DomainReleased(a)));
     let _ = host.destroy_domain(a);
-    let _ = bed.ask(|e| e.recover());
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::Recover));
     let maskall = host.with_world(|w| w.device(vf).map(|d| d.xen.host_maskall));
     if maskall != Some(false) {
         problems.push(format!("the VF's host_maskall after A: {maskall:?}"));
@@ -281,7 +283,7 @@ fn reused_domid(bed: &Bed, problems: &mut Vec<String>) -> String {
     let _ = host.write_config(other, 4, &0x6u16.to_le_bytes());
     let tb = host.with_world(|w| w.device(other).map(|d| d.hw.table_base()));
     let theirs = host.map_pirq(&MapPirq::msix(a2, other, 0, tb.unwrap_or_default()));
-    let _ = bed.ask(|e| e.recover());
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::Recover));
     let kept = theirs.as_ref().is_ok_and(|p| {
         host.with_world(|w| {
             w.domains

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use engine::{BindRequest, Engine, EngineError, Platform};
+use engine::{BindRequest, CrashPoints, Engine, EngineError, Platform};
 use pci::host::Resource;
 use pci::{PciError, PciHost, Sbdf};
 use sim::dm::{VectorBroker, VectorRequest};
@@ -142,10 +142,8 @@ impl PciHost for SimPlatform {
 pub struct Ctl {
     pub xs: XsClient,
     pub platform: SimPlatform,
-    /// Crash points left before the injected crash (`None`: no crash planned).
-    pub fuel: Option<u64>,
-    /// Crash points passed in this run.
-    pub checkpoints: u64,
+    /// The run's crash points, with the injected crash if one is planned.
+    pub crash_points: CrashPoints,
     /// Where the injected crash happened.
     pub crashed_at: Option<String>,
     pub notices: Vec<String>,
@@ -156,8 +154,7 @@ impl Ctl {
         Ctl {
             xs,
             platform,
-            fuel: None,
-            checkpoints: 0,
+            crash_points: CrashPoints::new(),
             crashed_at: None,
             notices: Vec::new(),
         }
@@ -170,23 +167,14 @@ impl Ctl {
         f: impl FnOnce(&mut Engine) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
         let platform = self.platform.clone();
-        let mut e = Engine::new(&mut self.xs, &platform);
-        if let Some(fuel) = self.fuel {
-            e = e.crash_at(fuel);
-        }
+        let mut e = Engine::new(&mut self.xs, &platform).counting(&self.crash_points);
         let r = f(&mut e);
-        let used = e.checkpoints;
         self.notices.append(&mut e.notices);
         drop(e);
-        self.checkpoints += used;
-        if let Some(f) = &mut self.fuel {
-            *f = f.saturating_sub(used);
-        }
         if let Err(EngineError::Crashed { at }) = &r {
             self.crashed_at = Some(at.clone());
-            self.fuel = None;
             let mut e = Engine::new(&mut self.xs, &platform);
-            let rec = e.recover();
+            let rec = e.reconcile(engine::Trigger::Recover);
             self.notices.append(&mut e.notices);
             if let Err(err) = rec {
                 self.notices

@@ -237,7 +237,7 @@ impl Rig {
 
     /// Plans an injected ptguard crash at crash point `k` of this run.
     pub fn crash_at(&mut self, k: u64) {
-        self.ctl.get_mut().fuel = Some(k);
+        self.ctl.get_mut().crash_points = engine::CrashPoints::crashing_at(k);
     }
 
     fn engine<T>(
@@ -328,7 +328,7 @@ impl Rig {
         r.notices.extend(ctl.notices.iter().cloned());
         r.crashed_at = ctl.crashed_at.clone();
         r.trace = self.host.take_trace();
-        r.checkpoints = ctl.checkpoints;
+        r.checkpoints = ctl.crash_points.passed();
         drop(ctl);
         let ledger = self.ledger_state();
         r.quarantined |= matches!(ledger, Some((DeviceState::Quarantined, _)));
@@ -506,10 +506,10 @@ impl Rig {
                 let _ = self.host.pause(domid);
                 g.dm.kill();
                 // @releaseDomain → ptguard watch tears down what the domain had.
-                let r = self.engine_retry(|e| e.domain_released(domid));
+                let r = self.engine_retry(|e| e.reconcile(engine::Trigger::DomainReleased(domid)));
                 let _ = self.host.destroy_domain(domid);
                 // The domain is gone: finish quarantined teardowns.
-                let _ = self.engine_retry(|e| e.recover());
+                let _ = self.engine_retry(|e| e.reconcile(engine::Trigger::Recover));
                 r.map(|_| ()).map_err(|e| e.to_string())
             }
             Policy::Sweep => {
@@ -518,7 +518,7 @@ impl Rig {
                 let _ = self.host.shutdown(domid);
                 // @releaseDomain reaches ptguard before libxl starts its teardown (the race
                 // docs/companion.md measures): sweep, release, reset, prepare, verify.
-                let r = self.engine_retry(|e| e.domain_released(domid));
+                let r = self.engine_retry(|e| e.reconcile(engine::Trigger::DomainReleased(domid)));
                 if let Ok(out) = &r {
                     if out
                         .iter()

@@ -707,3 +707,56 @@ fn logs_fit_journald_and_version_names_the_abi() {
     assert!(v.starts_with("ptguard 0.1.0 (commit "), "{v}");
     assert!(v.contains("Xen 4.17 ABI: domctl interface 0x15"), "{v}");
 }
+
+/// Issue 13: a command finishes only its own device's interrupted work; another device's
+/// teardown a crash left behind is the daemon's (one `reconcile` entry, scoped by what
+/// asked).
+#[test]
+fn a_command_resumes_only_its_own_devices_unfinished_teardown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.17", "--pciback", "new"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["assignable-add", "0000:04:00.0"]);
+    ok(&d, &["sim", "create", "g1"]);
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    ok(&d, &["attach", "0000:04:00.0", "1"]);
+    // ptguard died right after it marked 03:00.0's teardown started.
+    let entry = "/ptguard/device/0000-03-00-0";
+    edit_xenstore(&d, |xs| {
+        let head = xs.read_string(xenstore::TxId::NONE, entry).unwrap();
+        let crashed =
+            head.replacen("state=attached", "state=tearing-down", 1) + " step=revoke reason=unplug";
+        // Keep the canonical order: step before driver, reason last.
+        let rec =
+            engine::DeviceRecord::decode_head("0000:03:00.0".parse().unwrap(), &crashed).unwrap();
+        xs.write(xenstore::TxId::NONE, entry, rec.encode_head().as_bytes())
+            .unwrap()
+    });
+    let state = |dev: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&ok(&d, &["show", dev, "--json"])).unwrap();
+        v["ledger"]["state"].as_str().unwrap().to_string()
+    };
+    ok(&d, &["detach", "0000:04:00.0"]);
+    assert_eq!(state("0000:04:00.0"), "assignable");
+    assert_eq!(
+        state("0000:03:00.0"),
+        "tearing-down",
+        "not detach's to finish"
+    );
+    // Its own command finishes it first...
+    ok(&d, &["attach", "0000:03:00.0", "1"]);
+    assert_eq!(state("0000:03:00.0"), "attached");
+    // ...and the daemon's round finishes any device's.
+    edit_xenstore(&d, |xs| {
+        let head = xs.read_string(xenstore::TxId::NONE, entry).unwrap();
+        let mut rec =
+            engine::DeviceRecord::decode_head("0000:03:00.0".parse().unwrap(), &head).unwrap();
+        rec.state = engine::DeviceState::TearingDown;
+        rec.step = Some(engine::Step::Revoke);
+        xs.write(xenstore::TxId::NONE, entry, rec.encode_head().as_bytes())
+            .unwrap()
+    });
+    ok(&d, &["watch", "--once"]);
+    assert_eq!(state("0000:03:00.0"), "assignable");
+}

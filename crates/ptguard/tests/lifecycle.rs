@@ -411,7 +411,7 @@ fn protected_domains_are_refused_before_anything_changes() {
             "{d}: {err}"
         );
         assert!(matches!(
-            e.domain_released(d),
+            e.reconcile(engine::Trigger::DomainReleased(d)),
             Err(EngineError::ProtectedDomain { .. })
         ));
     }
@@ -747,7 +747,8 @@ fn teardown_resumes_from_the_journal_and_is_idempotent() {
         }
     }
     // Crash in the middle of the force-unbind, then recover as a restarted ptguard.
-    let mut e = Engine::new(&mut f.client, &f.platform).crash_at(5);
+    let crash = engine::CrashPoints::crashing_at(5);
+    let mut e = Engine::new(&mut f.client, &f.platform).counting(&crash);
     let err = e.detach(dev()).unwrap_err();
     assert!(err.is_crash());
     let rec = Engine::new(&mut f.client, &f.platform)
@@ -756,11 +757,13 @@ fn teardown_resumes_from_the_journal_and_is_idempotent() {
         .unwrap();
     assert_eq!(rec.state, DeviceState::TearingDown);
     assert!(rec.step.is_some());
-    let out = Engine::new(&mut f.client, &f.platform).recover().unwrap();
+    let out = Engine::new(&mut f.client, &f.platform)
+        .reconcile(engine::Trigger::Recover)
+        .unwrap();
     assert!(matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()));
     // Running it again does nothing more.
     assert!(Engine::new(&mut f.client, &f.platform)
-        .recover()
+        .reconcile(engine::Trigger::Recover)
         .unwrap()
         .is_empty());
     assert!(matches!(
@@ -866,7 +869,7 @@ fn one_failing_teardown_does_not_stop_recovery_of_the_others() {
         .unwrap();
     f.host.shutdown(a).unwrap();
     let mut e = Engine::new(&mut f.client, &f.platform);
-    let done = e.recover().unwrap();
+    let done = e.reconcile(engine::Trigger::Recover).unwrap();
     let of = |s: Sbdf| done.iter().find(|(d, _)| *d == s).map(|(_, o)| o.clone());
     assert!(
         matches!(of(dev()), Some(Outcome::Assignable { .. })),
@@ -1144,7 +1147,7 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
     dm.crash();
     host.write_config(pf, 4, &0u16.to_le_bytes()).unwrap();
     host.shutdown(a).unwrap();
-    let out = e.domain_released(a).unwrap();
+    let out = e.reconcile(engine::Trigger::DomainReleased(a)).unwrap();
     assert!(
         matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == vf),
         "{out:?}"
@@ -1211,7 +1214,7 @@ fn a_reused_domid_is_not_the_owner() {
         refusal(e.bind(&req(a2, epoch, 4))).code(),
         "stale-incarnation"
     );
-    let out = e.recover().unwrap();
+    let out = e.reconcile(engine::Trigger::Recover).unwrap();
     assert!(
         matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()),
         "{out:?}"

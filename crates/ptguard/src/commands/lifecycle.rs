@@ -13,13 +13,13 @@ use crate::cli::Cli;
 use crate::hostctx::HostCtx;
 use crate::output::emit;
 
-/// Opens the host and, unless this is a dry run, finishes whatever a crash left half done
-/// (every command resumes interrupted teardowns).
-pub fn open(cli: &Cli) -> anyhow::Result<HostCtx> {
+/// Opens the host and, unless this is a dry run, finishes what a crash left undone on the
+/// device the command is about to act on (`device`): its interrupted attach or teardown.
+/// Other devices' unfinished work is the daemon's (`ptguard watch`), or their own commands'.
+pub fn open(cli: &Cli, device: Option<Sbdf>) -> anyhow::Result<HostCtx> {
     let mut ctx = HostCtx::for_cli(cli)?;
-    if !cli.dry_run {
-        let done = ctx.engine().recover()?;
-        for (s, o) in done {
+    if let (Some(s), false) = (device, cli.dry_run) {
+        for (s, o) in ctx.engine().reconcile(engine::Trigger::Resume(s))? {
             tracing::warn!(
                 "finished the pending teardown of {s} (owner gone or teardown interrupted): {o:?}"
             );
@@ -58,7 +58,7 @@ struct Done<'a, T: Serialize> {
 }
 
 pub fn assignable_add(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, Some(s))?;
     let rec = ctx.engine().assignable_add(s)?;
     emit(out, json, &rec, |out| {
         writeln!(
@@ -77,7 +77,7 @@ pub fn assignable_remove(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, Some(s))?;
     ctx.engine().assignable_remove(s)?;
     emit(
         out,
@@ -102,7 +102,7 @@ pub fn attach(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, Some(s))?;
     let epoch = ctx.engine().attach(s, DomId(domid))?;
     #[derive(Serialize)]
     struct R {
@@ -126,7 +126,7 @@ pub fn attach(
 }
 
 pub fn repair(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, Some(s))?;
     let done = ctx.engine().repair(s)?;
     let v = serde_json::json!({ "sbdf": s, "action": "repair", "done": done });
     emit(out, json, &v, |out| {
@@ -146,7 +146,7 @@ pub fn adopt(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, Some(s))?;
     let epoch = ctx.engine().adopt(s, DomId(domid))?;
     let v = serde_json::json!({ "sbdf": s, "action": "adopt", "domid": domid, "epoch": epoch });
     emit(out, json, &v, |out| {
@@ -173,7 +173,7 @@ fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<(
 }
 
 pub fn detach(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, None)?;
     let mut e = ctx.engine();
     let o = e.detach(s)?;
     let mut n = std::mem::take(&mut e.notices);
@@ -211,9 +211,9 @@ pub fn release_domain(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, None)?;
     let mut e = ctx.engine();
-    let done = e.domain_released(DomId(domid))?;
+    let done = e.reconcile(engine::Trigger::DomainReleased(DomId(domid)))?;
     let n = std::mem::take(&mut e.notices);
     drop(e);
     emit(out, json, &done, |out| {
@@ -410,7 +410,7 @@ pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Resu
 
 /// `ptguard sweep DOMID`.
 pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, None)?;
     let report = ctx.engine().sweep(DomId(domid))?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
@@ -454,7 +454,7 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
 /// `ptguard hook pre-reset SBDF`.
 pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     use engine::companion::PreReset;
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, None)?;
     let done = ctx.engine().pre_reset(s)?;
     emit(out, json, &done, |out| {
         match &done {

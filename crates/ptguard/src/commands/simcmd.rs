@@ -89,7 +89,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
         }
         return Ok(());
     }
-    let mut ctx = open(cli)?;
+    let mut ctx = open(cli, None)?;
     let host = sim_host(&ctx)?;
     match what {
         SimCommand::Init(_) => {}

@@ -52,7 +52,11 @@ fn recover_pending(ctx: &mut HostCtx, adopt: bool, recover: bool) -> anyhow::Res
             tracing::warn!("adoption from the toolstack's backends: {err}");
         }
     }
-    let done = if recover { e.recover()? } else { Vec::new() };
+    let done = if recover {
+        e.reconcile(engine::Trigger::Recover)?
+    } else {
+        Vec::new()
+    };
     let notices = std::mem::take(&mut e.notices);
     Ok((done, notices))
 }
@@ -190,8 +194,8 @@ fn broker_socket(cli: &Cli, args: &WatchArgs) -> PathBuf {
 
 pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = HostCtx::for_cli(cli)?;
-    // One device whose resumed teardown fails does not stop the daemon: recover()
-    // quarantines it and reports it among the outcomes.
+    // One device whose resumed teardown fails does not stop the daemon: the recovery
+    // round quarantines it and reports it among the outcomes.
     let (done, notices) = recover_pending(&mut ctx, !args.no_adopt, true)?;
     ctx.save()?;
     let pending = Pending {

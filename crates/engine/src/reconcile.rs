@@ -1,0 +1,354 @@
+//! One entry point for bringing the ledger in line with the world: [`Engine::reconcile`],
+//! used by the daemon's rounds, every command and recovery after a crash alike. What to do
+//! with each device is decided by one pure function, [`decide`], from its record, what Xen
+//! says of its owner and what asked ([`Trigger`]); the teardown then runs its journaled
+//! steps (`teardown.rs`).
+
+use pci::Sbdf;
+use xen::DomId;
+use xenstore::TxId;
+
+use crate::engine::*;
+use crate::ledger::*;
+use crate::EngineError;
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// What asks for a reconciliation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The daemon's round, or a restarted ptguard: every device whose teardown is unfinished,
+    /// whose attach was interrupted, or whose owner is gone.
+    Recover,
+    /// A command about to act on one device: that device's unfinished work only (another
+    /// device's is the daemon's, or that device's own command's).
+    Resume(Sbdf),
+    /// The toolstack says a domain is gone (`release-domain`): each of its devices.
+    DomainReleased(DomId),
+    /// The operator or a toolstack hook takes one device from its guest, with the reason
+    /// the ledger records (`unplug`, `pre-reset`, `attach-failed`).
+    Unplug(Sbdf, &'static str),
+}
+
+impl Trigger {
+    /// Whether a device's failing step is the caller's error (it asked for that device or
+    /// domain) rather than a reason to quarantine it and go on with the others.
+    fn explicit(&self) -> bool {
+        matches!(self, Trigger::DomainReleased(_) | Trigger::Unplug(..))
+    }
+}
+
+/// What Xen says of a record's owner, when the decision needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerView {
+    /// Running (or paused) and the incarnation the ledger recorded.
+    Alive,
+    /// Gone, dying, shut down, or its domid reused by another domain.
+    NotAlive,
+    /// Not asked (the trigger does not depend on it).
+    Unobserved,
+}
+
+/// What to do with one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing for this trigger.
+    Leave,
+    /// Nothing to do, and this is how it stands (a named device already clean or failed).
+    Report(Outcome),
+    /// Start its teardown, recording why.
+    Start(&'static str),
+    /// Its teardown is under way or quarantined: resume it from its journaled step.
+    Resume,
+}
+
+/// The one decision of what a trigger means for a device. Pure: the record, what Xen says
+/// of the owner, and the trigger.
+pub fn decide(rec: &DeviceRecord, owner: OwnerView, trigger: &Trigger) -> Decision {
+    let named = |reason: &'static str| match rec.state {
+        DeviceState::Assignable => Decision::Report(Outcome::Assignable { epoch: rec.epoch }),
+        DeviceState::Failed => Decision::Report(Outcome::Failed {
+            reason: rec.reason.clone().unwrap_or_default(),
+        }),
+        DeviceState::Attached => Decision::Start(reason),
+        DeviceState::TearingDown | DeviceState::Quarantined => Decision::Resume,
+    };
+    match *trigger {
+        Trigger::Unplug(s, reason) if s == rec.sbdf => named(reason),
+        Trigger::DomainReleased(d) if rec.owner == Some(d) => named("destroy"),
+        Trigger::Recover => unfinished(rec, owner),
+        Trigger::Resume(s) if s == rec.sbdf => unfinished(rec, owner),
+        _ => Decision::Leave,
+    }
+}
+
+/// What a crash or a gone owner left to finish.
+fn unfinished(rec: &DeviceRecord, owner: OwnerView) -> Decision {
+    match rec.state {
+        DeviceState::TearingDown | DeviceState::Quarantined => Decision::Resume,
+        DeviceState::Attached if rec.step == Some(Step::Attach) => {
+            Decision::Start("attach-interrupted")
+        }
+        DeviceState::Attached if owner == OwnerView::NotAlive => Decision::Start("destroy"),
+        _ => Decision::Leave,
+    }
+}
+
+impl Engine<'_> {
+    /// Brings the devices `trigger` concerns in line with the world and returns how each
+    /// one it acted on (or named) stands. For [`Trigger::Recover`] and [`Trigger::Resume`]
+    /// a device whose step fails is quarantined with the reason and the others go on (it is
+    /// retried on the next round); for the explicit triggers the error is returned.
+    pub fn reconcile(&mut self, trigger: Trigger) -> Result<Vec<(Sbdf, Outcome)>> {
+        let records = match trigger {
+            Trigger::Unplug(sbdf, reason) => {
+                return Ok(vec![(sbdf, self.teardown(sbdf, reason)?)]);
+            }
+            Trigger::DomainReleased(domid) => {
+                self.refuse_protected(domid, "tear down the devices of")?;
+                self.list()?
+            }
+            Trigger::Resume(sbdf) => match self.record(sbdf) {
+                Ok(Some(r)) => vec![Ok(r)],
+                Ok(None) => Vec::new(),
+                Err(e) => vec![Err(e)],
+            },
+            Trigger::Recover => self.list()?,
+        };
+        let hv = self.platform.hypervisor();
+        let mut out = Vec::new();
+        for rec in records {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) if trigger.explicit() => return Err(e),
+                Err(e) => {
+                    self.notice(format!("recover: skipping a corrupt ledger entry: {e}"));
+                    continue;
+                }
+            };
+            let sbdf = rec.sbdf;
+            let owner = match (trigger, rec.owner) {
+                (Trigger::Recover | Trigger::Resume(_), Some(d)) => match hv.domain_info(d)? {
+                    Some(i)
+                        if !i.dying && !i.shutdown && same_incarnation(rec.owner_handle, &i) =>
+                    {
+                        OwnerView::Alive
+                    }
+                    _ => OwnerView::NotAlive,
+                },
+                (Trigger::Recover | Trigger::Resume(_), None) => OwnerView::NotAlive,
+                _ => OwnerView::Unobserved,
+            };
+            let outcome = match decide(&rec, owner, &trigger) {
+                Decision::Leave => continue,
+                Decision::Report(o) => Ok(o),
+                Decision::Start(reason) => self.teardown(sbdf, reason),
+                Decision::Resume => self.run_teardown(sbdf),
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) if e.is_crash() || trigger.explicit() => return Err(e),
+                // One device's failing step must not stop the rest (nor the daemon): keep
+                // it from guests, say why, and retry it on the next round.
+                Err(e) => {
+                    let Some(mut rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
+                        continue;
+                    };
+                    let step = rec.step.map_or("its first step", |s| s.as_str());
+                    let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
+                    self.quarantine(&mut rec, why)?
+                }
+            };
+            out.push((sbdf, outcome));
+        }
+        Ok(out)
+    }
+
+    /// Hot-unplug: tears the device down while its owner may still run.
+    pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        self.teardown(sbdf, "unplug")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sbdf(bus: u8) -> Sbdf {
+        Sbdf::new(0, bus, 0, 0).unwrap()
+    }
+
+    fn record(state: DeviceState, owner: Option<u16>, step: Option<Step>) -> DeviceRecord {
+        DeviceRecord {
+            owner: owner.map(DomId),
+            step,
+            reason: Some("why".into()),
+            ..DeviceRecord::new(sbdf(3), state, 7)
+        }
+    }
+
+    #[test]
+    fn every_trigger_decides_as_the_table_says() {
+        use DeviceState::*;
+        use OwnerView::*;
+        let d = DomId(5);
+        let me = sbdf(3);
+        let attached = record(Attached, Some(5), None);
+        let attaching = record(Attached, Some(5), Some(Step::Attach));
+        let tearing = record(TearingDown, Some(5), Some(Step::Release));
+        let quarantined = record(Quarantined, Some(5), Some(Step::Release));
+        let assignable = record(Assignable, None, None);
+        let failed = record(Failed, Some(5), Some(Step::Verify));
+        let cases: Vec<(&DeviceRecord, OwnerView, Trigger, Decision)> = vec![
+            // Recovery finishes what is unfinished and what a gone owner left.
+            (&tearing, Alive, Trigger::Recover, Decision::Resume),
+            (&quarantined, Alive, Trigger::Recover, Decision::Resume),
+            (
+                &attaching,
+                Alive,
+                Trigger::Recover,
+                Decision::Start("attach-interrupted"),
+            ),
+            (
+                &attached,
+                NotAlive,
+                Trigger::Recover,
+                Decision::Start("destroy"),
+            ),
+            (&attached, Alive, Trigger::Recover, Decision::Leave),
+            (&assignable, NotAlive, Trigger::Recover, Decision::Leave),
+            (&failed, NotAlive, Trigger::Recover, Decision::Leave),
+            // A command resumes only its own device.
+            (&tearing, Alive, Trigger::Resume(me), Decision::Resume),
+            (&tearing, Alive, Trigger::Resume(sbdf(4)), Decision::Leave),
+            (
+                &attached,
+                NotAlive,
+                Trigger::Resume(sbdf(4)),
+                Decision::Leave,
+            ),
+            // A named device always gets an answer.
+            (
+                &attached,
+                Unobserved,
+                Trigger::Unplug(me, "unplug"),
+                Decision::Start("unplug"),
+            ),
+            (
+                &tearing,
+                Unobserved,
+                Trigger::Unplug(me, "unplug"),
+                Decision::Resume,
+            ),
+            (
+                &assignable,
+                Unobserved,
+                Trigger::Unplug(me, "unplug"),
+                Decision::Report(Outcome::Assignable { epoch: 7 }),
+            ),
+            (
+                &failed,
+                Unobserved,
+                Trigger::Unplug(me, "unplug"),
+                Decision::Report(Outcome::Failed {
+                    reason: "why".into(),
+                }),
+            ),
+            (
+                &attached,
+                Unobserved,
+                Trigger::Unplug(sbdf(4), "unplug"),
+                Decision::Leave,
+            ),
+            // A released domain's devices, and only its.
+            (
+                &attached,
+                Unobserved,
+                Trigger::DomainReleased(d),
+                Decision::Start("destroy"),
+            ),
+            (
+                &quarantined,
+                Unobserved,
+                Trigger::DomainReleased(d),
+                Decision::Resume,
+            ),
+            (
+                &attached,
+                Unobserved,
+                Trigger::DomainReleased(DomId(6)),
+                Decision::Leave,
+            ),
+            (
+                &assignable,
+                Unobserved,
+                Trigger::DomainReleased(d),
+                Decision::Leave,
+            ),
+        ];
+        for (rec, owner, trigger, want) in cases {
+            assert_eq!(
+                decide(rec, owner, &trigger),
+                want,
+                "{} {:?} {owner:?} {trigger:?}",
+                rec.state,
+                rec.step
+            );
+        }
+    }
+
+    fn arb_state() -> impl Strategy<Value = DeviceState> {
+        prop_oneof![
+            Just(DeviceState::Assignable),
+            Just(DeviceState::Attached),
+            Just(DeviceState::TearingDown),
+            Just(DeviceState::Quarantined),
+            Just(DeviceState::Failed),
+        ]
+    }
+
+    fn arb_trigger() -> impl Strategy<Value = Trigger> {
+        prop_oneof![
+            Just(Trigger::Recover),
+            (0u8..3).prop_map(|n| Trigger::Resume(sbdf(n + 2))),
+            (4u16..7).prop_map(|d| Trigger::DomainReleased(DomId(d))),
+            (0u8..3).prop_map(|n| Trigger::Unplug(sbdf(n + 2), "unplug")),
+        ]
+    }
+
+    proptest! {
+        /// Only an attached device's teardown is started; a trigger about another device
+        /// or domain never acts; a device still running its guest under recovery is left.
+        #[test]
+        fn decisions_stay_within_their_trigger(
+            state in arb_state(),
+            owner in proptest::option::of(4u16..7),
+            attaching in any::<bool>(),
+            view in prop_oneof![Just(OwnerView::Alive), Just(OwnerView::NotAlive), Just(OwnerView::Unobserved)],
+            trigger in arb_trigger(),
+        ) {
+            let step = attaching.then_some(Step::Attach);
+            let rec = record(state, owner, step);
+            let d = decide(&rec, view, &trigger);
+            if matches!(d, Decision::Start(_)) {
+                prop_assert_eq!(state, DeviceState::Attached);
+            }
+            let concerns = match trigger {
+                Trigger::Recover => true,
+                Trigger::Resume(s) | Trigger::Unplug(s, _) => s == rec.sbdf,
+                Trigger::DomainReleased(dom) => rec.owner == Some(dom),
+            };
+            if !concerns {
+                prop_assert_eq!(d.clone(), Decision::Leave);
+            }
+            if matches!(trigger, Trigger::Recover | Trigger::Resume(_))
+                && view == OwnerView::Alive
+                && state == DeviceState::Attached
+                && !attaching
+            {
+                prop_assert_eq!(d, Decision::Leave);
+            }
+        }
+    }
+}
