@@ -218,7 +218,7 @@ fn vf_pf_decoding(bed: &Bed, problems: &mut Vec<String>) -> String {
         };
         let _ = host.unpause(g);
         let broker = EngineBroker {
-            ctl: &bed.ctl,
+            access: &bed.ctl,
             epoch,
         };
         let mut dm = DeviceModel::new(g, behaviour);

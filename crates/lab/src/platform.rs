@@ -185,10 +185,50 @@ impl Ctl {
     }
 }
 
-/// The broker as the simulated device models reach it (in-process API).
-pub struct EngineBroker<'c> {
-    pub ctl: &'c RefCell<Ctl>,
+/// Whatever runs engine calls for a simulated device model's broker requests: the
+/// harness (a crash restarts ptguard and the device model asks again), a command's host
+/// context, a test's engine.
+pub trait EngineAccess {
+    fn with_engine<T>(
+        &self,
+        f: impl Fn(&mut Engine) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError>;
+}
+
+/// The broker as the simulated device models reach it (in-process API): each request
+/// becomes the engine's bind or unbind, with the epoch the device model was started with.
+pub struct EngineBroker<A> {
+    pub access: A,
     pub epoch: u64,
+}
+
+impl<A: EngineAccess> VectorBroker for EngineBroker<A> {
+    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
+        let r = bind_request(req, self.epoch);
+        self.access
+            .with_engine(|e| e.bind(&r))
+            .map_err(|e| e.to_string())
+    }
+    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
+        let r = bind_request(req, self.epoch);
+        self.access
+            .with_engine(|e| e.unbind(&r, pirq))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl EngineAccess for &RefCell<Ctl> {
+    fn with_engine<T>(
+        &self,
+        f: impl Fn(&mut Engine) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut ctl = self.borrow_mut();
+        match ctl.call(&f) {
+            // ptguard restarted under the device model: it asks again.
+            Err(EngineError::Crashed { .. }) => ctl.call(&f),
+            other => other,
+        }
+    }
 }
 
 /// The broker request for a device model's vector request, with the epoch it was started
@@ -203,27 +243,5 @@ pub fn bind_request(req: &VectorRequest, epoch: u64) -> BindRequest {
         gvec: req.gvec,
         gflags: req.gflags,
         gtable: req.gtable,
-    }
-}
-
-impl VectorBroker for EngineBroker<'_> {
-    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
-        let r = bind_request(req, self.epoch);
-        let mut ctl = self.ctl.borrow_mut();
-        match ctl.call(|e| e.bind(&r)) {
-            // ptguard restarted under the device model: it asks again.
-            Err(EngineError::Crashed { .. }) => ctl.call(|e| e.bind(&r)).map_err(|e| e.to_string()),
-            other => other.map_err(|e| e.to_string()),
-        }
-    }
-    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
-        let r = bind_request(req, self.epoch);
-        let mut ctl = self.ctl.borrow_mut();
-        match ctl.call(|e| e.unbind(&r, pirq)) {
-            Err(EngineError::Crashed { .. }) => {
-                ctl.call(|e| e.unbind(&r, pirq)).map_err(|e| e.to_string())
-            }
-            other => other.map_err(|e| e.to_string()),
-        }
     }
 }

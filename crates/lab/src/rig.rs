@@ -385,7 +385,7 @@ impl Rig {
                     Ok(epoch) => {
                         g.epoch = epoch;
                         let broker = EngineBroker {
-                            ctl: &self.ctl,
+                            access: &self.ctl,
                             epoch,
                         };
                         g.dm.plug(&self.host, &broker, sbdf)
@@ -426,7 +426,7 @@ impl Rig {
         let r = match self.policy {
             Policy::Ptguard => {
                 let broker = EngineBroker {
-                    ctl: &self.ctl,
+                    access: &self.ctl,
                     epoch: g.epoch,
                 };
                 g.dm.guest_enable_msix(&self.host, &broker, sbdf, n)
@@ -498,7 +498,7 @@ impl Rig {
         match self.policy {
             Policy::Ptguard => {
                 let broker = EngineBroker {
-                    ctl: &self.ctl,
+                    access: &self.ctl,
                     epoch: g.epoch,
                 };
                 g.dm.guest_shutdown(&self.host, &broker, sbdf);
@@ -553,7 +553,7 @@ impl Rig {
         let r = match self.policy {
             Policy::Ptguard => {
                 let broker = EngineBroker {
-                    ctl: &self.ctl,
+                    access: &self.ctl,
                     epoch: g.epoch,
                 };
                 let _ = g.dm.unplug(&self.host, &broker, sbdf, true);

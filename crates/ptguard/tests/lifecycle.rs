@@ -1089,19 +1089,14 @@ fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
 }
 
 /// A device model's requests, served by one engine (what `ptguard watch`'s broker does).
-struct InProcessBroker<'e, 'a>(std::cell::RefCell<&'e mut Engine<'a>>, u64);
+struct InProcess<'e, 'a>(std::cell::RefCell<&'e mut Engine<'a>>);
 
-impl sim::dm::VectorBroker for InProcessBroker<'_, '_> {
-    fn bind_vector(&self, req: &sim::dm::VectorRequest) -> Result<xen::Pirq, String> {
-        let r = ptguard::platform::bind_request(req, self.1);
-        self.0.borrow_mut().bind(&r).map_err(|e| e.to_string())
-    }
-    fn unbind_vector(&self, req: &sim::dm::VectorRequest, pirq: xen::Pirq) -> Result<(), String> {
-        let r = ptguard::platform::bind_request(req, self.1);
-        self.0
-            .borrow_mut()
-            .unbind(&r, pirq)
-            .map_err(|e| e.to_string())
+impl ptguard::platform::EngineAccess for InProcess<'_, '_> {
+    fn with_engine<T>(
+        &self,
+        f: impl Fn(&mut Engine) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        f(&mut self.0.borrow_mut())
     }
 }
 
@@ -1133,7 +1128,10 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
         let g = host.create_domain(name, true);
         let epoch = e.attach(vf, g).unwrap();
         host.unpause(g).unwrap();
-        let broker = InProcessBroker(std::cell::RefCell::new(e), epoch);
+        let broker = ptguard::platform::EngineBroker {
+            access: InProcess(std::cell::RefCell::new(e)),
+            epoch,
+        };
         let mut dm = sim::dm::DeviceModel::new(g, behaviour);
         dm.plug(&host, &broker, vf).unwrap();
         dm.guest_enable_msix(&host, &broker, vf, 3).unwrap();

@@ -7,38 +7,25 @@ use std::io::Write;
 use anyhow::{bail, Context};
 use pci::Sbdf;
 use serde::Serialize;
-use sim::dm::{check_interrupts, DeviceModel, VectorBroker, VectorRequest};
+use sim::dm::{check_interrupts, DeviceModel};
 use sim::{DeviceSpec, SimHost};
-use xen::{DomId, Pirq};
+use xen::DomId;
 
 use crate::cli::{Cli, SimCommand};
 use crate::commands::lifecycle::{open, print_log};
 use crate::hostctx::{sim_init, HostCtx, HostSpec};
 use crate::output::emit;
-use crate::platform::bind_request;
+use crate::platform::{EngineAccess, EngineBroker};
 
-/// The broker as a device model started from the command line reaches it.
-struct CtxBroker<'c> {
-    ctx: &'c RefCell<&'c mut HostCtx>,
-    epoch: u64,
-}
+/// A command's host context serving a device model started from the command line.
+struct CtxAccess<'c>(&'c RefCell<&'c mut HostCtx>);
 
-impl VectorBroker for CtxBroker<'_> {
-    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
-        let r = bind_request(req, self.epoch);
-        self.ctx
-            .borrow_mut()
-            .engine()
-            .bind(&r)
-            .map_err(|e| e.to_string())
-    }
-    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
-        let r = bind_request(req, self.epoch);
-        self.ctx
-            .borrow_mut()
-            .engine()
-            .unbind(&r, pirq)
-            .map_err(|e| e.to_string())
+impl EngineAccess for CtxAccess<'_> {
+    fn with_engine<T>(
+        &self,
+        f: impl Fn(&mut engine::Engine) -> Result<T, engine::EngineError>,
+    ) -> Result<T, engine::EngineError> {
+        f(&mut self.0.borrow_mut().engine())
     }
 }
 
@@ -121,7 +108,10 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 let mut dm = DeviceModel::new(domid, a.dm);
                 {
                     let cell = RefCell::new(&mut ctx);
-                    let broker = CtxBroker { ctx: &cell, epoch };
+                    let broker = EngineBroker {
+                        access: CtxAccess(&cell),
+                        epoch,
+                    };
                     dm.plug(&host, &broker, sbdf)
                         .map_err(|e| anyhow::anyhow!(e))?;
                     dm.guest_enable_msix(&host, &broker, sbdf, a.vectors)
@@ -174,7 +164,10 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             });
             if let Some(dm) = &mut dm {
                 let cell = RefCell::new(&mut ctx);
-                let broker = CtxBroker { ctx: &cell, epoch };
+                let broker = EngineBroker {
+                    access: CtxAccess(&cell),
+                    epoch,
+                };
                 for s in &devices {
                     dm.guest_shutdown(&host, &broker, *s);
                 }
