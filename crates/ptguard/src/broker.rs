@@ -97,6 +97,14 @@ pub enum BrokerRequest {
     },
 }
 
+/// A broker request as the engine serves it.
+enum Operation<'r> {
+    Bind(&'r BindRequest),
+    Unbind(&'r BindRequest, Pirq),
+    /// One of the four libxenctrl calls, with the epoch if the device model gave one.
+    DeviceModelCall((Option<u64>, DeviceModelCall)),
+}
+
 impl BrokerRequest {
     /// The domain the request speaks for.
     fn domid(&self) -> DomId {
@@ -110,10 +118,11 @@ impl BrokerRequest {
         }
     }
 
-    /// A device-model call and its epoch, for the four libxenctrl operations.
-    fn device_model_call(&self) -> Option<(Option<u64>, DeviceModelCall)> {
-        Some(match *self {
-            BrokerRequest::Bind(_) | BrokerRequest::Unbind { .. } => return None,
+    /// What the request asks the engine for.
+    fn operation(&self) -> Operation<'_> {
+        Operation::DeviceModelCall(match *self {
+            BrokerRequest::Bind(ref b) => return Operation::Bind(b),
+            BrokerRequest::Unbind { ref req, pirq } => return Operation::Unbind(req, Pirq(pirq)),
             BrokerRequest::MapPirqMsi {
                 sbdf,
                 entry,
@@ -293,12 +302,10 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
         }
     }
     let verified = peer_pid.is_some() && peer_pid == dm;
-    let r = match (&req, req.device_model_call()) {
-        (BrokerRequest::Bind(b), _) => ctx.engine().bind(b).map(|p| Some(p.0)),
-        (BrokerRequest::Unbind { req, pirq }, _) => {
-            ctx.engine().unbind(req, Pirq(*pirq)).map(|_| None)
-        }
-        (_, Some((epoch, call))) => {
+    let r = match req.operation() {
+        Operation::Bind(b) => ctx.engine().bind(b).map(|p| Some(p.0)),
+        Operation::Unbind(b, pirq) => ctx.engine().unbind(b, pirq).map(|_| None),
+        Operation::DeviceModelCall((epoch, call)) => {
             let credential = match (epoch, verified) {
                 (Some(e), _) => Credential::Epoch(e),
                 (None, true) => Credential::VerifiedDeviceModel,
@@ -308,7 +315,6 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
                 .device_model_call(claimed, credential, &call)
                 .map(|p| p.map(|p| p.0))
         }
-        (_, None) => Ok(None),
     };
     match r {
         Ok(pirq) => BrokerReply {
