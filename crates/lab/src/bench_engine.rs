@@ -190,7 +190,7 @@ pub fn bind_overhead(n: u16) -> Result<BindReport> {
     // Baseline: the same map + bind straight to the simulated hypervisor.
     let bare_host = SimHost::new(profile());
     bare_host.add_device(DeviceSpec::nic(sbdf, n));
-    sim::libxl::assignable_add(&bare_host, sbdf).map_err(LabError::Host)?;
+    sim::libxl::assignable_add(&bare_host, sbdf)?;
     let bd = bare_host.create_domain("g", true);
     bare_host.assign_device(bd, sbdf, 0)?;
     let t = Instant::now();

@@ -18,7 +18,7 @@ use xen::{DomId, GuestIntx, Hypervisor, MapPirq};
 use xenstore::local::LocalXenstore;
 use xenstore::store::Quotas;
 
-use crate::platform::{Ctl, EngineBroker, SimPlatform};
+use crate::platform::{Ctl, EngineAccess, EngineBroker, SimPlatform};
 
 /// What one multi-device scenario's exploration found.
 #[derive(Debug, Serialize)]
@@ -57,13 +57,9 @@ impl Bed {
 
     /// One engine request; after a crash (ptguard restarted and recovered) it is asked
     /// again, as a device model or an operator would.
-    fn ask<T>(&self, f: impl Fn(&mut Engine) -> Result<T, EngineError>) -> Result<T, String> {
-        let mut ctl = self.ctl.borrow_mut();
-        match ctl.call(&f) {
-            Err(EngineError::Crashed { .. }) => ctl.call(&f),
-            r => r,
-        }
-        .map_err(|e| e.to_string())
+    /// An engine call; a crash restarts ptguard and the call is made again.
+    fn ask<T>(&self, f: impl Fn(&mut Engine) -> Result<T, EngineError>) -> Result<T, EngineError> {
+        (&self.ctl).with_engine(f)
     }
 
     fn state(&self, sbdf: Sbdf) -> Option<DeviceState> {

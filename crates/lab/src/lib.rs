@@ -27,6 +27,11 @@ pub enum LabError {
     Xen(#[from] xen::XenError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A simulated toolstack or device model step failed.
+    #[error(transparent)]
+    Sim(#[from] sim::SimError),
+    #[error("no guest {name} in this scenario")]
+    NoGuest { name: String },
     #[error("{0}")]
     Unexpected(String),
 }

@@ -10,7 +10,7 @@ use pci::host::Resource;
 use pci::{PciError, PciHost, Sbdf};
 use sim::dm::{VectorBroker, VectorRequest};
 use sim::xenbus::PcibackXenbus;
-use sim::SimHost;
+use sim::{SimError, SimHost};
 use xen::{Hypervisor, Pirq};
 use xenstore::XsClient;
 
@@ -203,17 +203,17 @@ pub struct EngineBroker<A> {
 }
 
 impl<A: EngineAccess> VectorBroker for EngineBroker<A> {
-    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
+    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, SimError> {
         let r = bind_request(req, self.epoch);
         self.access
             .with_engine(|e| e.bind(&r))
-            .map_err(|e| e.to_string())
+            .map_err(|e| SimError::Broker(e.to_string()))
     }
-    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
+    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), SimError> {
         let r = bind_request(req, self.epoch);
         self.access
             .with_engine(|e| e.unbind(&r, pirq))
-            .map_err(|e| e.to_string())
+            .map_err(|e| SimError::Broker(e.to_string()))
     }
 }
 

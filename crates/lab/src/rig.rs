@@ -15,6 +15,8 @@ use xenstore::store::Quotas;
 use xenstore::TxId;
 
 use crate::platform::{Ctl, EngineBroker, SimPlatform};
+use crate::LabError;
+use sim::SimError;
 
 /// Who tears a device down, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -267,15 +269,15 @@ impl Rig {
     }
 
     /// Prepares the device: pci-assignable-add (libxl) or ptguard assignable-add.
-    pub fn setup(&mut self) -> Result<(), String> {
+    pub fn setup(&mut self) -> Result<(), LabError> {
         match self.policy {
             Policy::Ptguard => self
                 .engine_retry(|e| match e.record(self.sbdf)? {
                     Some(_) => Ok(()),
                     None => e.assignable_add(self.sbdf).map(|_| ()),
                 })
-                .map_err(|e| e.to_string()),
-            _ => libxl::assignable_add(&self.host, self.sbdf),
+                .map_err(LabError::from),
+            _ => Ok(libxl::assignable_add(&self.host, self.sbdf)?),
         }
     }
 
@@ -352,7 +354,7 @@ impl Rig {
         DirectBroker(self.host.clone())
     }
 
-    fn boot(&mut self, name: &str) -> Result<(), String> {
+    fn boot(&mut self, name: &str) -> Result<(), LabError> {
         let domid = self.host.create_domain(name, true);
         self.guests.insert(
             name.to_string(),
@@ -363,20 +365,22 @@ impl Rig {
             },
         );
         let r = self.attach_to(name);
-        self.host.unpause(domid).map_err(|e| e.to_string())?;
+        self.host
+            .unpause(domid)
+            .map_err(SimError::refused("unpause"))?;
         r?;
         self.enable(name)
     }
 
-    fn attach_existing(&mut self, name: &str) -> Result<(), String> {
+    fn attach_existing(&mut self, name: &str) -> Result<(), LabError> {
         self.attach_to(name)?;
         self.enable(name)
     }
 
-    fn attach_to(&mut self, name: &str) -> Result<(), String> {
+    fn attach_to(&mut self, name: &str) -> Result<(), LabError> {
         let sbdf = self.sbdf;
         let Some(mut g) = self.guests.remove(name) else {
-            return Err(format!("no guest {name}"));
+            return Err(LabError::NoGuest { name: name.into() });
         };
         let r = match self.policy {
             Policy::Ptguard => {
@@ -388,7 +392,7 @@ impl Rig {
                             access: &self.ctl,
                             epoch,
                         };
-                        g.dm.plug(&self.host, &broker, sbdf)
+                        g.dm.plug(&self.host, &broker, sbdf).map_err(LabError::from)
                     }
                     Err(
                         e @ EngineError::NotAssignable {
@@ -397,31 +401,37 @@ impl Rig {
                         },
                     ) => {
                         self.report.quarantined = true;
-                        Err(e.to_string())
+                        Err(e.into())
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 }
             }
             Policy::Sweep => {
                 let domid = g.domid;
-                libxl::attach(&self.host, domid, sbdf, &mut g.dm, &self.direct()).and_then(|()| {
-                    // `ptguard watch` sees the toolstack's backend and adopts the device.
-                    self.engine_retry(|e| e.adopt(sbdf, domid))
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
+                libxl::attach(&self.host, domid, sbdf, &mut g.dm, &self.direct())
+                    .map_err(LabError::from)
+                    .and_then(|()| {
+                        // `ptguard watch` sees the toolstack's backend and adopts the device.
+                        Ok(self.engine_retry(|e| e.adopt(sbdf, domid)).map(|_| ())?)
+                    })
             }
-            _ => libxl::attach(&self.host, g.domid, sbdf, &mut g.dm, &self.direct()),
+            _ => Ok(libxl::attach(
+                &self.host,
+                g.domid,
+                sbdf,
+                &mut g.dm,
+                &self.direct(),
+            )?),
         };
         self.guests.insert(name.to_string(), g);
         r
     }
 
-    fn enable(&mut self, name: &str) -> Result<(), String> {
+    fn enable(&mut self, name: &str) -> Result<(), LabError> {
         let sbdf = self.sbdf;
         let n = self.vectors;
         let Some(mut g) = self.guests.remove(name) else {
-            return Err(format!("no guest {name}"));
+            return Err(LabError::NoGuest { name: name.into() });
         };
         let r = match self.policy {
             Policy::Ptguard => {
@@ -462,7 +472,7 @@ impl Rig {
             }
         });
         self.check(name);
-        r.map(|_| ())
+        Ok(r.map(|_| ())?)
     }
 
     /// Whether guest `g` currently owns the device (a refused hand-over is not a failure).
@@ -486,10 +496,10 @@ impl Rig {
 
     /// The guest shuts down (its device model behaving as it does) and the toolstack
     /// destroys the domain.
-    fn destroy(&mut self, name: &str) -> Result<(), String> {
+    fn destroy(&mut self, name: &str) -> Result<(), LabError> {
         let sbdf = self.sbdf;
         let Some(mut g) = self.guests.remove(name) else {
-            return Err(format!("no guest {name}"));
+            return Err(LabError::NoGuest { name: name.into() });
         };
         let domid = g.domid;
         let attached_here = self
@@ -510,7 +520,7 @@ impl Rig {
                 let _ = self.host.destroy_domain(domid);
                 // The domain is gone: finish quarantined teardowns.
                 let _ = self.engine_retry(|e| e.reconcile(engine::Trigger::Recover));
-                r.map(|_| ()).map_err(|e| e.to_string())
+                Ok(r.map(|_| ())?)
             }
             Policy::Sweep => {
                 let direct = self.direct();
@@ -529,23 +539,26 @@ impl Rig {
                 }
                 let devices: Vec<Sbdf> = if attached_here { vec![sbdf] } else { vec![] };
                 let l = libxl::destroy(&self.host, domid, &devices, &mut g.dm, &direct);
-                r.map(|_| ()).map_err(|e| e.to_string()).and(l)
+                r.map(|_| ())?;
+                Ok(l?)
             }
             _ => {
                 let direct = self.direct();
                 g.dm.guest_shutdown(&self.host, &direct, sbdf);
                 let _ = self.host.shutdown(domid);
                 let devices: Vec<Sbdf> = if attached_here { vec![sbdf] } else { vec![] };
-                libxl::destroy(&self.host, domid, &devices, &mut g.dm, &direct)
+                Ok(libxl::destroy(
+                    &self.host, domid, &devices, &mut g.dm, &direct,
+                )?)
             }
         }
     }
 
     /// Hot-unplug from a running guest.
-    fn unplug(&mut self, name: &str) -> Result<(), String> {
+    fn unplug(&mut self, name: &str) -> Result<(), LabError> {
         let sbdf = self.sbdf;
         let Some(mut g) = self.guests.remove(name) else {
-            return Err(format!("no guest {name}"));
+            return Err(LabError::NoGuest { name: name.into() });
         };
         if g.dm.behaviour == DmBehaviour::Crashes || g.dm.behaviour == DmBehaviour::KilledEarly {
             g.dm.crash();
@@ -563,7 +576,7 @@ impl Rig {
                         Ok(())
                     }
                     Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 }
             }
             Policy::Sweep => {
@@ -577,13 +590,16 @@ impl Rig {
                 if let Ok(Outcome::Quarantined { .. }) = self.engine_retry(|e| e.detach(sbdf)) {
                     self.report.quarantined = true;
                 }
-                r
+                Ok(r?)
             }
             _ => {
                 let direct = self.direct();
                 // xl pci-detach; on a device_del timeout the operator forces it.
-                libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, false)
-                    .or_else(|_| libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, true))
+                Ok(
+                    libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, false).or_else(
+                        |_| libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, true),
+                    )?,
+                )
             }
         };
         self.guests.insert(name.to_string(), g);

@@ -4,6 +4,7 @@
 //! hypervisor as qemu does today ([`DirectBroker`]) or through a broker (ptguard's, plugged in
 //! by the binary through [`VectorBroker`]). Its behaviour decides what it leaves behind.
 
+use crate::error::SimError;
 use std::collections::BTreeMap;
 
 use pci::config::regs::*;
@@ -75,8 +76,8 @@ impl VectorRequest {
 
 /// Maps and binds on a device model's behalf.
 pub trait VectorBroker {
-    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String>;
-    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String>;
+    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, SimError>;
+    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), SimError>;
 }
 
 /// qemu's own path: `PHYSDEVOP_map_pirq` then `XEN_DOMCTL_bind_pt_irq`; unbind then unmap
@@ -84,21 +85,18 @@ pub trait VectorBroker {
 pub struct DirectBroker<H>(pub H);
 
 impl<H: Hypervisor> VectorBroker for DirectBroker<H> {
-    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, String> {
-        let pirq = self
-            .0
-            .map_pirq(&req.map_request())
-            .map_err(|e| e.to_string())?;
+    fn bind_vector(&self, req: &VectorRequest) -> Result<Pirq, SimError> {
+        let pirq = self.0.map_pirq(&req.map_request())?;
         if let Err(e) = self.0.bind_pt_irq(req.domid, &req.pt_irq(pirq)) {
             let _ = self.0.unmap_pirq(req.domid, pirq);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         Ok(pirq)
     }
-    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), String> {
+    fn unbind_vector(&self, req: &VectorRequest, pirq: Pirq) -> Result<(), SimError> {
         let unbind = self.0.unbind_pt_irq(req.domid, &req.pt_irq(pirq));
         let unmap = self.0.unmap_pirq(req.domid, pirq);
-        unbind.and(unmap).map_err(|e| e.to_string())
+        Ok(unbind.and(unmap)?)
     }
 }
 
@@ -168,11 +166,11 @@ impl DeviceModel {
         host: &SimHost,
         broker: &dyn VectorBroker,
         sbdf: Sbdf,
-    ) -> Result<(), String> {
+    ) -> Result<(), SimError> {
         if !self.alive {
-            return Err(format!("device model of {} is not running", self.domid));
+            return Err(SimError::DeviceModelDead { domid: self.domid });
         }
-        let gsi = host.irq(sbdf).map_err(|e| e.to_string())?;
+        let gsi = host.irq(sbdf)?;
         if gsi > 0 && gsi < 0xff {
             let guest = Some(self.guest_intx(sbdf));
             let pirq = broker.bind_vector(&self.req(sbdf, VectorKind::Intx { gsi, guest }, 0))?;
@@ -191,9 +189,9 @@ impl DeviceModel {
         broker: &dyn VectorBroker,
         sbdf: Sbdf,
         nvec: u16,
-    ) -> Result<Vec<Pirq>, String> {
+    ) -> Result<Vec<Pirq>, SimError> {
         if !self.alive {
-            return Err(format!("device model of {} is not running", self.domid));
+            return Err(SimError::DeviceModelDead { domid: self.domid });
         }
         let (off, table_base, size) = host
             .with_world(|w| {
@@ -202,16 +200,13 @@ impl DeviceModel {
                         .map(|m| (m.offset, d.hw.table_base(), m.table_size))
                 })
             })
-            .ok_or_else(|| format!("{sbdf} has no MSI-X"))?;
-        let e = |x: pci::PciError| x.to_string();
+            .ok_or(SimError::NoMsix { sbdf })?;
         host.write_config(
             sbdf,
             COMMAND,
             &(COMMAND_MEMORY | COMMAND_MASTER).to_le_bytes(),
-        )
-        .map_err(e)?;
-        host.write_config(sbdf, off + MSIX_FLAGS, &MSIX_FLAGS_ENABLE.to_le_bytes())
-            .map_err(e)?;
+        )?;
+        host.write_config(sbdf, off + MSIX_FLAGS, &MSIX_FLAGS_ENABLE.to_le_bytes())?;
         let mut pirqs = Vec::new();
         for entry in 0..nvec.min(size) {
             let req = self.req(
@@ -382,7 +377,7 @@ pub fn check_interrupts(host: &SimHost, domid: DomId, sbdf: Sbdf, nvec: u16) -> 
         .map(|e| match host.raise(sbdf, e) {
             Ok((d, _)) if d == domid => None,
             Ok((d, _)) => Some(format!("delivered to {d}")),
-            Err(why) => Some(why),
+            Err(why) => Some(why.to_string()),
         })
         .collect();
     GuestReport {

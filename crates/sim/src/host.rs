@@ -483,7 +483,7 @@ impl SimHost {
     }
 
     /// The device signals MSI-X entry `entry`.
-    pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), String> {
+    pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), crate::Undelivered> {
         self.lock().world.raise(sbdf, entry)
     }
 

@@ -13,6 +13,7 @@
 pub mod device;
 pub mod dm;
 pub mod dump;
+pub mod error;
 pub mod host;
 pub mod libxl;
 pub mod linux;
@@ -22,6 +23,7 @@ pub mod xenbus;
 
 pub use device::{DeviceSpec, ResetMethod};
 pub use dm::{DeviceModel, DmBehaviour, VectorBroker};
+pub use error::{SimError, Undelivered};
 pub use host::{DomainEventSink, SimHost, SimOp};
 pub use profile::{PcibackProfile, Profile, XenProfile};
 pub use world::World;

@@ -8,26 +8,26 @@ use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
 use xen::{DomId, Hypervisor, MapPirq, Pirq};
 
 use crate::dm::{DeviceModel, VectorBroker};
+use crate::error::SimError;
 use crate::host::SimHost;
 
 /// What went wrong, as libxl logs it.
-pub type LibxlError = String;
+pub type LibxlError = SimError;
 
 /// `xl pci-assignable-add` (§4.1): seize into pciback, then quarantine to `dom_io` (the
 /// libxl of 4.11.3/4.12.2/4.13.0 onwards; 4.11.0's leaves the device in pciback).
 pub fn assignable_add(host: &SimHost, sbdf: Sbdf) -> Result<(), LibxlError> {
-    pciback::seize(host, sbdf).map_err(|e| e.to_string())?;
+    pciback::seize(host, sbdf)?;
     if !host.profile().xen.has_quarantine() {
         return Ok(());
     }
-    host.assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
-        .map_err(|e| e.to_string())
+    Ok(host.assign_device(DomId::IO, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?)
 }
 
 /// `libxl__device_pci_reset` (§4.2 step 3): sysfs `reset`, or a log line if there is none.
 pub fn pci_reset(host: &SimHost, sbdf: Sbdf) -> Result<(), LibxlError> {
-    if host.can_reset(sbdf).map_err(|e| e.to_string())? {
-        host.reset(sbdf).map_err(|e| e.to_string())
+    if host.can_reset(sbdf)? {
+        Ok(host.reset(sbdf)?)
     } else {
         tracing::warn!("The kernel doesn't support reset from sysfs for PCI device {sbdf}");
         Ok(())
@@ -40,12 +40,7 @@ fn bar_permissions(
     sbdf: Sbdf,
     allow: bool,
 ) -> Result<(), LibxlError> {
-    for r in host
-        .resources(sbdf)
-        .map_err(|e| e.to_string())?
-        .iter()
-        .take(6)
-    {
+    for r in host.resources(sbdf)?.iter().take(6) {
         if r.is_empty() {
             continue;
         }
@@ -54,7 +49,7 @@ fn bar_permissions(
         } else {
             host.iomem_permission(domid, r.start >> 12, r.len().div_ceil(4096), allow)
         };
-        res.map_err(|e| e.to_string())?;
+        res?;
     }
     Ok(())
 }
@@ -68,20 +63,18 @@ pub fn attach(
     dm: &mut DeviceModel,
     broker: &dyn VectorBroker,
 ) -> Result<(), LibxlError> {
-    host.test_assign_device(sbdf).map_err(|e| e.to_string())?;
+    host.test_assign_device(sbdf)?;
     pci_reset(host, sbdf)?;
     dm.plug(host, broker, sbdf)?;
     bar_permissions(host, domid, sbdf, true)?;
-    let irq = host.irq(sbdf).map_err(|e| e.to_string())?;
+    let irq = host.irq(sbdf)?;
     if irq > 0 && irq < 0xff {
-        host.map_pirq(&MapPirq::gsi(domid, irq))
-            .map_err(|e| e.to_string())?;
-        host.irq_permission(domid, Pirq(irq as i32), true)
-            .map_err(|e| e.to_string())?;
+        host.map_pirq(&MapPirq::gsi(domid, irq))?;
+        host.irq_permission(domid, Pirq(irq as i32), true)?;
     }
-    host.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
-        .map_err(|e| e.to_string())?;
-    host.pciback_export(sbdf, domid).map_err(|e| e.to_string())
+    host.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
+    host.pciback_export(sbdf, domid)
+        .map_err(SimError::refused("pciback export"))
 }
 
 /// `do_pci_remove` (§4.3): `device_del` (aborts without `force` if qemu does not finish),
@@ -101,9 +94,7 @@ pub fn detach(
                 .is_some_and(|d| d.state == crate::world::DomainState::Running)
         });
     if !dm.unplug(host, broker, sbdf, guest_alive) && !force {
-        return Err(format!(
-            "{sbdf}: QMP device_del timed out after 10 s; detach aborted"
-        ));
+        return Err(SimError::DeviceDelTimedOut { sbdf });
     }
     let _ = bar_permissions(host, domid, sbdf, false);
     let irq = host.irq(sbdf).unwrap_or(0);
@@ -118,7 +109,8 @@ pub fn detach(
     if let Err(e) = host.deassign_device(domid, sbdf) {
         tracing::warn!("xc_deassign_device failed: {e}");
     }
-    host.pciback_put(sbdf).map_err(|e| e.to_string())
+    host.pciback_put(sbdf)
+        .map_err(SimError::refused("pciback give-back"))
 }
 
 /// `libxl__destroy_domid` (§4.4): forced detach of every device, pause, kill the device
@@ -135,5 +127,6 @@ pub fn destroy(
     }
     let _ = host.pause(domid);
     dm.kill();
-    host.destroy_domain(domid).map_err(|e| e.to_string())
+    host.destroy_domain(domid)
+        .map_err(SimError::refused("destroy domain"))
 }

@@ -3,6 +3,7 @@
 //! Every rule cites the section of `../shared/xen/xen-semantics.md` it comes from. Hypercalls
 //! here are made by dom0 (the toolstack, qemu-xen and pciback all run there).
 
+use crate::error::Undelivered;
 use std::collections::{BTreeMap, BTreeSet};
 
 use pci::config::regs::*;
@@ -1185,49 +1186,58 @@ impl World {
 
     /// The device asserts its INTx line: whether the guest that owns it receives it at the
     /// guest (bus, device, intx) its device model bound, or why not.
-    pub fn raise_intx(&self, sbdf: Sbdf, guest: (u8, u8, u8)) -> Result<(DomId, Pirq), String> {
-        let dev = self.devices.get(&sbdf).ok_or("no such device")?;
+    pub fn raise_intx(
+        &self,
+        sbdf: Sbdf,
+        guest: (u8, u8, u8),
+    ) -> Result<(DomId, Pirq), Undelivered> {
+        let dev = self.devices.get(&sbdf).ok_or(Undelivered::NoDevice)?;
         let gsi = dev.hw.spec.gsi;
         if gsi == 0 {
-            return Err("the device has no INTx line".into());
+            return Err(Undelivered::NoIntxLine);
         }
         let owner = dev.xen.owner;
-        let dom = self.domains.get(&owner).ok_or("owner domain is gone")?;
+        let dom = self.domains.get(&owner).ok_or(Undelivered::OwnerGone)?;
         let (pirq, p) = dom
             .pirqs
             .iter()
             .find(|(_, p)| matches!(p.source, PirqSource::Gsi { gsi: g } if g == gsi))
-            .ok_or_else(|| format!("GSI {gsi} is not mapped in {owner}"))?;
+            .ok_or(Undelivered::GsiNotMapped { gsi, owner })?;
         if !p.intx_links.contains(&guest) {
-            return Err(format!(
-                "GSI {gsi} (pirq {pirq} of {owner}) is not bound to guest device {:02x}:{:02x} INT{}",
-                guest.0,
-                guest.1,
-                (b'A' + guest.2) as char
-            ));
+            return Err(Undelivered::IntxNotBound {
+                gsi,
+                pirq: *pirq,
+                owner,
+                bus: guest.0,
+                device: guest.1,
+                intx: guest.2,
+            });
         }
         Ok((owner, Pirq(*pirq)))
     }
 
     /// The device signals entry `entry`. Returns the domain and pirq it reached, or why not.
-    pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), String> {
-        let dev = self.devices.get(&sbdf).ok_or("no such device")?;
+    pub fn raise(&self, sbdf: Sbdf, entry: u16) -> Result<(DomId, Pirq), Undelivered> {
+        let dev = self.devices.get(&sbdf).ok_or(Undelivered::NoDevice)?;
         if let Some(why) = dev.hw.entry_blocked(entry, self.memory_decoded(sbdf)) {
-            return Err(why.to_string());
+            return Err(Undelivered::Blocked(why));
         }
         let owner = dev.xen.owner;
         let desc = self
             .descs
             .values()
             .rfind(|d| d.sbdf == sbdf && d.entry == entry && d.domid == owner)
-            .ok_or_else(|| format!("no pirq of {owner} is mapped to entry {entry}"))?;
-        let dom = self.domains.get(&owner).ok_or("owner domain is gone")?;
-        let p = dom.pirqs.get(&desc.pirq).ok_or("pirq vanished")?;
+            .ok_or(Undelivered::EntryNotMapped { owner, entry })?;
+        let dom = self.domains.get(&owner).ok_or(Undelivered::OwnerGone)?;
+        let p = dom.pirqs.get(&desc.pirq).ok_or(Undelivered::PirqVanished)?;
         if dom.hvm && p.dpci.is_none() || !dom.hvm && !p.evtchn {
-            return Err(format!("pirq {} is not bound in {owner}", desc.pirq));
+            return Err(Undelivered::PirqNotBound {
+                pirq: desc.pirq,
+                owner,
+            });
         }
         if dom.paused || dom.dying {
-            return Err(format!("{owner} is not running"));
+            return Err(Undelivered::OwnerNotRunning { owner });
         }
         Ok((owner, Pirq(desc.pirq)))
     }
