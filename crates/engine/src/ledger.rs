@@ -107,6 +107,20 @@ impl Step {
         Step::Prepare,
         Step::Verify,
     ];
+    /// The step a teardown journals after this one (`None` after `verify`; an interrupted
+    /// attach is torn down as from `revoke`).
+    pub fn next(self) -> Option<Step> {
+        Some(match self {
+            Step::Attach | Step::Revoke => Step::Unbind,
+            Step::Unbind => Step::Release,
+            Step::Release => Step::Deassign,
+            Step::Deassign => Step::Reset,
+            Step::Reset => Step::Prepare,
+            Step::Prepare => Step::Verify,
+            Step::Verify => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Attach => "attach",

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod ledger;
 mod lifecycle;
 pub mod orphaned;
+pub mod plan;
 pub mod reconcile;
 pub mod refusal;
 pub mod stepwise;

@@ -11,7 +11,16 @@ use crate::ledger::*;
 use crate::EngineError;
 
 use crate::engine::*;
+use crate::plan::{step_work, StepWork, TeardownFacts};
 use crate::reconcile::{decide, Decision, OwnerView, Trigger};
+
+/// How a release step ended.
+enum Released {
+    Yes,
+    /// A finished owner's unknown pirqs were swept: release again.
+    SweptRetry,
+    Quarantined(Outcome),
+}
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -110,26 +119,27 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Runs a teardown from its journaled step to the end: each step's work as planned
+    /// ([`step_work`]), the next step journaled after it.
     pub(crate) fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
-        let hv = self.platform.hypervisor();
-        let pci = self.platform.pci();
         // Read once; each step journals its successor and updates this copy (the broker
         // refuses a tearing-down device, so nobody else changes the record meanwhile).
         let mut rec = self.require(sbdf)?;
-        // Companion mode (an adopted device): the toolstack revokes, removes its backend
-        // and deassigns; doing it too would race it.
-        let companion = rec.mode.is_some();
-        let forget = rec.mode == Some(CompanionMode::Companion);
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
         let replaced = match (rec.owner, rec.owner_handle) {
-            (Some(d), Some(h)) => hv.domain_info(d)?.is_some_and(|i| i.handle != h),
+            (Some(d), Some(h)) => self
+                .platform
+                .hypervisor()
+                .domain_info(d)?
+                .is_some_and(|i| i.handle != h),
             _ => false,
         };
         if replaced {
             self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
         }
+        let facts = TeardownFacts::of(&rec, replaced);
         let mut swept = false;
         loop {
             let owner = rec
@@ -146,204 +156,241 @@ impl Engine<'_> {
             }
             let step = rec.step.unwrap_or(Step::Revoke);
             self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
-            let next = match step {
-                Step::Attach | Step::Revoke if replaced || companion => Step::Unbind,
-                Step::Attach | Step::Revoke => {
-                    bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
-                    // The INTx line's permission goes with its pirq (Unbind): another
-                    // device of the same guest may share the line.
-                    let backend_gone = self.remove_backend(sbdf, owner)?;
-                    if backend_gone {
-                        // pciback resets and gives the device back in its own worker, after
-                        // the Xenstore removal: everything from here on must come after
-                        // that, or its reset (and the old pciback's Command write) would
-                        // undo ours.
-                        let released = pci.wait_backend_released(owner.0, PCIBACK_RELEASE)?;
-                        if !released {
-                            return Err(EngineError::PcibackHoldsBackend {
-                                sbdf,
-                                domid: owner,
-                                waited: PCIBACK_RELEASE,
-                            });
-                        }
-                    }
-                    Step::Unbind
-                }
-                Step::Unbind => {
-                    self.ensure_memory_decoding(sbdf)?;
-                    let known: Vec<Binding> = rec
-                        .bindings
-                        .iter()
-                        .filter(|b| b.pirq.is_some())
-                        .copied()
-                        .collect();
-                    for b in known.iter().filter(|_| !replaced) {
-                        let Some(pirq) = b.pirq else { continue };
-                        self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
-                        if b.key == BindingKey::Intx {
-                            self.release_intx_line(sbdf, owner, b, pirq)?;
-                        } else {
-                            release_msix_pirq(hv, owner, sbdf, b, pirq)?;
-                        }
-                    }
-                    self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
-                    // The lost-maps count stays until the teardown ends: Release needs it.
-                    let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
-                    let intx_gsi = known
-                        .iter()
-                        .find(|b| b.key == BindingKey::Intx)
-                        .map(|b| b.gsi);
-                    rec.bindings.retain(|b| b.pirq.is_none());
-                    rec.step = Some(Step::Release);
-                    self.xs.transaction(|xs, tx| -> Result<()> {
-                        if let Some(gsi) = intx_gsi {
-                            forget_intx_line(xs, tx, owner, gsi, sbdf)?;
-                        }
-                        if all_known {
-                            // One recursive rm instead of one per binding.
-                            rm(xs, tx, &bindings_path(sbdf))?;
-                        } else {
-                            for b in &known {
-                                rm(xs, tx, &binding_path(sbdf, &b.key))?;
-                            }
-                        }
-                        write_head(xs, tx, &rec)
-                    })?;
+            match step_work(step, &facts) {
+                StepWork::Skip { .. } => {}
+                StepWork::Revoke => self.revoke(sbdf, owner)?,
+                StepWork::ForceUnbind { unbind } => {
+                    // Journals `release` with the forgotten bindings, in one transaction.
+                    self.force_unbind(&mut rec, owner, unbind)?;
                     continue;
                 }
-                Step::Deassign if replaced || companion => Step::Reset,
-                Step::Deassign => {
-                    match hv.deassign_device(owner, sbdf) {
+                StepWork::ReleaseMsix => {
+                    match self.release(&mut rec, owner, replaced, &mut swept)? {
+                        Released::Yes => {}
+                        Released::SweptRetry => continue,
+                        Released::Quarantined(o) => return Ok(o),
+                    }
+                }
+                StepWork::Deassign => {
+                    match self.platform.hypervisor().deassign_device(owner, sbdf) {
                         // A domain without an IOMMU context never had the device (an attach
                         // refused at assign, rolled back through here).
                         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {}
                         r => unless_gone(r)?,
                     }
-                    Step::Reset
                 }
-                Step::Release => {
-                    if rec.msix_size == 0 {
-                        Step::Deassign
-                    } else {
-                        let mut released = hv.release_msix(sbdf);
-                        if released.as_ref().err().and_then(XenError::errno) == Some(Errno::EBUSY)
-                            && hv.prepare_msix(sbdf).is_ok()
-                        {
-                            // The count was 0: a crash hit after our release and before the
-                            // step was recorded. Prepare took it back to 1; release again.
-                            released = hv.release_msix(sbdf);
-                        }
-                        match released {
-                            // Deassign only once no stale binding is left: until then the
-                            // device stays with its (dying) owner, never with a new one.
-                            Ok(()) => Step::Deassign,
-                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                                let info = hv.domain_info(owner)?.filter(|_| !replaced);
-                                // Bindings the ledger does not know (a stock device model's)
-                                // of an owner that will never run again: sweep them, with
-                                // decoding on, and release again. Idempotent, so a crash
-                                // here resumes at this step and sweeps again.
-                                if !swept && info.as_ref().is_some_and(|i| i.finished()) {
-                                    swept = true;
-                                    self.ensure_memory_decoding(sbdf)?;
-                                    self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
-                                    if !self.sweep(owner)?.unmapped.is_empty() {
-                                        continue;
-                                    }
-                                }
-                                let unconfirmed = rec.bindings.len();
-                                let lost = rec.lost_maps as usize + unconfirmed;
-                                let why = match info {
-                                    Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
-                                        "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
-                                    ),
-                                    Some(i) if !i.dying && !i.shutdown => format!(
-                                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
-                                    ),
-                                    Some(_) => format!(
-                                        "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
-                                    ),
-                                    None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
-                                };
-                                return self.quarantine(&mut rec, why);
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-                Step::Reset => {
+                StepWork::Reset => {
+                    let pci = self.platform.pci();
                     if pci.can_reset(sbdf)? {
                         pci.reset(sbdf)?;
                     } else {
                         self.notice(format!("{sbdf}: no reset method; relying on prepare and a cleared Message Control"));
                     }
-                    Step::Prepare
                 }
-                Step::Prepare => {
-                    if rec.msix_size > 0 {
-                        let mut r = hv.prepare_msix(sbdf);
-                        if r.as_ref().err().and_then(XenError::errno) == Some(Errno::ENXIO) {
-                            self.ensure_memory_decoding(sbdf)?;
-                            r = hv.prepare_msix(sbdf);
-                        }
-                        match r {
-                            Ok(()) => {}
-                            // Already prepared: a resumed teardown that crashed after this call.
-                            Err(e)
-                                if e.errno() == Some(Errno::EBUSY)
-                                    && self.prepared_by_us(sbdf)? => {}
-                            Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                                return self.quarantine(&mut rec, "prepare_msix answered -EBUSY: a vector was mapped after release".into());
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                        // Enable and Function Mask off: some devices keep MASKALL across reset.
-                        let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
-                        if let Ok(Some(m)) = cfg.map(|c| c.msix) {
-                            pci.write_config(sbdf, m.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
-                        }
+                StepWork::PrepareMsix => {
+                    if let Some(o) = self.prepare(&mut rec)? {
+                        return Ok(o);
                     }
-                    Step::Verify
                 }
-                Step::Verify => {
-                    let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
-                    // Only what a real host can read: the config space. Xen's own MSI-X state is
-                    // the independent oracle's to check (`World::msix_clean`), not ours.
-                    let problem = match cfg {
-                        Ok(c) => match c.msix {
-                            Some(m) if m.function_mask => {
-                                Some("MSI-X Function Mask still set".to_string())
-                            }
-                            Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
-                            _ => None,
-                        },
-                        Err(e) => Some(format!("config space unreadable: {e}")),
-                    };
-                    if let Some(p) = problem {
-                        return self.quarantine(&mut rec, format!("verification failed: {p}"));
-                    }
-                    let epoch = next_epoch(sbdf, rec.epoch)?;
-                    if forget {
-                        // The toolstack owns the device between guests: ptguard keeps a
-                        // record only while a guest holds it (the next one is adopted anew).
-                        rm(self.xs, TxId::NONE, &device_path(sbdf))?;
-                        return Ok(Outcome::Assignable { epoch });
-                    }
-                    let clean = DeviceRecord {
-                        driver: rec.driver.take(),
-                        msix_size: rec.msix_size,
-                        table_base: rec.table_base,
-                        ..DeviceRecord::new(sbdf, DeviceState::Assignable, epoch)
-                    };
-                    self.xs.transaction(|xs, tx| -> Result<()> {
-                        write_head(xs, tx, &clean)?;
-                        rm(xs, tx, &bindings_path(sbdf))
-                    })?;
-                    return Ok(Outcome::Assignable { epoch });
-                }
-            };
-            self.set_step(&mut rec, next)?;
+                StepWork::Verify { forget } => return self.verify(&mut rec, forget),
+            }
+            match step.next() {
+                Some(next) => self.set_step(&mut rec, next)?,
+                None => return Err(corrupt(device_path(sbdf), "", "no step after verify")),
+            }
         }
+    }
+
+    /// Revoke: the owner's BAR and IRQ permissions, the device's backend entry; when that
+    /// was the backend's last device, pciback's give-back awaited.
+    fn revoke(&mut self, sbdf: Sbdf, owner: DomId) -> Result<()> {
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
+        // The INTx line's permission goes with its pirq (Unbind): another device of the
+        // same guest may share the line.
+        if self.remove_backend(sbdf, owner)? {
+            // pciback resets and gives the device back in its own worker, after the
+            // Xenstore removal: everything from here on must come after that, or its reset
+            // (and the old pciback's Command write) would undo ours.
+            if !pci.wait_backend_released(owner.0, PCIBACK_RELEASE)? {
+                return Err(EngineError::PcibackHoldsBackend {
+                    sbdf,
+                    domid: owner,
+                    waited: PCIBACK_RELEASE,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Unbind: decoding on, each known binding unbound and unmapped (`unbind`), then all of
+    /// them forgotten and `release` journaled in one transaction.
+    fn force_unbind(&mut self, rec: &mut DeviceRecord, owner: DomId, unbind: bool) -> Result<()> {
+        let sbdf = rec.sbdf;
+        let hv = self.platform.hypervisor();
+        self.ensure_memory_decoding(sbdf)?;
+        let known: Vec<Binding> = rec
+            .bindings
+            .iter()
+            .filter(|b| b.pirq.is_some())
+            .copied()
+            .collect();
+        for b in known.iter().filter(|_| unbind) {
+            let Some(pirq) = b.pirq else { continue };
+            self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
+            if b.key == BindingKey::Intx {
+                self.release_intx_line(sbdf, owner, b, pirq)?;
+            } else {
+                release_msix_pirq(hv, owner, sbdf, b, pirq)?;
+            }
+        }
+        self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
+        // The lost-maps count stays until the teardown ends: Release needs it.
+        let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
+        let intx_gsi = known
+            .iter()
+            .find(|b| b.key == BindingKey::Intx)
+            .map(|b| b.gsi);
+        rec.bindings.retain(|b| b.pirq.is_none());
+        rec.step = Some(Step::Release);
+        let rec = &*rec;
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            if let Some(gsi) = intx_gsi {
+                forget_intx_line(xs, tx, owner, gsi, sbdf)?;
+            }
+            if all_known {
+                // One recursive rm instead of one per binding.
+                rm(xs, tx, &bindings_path(sbdf))?;
+            } else {
+                for b in &known {
+                    rm(xs, tx, &binding_path(sbdf, &b.key))?;
+                }
+            }
+            write_head(xs, tx, rec)
+        })
+    }
+
+    /// Release: `PHYSDEVOP_release_msix`, with a finished owner's unknown pirqs swept once
+    /// on `-EBUSY`; quarantined when something still maps a vector.
+    fn release(
+        &mut self,
+        rec: &mut DeviceRecord,
+        owner: DomId,
+        replaced: bool,
+        swept: &mut bool,
+    ) -> Result<Released> {
+        let sbdf = rec.sbdf;
+        let hv = self.platform.hypervisor();
+        let mut released = hv.release_msix(sbdf);
+        if released.as_ref().err().and_then(XenError::errno) == Some(Errno::EBUSY)
+            && hv.prepare_msix(sbdf).is_ok()
+        {
+            // The count was 0: a crash hit after our release and before the step was
+            // recorded. Prepare took it back to 1; release again.
+            released = hv.release_msix(sbdf);
+        }
+        match released {
+            // Deassign only once no stale binding is left: until then the device stays with
+            // its (dying) owner, never with a new one.
+            Ok(()) => Ok(Released::Yes),
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                let info = hv.domain_info(owner)?.filter(|_| !replaced);
+                // Bindings the ledger does not know (a stock device model's) of an owner
+                // that will never run again: sweep them, with decoding on, and release
+                // again. Idempotent, so a crash here resumes at this step and sweeps again.
+                if !*swept && info.as_ref().is_some_and(|i| i.finished()) {
+                    *swept = true;
+                    self.ensure_memory_decoding(sbdf)?;
+                    self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
+                    if !self.sweep(owner)?.unmapped.is_empty() {
+                        return Ok(Released::SweptRetry);
+                    }
+                }
+                let unconfirmed = rec.bindings.len();
+                let lost = rec.lost_maps as usize + unconfirmed;
+                let why = match info {
+                    Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
+                        "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
+                    ),
+                    Some(i) if !i.dying && !i.shutdown => format!(
+                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
+                    ),
+                    Some(_) => format!(
+                        "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
+                    ),
+                    None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
+                };
+                Ok(Released::Quarantined(self.quarantine(rec, why)?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Prepare: `PHYSDEVOP_prepare_msix`, then Enable and Function Mask cleared; `Some`
+    /// when the device had to be quarantined instead.
+    fn prepare(&mut self, rec: &mut DeviceRecord) -> Result<Option<Outcome>> {
+        let sbdf = rec.sbdf;
+        let hv = self.platform.hypervisor();
+        let pci = self.platform.pci();
+        let mut r = hv.prepare_msix(sbdf);
+        if r.as_ref().err().and_then(XenError::errno) == Some(Errno::ENXIO) {
+            self.ensure_memory_decoding(sbdf)?;
+            r = hv.prepare_msix(sbdf);
+        }
+        match r {
+            Ok(()) => {}
+            // Already prepared: a resumed teardown that crashed after this call.
+            Err(e) if e.errno() == Some(Errno::EBUSY) && self.prepared_by_us(sbdf)? => {}
+            Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                let why = "prepare_msix answered -EBUSY: a vector was mapped after release";
+                return self.quarantine(rec, why.into()).map(Some);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Enable and Function Mask off: some devices keep MASKALL across reset.
+        let cfg = ConfigSpace::new(pci.read_config(sbdf)?).and_then(|c| c.parse());
+        if let Ok(Some(m)) = cfg.map(|c| c.msix) {
+            pci.write_config(sbdf, m.offset + MSIX_FLAGS, &0u16.to_le_bytes())?;
+        }
+        Ok(None)
+    }
+
+    /// Verify: only what a real host can read, the config space (Xen's own MSI-X state is
+    /// the independent oracle's to check, `World::msix_clean`); then assignable with the
+    /// next epoch, or forgotten.
+    fn verify(&mut self, rec: &mut DeviceRecord, forget: bool) -> Result<Outcome> {
+        let sbdf = rec.sbdf;
+        let cfg = ConfigSpace::new(self.platform.pci().read_config(sbdf)?).and_then(|c| c.parse());
+        let problem = match cfg {
+            Ok(c) => match c.msix {
+                Some(m) if m.function_mask => Some("MSI-X Function Mask still set".to_string()),
+                Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
+                _ => None,
+            },
+            Err(e) => Some(format!("config space unreadable: {e}")),
+        };
+        if let Some(p) = problem {
+            return self.quarantine(rec, format!("verification failed: {p}"));
+        }
+        let epoch = next_epoch(sbdf, rec.epoch)?;
+        if forget {
+            // The toolstack owns the device between guests: ptguard keeps a record only
+            // while a guest holds it (the next one is adopted anew).
+            rm(self.xs, TxId::NONE, &device_path(sbdf))?;
+            return Ok(Outcome::Assignable { epoch });
+        }
+        let clean = DeviceRecord {
+            driver: rec.driver.take(),
+            msix_size: rec.msix_size,
+            table_base: rec.table_base,
+            ..DeviceRecord::new(sbdf, DeviceState::Assignable, epoch)
+        };
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            write_head(xs, tx, &clean)?;
+            rm(xs, tx, &bindings_path(sbdf))
+        })?;
+        Ok(Outcome::Assignable { epoch })
     }
 
     /// Whether the device is prepared by pciback/us already (the step after a crash that
