@@ -1,9 +1,9 @@
-//! Untrusted ledger and broker input: binding node values (the ledger may be edited by hand),
-//! binding keys, device states, steps, and broker request lines from device models. Must
+//! Untrusted ledger and broker input: record heads and binding node values (the ledger may
+//! be edited by hand), binding keys, device states, steps, and broker request lines from device models. Must
 //! never panic; whatever parses must re-encode to itself.
 #![no_main]
 
-use engine::{Binding, BindingKey, BindRequest, DeviceState, Step};
+use engine::{Binding, BindingKey, BindRequest, DeviceRecord, DeviceState, Step};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,6 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let key = BindingKey::Msix(3);
     if let Ok(b) = Binding::decode(key, tail) {
         assert_eq!(Binding::decode(key, &b.encode()), Ok(b));
+    }
+    let sbdf = pci::Sbdf::from_devfn(0, 3, 0);
+    if let Ok(r) = DeviceRecord::decode_head(sbdf, text) {
+        assert_eq!(DeviceRecord::decode_head(sbdf, &r.encode_head()), Ok(r));
     }
     if let Ok(s) = text.parse::<DeviceState>() {
         assert_eq!(s.as_str(), text);

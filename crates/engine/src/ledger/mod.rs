@@ -1,0 +1,156 @@
+//! The binding ledger's schema in Xenstore (documented in `docs/ledger.md`).
+//!
+//! ```text
+//! /ptguard                                   n0 (dom0 only)
+//! /ptguard/device/<SSSS-BB-DD-F>                     the record's head, one node, space-separated key=value:
+//!     state=assignable|attached|tearing-down|quarantined|failed  epoch=<assignments so far>
+//!     [owner=<domid> [handle=<uuid>]]  [step=attach|revoke|unbind|release|deassign|reset|prepare|verify]
+//!     [mode=companion|companion-keep]  [driver=<name>]  msix-size=<n>  [table-base=<hex>]
+//!     [reason=<free text to the end of the value>]
+//! /ptguard/device/<SSSS-BB-DD-F>/binding/<key>       intx | msix-<entry>: "state=… pirq=… gsi=… gvec=… gflags=… gtable=…"
+//! /ptguard/device/<SSSS-BB-DD-F>/binding/lost        binds a crash interrupted between map_pirq and recording its pirq, then retried
+//! /ptguard/intx/<domid>/<gsi>/<SSSS-BB-DD-F>         which attached devices of a guest share one machine INTx line
+//! ```
+//!
+//! The head is one node so that reading or changing a record's state is one request
+//! (xenstored applies each request atomically): the broker's check before a bind reads it
+//! once.
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use pci::Sbdf;
+use serde::Serialize;
+
+pub const ROOT: &str = "/ptguard";
+pub const DEVICES: &str = "/ptguard/device";
+
+/// Devices are keyed by libxl's Xenstore form of the address, `SSSS-BB-DD-F`.
+pub fn device_path(sbdf: Sbdf) -> String {
+    format!("{DEVICES}/{}", sbdf.xs_key())
+}
+/// The directory of a device's bindings.
+pub fn bindings_path(sbdf: Sbdf) -> String {
+    format!("{}/binding", device_path(sbdf))
+}
+pub fn binding_path(sbdf: Sbdf, key: &BindingKey) -> String {
+    format!("{}/binding/{key}", device_path(sbdf))
+}
+
+/// A device's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceState {
+    Assignable,
+    Attached,
+    TearingDown,
+    Quarantined,
+    Failed,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Assignable => "assignable",
+            DeviceState::Attached => "attached",
+            DeviceState::TearingDown => "tearing-down",
+            DeviceState::Quarantined => "quarantined",
+            DeviceState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<DeviceState, ()> {
+        Ok(match s {
+            "assignable" => DeviceState::Assignable,
+            "attached" => DeviceState::Attached,
+            "tearing-down" => DeviceState::TearingDown,
+            "quarantined" => DeviceState::Quarantined,
+            "failed" => DeviceState::Failed,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// The journaled steps of attach and teardown, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Attach,
+    Revoke,
+    Unbind,
+    Release,
+    Deassign,
+    Reset,
+    Prepare,
+    Verify,
+}
+
+impl Step {
+    pub const TEARDOWN: [Step; 7] = [
+        Step::Revoke,
+        Step::Unbind,
+        Step::Release,
+        Step::Deassign,
+        Step::Reset,
+        Step::Prepare,
+        Step::Verify,
+    ];
+    /// The step a teardown journals after this one (`None` after `verify`; an interrupted
+    /// attach is torn down as from `revoke`).
+    pub fn next(self) -> Option<Step> {
+        Some(match self {
+            Step::Attach | Step::Revoke => Step::Unbind,
+            Step::Unbind => Step::Release,
+            Step::Release => Step::Deassign,
+            Step::Deassign => Step::Reset,
+            Step::Reset => Step::Prepare,
+            Step::Prepare => Step::Verify,
+            Step::Verify => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Attach => "attach",
+            Step::Revoke => "revoke",
+            Step::Unbind => "unbind",
+            Step::Deassign => "deassign",
+            Step::Release => "release",
+            Step::Reset => "reset",
+            Step::Prepare => "prepare",
+            Step::Verify => "verify",
+        }
+    }
+}
+
+impl FromStr for Step {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Step, ()> {
+        Ok(match s {
+            "attach" => Step::Attach,
+            "revoke" => Step::Revoke,
+            "unbind" => Step::Unbind,
+            "deassign" => Step::Deassign,
+            "release" => Step::Release,
+            "reset" => Step::Reset,
+            "prepare" => Step::Prepare,
+            "verify" => Step::Verify,
+            _ => return Err(()),
+        })
+    }
+}
+
+mod binding;
+mod record;
+pub use binding::{Binding, BindingKey, BindingState};
+pub use record::{CompanionMode, DeviceRecord};

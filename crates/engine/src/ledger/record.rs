@@ -1,0 +1,272 @@
+//! A device's record: its head (one node) and its bindings.
+
+use std::collections::BTreeMap;
+
+use pci::Sbdf;
+use serde::Serialize;
+use xen::{DomId, DomainHandle};
+
+use super::{Binding, DeviceState, Step};
+
+/// A device's ledger record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceRecord {
+    pub sbdf: Sbdf,
+    pub state: DeviceState,
+    pub owner: Option<DomId>,
+    /// The owner's domain handle when it was given the device (records written before it
+    /// was kept, or a domain without a handle, have none): a later domain reusing the
+    /// domid has another.
+    pub owner_handle: Option<DomainHandle>,
+    pub epoch: u64,
+    pub step: Option<Step>,
+    pub reason: Option<String>,
+    pub driver: Option<String>,
+    pub msix_size: u16,
+    /// Host address of the BAR holding the MSI-X table (`None` in records written before
+    /// it was kept).
+    pub table_base: Option<u64>,
+    /// Binds retried over an intent a crash left without its pirq: each may have left a
+    /// mapping in Xen whose pirq nobody knows (until the owner is destroyed). Kept in
+    /// `binding/lost`, so only a full read ([`crate::engine::read_record`]) fills it.
+    pub lost_maps: u32,
+    pub bindings: Vec<Binding>,
+    /// Adopted from a toolstack, which revokes, removes the backend and deassigns itself.
+    pub mode: Option<CompanionMode>,
+}
+
+/// How ptguard holds a device a toolstack gave (`mode=` in the head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompanionMode {
+    /// Unknown to ptguard before: forgotten once clean (the toolstack owns it between guests).
+    Companion,
+    /// Managed by ptguard before (assignable-add): assignable again once clean.
+    CompanionKeep,
+}
+
+impl CompanionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompanionMode::Companion => "companion",
+            CompanionMode::CompanionKeep => "companion-keep",
+        }
+    }
+}
+
+impl DeviceRecord {
+    /// A record's head without bindings: what assignable-add writes.
+    pub fn new(sbdf: Sbdf, state: DeviceState, epoch: u64) -> DeviceRecord {
+        DeviceRecord {
+            sbdf,
+            state,
+            owner: None,
+            owner_handle: None,
+            epoch,
+            step: None,
+            reason: None,
+            driver: None,
+            msix_size: 0,
+            table_base: None,
+            lost_maps: 0,
+            bindings: Vec::new(),
+            mode: None,
+        }
+    }
+
+    /// The head node's value (bindings and the lost-maps count live in their own nodes).
+    pub fn encode_head(&self) -> String {
+        let mut text = format!("state={} epoch={}", self.state, self.epoch);
+        if let Some(o) = self.owner {
+            text.push_str(&format!(" owner={}", o.0));
+            if let Some(h) = self.owner_handle.filter(|h| !h.is_nil()) {
+                text.push_str(&format!(" handle={h}"));
+            }
+        }
+        if let Some(s) = self.step {
+            text.push_str(&format!(" step={}", s.as_str()));
+        }
+        if let Some(m) = self.mode {
+            text.push_str(&format!(" mode={}", m.as_str()));
+        }
+        if let Some(d) = self.driver.as_deref().filter(|d| !d.is_empty()) {
+            text.push_str(&format!(" driver={d}"));
+        }
+        text.push_str(&format!(" msix-size={}", self.msix_size));
+        if let Some(t) = self.table_base {
+            text.push_str(&format!(" table-base={t:#x}"));
+        }
+        if let Some(r) = &self.reason {
+            text.push_str(&format!(" reason={r}"));
+        }
+        text
+    }
+
+    /// Parses a head node; any deviation is an error (the ledger may be edited by hand).
+    /// `reason=` comes last and runs to the end of the value, spaces included.
+    pub fn decode_head(sbdf: Sbdf, text: &str) -> Result<DeviceRecord, String> {
+        let mut fields = BTreeMap::new();
+        let mut reason = None;
+        let mut rest = text.trim_start();
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix("reason=") {
+                reason = Some(r.to_string());
+                break;
+            }
+            let (part, after) = rest.split_once(' ').unwrap_or((rest, ""));
+            rest = after.trim_start();
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("field {part:?} is not key=value"))?;
+            if fields.insert(k, v).is_some() {
+                return Err(format!("field {k:?} appears twice"));
+            }
+        }
+        let mut take = |k: &str| fields.remove(k);
+        let state: DeviceState = match take("state") {
+            None => return Err("missing state=".into()),
+            Some(s) => s.parse().map_err(|_| format!("unknown state {s:?}"))?,
+        };
+        let epoch = match take("epoch") {
+            None => return Err("missing epoch=".into()),
+            Some(e) => e
+                .parse()
+                .map_err(|_| format!("epoch={e:?} is not a number"))?,
+        };
+        let owner = match take("owner") {
+            None => None,
+            Some(o) => Some(DomId(
+                o.parse()
+                    .map_err(|_| format!("owner={o:?} is not a domain id"))?,
+            )),
+        };
+        let owner_handle = match take("handle") {
+            None => None,
+            Some(_) if owner.is_none() => return Err("handle= without owner=".into()),
+            Some(h) => Some(
+                h.parse::<DomainHandle>()
+                    .map_err(|_| format!("handle={h:?} is not a domain handle"))?,
+            ),
+        };
+        let step = match take("step") {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| format!("unknown step {s:?}"))?),
+        };
+        let mode = match take("mode") {
+            None => None,
+            Some("companion") => Some(CompanionMode::Companion),
+            Some("companion-keep") => Some(CompanionMode::CompanionKeep),
+            Some(m) => return Err(format!("unknown mode {m:?}")),
+        };
+        let driver = take("driver").map(str::to_string);
+        let msix_size = match take("msix-size") {
+            None => return Err("missing msix-size=".into()),
+            Some(t) => t
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n <= 2048)
+                .ok_or_else(|| format!("msix-size={t:?} is not a table size"))?,
+        };
+        let table_base = match take("table-base") {
+            None => None,
+            Some(t) => Some(
+                t.strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("table-base={t:?} is not a hex address"))?,
+            ),
+        };
+        if let Some(k) = fields.keys().next() {
+            return Err(format!("unknown field {k:?}"));
+        }
+        if matches!(state, DeviceState::Attached | DeviceState::TearingDown) && owner.is_none() {
+            return Err(format!("a {state} device needs an owner"));
+        }
+        Ok(DeviceRecord {
+            sbdf,
+            state,
+            owner,
+            owner_handle,
+            epoch,
+            step,
+            reason,
+            driver,
+            msix_size,
+            table_base,
+            lost_maps: 0,
+            bindings: Vec::new(),
+            mode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_head() -> impl Strategy<Value = DeviceRecord> {
+        (
+            prop_oneof![
+                Just(DeviceState::Assignable),
+                Just(DeviceState::Attached),
+                Just(DeviceState::TearingDown),
+                Just(DeviceState::Quarantined),
+                Just(DeviceState::Failed),
+            ],
+            any::<u64>(),
+            proptest::option::of((any::<u16>(), proptest::option::of(any::<[u8; 16]>()))),
+            proptest::option::of(proptest::sample::select(Step::TEARDOWN.to_vec())),
+            proptest::option::of(prop_oneof![
+                Just(CompanionMode::Companion),
+                Just(CompanionMode::CompanionKeep)
+            ]),
+            proptest::option::of("[a-z0-9_]{1,12}"),
+            0u16..=2048,
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[ -~]{0,60}"),
+        )
+            .prop_map(
+                |(state, epoch, owner, step, mode, driver, msix_size, table_base, reason)| {
+                    // An attached or tearing-down record always names its owner.
+                    let owner = owner.or(matches!(
+                        state,
+                        DeviceState::Attached | DeviceState::TearingDown
+                    )
+                    .then_some((1, None)));
+                    DeviceRecord {
+                        owner: owner.map(|(d, _)| DomId(d)),
+                        owner_handle: owner
+                            .and_then(|(_, h)| h)
+                            .map(DomainHandle)
+                            .filter(|h| !h.is_nil()),
+                        step,
+                        mode,
+                        driver,
+                        msix_size,
+                        table_base,
+                        reason,
+                        ..DeviceRecord::new(pci::Sbdf::from_devfn(0, 3, 0), state, epoch)
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// A head survives its own encoding, free-text reason (spaces, `=`) included.
+        #[test]
+        fn heads_round_trip(rec in arb_head()) {
+            let text = rec.encode_head();
+            prop_assert_eq!(DeviceRecord::decode_head(rec.sbdf, &text), Ok(rec));
+        }
+
+        /// Hand-edited or garbage heads never panic and never parse into something that
+        /// encodes differently.
+        #[test]
+        fn garbage_heads_are_rejected_or_canonical(text in "[a-z=0-9x -]{0,80}") {
+            let s = pci::Sbdf::from_devfn(0, 3, 0);
+            if let Ok(r) = DeviceRecord::decode_head(s, &text) {
+                prop_assert_eq!(DeviceRecord::decode_head(s, &r.encode_head()), Ok(r));
+            }
+        }
+    }
+}
