@@ -23,7 +23,12 @@ use crate::output::emit;
 pub fn run(args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match args.what {
         None => {
-            let r = crate::bench_engine::run_all(args.quick)?;
+            let mut r = crate::bench_engine::run_all(args.quick)?;
+            let old_affinity = pin_to_one_cpu()?;
+            let pinned =
+                crate::bench_engine::bind_overhead(crate::bench_engine::bind_count(args.quick));
+            restore_affinity(&old_affinity)?;
+            r.bind_one_cpu = Some(pinned?);
             emit(out, args.json, &r, |out| {
                 crate::bench_engine::print(&r, out)?;
                 Ok(())
