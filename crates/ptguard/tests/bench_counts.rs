@@ -35,7 +35,7 @@ fn a_small_reboot_storm_readies_every_device() {
 /// (the head, the binding, the intent before the map, the confirmation after the bind),
 /// over the real wire protocol to the embedded xenstored.
 #[test]
-fn a_bind_costs_four_xenstore_requests_and_two_hypercalls() {
+fn a_bind_costs_four_xenstore_requests_and_three_hypercalls() {
     for n in [1u16, 16] {
         let b = bind_overhead(n).unwrap();
         assert_eq!(b.binds, u32::from(n));
