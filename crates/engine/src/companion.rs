@@ -115,7 +115,7 @@ impl Engine<'_> {
         let rec = self.record(sbdf)?;
         let from_ledger = rec.as_ref().and_then(|r| match r.state {
             DeviceState::Attached | DeviceState::TearingDown | DeviceState::Quarantined => r.owner,
-            DeviceState::Assignable | DeviceState::Failed => None,
+            DeviceState::Assignable => None,
         });
         let owner = from_ledger.or_else(|| {
             toolstack_backends(self.xs)

@@ -28,16 +28,9 @@ type Result<T> = std::result::Result<T, EngineError>;
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// Clean, reset and prepared; ready for the next guest.
-    Assignable {
-        epoch: u64,
-    },
+    Assignable { epoch: u64 },
     /// Not provably clean; kept away from guests until the reason goes away.
-    Quarantined {
-        reason: String,
-    },
-    Failed {
-        reason: String,
-    },
+    Quarantined { reason: String },
 }
 
 /// What a device model asks the broker to bind: its INTx line or one MSI-X entry.

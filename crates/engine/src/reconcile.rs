@@ -67,9 +67,6 @@ pub enum Decision {
 pub fn decide(rec: &DeviceRecord, owner: OwnerView, trigger: &Trigger) -> Decision {
     let named = |reason: &'static str| match rec.state {
         DeviceState::Assignable => Decision::Report(Outcome::Assignable { epoch: rec.epoch }),
-        DeviceState::Failed => Decision::Report(Outcome::Failed {
-            reason: rec.reason.clone().unwrap_or_default(),
-        }),
         DeviceState::Attached => Decision::Start(reason),
         DeviceState::TearingDown | DeviceState::Quarantined => Decision::Resume,
     };
@@ -199,7 +196,6 @@ mod tests {
         let tearing = record(TearingDown, Some(5), Some(Step::Release));
         let quarantined = record(Quarantined, Some(5), Some(Step::Release));
         let assignable = record(Assignable, None, None);
-        let failed = record(Failed, Some(5), Some(Step::Verify));
         let cases: Vec<(&DeviceRecord, OwnerView, Trigger, Decision)> = vec![
             // Recovery finishes what is unfinished and what a gone owner left.
             (&tearing, Alive, Trigger::Recover, Decision::Resume),
@@ -218,7 +214,6 @@ mod tests {
             ),
             (&attached, Alive, Trigger::Recover, Decision::Leave),
             (&assignable, NotAlive, Trigger::Recover, Decision::Leave),
-            (&failed, NotAlive, Trigger::Recover, Decision::Leave),
             // A command resumes only its own device.
             (&tearing, Alive, Trigger::Resume(me), Decision::Resume),
             (&tearing, Alive, Trigger::Resume(sbdf(4)), Decision::Leave),
@@ -246,14 +241,6 @@ mod tests {
                 Unobserved,
                 Trigger::Unplug(me, "unplug"),
                 Decision::Report(Outcome::Assignable { epoch: 7 }),
-            ),
-            (
-                &failed,
-                Unobserved,
-                Trigger::Unplug(me, "unplug"),
-                Decision::Report(Outcome::Failed {
-                    reason: "why".into(),
-                }),
             ),
             (
                 &attached,
@@ -304,7 +291,6 @@ mod tests {
             Just(DeviceState::Attached),
             Just(DeviceState::TearingDown),
             Just(DeviceState::Quarantined),
-            Just(DeviceState::Failed),
         ]
     }
 

@@ -227,7 +227,6 @@ fn every_finding_code_has_a_check() {
     );
     let ledger = vec![
         record(a, DeviceState::Assignable, None, None),
-        record(b, DeviceState::Failed, None, None),
         record(c, DeviceState::Quarantined, Some(3), Some(Step::Release)),
         unconfirmed,
         record(e, DeviceState::TearingDown, Some(3), Some(Step::Reset)),

@@ -26,7 +26,6 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("not-on-bus", Severity::Error, "ptguard cannot reset or hand on a device the bus no longer shows"),
     ("teardown-half-done", Severity::Error, "the device is neither with its guest nor clean: no one may use it until the teardown ends"),
     ("quarantined", Severity::Error, "a device that could not be proven clean is kept from every guest"),
-    ("teardown-failed", Severity::Error, "the teardown stopped; the device stays away from guests"),
     ("owner-gone", Severity::Error, "its owner is gone but its bindings, permissions and assignment are not: the device cannot be given again"),
     ("unconfirmed-intents", Severity::Warning, "a bind was interrupted: if it reached Xen, its pirq is unknown and the next teardown waits for the owner to go"),
     ("driver-mismatch", Severity::Error, "the ledger and the kernel disagree about who drives the device: a teardown would act on the wrong driver"),
@@ -153,12 +152,6 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                     fix,
                 ));
             }
-            DeviceState::Failed => out.push(f(
-                "teardown-failed",
-                format!("teardown failed: {}", r.reason.as_deref().unwrap_or("?")),
-                vec![state.clone()],
-                format!("ptguard show {s}"),
-            )),
             DeviceState::Attached => {
                 if let Some(d) = r.owner.filter(|d| alive(*d) == Some(false)) {
                     out.push(f(
@@ -182,7 +175,7 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
             DeviceState::Assignable => {}
         }
         let driver = pci.driver(s).ok().flatten();
-        if r.state != DeviceState::Failed && driver.as_deref() != Some(PCIBACK) {
+        if driver.as_deref() != Some(PCIBACK) {
             out.push(f(
                 "driver-mismatch",
                 format!(

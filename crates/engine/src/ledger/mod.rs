@@ -3,7 +3,7 @@
 //! ```text
 //! /ptguard                                   n0 (dom0 only)
 //! /ptguard/device/<SSSS-BB-DD-F>                     the record's head, one node, space-separated key=value:
-//!     state=assignable|attached|tearing-down|quarantined|failed  epoch=<assignments so far>
+//!     state=assignable|attached|tearing-down|quarantined  epoch=<assignments so far>
 //!     [owner=<domid> [handle=<uuid>]]  [step=attach|revoke|unbind|release|deassign|reset|prepare|verify]
 //!     [mode=companion|companion-keep]  [driver=<name>]  msix-size=<n>  [table-base=<hex>]
 //!     [reason=<free text to the end of the value>]
@@ -46,7 +46,6 @@ pub enum DeviceState {
     Attached,
     TearingDown,
     Quarantined,
-    Failed,
 }
 
 impl DeviceState {
@@ -56,7 +55,6 @@ impl DeviceState {
             DeviceState::Attached => "attached",
             DeviceState::TearingDown => "tearing-down",
             DeviceState::Quarantined => "quarantined",
-            DeviceState::Failed => "failed",
         }
     }
 }
@@ -75,7 +73,6 @@ impl FromStr for DeviceState {
             "attached" => DeviceState::Attached,
             "tearing-down" => DeviceState::TearingDown,
             "quarantined" => DeviceState::Quarantined,
-            "failed" => DeviceState::Failed,
             _ => return Err(()),
         })
     }

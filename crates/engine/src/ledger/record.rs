@@ -211,7 +211,6 @@ mod tests {
                 Just(DeviceState::Attached),
                 Just(DeviceState::TearingDown),
                 Just(DeviceState::Quarantined),
-                Just(DeviceState::Failed),
             ],
             any::<u64>(),
             proptest::option::of((any::<u16>(), proptest::option::of(any::<[u8; 16]>()))),

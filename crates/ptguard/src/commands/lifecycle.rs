@@ -164,7 +164,6 @@ pub fn outcome_text(o: &Outcome) -> String {
     match o {
         Outcome::Assignable { epoch } => format!("clean and assignable (epoch {epoch})"),
         Outcome::Quarantined { reason } => format!("QUARANTINED: {reason}"),
-        Outcome::Failed { reason } => format!("FAILED: {reason}"),
     }
 }
 
