@@ -93,8 +93,9 @@ pub trait PciHost: Send + Sync {
     fn pciback_allow_interrupt_control(&self, sbdf: Sbdf) -> Result<(), PciError>;
     /// Waits, at most `timeout`, until pciback has let go of domain `domid`'s PCI backend
     /// after the toolstack removed it from Xenstore: pciback reacts in its xenbus worker
-    /// (reset, restore, give back each device), and the xen-backend device
-    /// `bus/xen-backend/devices/pci-<domid>-0` leaves sysfs once that is done.
+    /// (reset, restore, give back each device), and the xen-backend device's directory
+    /// (`devices/xen-backend/pci-<domid>-0`, linked from `bus/xen-backend/devices`)
+    /// leaves sysfs once that is done — the link alone goes before pciback's remove runs.
     /// `Ok(false)`: still there at the timeout.
     fn wait_backend_released(
         &self,

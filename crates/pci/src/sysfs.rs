@@ -457,14 +457,21 @@ impl PciHost for SysfsHost {
         domid: u16,
         timeout: std::time::Duration,
     ) -> Result<bool, PciError> {
-        let dev = self
+        // The bus's link goes first: Linux's device_del removes it (bus_remove_device)
+        // *before* it runs the driver's remove — pciback's give-back — and removes the
+        // device's own directory (kobject_del) only after. Waiting on the link alone let a
+        // release_msix race pciback's unmapping of a PV guest's vectors (seen on real Xen
+        // 4.17.5 as an -EBUSY quarantine after a hot-unplug).
+        let link = self
             .root
             .join(format!("bus/xen-backend/devices/pci-{domid}-0"));
+        let device = std::fs::canonicalize(&link)
+            .unwrap_or_else(|_| self.root.join(format!("devices/xen-backend/pci-{domid}-0")));
         let start = std::time::Instant::now();
-        // pciback's worker runs within milliseconds of the Xenstore removal; polling the
-        // link is all sysfs offers (no uevent reaches a process without netlink).
+        // pciback's worker runs within milliseconds of the Xenstore removal; polling is all
+        // sysfs offers (no uevent reaches a process without netlink).
         loop {
-            if !dev.exists() {
+            if !link.exists() && !device.exists() {
                 return Ok(true);
             }
             if start.elapsed() >= timeout {

@@ -319,3 +319,38 @@ fn physfn_names_a_virtual_functions_physical_function() {
         "no such device"
     );
 }
+
+/// A removed PCI backend is released only when the xen-backend device's own directory is
+/// gone: Linux drops the bus's link before it runs pciback's remove (the give-back) and the
+/// directory after, so the link alone would end the wait too early.
+#[test]
+fn a_backend_is_released_when_its_device_directory_goes_not_its_bus_link() {
+    let f = fixture();
+    let root = f.tree.root();
+    let device = root.join("devices/xen-backend/pci-5-0");
+    std::fs::create_dir_all(&device).unwrap();
+    let links = root.join("bus/xen-backend/devices");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink(&device, links.join("pci-5-0")).unwrap();
+    let wait = |ms| {
+        f.host
+            .wait_backend_released(5, std::time::Duration::from_millis(ms))
+            .unwrap()
+    };
+    assert!(!wait(50), "both still there");
+    // device_del: the bus's link first, then pciback's remove, then the directory.
+    std::fs::remove_file(links.join("pci-5-0")).unwrap();
+    assert!(
+        !wait(50),
+        "pciback's remove has not finished: the directory is still there"
+    );
+    std::fs::remove_dir(&device).unwrap();
+    assert!(wait(0));
+    // Another domain's backend that never existed is released at once.
+    assert!(
+        wait(0)
+            && f.host
+                .wait_backend_released(6, std::time::Duration::ZERO)
+                .unwrap()
+    );
+}
