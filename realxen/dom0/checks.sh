@@ -378,9 +378,9 @@ if group ptpaths; then
     expect path-ptguard-decode-off-destroy "live: $live; ledger $(ledger state); next: $r; $(watch_log 3 | tr '\n' ' ')" \
         has "$r" '^IRQS-ARRIVE'
     # Hot-unplug with ptguard from a running PV guest with live MSI-X: pciback, not the
-    # broker, mapped those vectors, so the teardown may find them still mapped and keep
-    # the device quarantined until the guest is gone; either way the next guest must get
-    # a clean device.
+    # broker, mapped those vectors and unmaps them when it gives the device back, which
+    # the teardown waits for (the xen-backend device's directory leaving sysfs, after
+    # pciback's remove has run): the device is clean at once, and the next guest gets it.
     log=$(guest_log pvpthold pv); rm -f "$log"
     d=$(paused pvpthold); ptguard attach $SBDF "$d" >/dev/null 2>&1; xl unpause pvpthold
     wait_for 150 grep -aq GUEST-HOLD "$log"
@@ -391,7 +391,7 @@ if group ptpaths; then
     wait_for 60 test "$(ledger state)" = assignable
     r=$(next_pv ptguard); row ptguard hot-unplug "${r%% *}"
     expect path-ptguard-hot-unplug "live: $live; detach rc=$rc: $said; ledger $(ledger state) after the guest went; next: $r" \
-        has "$r" '^IRQS-ARRIVE'
+        has "rc=$rc $said $r" '^rc=0 clean and assignable IRQS-ARRIVE'
     stop_watch
     ptguard assignable-remove $SBDF >/dev/null 2>&1
 fi
