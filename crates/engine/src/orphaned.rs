@@ -18,9 +18,7 @@ use serde::Serialize;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
 
-use crate::engine::{
-    attached_msix_bindings, device_names, read_head, release_msix_pirq, rm, write, Engine,
-};
+use crate::engine::{attached_msix_bindings, heads, release_msix_pirq, rm, write, Engine};
 use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord, DeviceState};
 use crate::EngineError;
 
@@ -89,18 +87,11 @@ impl Engine<'_> {
     /// The domains the ledger has devices attached to (record heads only: the daemon asks
     /// this every second, so it reads no bindings).
     pub fn attached_owners(&mut self) -> Result<BTreeSet<DomId>> {
-        let mut owners = BTreeSet::new();
-        for sbdf in device_names(self.xs)?
-            .iter()
-            .filter_map(|n| Sbdf::from_xs_key(n).ok())
-        {
-            if let Some(rec) = read_head(self.xs, TxId::NONE, sbdf)? {
-                if rec.state == DeviceState::Attached {
-                    owners.extend(rec.owner);
-                }
-            }
-        }
-        Ok(owners)
+        Ok(heads(self.xs)?
+            .into_iter()
+            .filter(|rec| rec.state == DeviceState::Attached)
+            .filter_map(|rec| rec.owner)
+            .collect())
     }
 
     fn release_one(&mut self, sbdf: Sbdf, domid: DomId, b: Binding, pirq: Pirq) -> Result<()> {

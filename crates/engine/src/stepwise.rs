@@ -154,13 +154,12 @@ impl Engine<'_> {
     /// device model: the transaction that follows checks it again, so a teardown that
     /// starts in between still refuses the request.
     fn epoch_for(&mut self, sbdf: Sbdf, credential: Credential) -> Result<u64> {
-        let current = match credential {
-            Credential::Epoch(_) => 0,
-            Credential::VerifiedDeviceModel => read_head(self.xs, TxId::NONE, sbdf)?
+        match credential {
+            Credential::Epoch(e) => Ok(e),
+            Credential::VerifiedDeviceModel => Ok(read_head(self.xs, TxId::NONE, sbdf)?
                 .map(|r| r.epoch)
-                .unwrap_or_default(),
-        };
-        Ok(credential.epoch(current))
+                .unwrap_or_default()),
+        }
     }
 
     /// The MSI-X binding of a device attached to `domid` that holds `pirq`, as the request

@@ -35,25 +35,48 @@ pub(crate) fn device_names(xs: &mut XsClient) -> Result<Vec<String>> {
     }
 }
 
-/// Every MSI-X binding holding a pirq of the devices the ledger has attached to `domid`
-/// (attach finished or not, any incarnation), each with its device's record head.
-pub(crate) fn attached_msix_bindings(
-    xs: &mut XsClient,
-    domid: DomId,
-) -> Result<Vec<(DeviceRecord, Binding)>> {
+/// The record head of every device named as an address under `/ptguard/device`.
+pub(crate) fn heads(xs: &mut XsClient) -> Result<Vec<DeviceRecord>> {
     let mut out = Vec::new();
     for sbdf in device_names(xs)?
         .iter()
         .filter_map(|n| Sbdf::from_xs_key(n).ok())
     {
-        let Some(rec) = read_head(xs, TxId::NONE, sbdf)? else {
-            continue;
-        };
+        out.extend(read_head(xs, TxId::NONE, sbdf)?);
+    }
+    Ok(out)
+}
+
+/// The nodes under a device's `binding/` (none before its first binding).
+fn binding_names(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Vec<String>> {
+    match xs.directory(tx, &bindings_path(sbdf)) {
+        Ok(n) => Ok(n),
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every MSI-X binding holding a pirq of the devices the ledger has attached to `domid`
+/// (attach finished or not, any incarnation), each with its device's record head. The
+/// bindings are found by listing them, not by reading every entry of the table: a device
+/// model's libxenctrl calls ask this on each call.
+pub(crate) fn attached_msix_bindings(
+    xs: &mut XsClient,
+    domid: DomId,
+) -> Result<Vec<(DeviceRecord, Binding)>> {
+    let mut out = Vec::new();
+    for rec in heads(xs)? {
         if rec.owner != Some(domid) || rec.state != DeviceState::Attached {
             continue;
         }
-        for entry in 0..rec.msix_size {
-            if let Some(b) = read_binding(xs, TxId::NONE, sbdf, BindingKey::Msix(entry))? {
+        for name in binding_names(xs, TxId::NONE, rec.sbdf)? {
+            let Ok(key @ BindingKey::Msix(entry)) = name.parse::<BindingKey>() else {
+                continue;
+            };
+            if entry >= rec.msix_size {
+                continue;
+            }
+            if let Some(b) = read_binding(xs, TxId::NONE, rec.sbdf, key)? {
                 if b.pirq.is_some() {
                     out.push((rec.clone(), b));
                 }
@@ -144,13 +167,8 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
     };
     let msix_size = rec.msix_size;
     let mut bindings = Vec::new();
-    let dir = format!("{}/binding", device_path(sbdf));
-    let names = match xs.directory(tx, &dir) {
-        Ok(n) => n,
-        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    for name in names {
+    let dir = bindings_path(sbdf);
+    for name in binding_names(xs, tx, sbdf)? {
         let path = format!("{dir}/{name}");
         if name == LOST_MAPS {
             let text = read_opt(xs, tx, &path)?.unwrap_or_default();

@@ -49,6 +49,14 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [DeviceState; 4] = [
+        DeviceState::Assignable,
+        DeviceState::Attached,
+        DeviceState::TearingDown,
+        DeviceState::Quarantined,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceState::Assignable => "assignable",

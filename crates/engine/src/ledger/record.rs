@@ -206,12 +206,7 @@ mod tests {
 
     fn arb_head() -> impl Strategy<Value = DeviceRecord> {
         (
-            prop_oneof![
-                Just(DeviceState::Assignable),
-                Just(DeviceState::Attached),
-                Just(DeviceState::TearingDown),
-                Just(DeviceState::Quarantined),
-            ],
+            proptest::sample::select(DeviceState::ALL.to_vec()),
             any::<u64>(),
             proptest::option::of((any::<u16>(), proptest::option::of(any::<[u8; 16]>()))),
             proptest::option::of(proptest::sample::select(Step::TEARDOWN.to_vec())),
