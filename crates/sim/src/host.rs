@@ -433,11 +433,8 @@ impl SimHost {
             let listed_set: BTreeSet<Sbdf> = listed.iter().copied().collect();
             match had {
                 Some(h) => *h == listed_set,
-                None => listed.iter().all(|s| {
-                    w.device(*s).is_none_or(|d| {
-                        d.linux.driver.as_deref() != Some(PCIBACK) || d.linux.exported_to.is_some()
-                    })
-                }),
+                // Nothing exported yet: a change only if some listed device can be.
+                None => listed.iter().all(|s| w.pciback_exportable(*s).is_err()),
             }
         });
         if unchanged {

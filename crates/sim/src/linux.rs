@@ -160,16 +160,24 @@ impl World {
         Ok(())
     }
 
-    /// `xen_pcibk_export_device`: the backend for `domid` takes the device.
-    pub fn pciback_export(&mut self, sbdf: Sbdf, domid: DomId) -> R<()> {
-        let dev = self.devices.get_mut(&sbdf).ok_or(Errno::ENODEV)?;
+    /// Whether a backend could take the device: it is pciback's and exported nowhere.
+    pub fn pciback_exportable(&self, sbdf: Sbdf) -> R<()> {
+        let dev = self.devices.get(&sbdf).ok_or(Errno::ENODEV)?;
         if dev.linux.driver.as_deref() != Some(pci::host::PCIBACK) {
             return Err(Errno::ENODEV);
         }
         if dev.linux.exported_to.is_some() {
             return Err(Errno::EBUSY);
         }
-        dev.linux.exported_to = Some(domid);
+        Ok(())
+    }
+
+    /// `xen_pcibk_export_device`: the backend for `domid` takes the device.
+    pub fn pciback_export(&mut self, sbdf: Sbdf, domid: DomId) -> R<()> {
+        self.pciback_exportable(sbdf)?;
+        if let Some(dev) = self.devices.get_mut(&sbdf) {
+            dev.linux.exported_to = Some(domid);
+        }
         Ok(())
     }
 
