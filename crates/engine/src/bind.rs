@@ -5,8 +5,10 @@
 use xen::{DomainHandle, DomainInfo, Errno, Pirq};
 use xenstore::TxId;
 
+use crate::credential::Credential;
 use crate::ledger::*;
 use crate::refusal::Refusal;
+use crate::stepwise::Acting;
 use crate::EngineError;
 
 use crate::engine::*;
@@ -75,6 +77,24 @@ impl Engine<'_> {
         };
         self.bind_mapped(req, requester.as_ref(), pirq)?;
         Ok(pirq)
+    }
+
+    /// A broker client's bind: [`Engine::bind`] once `credential` proves it speaks for the
+    /// request's domain.
+    pub fn broker_bind(&mut self, req: &BindRequest, credential: &Credential) -> Result<Pirq> {
+        self.check_credential(req.domid, Acting::Device(req.sbdf), credential)?;
+        self.bind(req)
+    }
+
+    /// A broker client's unbind: [`Engine::unbind`] once `credential` proves it.
+    pub fn broker_unbind(
+        &mut self,
+        req: &BindRequest,
+        pirq: Pirq,
+        credential: &Credential,
+    ) -> Result<()> {
+        self.check_credential(req.domid, Acting::Device(req.sbdf), credential)?;
+        self.unbind(req, pirq)
     }
 
     /// The broker's checks and the binding's intent: the requester and the binding the

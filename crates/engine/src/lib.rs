@@ -15,6 +15,7 @@
 mod bind;
 mod calls;
 pub mod companion;
+pub mod credential;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
@@ -33,11 +34,12 @@ use pci::{PciError, PciHost, Sbdf};
 use xen::{DomId, Hypervisor, XenError};
 use xenstore::XenstoreError;
 
+pub use credential::{AssignmentToken, Credential, TokenDigest};
 pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
 pub use reconcile::{Decision, OwnerView, Trigger};
 pub use refusal::{ProtectedDomains, Refusal};
-pub use stepwise::{Credential, DeviceModelCall};
+pub use stepwise::{Acting, DeviceModelCall};
 
 /// The host ptguard manages: hypervisor and PCI devices (Xenstore is the engine's own
 /// client). Nothing else: pciback reacts to the backend nodes the engine writes, on a real

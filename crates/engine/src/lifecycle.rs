@@ -215,6 +215,18 @@ impl Engine<'_> {
 
     /// Gives an assignable device to `domid`; returns the new epoch.
     pub fn attach(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.attach_with_token(sbdf, domid, None)
+    }
+
+    /// [`Engine::attach`], recording `token`'s digest as the credential of this assignment:
+    /// the broker then serves the holder of the token for `domid`'s use of the device
+    /// (docs/broker.md). Without one, only the toolstack's recorded device model may act.
+    pub fn attach_with_token(
+        &mut self,
+        sbdf: Sbdf,
+        domid: DomId,
+        token: Option<&crate::credential::AssignmentToken>,
+    ) -> Result<u64> {
         self.refuse_protected(domid, "attach a device to")?;
         let hv = self.platform.hypervisor();
         let info = match hv.domain_info(domid)? {
@@ -239,6 +251,7 @@ impl Engine<'_> {
             }
             let epoch = next_epoch(sbdf, rec.epoch)?;
             attached_to(&mut rec, &info, epoch);
+            rec.credential = token.map(|t| t.digest());
             rec.step = Some(Step::Attach);
             write_head(xs, tx, &rec)?;
             Ok(rec)

@@ -50,9 +50,17 @@ pub enum Refusal {
     ProtectedDomain { domid: DomId },
     /// The connecting process is not the domain's device model.
     NotDeviceModel { peer_pid: i32, dm_pid: i32 },
-    /// A request without an epoch from a process not proven to be the domain's device
-    /// model (no `device-model-pid` in Xenstore, or the socket could not name the peer).
-    EpochRequired,
+    /// A request from a process not proven to be the domain's device model (no
+    /// `device-model-pid` in Xenstore, another pid, or the socket could not name the peer)
+    /// that carries no token.
+    CredentialRequired,
+    /// The token is not the one handed out for the device's current assignment to this
+    /// domain (or the device is not attached to it: an unproven caller learns nothing more).
+    CredentialRejected,
+    /// A device model asked to map a pirq that another interrupt of its domain holds (its
+    /// INTx, another vector) or that lies in the GSI range: Xen would answer success
+    /// without mapping anything.
+    PirqInUse { pirq: i32 },
     /// The request line is not a request.
     Malformed { detail: String },
     /// The request line is longer than the protocol allows.
@@ -78,9 +86,38 @@ impl Refusal {
             Refusal::NoSuchBinding { .. } => "no-such-binding",
             Refusal::ProtectedDomain { .. } => "protected-domain",
             Refusal::NotDeviceModel { .. } => "not-device-model",
-            Refusal::EpochRequired => "epoch-required",
+            Refusal::CredentialRequired => "credential-required",
+            Refusal::CredentialRejected => "credential-rejected",
+            Refusal::PirqInUse { .. } => "pirq-in-use",
             Refusal::Malformed { .. } => "malformed",
             Refusal::TooLong { .. } => "too-long",
+        }
+    }
+
+    /// The sentence the broker sends: what was wrong with the request, and nothing of the
+    /// ledger's or another domain's state (no epoch, pid, owner, handle or device state), so
+    /// a refusal teaches a caller nothing it could present next time. The full text
+    /// ([`fmt::Display`]) goes to the daemon's log.
+    pub fn public_text(&self) -> String {
+        match self {
+            Refusal::NotAttached { .. } => "the device is not attached".into(),
+            Refusal::WrongDomain { .. } => "the device is not attached to this domain".into(),
+            Refusal::StaleIncarnation { domid, .. } => {
+                format!("{domid} is not the domain the device was given to")
+            }
+            Refusal::StaleEpoch { presented, .. } => {
+                format!("epoch {presented} is not the device's current assignment")
+            }
+            Refusal::NotDeviceModel { .. } => {
+                "the connecting process is not the domain's device model".into()
+            }
+            Refusal::WrongTableBase { presented, .. } => {
+                format!("table_base {presented:#x} is not the device's MSI-X BAR")
+            }
+            Refusal::NotDeviceGsi { presented, .. } => {
+                format!("GSI {presented} is not the device's interrupt line")
+            }
+            other => other.to_string(),
         }
     }
 
@@ -152,8 +189,15 @@ impl fmt::Display for Refusal {
                 f,
                 "request from pid {peer_pid}, but the domain's device model is pid {dm_pid}"
             ),
-            Refusal::EpochRequired => f.write_str(
-                "a request without an epoch is accepted only from the domain's device model as libxl recorded it (/local/domain/<domid>/image/device-model-pid)",
+            Refusal::CredentialRequired => f.write_str(
+                "a request is accepted only from the domain's device model as the toolstack recorded it (/local/domain/<domid>/image/device-model-pid) or with the token `ptguard attach` printed",
+            ),
+            Refusal::CredentialRejected => f.write_str(
+                "the token is not the one issued for this device's current assignment to this domain",
+            ),
+            Refusal::PirqInUse { pirq } => write!(
+                f,
+                "pirq {pirq} is not free for an MSI-X vector: another interrupt of the domain holds it, or it is a GSI's"
             ),
             Refusal::Malformed { detail } => write!(f, "malformed request: {detail}"),
             Refusal::TooLong { limit } => write!(f, "request longer than {limit} bytes"),

@@ -14,34 +14,23 @@ use pci::Sbdf;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
 
+use crate::credential::Credential;
 use crate::engine::{
-    attached_msix_bindings, read_head, release_msix_pirq, rm, unless_gone, write, BindKind,
+    attached_msix_bindings, heads, read_head, release_msix_pirq, rm, unless_gone, write, BindKind,
     BindRequest,
 };
 use crate::ledger::{binding_path, Binding, BindingKey, BindingState};
+use crate::sweep::nr_irqs_gsi;
 use crate::{Engine, EngineError, Refusal};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
-/// How a device model shows it belongs to the device's current assignment.
+/// What a broker request acts on, for its credential check: a device it names, or a pirq
+/// of its domain's devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Credential {
-    /// The epoch `ptguard attach` printed (a broker-speaking device model).
-    Epoch(u64),
-    /// The broker saw that the connecting process is the pid libxl recorded as the domain's
-    /// device model: it speaks for the current assignment, whatever the epoch.
-    VerifiedDeviceModel,
-}
-
-impl Credential {
-    /// The epoch the request presents: its own, or for a verified device model the
-    /// device's `current` one.
-    fn epoch(self, current: u64) -> u64 {
-        match self {
-            Credential::Epoch(e) => e,
-            Credential::VerifiedDeviceModel => current,
-        }
-    }
+pub enum Acting {
+    Device(Sbdf),
+    Pirq(Pirq),
 }
 
 /// One libxenctrl call of a device model.
@@ -69,13 +58,21 @@ pub enum DeviceModelCall {
 }
 
 impl Engine<'_> {
-    /// Carries out one device-model call for `domid`; the pirq for a map.
+    /// Carries out one device-model call for `domid`, once `credential` proves the caller
+    /// speaks for it; the pirq for a map.
     pub fn device_model_call(
         &mut self,
         domid: DomId,
-        credential: Credential,
+        credential: &Credential,
         call: &DeviceModelCall,
     ) -> Result<Option<Pirq>> {
+        let acting = match *call {
+            DeviceModelCall::MapPirqMsi { sbdf, .. } => Acting::Device(sbdf),
+            DeviceModelCall::UpdateMsiIrq { pirq, .. }
+            | DeviceModelCall::UnbindMsiIrq { pirq }
+            | DeviceModelCall::UnmapPirq { pirq } => Acting::Pirq(pirq),
+        };
+        self.check_credential(domid, acting, credential)?;
         match *call {
             DeviceModelCall::MapPirqMsi {
                 sbdf,
@@ -86,12 +83,15 @@ impl Engine<'_> {
                 let req = BindRequest {
                     domid,
                     sbdf,
-                    epoch: self.epoch_for(sbdf, credential)?,
+                    epoch: self.current_epoch(sbdf)?,
                     kind: BindKind::Msix { entry, table_base },
                     gvec: 0,
                     gflags: 0,
                     gtable: 0,
                 };
+                if let Some(p) = pirq {
+                    self.check_chosen_pirq(&req, p)?;
+                }
                 let (_, existing) = self.record_intent(&req)?;
                 // A map the device model repeats (it got no answer) finds the pirq recorded.
                 self.map_recorded(&req, existing, pirq).map(Some)
@@ -102,7 +102,7 @@ impl Engine<'_> {
                 gflags,
                 gtable,
             } => {
-                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let (req, b) = self.pirq_request(domid, pirq)?;
                 let req = BindRequest {
                     gvec,
                     gflags,
@@ -119,7 +119,7 @@ impl Engine<'_> {
                 Ok(None)
             }
             DeviceModelCall::UnbindMsiIrq { pirq } => {
-                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let (req, b) = self.pirq_request(domid, pirq)?;
                 let path = binding_path(req.sbdf, &req.key());
                 if b.state == BindingState::Mapped {
                     return Ok(None); // unbound already (a repeated call)
@@ -136,7 +136,7 @@ impl Engine<'_> {
                 Ok(None)
             }
             DeviceModelCall::UnmapPirq { pirq } => {
-                let (req, b) = self.pirq_request(domid, credential, pirq)?;
+                let (req, b) = self.pirq_request(domid, pirq)?;
                 let path = binding_path(req.sbdf, &req.key());
                 self.held_binding(&req, pirq, |_| true, true)?;
                 self.checkpoint(|| format!("{} unmap_pirq pirq {}", req.sbdf, pirq.0))?;
@@ -150,26 +150,97 @@ impl Engine<'_> {
         }
     }
 
-    /// The epoch a request for `sbdf` is checked against. The current one for a verified
-    /// device model: the transaction that follows checks it again, so a teardown that
-    /// starts in between still refuses the request.
-    fn epoch_for(&mut self, sbdf: Sbdf, credential: Credential) -> Result<u64> {
-        match credential {
-            Credential::Epoch(e) => Ok(e),
-            Credential::VerifiedDeviceModel => Ok(read_head(self.xs, TxId::NONE, sbdf)?
-                .map(|r| r.epoch)
-                .unwrap_or_default()),
+    /// The epoch a proven caller's request for `sbdf` is checked against: the current
+    /// one (the checks that follow read it again, so a teardown that starts in between
+    /// still refuses the request).
+    fn current_epoch(&mut self, sbdf: Sbdf) -> Result<u64> {
+        Ok(read_head(self.xs, TxId::NONE, sbdf)?
+            .map(|r| r.epoch)
+            .unwrap_or_default())
+    }
+
+    /// Whether `credential` proves the caller speaks for `domid` about what it acts on. A
+    /// verified device model does (the broker saw its pid); a token must be the one issued
+    /// for the current assignment of that device to `domid`. Every failure is the same
+    /// refusal, so an unproven caller learns nothing of the ledger.
+    pub fn check_credential(
+        &mut self,
+        domid: DomId,
+        acting: Acting,
+        credential: &Credential,
+    ) -> Result<()> {
+        let Credential::Token(token) = credential else {
+            return Ok(());
+        };
+        let rec = match acting {
+            Acting::Device(sbdf) => read_head(self.xs, TxId::NONE, sbdf)?,
+            Acting::Pirq(pirq) => attached_msix_bindings(self.xs, domid)?
+                .into_iter()
+                .find(|(_, b)| b.pirq == Some(pirq))
+                .map(|(r, _)| r),
+        };
+        let admitted = rec.is_some_and(|r| {
+            r.owner == Some(domid) && r.credential.is_some_and(|c| c.admits(token))
+        });
+        if admitted {
+            return Ok(());
         }
+        let refusal = Refusal::CredentialRejected;
+        Err(match acting {
+            Acting::Device(sbdf) => EngineError::Refused {
+                sbdf,
+                domid,
+                refusal,
+            },
+            Acting::Pirq(pirq) => EngineError::RefusedPirq {
+                domid,
+                pirq,
+                refusal,
+            },
+        })
+    }
+
+    /// A pirq the device model chose for an MSI-X map (a guest using pirq routing picked
+    /// it) must be free for an MSI vector: no other interrupt of the domain's devices in
+    /// the ledger holds it (Xen answers a map of a pirq mapped already with success and
+    /// maps nothing, so a later failure's cleanup would unmap the other interrupt), and it
+    /// is above the GSI range (an HVM guest's INTx pirqs are its GSIs). The entry's own
+    /// recorded pirq is a repeat of the same map.
+    fn check_chosen_pirq(&mut self, req: &BindRequest, pirq: Pirq) -> Result<()> {
+        let key = req.key();
+        let mut held = false;
+        for rec in heads(self.xs)?
+            .into_iter()
+            .filter(|r| r.owner == Some(req.domid))
+        {
+            let Some(full) = crate::engine::read_record(self.xs, TxId::NONE, rec.sbdf)? else {
+                continue;
+            };
+            held |= full
+                .bindings
+                .iter()
+                .any(|b| b.pirq == Some(pirq) && !(rec.sbdf == req.sbdf && b.key == key));
+        }
+        let gsis = self
+            .platform
+            .hypervisor()
+            .read_console()
+            .ok()
+            .and_then(|c| nr_irqs_gsi(&c));
+        let in_gsi_range =
+            gsis.is_some_and(|gsis| u32::try_from(pirq.0).map_or(true, |p| p < gsis));
+        if held || in_gsi_range || pirq.0 < 0 {
+            return Err(crate::bind::refused(
+                req,
+                Refusal::PirqInUse { pirq: pirq.0 },
+            ));
+        }
+        Ok(())
     }
 
     /// The MSI-X binding of a device attached to `domid` that holds `pirq`, as the request
     /// that would have made it.
-    fn pirq_request(
-        &mut self,
-        domid: DomId,
-        credential: Credential,
-        pirq: Pirq,
-    ) -> Result<(BindRequest, Binding)> {
+    fn pirq_request(&mut self, domid: DomId, pirq: Pirq) -> Result<(BindRequest, Binding)> {
         let not_found = || EngineError::RefusedPirq {
             domid,
             pirq,
@@ -190,7 +261,7 @@ impl Engine<'_> {
         let req = BindRequest {
             domid,
             sbdf: rec.sbdf,
-            epoch: credential.epoch(rec.epoch),
+            epoch: rec.epoch,
             kind: BindKind::Msix {
                 entry,
                 table_base: rec.table_base.unwrap_or_default(),

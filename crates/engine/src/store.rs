@@ -214,6 +214,8 @@ pub(crate) fn attached_to(rec: &mut DeviceRecord, info: &DomainInfo, epoch: u64)
     rec.owner = Some(info.domid);
     rec.owner_handle = Some(info.handle).filter(|h| !h.is_nil());
     rec.epoch = epoch;
+    // A new assignment: the last one's token proves nothing any more.
+    rec.credential = None;
 }
 
 /// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.

@@ -59,10 +59,13 @@ impl PirqRange {
 }
 
 /// `nr_irqs_gsi` from the console line Xen 4.17 prints at boot (`arch/x86/io_apic.c`):
-/// `IRQ limits: 24 GSI, 1528 MSI/MSI-X`.
+/// `IRQ limits: 24 GSI, 1528 MSI/MSI-X`. Only a line Xen printed counts (a guest's
+/// `(d5) IRQ limits: 4000 GSI` must not move the sweep), and of those the newest: the
+/// ring holds one boot, a capture may hold several.
 pub fn nr_irqs_gsi(console: &str) -> Option<u32> {
-    console.lines().rev().find_map(|l| {
-        let rest = &l[l.find("IRQ limits: ")? + "IRQ limits: ".len()..];
+    let lines: Vec<&str> = crate::xen_dump::xen_lines(console).collect();
+    lines.into_iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("IRQ limits: ")?;
         rest.split_whitespace().next()?.parse().ok()
     })
 }
@@ -139,6 +142,14 @@ mod tests {
         assert_eq!(nr_irqs_gsi(c), Some(24));
         assert_eq!(nr_irqs_gsi("(XEN) nothing here\n"), None);
         assert_eq!(nr_irqs_gsi("(XEN) IRQ limits: many GSI"), None);
+        // A guest's line is the guest's, whatever it says; Xen's timestamps are Xen's.
+        let c = "(XEN) [    0.512000] IRQ limits: 24 GSI, 392 MSI/MSI-X\n(d5) IRQ limits: 4000 GSI\n(d5) (XEN) IRQ limits: 4000 GSI\n";
+        assert_eq!(nr_irqs_gsi(c), Some(24));
+        assert_eq!(nr_irqs_gsi("(d5) IRQ limits: 4000 GSI\n"), None);
+        assert_eq!(
+            nr_irqs_gsi("[2026-12-02 01:00:00] (XEN) IRQ limits: 48 GSI, 392 MSI/MSI-X\n"),
+            Some(48)
+        );
         let r = PirqRange::new(Some(24), 32);
         assert_eq!((r.first, r.end), (24, 56));
         let r = PirqRange::new(None, 64);

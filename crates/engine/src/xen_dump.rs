@@ -53,12 +53,29 @@ pub struct MsiDumpEntry {
     pub hw_masked: Option<bool>,
 }
 
-/// The body of each `xl dmesg` line, without the `(XEN) ` prefix and leading blanks.
-fn xen_lines(text: &str) -> impl Iterator<Item = &str> {
+/// The body of each line Xen itself printed, without its `(XEN) ` prefix, its console
+/// timestamp and leading blanks. Xen starts every line it prints with `(XEN) ` and every
+/// line a guest prints (`console_io`, the HVM debug port) with `(dN) `
+/// (`xen/drivers/char/console.c`: `printk`, `guest_printk`), and strips a guest's
+/// non-printable characters, so a guest cannot start a line of its own with `(XEN)`.
+/// A line counts only when `(XEN)` opens it (after a timestamp a log collector put in
+/// front, `[...]`): a guest line that merely contains `(XEN)` is the guest's.
+pub fn xen_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines().filter_map(|l| {
         let l = l.trim_end_matches('\r');
-        l.find("(XEN)").map(|i| l[i + 5..].trim())
+        let l = strip_timestamp(l);
+        let body = strip_timestamp(l.strip_prefix("(XEN)")?.trim_start());
+        Some(body.trim())
     })
+}
+
+/// `l` without one leading `[...] ` timestamp (Xen's `console_timestamps=`, or a log
+/// collector's).
+fn strip_timestamp(l: &str) -> &str {
+    match l.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+        Some((stamp, rest)) if !stamp.contains(['(', ')']) => rest,
+        _ => l,
+    }
 }
 
 /// The newest `Q` dump's entries (a console ring holds several; the last line seen for a

@@ -68,33 +68,74 @@ fn socket_path() -> String {
     std::env::var("PTGUARD_BROKER").unwrap_or_else(|_| DEFAULT_SOCKET.to_owned())
 }
 
+/// The request as sent: with the assignment token `ptguard attach` printed, when whoever
+/// started the device model passed it in `PTGUARD_TOKEN` (without one, the broker serves
+/// only the process the toolstack recorded as the domain's device model).
+fn with_token(request: &Value) -> Value {
+    let mut request = request.clone();
+    if let Ok(token) = std::env::var("PTGUARD_TOKEN") {
+        if !token.is_empty() {
+            request["token"] = Value::String(token);
+        }
+    }
+    request
+}
+
+/// One request, one reply line. `Ok(None)`: the broker closed the connection before a byte
+/// of reply came, which it does only to a connection whose request it never read (it
+/// evicted it for room, docs/broker.md "Staying up"), so asking again is safe.
+fn exchange(mut stream: UnixStream, line: &str) -> std::io::Result<Option<String>> {
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    if let Err(e) = stream.write_all(line.as_bytes()) {
+        return match e.kind() {
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let mut reply = String::new();
+    match BufReader::new(&stream).read_line(&mut reply) {
+        Ok(0) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset && reply.is_empty() => Ok(None),
+        Ok(_) if !reply.ends_with('\n') => Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "the broker closed the connection in the middle of its reply",
+        )),
+        Ok(_) => Ok(Some(reply)),
+        Err(e) => Err(e),
+    }
+}
+
+/// How many times a request is sent when the broker closes the connection unread.
+const ATTEMPTS: usize = 3;
+
 fn ask(request: &Value) -> Answer {
     let path = socket_path();
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        // No broker (ptguard not running, or this device model cannot reach its socket):
-        // qemu works as without the library, and the sweep covers it at teardown.
-        Err(e) => return Answer::FallThrough(format!("no broker at {path}: {e}")),
-    };
-    let mut exchange = || -> std::io::Result<String> {
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        let mut line = request.to_string();
-        line.push('\n');
-        stream.write_all(line.as_bytes())?;
-        let mut reply = String::new();
-        BufReader::new(&stream).read_line(&mut reply)?;
-        if reply.is_empty() {
-            return Err(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "the broker closed the connection",
-            ));
+    let mut line = with_token(request).to_string();
+    line.push('\n');
+    let mut reply = None;
+    for _ in 0..ATTEMPTS {
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            // No broker (ptguard not running, or this device model cannot reach its
+            // socket): qemu works as without the library, and the sweep covers it at
+            // teardown.
+            Err(e) => return Answer::FallThrough(format!("no broker at {path}: {e}")),
+        };
+        match exchange(stream, &line) {
+            Ok(Some(r)) => {
+                reply = Some(r);
+                break;
+            }
+            Ok(None) => continue,
+            // The request may have reached Xen: never fall through to a second map.
+            Err(e) => return Answer::Failed(libc::EIO, format!("broker at {path}: {e}")),
         }
-        Ok(reply)
-    };
-    let reply = match exchange() {
-        Ok(r) => r,
-        // The request may have reached Xen: never fall through to a second map.
-        Err(e) => return Answer::Failed(libc::EIO, format!("broker at {path}: {e}")),
+    }
+    let Some(reply) = reply else {
+        return Answer::Failed(
+            libc::EIO,
+            format!("broker at {path} closed the connection unread {ATTEMPTS} times"),
+        );
     };
     let reply: Value = match serde_json::from_str(&reply) {
         Ok(v) => v,

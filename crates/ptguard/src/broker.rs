@@ -8,14 +8,16 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::{BindRequest, Credential, DeviceModelCall, EngineError, ProtectedDomains, Refusal};
+use engine::{
+    AssignmentToken, BindRequest, Credential, DeviceModelCall, EngineError, ProtectedDomains,
+    Refusal,
+};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
@@ -49,15 +51,24 @@ impl Default for BrokerLimits {
     }
 }
 
-/// One broker request line.
+/// One broker request line. Every request may carry the `token` `ptguard attach` printed
+/// for the device's assignment; without one, only the domain's recorded device model is
+/// served (docs/broker.md).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum BrokerRequest {
-    Bind(BindRequest),
+    Bind {
+        #[serde(flatten)]
+        req: BindRequest,
+        #[serde(default)]
+        token: Option<String>,
+    },
     Unbind {
         #[serde(flatten)]
         req: BindRequest,
         pirq: i32,
+        #[serde(default)]
+        token: Option<String>,
     },
     /// `xc_physdev_map_pirq_msi` of a stock device model (the preload library).
     MapPirqMsi {
@@ -69,7 +80,7 @@ pub enum BrokerRequest {
         #[serde(default)]
         pirq: Option<i32>,
         #[serde(default)]
-        epoch: Option<u64>,
+        token: Option<String>,
     },
     /// `xc_domain_update_msi_irq`.
     UpdateMsiIrq {
@@ -79,21 +90,21 @@ pub enum BrokerRequest {
         gflags: u32,
         gtable: u64,
         #[serde(default)]
-        epoch: Option<u64>,
+        token: Option<String>,
     },
     /// `xc_domain_unbind_msi_irq`.
     UnbindMsiIrq {
         domid: DomId,
         pirq: i32,
         #[serde(default)]
-        epoch: Option<u64>,
+        token: Option<String>,
     },
     /// `xc_physdev_unmap_pirq`.
     UnmapPirq {
         domid: DomId,
         pirq: i32,
         #[serde(default)]
-        epoch: Option<u64>,
+        token: Option<String>,
     },
 }
 
@@ -101,16 +112,15 @@ pub enum BrokerRequest {
 enum Operation<'r> {
     Bind(&'r BindRequest),
     Unbind(&'r BindRequest, Pirq),
-    /// One of the four libxenctrl calls, with the epoch if the device model gave one.
-    DeviceModelCall((Option<u64>, DeviceModelCall)),
+    /// One of the four libxenctrl calls.
+    DeviceModelCall(DeviceModelCall),
 }
 
 impl BrokerRequest {
     /// The domain the request speaks for.
     fn domid(&self) -> DomId {
         match self {
-            BrokerRequest::Bind(b) => b.domid,
-            BrokerRequest::Unbind { req, .. } => req.domid,
+            BrokerRequest::Bind { req, .. } | BrokerRequest::Unbind { req, .. } => req.domid,
             BrokerRequest::MapPirqMsi { domid, .. }
             | BrokerRequest::UpdateMsiIrq { domid, .. }
             | BrokerRequest::UnbindMsiIrq { domid, .. }
@@ -118,50 +128,81 @@ impl BrokerRequest {
         }
     }
 
+    /// The token the request carries, if any.
+    fn token(&self) -> Option<&str> {
+        match self {
+            BrokerRequest::Bind { token, .. }
+            | BrokerRequest::Unbind { token, .. }
+            | BrokerRequest::MapPirqMsi { token, .. }
+            | BrokerRequest::UpdateMsiIrq { token, .. }
+            | BrokerRequest::UnbindMsiIrq { token, .. }
+            | BrokerRequest::UnmapPirq { token, .. } => token.as_deref(),
+        }
+    }
+
     /// What the request asks the engine for.
     fn operation(&self) -> Operation<'_> {
         Operation::DeviceModelCall(match *self {
-            BrokerRequest::Bind(ref b) => return Operation::Bind(b),
-            BrokerRequest::Unbind { ref req, pirq } => return Operation::Unbind(req, Pirq(pirq)),
+            BrokerRequest::Bind { ref req, .. } => return Operation::Bind(req),
+            BrokerRequest::Unbind { ref req, pirq, .. } => {
+                return Operation::Unbind(req, Pirq(pirq))
+            }
             BrokerRequest::MapPirqMsi {
                 sbdf,
                 entry,
                 table_base,
                 pirq,
-                epoch,
                 ..
-            } => (
-                epoch,
-                DeviceModelCall::MapPirqMsi {
-                    sbdf,
-                    entry,
-                    table_base,
-                    pirq: pirq.filter(|p| *p >= 0).map(Pirq),
-                },
-            ),
+            } => DeviceModelCall::MapPirqMsi {
+                sbdf,
+                entry,
+                table_base,
+                pirq: pirq.filter(|p| *p >= 0).map(Pirq),
+            },
             BrokerRequest::UpdateMsiIrq {
                 pirq,
                 gvec,
                 gflags,
                 gtable,
-                epoch,
                 ..
-            } => (
-                epoch,
-                DeviceModelCall::UpdateMsiIrq {
-                    pirq: Pirq(pirq),
-                    gvec,
-                    gflags,
-                    gtable,
-                },
-            ),
-            BrokerRequest::UnbindMsiIrq { pirq, epoch, .. } => {
-                (epoch, DeviceModelCall::UnbindMsiIrq { pirq: Pirq(pirq) })
+            } => DeviceModelCall::UpdateMsiIrq {
+                pirq: Pirq(pirq),
+                gvec,
+                gflags,
+                gtable,
+            },
+            BrokerRequest::UnbindMsiIrq { pirq, .. } => {
+                DeviceModelCall::UnbindMsiIrq { pirq: Pirq(pirq) }
             }
-            BrokerRequest::UnmapPirq { pirq, epoch, .. } => {
-                (epoch, DeviceModelCall::UnmapPirq { pirq: Pirq(pirq) })
+            BrokerRequest::UnmapPirq { pirq, .. } => {
+                DeviceModelCall::UnmapPirq { pirq: Pirq(pirq) }
             }
         })
+    }
+}
+
+/// Who the broker takes a request's sender to be, from what the socket and the toolstack
+/// say (`peer_pid`: `SO_PEERCRED`; `dm_pid`: `device-model-pid`) and the token it
+/// carries. Fails closed: a caller that is not the recorded device model and presents no
+/// token is refused, whatever numbers it names.
+pub fn credential_for(
+    peer_pid: Option<i32>,
+    dm_pid: Option<i32>,
+    token: Option<&str>,
+) -> Result<Credential, Refusal> {
+    if peer_pid.is_some() && peer_pid == dm_pid {
+        return Ok(Credential::VerifiedDeviceModel);
+    }
+    match (token, peer_pid, dm_pid) {
+        (Some(t), _, _) => t
+            .parse::<AssignmentToken>()
+            .map(Credential::Token)
+            .map_err(|_| Refusal::CredentialRejected),
+        (None, Some(peer), Some(dm)) => Err(Refusal::NotDeviceModel {
+            peer_pid: peer,
+            dm_pid: dm,
+        }),
+        (None, _, _) => Err(Refusal::CredentialRequired),
     }
 }
 
@@ -184,10 +225,12 @@ pub struct BrokerReply {
 }
 
 impl BrokerReply {
+    /// The reply to a refused request: its code and the sentence that discloses nothing
+    /// of the ledger ([`Refusal::public_text`]).
     fn refused(r: &Refusal) -> BrokerReply {
         BrokerReply {
             code: Some(r.code().into()),
-            error: Some(r.to_string()),
+            error: Some(r.public_text()),
             ..BrokerReply::default()
         }
     }
@@ -290,31 +333,31 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
         }
     };
     let claimed = req.domid();
-    // A device model may only speak for its own domain: when libxl recorded the model's pid,
-    // the connecting process must be it.
-    let dm = device_model_pid(ctx, claimed);
-    if let (Some(peer), Some(dm)) = (peer_pid, dm) {
-        if peer != dm {
-            return BrokerReply::refused(&Refusal::NotDeviceModel {
-                peer_pid: peer,
-                dm_pid: dm,
-            });
-        }
+    // Nothing speaks for a protected domain, proven or not (and saying so discloses
+    // nothing: the list is the operator's, and dom0's is fixed).
+    if ctx.protected.contains(claimed) {
+        return BrokerReply::refused(&Refusal::ProtectedDomain { domid: claimed });
     }
-    let verified = peer_pid.is_some() && peer_pid == dm;
-    let r = match req.operation() {
-        Operation::Bind(b) => ctx.engine().bind(b).map(|p| Some(p.0)),
-        Operation::Unbind(b, pirq) => ctx.engine().unbind(b, pirq).map(|_| None),
-        Operation::DeviceModelCall((epoch, call)) => {
-            let credential = match (epoch, verified) {
-                (Some(e), _) => Credential::Epoch(e),
-                (None, true) => Credential::VerifiedDeviceModel,
-                (None, false) => return BrokerReply::refused(&Refusal::EpochRequired),
-            };
-            ctx.engine()
-                .device_model_call(claimed, credential, &call)
-                .map(|p| p.map(|p| p.0))
+    // A device model may only speak for its own domain: it is the process the toolstack
+    // recorded, or it holds the token of the device's assignment.
+    let dm = device_model_pid(ctx, claimed);
+    let credential = match credential_for(peer_pid, dm, req.token()) {
+        Ok(c) => c,
+        Err(refusal) => {
+            tracing::info!(domid = claimed.0, "broker refused a request: {refusal}");
+            return BrokerReply::refused(&refusal);
         }
+    };
+    let r = match req.operation() {
+        Operation::Bind(b) => ctx.engine().broker_bind(b, &credential).map(|p| Some(p.0)),
+        Operation::Unbind(b, pirq) => ctx
+            .engine()
+            .broker_unbind(b, pirq, &credential)
+            .map(|_| None),
+        Operation::DeviceModelCall(call) => ctx
+            .engine()
+            .device_model_call(claimed, &credential, &call)
+            .map(|p| p.map(|p| p.0)),
     };
     match r {
         Ok(pirq) => BrokerReply {
@@ -323,6 +366,7 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
             ..BrokerReply::default()
         },
         Err(EngineError::Refused { refusal, .. } | EngineError::RefusedPirq { refusal, .. }) => {
+            tracing::info!(domid = claimed.0, "broker refused a request: {refusal}");
             BrokerReply::refused(&refusal)
         }
         Err(e @ EngineError::PirqBudgetExhausted { .. }) => BrokerReply {
@@ -351,8 +395,17 @@ struct Conn {
     last_active: Instant,
     /// Whether it ever sent a complete request (evicted after those that did not).
     requested: bool,
-    /// Close once the output is flushed (after a fatal refusal).
-    closing: bool,
+    /// No more input is read (the peer half-closed, or sent a line too long to be a
+    /// request): the connection closes once every reply owed is written.
+    read_closed: bool,
+}
+
+impl Conn {
+    /// The next complete request line, if the input holds one.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let i = self.input.iter().position(|b| *b == b'\n')?;
+        Some(self.input.drain(..=i).collect())
+    }
 }
 
 /// What the loop saw, for tests and the load benchmark.
@@ -393,10 +446,9 @@ pub fn serve_broker(
         }
         _ => {}
     }
-    let mut listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let mut listener = xenstore::instance::bind_owner_only(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     claim.bound();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let poll = Poll::new().context("cannot create the broker's poll")?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -448,14 +500,7 @@ impl BrokerLoop {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    t => {
-                        if ev.is_readable() || ev.is_read_closed() {
-                            self.read(t);
-                        }
-                        if ev.is_writable() {
-                            self.flush(t);
-                        }
-                    }
+                    t => self.service(t),
                 }
             }
             self.expire_idle();
@@ -503,19 +548,32 @@ impl BrokerLoop {
                     output: Vec::new(),
                     last_active: Instant::now(),
                     requested: false,
-                    closing: false,
+                    read_closed: false,
                 },
             );
+            // A device model writes its request as soon as it is connected: answer it now,
+            // before the next connection of a flood can evict this one for room.
+            self.service(token);
         }
     }
 
-    /// Makes room: a connection that never sent a request (oldest first), else the one idle
-    /// the longest.
+    /// Makes room. The victim comes from the peer holding the most connections (a flood
+    /// comes from few processes, a device model holds one), and of its connections one
+    /// that never sent a request, oldest first, else the one idle the longest. A
+    /// connection that never sent a request had none executed, so a client may send its
+    /// request again on a fresh one (the preload library does).
     fn evict_one(&mut self) {
+        let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
+        for c in self.conns.values() {
+            *per_peer.entry(c.peer_pid).or_default() += 1;
+        }
         let victim = self
             .conns
             .iter()
-            .min_by_key(|(_, c)| (c.requested, c.last_active))
+            .min_by_key(|(_, c)| {
+                let held = per_peer.get(&c.peer_pid).copied().unwrap_or(0);
+                (std::cmp::Reverse(held), c.requested, c.last_active)
+            })
             .map(|(t, _)| *t);
         if let Some(t) = victim {
             self.stats.evicted += 1;
@@ -543,72 +601,81 @@ impl BrokerLoop {
         }
     }
 
-    fn read(&mut self, t: Token) {
+    /// Everything a connection's readiness allows, until nothing moves: write what is
+    /// owed, answer the next complete request while its reply has room, read more. A
+    /// request is read and executed only when its reply can be queued, so every request
+    /// executed gets its reply (a client that does not read stops being read, and times
+    /// out); a half-closed peer still gets the replies to what it sent.
+    fn service(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        let cap = self.limits.max_pending_output;
         let mut chunk = [0u8; 4096];
-        let mut lines = Vec::new();
-        let mut eof = false;
-        {
-            let Some(c) = self.conns.get_mut(&t) else {
+        loop {
+            if write_some(&mut c).is_err() {
+                let _ = self.poll.registry().deregister(&mut c.stream);
                 return;
-            };
-            loop {
-                match c.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
+            }
+            if c.output.len() < cap {
+                if let Some(line) = c.next_line() {
+                    c.requested = true;
+                    let reply = self.answer(c.peer_pid, &line);
+                    queue(&mut c, &reply);
+                    continue;
+                }
+            }
+            if c.read_closed || c.output.len() >= cap {
+                break;
+            }
+            match c.stream.read(&mut chunk) {
+                Ok(0) => c.read_closed = true,
+                Ok(n) => {
+                    c.last_active = Instant::now();
+                    c.input.extend_from_slice(&chunk[..n]);
+                    if c.input.len() > MAX_LINE && !c.input[..=MAX_LINE].contains(&b'\n') {
+                        // A line that cannot be valid: say so and hang up rather than
+                        // buffer it; the requests before it were answered.
+                        c.input = Vec::new();
+                        c.read_closed = true;
+                        self.stats.too_long += 1;
+                        queue(
+                            &mut c,
+                            &BrokerReply::refused(&Refusal::TooLong { limit: MAX_LINE }),
+                        );
                     }
-                    Ok(n) => {
-                        c.last_active = Instant::now();
-                        if c.closing {
-                            continue; // discard: the connection is being cut off
-                        }
-                        c.input.extend_from_slice(&chunk[..n]);
-                        while let Some(i) = c.input.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = c.input.drain(..=i).collect();
-                            lines.push(line);
-                        }
-                        if c.input.len() > MAX_LINE {
-                            // A line that cannot be valid: say so and hang up rather than
-                            // buffer it.
-                            c.input = Vec::new();
-                            c.closing = true;
-                            self.stats.too_long += 1;
-                            lines.push(Vec::new());
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let _ = self.poll.registry().deregister(&mut c.stream);
+                    return;
                 }
             }
         }
-        for line in lines {
-            let reply = if line.is_empty() {
-                BrokerReply::refused(&Refusal::TooLong { limit: MAX_LINE })
-            } else {
-                self.answer(t, &line)
-            };
-            self.queue(t, &reply);
+        let owes = !c.output.is_empty() || (c.output.len() < cap && c.input.contains(&b'\n'));
+        if c.read_closed && !owes {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            return;
         }
-        if eof {
-            self.close(t);
-        } else {
-            self.flush(t);
+        let interest = match (c.read_closed || c.output.len() >= cap, c.output.is_empty()) {
+            (false, true) => Interest::READABLE,
+            (false, false) => Interest::READABLE | Interest::WRITABLE,
+            (true, _) => Interest::WRITABLE,
+        };
+        if self
+            .poll
+            .registry()
+            .reregister(&mut c.stream, t, interest)
+            .is_err()
+        {
+            return;
         }
+        self.conns.insert(t, c);
     }
 
-    fn answer(&mut self, t: Token, line: &[u8]) -> BrokerReply {
+    fn answer(&mut self, peer_pid: Option<i32>, line: &[u8]) -> BrokerReply {
         self.stats.requests += 1;
-        let peer_pid = match self.conns.get_mut(&t) {
-            Some(c) => {
-                c.requested = true;
-                c.peer_pid
-            }
-            None => None,
-        };
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
         match self.host.with(|ctx| Ok(handle_line(ctx, text, peer_pid))) {
@@ -620,51 +687,28 @@ impl BrokerLoop {
             },
         }
     }
+}
 
-    fn queue(&mut self, t: Token, reply: &BrokerReply) {
-        let Some(c) = self.conns.get_mut(&t) else {
-            return;
-        };
-        match serde_json::to_vec(reply) {
-            Ok(mut v) => {
-                v.push(b'\n');
-                c.output.extend_from_slice(&v);
+/// Queues one reply line.
+fn queue(c: &mut Conn, reply: &BrokerReply) {
+    if let Ok(mut v) = serde_json::to_vec(reply) {
+        v.push(b'\n');
+        c.output.extend_from_slice(&v);
+    }
+}
+
+/// Writes what the socket takes now.
+fn write_some(c: &mut Conn) -> std::io::Result<()> {
+    while !c.output.is_empty() {
+        match c.stream.write(&c.output) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.output.drain(..n);
             }
-            Err(_) => c.closing = true,
-        }
-        if c.output.len() > self.limits.max_pending_output {
-            // It asks and never reads: cut it off.
-            self.close(t);
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-
-    fn flush(&mut self, t: Token) {
-        let Some(c) = self.conns.get_mut(&t) else {
-            return;
-        };
-        while !c.output.is_empty() {
-            match c.stream.write(&c.output) {
-                Ok(0) => break,
-                Ok(n) => {
-                    c.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.close(t);
-                    return;
-                }
-            }
-        }
-        let interest = if c.output.is_empty() {
-            if c.closing {
-                self.close(t);
-                return;
-            }
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        let _ = self.poll.registry().reregister(&mut c.stream, t, interest);
-    }
+    Ok(())
 }

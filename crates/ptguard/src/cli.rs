@@ -101,7 +101,10 @@ pub enum Command {
     /// Checks the device is assignable and the domain exists and is not dying,
     /// resets the device, grants the BAR and IRQ permissions, maps the INTx pirq
     /// (recorded in the ledger), assigns the device and writes the PCI backend
-    /// nodes as libxl does. Prints the epoch device models must present.
+    /// nodes as libxl does. Prints the epoch and the token of this assignment:
+    /// the broker serves the domain's device model only when it is the process the
+    /// toolstack recorded (device-model-pid) or presents this token, so hand it to
+    /// the device model you start (its environment or a 0600 file), never to a log.
     Attach(AttachArgs),
     /// Record a device a guest already holds, so ptguard tears it down.
     ///

@@ -23,10 +23,11 @@ fn bind_unbind_and_refusals_over_the_socket() {
     )
     .unwrap();
     let a = host.create_domain("A", true);
+    let token = engine::AssignmentToken::from_entropy([0x5a; 32]);
     let epoch = {
         let mut e = ctx.engine();
         e.assignable_add(dev).unwrap();
-        e.attach(dev, a).unwrap()
+        e.attach_with_token(dev, a, Some(&token)).unwrap()
     };
     let host_ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
@@ -53,11 +54,31 @@ fn bind_unbind_and_refusals_over_the_socket() {
         serde_json::from_str(&reply).unwrap()
     };
     let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
-    let bind = |domid: u16, epoch: u64, entry: u16| {
+    let bind_with = |domid: u16, epoch: u64, entry: u16, token: &str| {
         format!(
-            r#"{{"op":"bind","domid":{domid},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":{entry},"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056}}"#
+            r#"{{"op":"bind","domid":{domid},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":{entry},"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056{token}}}"#
         )
     };
+    let t = format!(r#","token":"{token}""#);
+    let bind = |domid: u16, epoch: u64, entry: u16| bind_with(domid, epoch, entry, &t);
+    // Knowing the numbers is not enough: no device-model pid is recorded and no token given.
+    let anyone = ask(bind_with(a.0, epoch, 0, ""));
+    assert_eq!(
+        anyone.code.as_deref(),
+        Some("credential-required"),
+        "{anyone:?}"
+    );
+    let wrong = ask(bind_with(
+        a.0,
+        epoch,
+        0,
+        &format!(r#","token":"{}""#, "00".repeat(32)),
+    ));
+    assert_eq!(
+        wrong.code.as_deref(),
+        Some("credential-rejected"),
+        "{wrong:?}"
+    );
     let ok = ask(bind(a.0, epoch, 0));
     assert!(ok.ok, "{ok:?}");
     let pirq = ok.pirq.unwrap();
@@ -65,21 +86,32 @@ fn bind_unbind_and_refusals_over_the_socket() {
     assert_eq!(pirq, 79);
     let stale = ask(bind(a.0, epoch + 5, 1));
     assert_eq!(stale.code.as_deref(), Some("stale-epoch"), "{stale:?}");
-    assert!(stale.error.unwrap().contains("stale epoch"));
+    let text = stale.error.unwrap();
+    assert!(
+        !text.contains(&epoch.to_string()),
+        "the current epoch stays secret: {text}"
+    );
+    // The token speaks for A's use of the device, not for another domain, and the refusal
+    // does not say who holds the device.
     let other = ask(bind(7, epoch, 1));
-    assert_eq!(other.code.as_deref(), Some("wrong-domain"), "{other:?}");
-    assert!(other.error.unwrap().contains("attached to d1"));
+    assert_eq!(
+        other.code.as_deref(),
+        Some("credential-rejected"),
+        "{other:?}"
+    );
+    assert!(!other.error.unwrap().contains("d1"));
     let garbage = ask("{\"op\":\"format-disk\"}".into());
     assert_eq!(garbage.code.as_deref(), Some("malformed"), "{garbage:?}");
     let dom0 = ask(bind(0, epoch, 1));
     assert_eq!(dom0.code.as_deref(), Some("protected-domain"), "{dom0:?}");
     let unbind = ask(format!(
-        r#"{{"op":"unbind","pirq":{pirq},"domid":{},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056}}"#,
+        r#"{{"op":"unbind","pirq":{pirq},"domid":{},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056{t}}}"#,
         a.0
     ));
     assert!(unbind.ok, "{unbind:?}");
     host.with_world(|w| assert!(w.descs.is_empty(), "unmapped in Xen"));
-    // libxl records each domain's device-model pid; a process that is not it is refused.
+    // libxl records each domain's device-model pid; a process that is not it is refused,
+    // and the refusal names no pid.
     let write_dm_pid = |pid: String| {
         host_ctx
             .with(|c| {
@@ -89,15 +121,16 @@ fn bind_unbind_and_refusals_over_the_socket() {
             .unwrap()
     };
     write_dm_pid("999999".into());
-    let impostor = ask(bind(a.0, epoch, 1));
+    let impostor = ask(bind_with(a.0, epoch, 1, ""));
     assert!(!impostor.ok);
     assert_eq!(impostor.code.as_deref(), Some("not-device-model"));
-    assert!(impostor
-        .error
-        .unwrap()
-        .contains("device model is pid 999999"));
+    let text = impostor.error.unwrap();
+    assert!(
+        !text.contains("999999") && !text.contains(&std::process::id().to_string()),
+        "{text}"
+    );
     write_dm_pid(std::process::id().to_string());
-    let genuine = ask(bind(a.0, epoch, 1));
+    let genuine = ask(bind_with(a.0, epoch, 1, ""));
     assert!(genuine.ok, "{genuine:?}");
     stop.store(true, Ordering::Relaxed);
     server.join();
@@ -123,6 +156,8 @@ fn hostile_device_model_calls_are_refused() {
     )
     .unwrap();
     let (a, b) = (host.create_domain("A", true), host.create_domain("B", true));
+    // C's device model was not started by libxl: no pid is recorded for it.
+    let c = host.create_domain("C", true);
     for (s, d, pid) in [(a_dev, a, "100"), (b_dev, b, "200")] {
         let mut e = ctx.engine();
         e.assignable_add(s).unwrap();
@@ -147,12 +182,29 @@ fn hostile_device_model_calls_are_refused() {
     let rb = handle_line(&mut ctx, &map(b.0, b_dev, 0, tb(b_dev)), Some(200));
     assert!(rb.ok, "{rb:?}");
     let (pa, pb) = (ra.pirq.unwrap(), rb.pirq.unwrap());
+    let intx_a = ctx
+        .engine()
+        .record(a_dev)
+        .unwrap()
+        .unwrap()
+        .bindings
+        .iter()
+        .find(|b| b.key == engine::BindingKey::Intx)
+        .and_then(|b| b.pirq)
+        .expect("attach mapped A's INTx")
+        .0;
 
     let hostile = [
         // Another process, claiming A.
         (map(a.0, a_dev, 1, tb(a_dev)), Some(300), "not-device-model"),
-        // A peer the socket could not name, without an epoch.
-        (map(a.0, a_dev, 1, tb(a_dev)), None, "epoch-required"),
+        // A peer the socket could not name, without a token.
+        (map(a.0, a_dev, 1, tb(a_dev)), None, "credential-required"),
+        // A's genuine model speaking for a domain whose model is not recorded.
+        (
+            map(c.0, a_dev, 1, tb(a_dev)),
+            Some(100),
+            "credential-required",
+        ),
         // A's model speaking for B.
         (map(b.0, b_dev, 1, tb(b_dev)), Some(100), "not-device-model"),
         // A's model asking for B's device, for A.
@@ -169,15 +221,53 @@ fn hostile_device_model_calls_are_refused() {
             "entry-beyond-table",
         ),
         // The same entry again is the pirq already recorded, not a second mapping: below.
-        // An epoch of an earlier assignment, even from the genuine model.
+        // A token that is not the assignment's (no token was issued: attach without one).
         (
             format!(
-                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"epoch":999}}"#,
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"token":"{}"}}"#,
+                a.0,
+                tb(a_dev),
+                "ab".repeat(32)
+            ),
+            Some(300),
+            "credential-rejected",
+        ),
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"token":"x"}}"#,
+                a.0,
+                tb(a_dev)
+            ),
+            Some(300),
+            "credential-rejected",
+        ),
+        // Pirqs it may not choose for a vector: its own INTx's, its other vector's, a GSI's.
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"pirq":{intx_a}}}"#,
                 a.0,
                 tb(a_dev)
             ),
             Some(100),
-            "stale-epoch",
+            "pirq-in-use",
+        ),
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"pirq":{pa}}}"#,
+                a.0,
+                tb(a_dev)
+            ),
+            Some(100),
+            "pirq-in-use",
+        ),
+        (
+            format!(
+                r#"{{"op":"map-pirq-msi","domid":{},"sbdf":"{a_dev}","entry":1,"table_base":{},"pirq":5}}"#,
+                a.0,
+                tb(a_dev)
+            ),
+            Some(100),
+            "pirq-in-use",
         ),
         // Pirqs that are not its own.
         (
@@ -215,7 +305,7 @@ fn hostile_device_model_calls_are_refused() {
         // dom0.
         (
             format!(
-                r#"{{"op":"map-pirq-msi","domid":0,"sbdf":"{a_dev}","entry":0,"table_base":0,"epoch":1}}"#
+                r#"{{"op":"map-pirq-msi","domid":0,"sbdf":"{a_dev}","entry":0,"table_base":0}}"#
             ),
             None,
             "protected-domain",
@@ -244,6 +334,17 @@ fn hostile_device_model_calls_are_refused() {
     };
     assert_eq!(msix(&mut ctx, a_dev), 1);
     assert_eq!(msix(&mut ctx, b_dev), 1);
+    // A's INTx is still mapped and bound as attach left it.
+    let intx = ctx
+        .engine()
+        .record(a_dev)
+        .unwrap()
+        .unwrap()
+        .bindings
+        .into_iter()
+        .find(|b| b.key == engine::BindingKey::Intx)
+        .unwrap();
+    assert_eq!(intx.pirq, Some(xen::Pirq(intx_a)));
     host.with_world(|w| {
         let msi = |d| w.domains[&d].pirqs.keys().filter(|p| **p >= 48).count();
         assert_eq!((msi(a), msi(b)), (1, 1), "one MSI pirq each");

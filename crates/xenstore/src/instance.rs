@@ -113,3 +113,37 @@ impl Drop for SocketClaim {
         }
     }
 }
+
+/// Binds a unix socket at `socket` that only this process's user can connect to, whatever
+/// the umask: it is bound inside a fresh directory of mode 0700, made 0600, and only then
+/// renamed into place, so there is no moment at which another user could connect.
+pub fn bind_owner_only(socket: &Path) -> std::io::Result<mio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = socket.parent().unwrap_or(Path::new("."));
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "socket".into());
+    let private = parent.join(format!(".{name}.{}.bind", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let result = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let staged = private.join("s");
+        let listener = mio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, socket)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// Whether the peer of a unix-socket connection runs as this process's effective user
+/// (`SO_PEERCRED`); a peer the kernel cannot name is not.
+pub fn peer_is_owner(stream: &impl std::os::fd::AsFd) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(stream, PeerCredentials)
+        .map(|c| c.uid() == nix::unistd::geteuid().as_raw())
+        .unwrap_or(false)
+}

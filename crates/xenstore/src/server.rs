@@ -207,8 +207,10 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, XenstoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(format!("removing stale {}", socket.display()))(e)),
     }
-    let mut listener =
-        UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
+    // Every connection on the socket is dom0 (as with xenstored's own socket): only dom0's
+    // root, or whoever runs this server, may reach it.
+    let mut listener = crate::instance::bind_owner_only(&socket)
+        .map_err(io_err(format!("binding {}", socket.display())))?;
     claim.bound();
     let poll = Poll::new().map_err(io_err("creating poll".into()))?;
     poll.registry()
@@ -313,6 +315,11 @@ impl Loop {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    // dom0's privilege goes only to a process of the server's own user.
+                    if !crate::instance::peer_is_owner(&stream) {
+                        tracing::warn!(target: "xenstored", "refused a connection from another user");
+                        continue;
+                    }
                     if let Err(e) = self.add_conn(stream, 0) {
                         tracing::warn!(target: "xenstored", "cannot register connection: {e}");
                     }

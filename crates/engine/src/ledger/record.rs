@@ -7,6 +7,7 @@ use serde::Serialize;
 use xen::{DomId, DomainHandle};
 
 use super::{Binding, DeviceState, Step};
+use crate::credential::TokenDigest;
 
 /// A device's ledger record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,6 +34,9 @@ pub struct DeviceRecord {
     pub bindings: Vec<Binding>,
     /// Adopted from a toolstack, which revokes, removes the backend and deassigns itself.
     pub mode: Option<CompanionMode>,
+    /// SHA-256 of the token `ptguard attach` handed the device model of this assignment
+    /// (`credential=`; none: only the toolstack's recorded device model may act).
+    pub credential: Option<TokenDigest>,
 }
 
 /// How ptguard holds a device a toolstack gave (`mode=` in the head).
@@ -71,6 +75,7 @@ impl DeviceRecord {
             lost_maps: 0,
             bindings: Vec::new(),
             mode: None,
+            credential: None,
         }
     }
 
@@ -95,6 +100,9 @@ impl DeviceRecord {
         text.push_str(&format!(" msix-size={}", self.msix_size));
         if let Some(t) = self.table_base {
             text.push_str(&format!(" table-base={t:#x}"));
+        }
+        if let Some(c) = self.credential {
+            text.push_str(&format!(" credential={c}"));
         }
         if let Some(r) = &self.reason {
             text.push_str(&format!(" reason={r}"));
@@ -175,6 +183,14 @@ impl DeviceRecord {
                     .ok_or_else(|| format!("table-base={t:?} is not a hex address"))?,
             ),
         };
+        let credential = match take("credential") {
+            None => None,
+            Some(_) if owner.is_none() => return Err("credential= without owner=".into()),
+            Some(c) => Some(
+                c.parse::<TokenDigest>()
+                    .map_err(|_| format!("credential={c:?} is not a SHA-256 digest"))?,
+            ),
+        };
         if let Some(k) = fields.keys().next() {
             return Err(format!("unknown field {k:?}"));
         }
@@ -195,6 +211,7 @@ impl DeviceRecord {
             lost_maps: 0,
             bindings: Vec::new(),
             mode,
+            credential,
         })
     }
 }
@@ -208,7 +225,11 @@ mod tests {
         (
             proptest::sample::select(DeviceState::ALL.to_vec()),
             any::<u64>(),
-            proptest::option::of((any::<u16>(), proptest::option::of(any::<[u8; 16]>()))),
+            proptest::option::of((
+                any::<u16>(),
+                proptest::option::of(any::<[u8; 16]>()),
+                proptest::option::of(any::<[u8; 32]>()),
+            )),
             proptest::option::of(proptest::sample::select(Step::TEARDOWN.to_vec())),
             proptest::option::of(prop_oneof![
                 Just(CompanionMode::Companion),
@@ -226,11 +247,14 @@ mod tests {
                         state,
                         DeviceState::Attached | DeviceState::TearingDown
                     )
-                    .then_some((1, None)));
+                    .then_some((1, None, None)));
                     DeviceRecord {
-                        owner: owner.map(|(d, _)| DomId(d)),
+                        owner: owner.map(|(d, _, _)| DomId(d)),
+                        credential: owner
+                            .and_then(|(_, _, c)| c)
+                            .map(|c| crate::credential::AssignmentToken::from_entropy(c).digest()),
                         owner_handle: owner
-                            .and_then(|(_, h)| h)
+                            .and_then(|(_, h, _)| h)
                             .map(DomainHandle)
                             .filter(|h| !h.is_nil()),
                         step,

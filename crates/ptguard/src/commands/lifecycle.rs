@@ -103,26 +103,49 @@ pub fn attach(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli, Some(s))?;
-    let epoch = ctx.engine().attach(s, DomId(domid))?;
+    let token = fresh_token()?;
+    let epoch = ctx
+        .engine()
+        .attach_with_token(s, DomId(domid), Some(&token))?;
     #[derive(Serialize)]
     struct R {
         domid: u16,
         epoch: u64,
+        /// The device model's credential for this assignment (docs/broker.md).
+        token: String,
     }
+    let token = token.to_string();
     emit(
         out,
         json,
         &Done {
             sbdf: s,
             action: "attach",
-            result: R { domid, epoch },
+            result: R {
+                domid,
+                epoch,
+                token: token.clone(),
+            },
         },
         |out| {
-            writeln!(out, "{s}: attached to d{domid} (epoch {epoch})")?;
+            writeln!(
+                out,
+                "{s}: attached to d{domid} (epoch {epoch})\ntoken {token}"
+            )?;
             Ok(())
         },
     )?;
     finish(cli, &mut ctx, out)
+}
+
+/// A new assignment token from the kernel's random pool.
+fn fresh_token() -> anyhow::Result<engine::AssignmentToken> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the device model's token")?;
+    Ok(engine::AssignmentToken::from_entropy(bytes))
 }
 
 pub fn repair(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
