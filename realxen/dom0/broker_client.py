@@ -1,9 +1,12 @@
 """A stand-in device model: binds or unbinds MSI-X vectors through ptguard's broker socket.
 
 Usage: broker_client.py SOCKET DOMID SBDF EPOCH TABLE_BASE OP ENTRY [PIRQ]
+The assignment token `ptguard attach` printed comes from PTGUARD_TOKEN (without it the
+broker serves only the domain's recorded device model).
 Prints each reply line; exits 0 when the broker said ok.
 """
 import json
+import os
 import socket
 import sys
 
@@ -18,6 +21,8 @@ req = {
     "gflags": 0x10000,
     "gtable": 0xF1000000,
 }
+if os.environ.get("PTGUARD_TOKEN"):
+    req["token"] = os.environ["PTGUARD_TOKEN"]
 if op == "unbind":
     req["pirq"] = int(sys.argv[8])
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -219,9 +219,13 @@ if group core; then
 
     cfg pvp pv yes "" ""
     d=$(paused pvp)
-    out=$(ptguard attach $SBDF "$d" 2>&1); rc=$?
+    out=$(ptguard attach $SBDF "$d" --json 2>&1); rc=$?
     epoch=$(ledger epoch)
+    token=$(sed -n 's/.*"token": *"\([0-9a-f]*\)".*/\1/p' <<<"$out")
+    # A PV guest has no device-model pid: knowing the numbers is not enough, the token is.
     r=$(python3 $T/broker_client.py $SOCK "$d" $SBDF "$epoch" "$(ledger table-base)" bind 0 2>&1)
+    expect broker-refuses-without-credential "$r" has "$r" '"code":"credential-required"'
+    r=$(PTGUARD_TOKEN=$token python3 $T/broker_client.py $SOCK "$d" $SBDF "$epoch" "$(ledger table-base)" bind 0 2>&1)
     expect pv-attach-and-bind "attach rc=$rc; bind: $r" has "$rc $r" '^0 .*"ok":true'
     xl destroy pvp
     wait_for 60 test "$(ledger state)" = assignable

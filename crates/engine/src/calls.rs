@@ -115,6 +115,19 @@ pub fn held_by_guest(hv: &dyn Hypervisor, sbdf: Sbdf) -> Result<Option<Errno>> {
     }
 }
 
+/// Which domain Xen says holds `sbdf`, from a fresh `Q` dump (`dump_pci_devices`: each
+/// device with the domain it is assigned to): the only place Xen names the holder, since
+/// `test_assign_device` says only *whether* some guest holds it. `None` when the dump has
+/// no line for the device (the console ring could not be read, or lost it).
+pub fn xen_holder(hv: &dyn Hypervisor, sbdf: Sbdf) -> Result<Option<crate::xen_dump::DumpOwner>> {
+    hv.debug_keys("Q")?;
+    let console = hv.read_console()?;
+    Ok(crate::xen_dump::pci_devices(&console)
+        .into_iter()
+        .find(|e| e.sbdf == sbdf)
+        .map(|e| e.owner))
+}
+
 pub(crate) fn backend_dir(domid: DomId) -> String {
     format!("/local/domain/0/backend/pci/{}/0", domid.0)
 }

@@ -101,6 +101,9 @@ impl Engine<'_> {
                     | EngineError::UnknownDomain { .. }
                     | EngineError::NotHeld { .. }),
                 ) => tracing::debug!(%sbdf, %domid, "not adopted: {e}"),
+                Err(e @ EngineError::HolderUnproven { .. }) => {
+                    tracing::info!(%sbdf, %domid, "not adopted yet: {e}")
+                }
                 Err(e) => tracing::warn!(%sbdf, %domid, "not adopted: {e}"),
             }
         }

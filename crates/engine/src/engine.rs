@@ -33,6 +33,16 @@ pub enum Outcome {
     Quarantined { reason: String },
 }
 
+/// As an operator reads it in a log line.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Assignable { epoch } => write!(f, "clean and assignable (epoch {epoch})"),
+            Outcome::Quarantined { reason } => write!(f, "QUARANTINED: {reason}"),
+        }
+    }
+}
+
 /// What a device model asks the broker to bind: its INTx line or one MSI-X entry.
 pub type BindKind = xen::IrqSource;
 

@@ -115,6 +115,14 @@ pub enum EngineError {
     NoIommuContext { sbdf: Sbdf, domid: DomId },
     #[error("{sbdf}: Xen says no guest holds it; give it to one with `ptguard assignable-add {sbdf}` and `ptguard attach {sbdf} DOMID` instead")]
     NotHeld { sbdf: Sbdf },
+    #[error("{sbdf}: Xen says {holder} holds it, not {named} (its `Q` dump); nothing was recorded. Name the holder (`ptguard adopt {sbdf} {}`), and if a toolstack backend names {named}, it is stale: `ptguard doctor` shows both", holder.0)]
+    HeldByAnother {
+        sbdf: Sbdf,
+        named: DomId,
+        holder: DomId,
+    },
+    #[error("{sbdf}: Xen's `Q` dump does not name the device's holder (the console ring could not be read, or lost the dump), so {named} cannot be proven to hold it; nothing was recorded. Retry; `xl debug-keys Q; xl dmesg | tail` shows the dump")]
+    HolderUnproven { sbdf: Sbdf, named: DomId },
     #[error("{sbdf}: bound to {}, not pciback: Xen's MSI-X state is pciback's to reset (`ptguard assignable-add {sbdf}` seizes it)", driver.as_deref().unwrap_or("no driver"))]
     NotInPciback { sbdf: Sbdf, driver: Option<String> },
     #[error("{sbdf}: prepare_msix answered -EBUSY: MSI-X vectors are still mapped to pirqs of some domain (a zombie domain, or a device model outside ptguard); they go only with that domain — see `xl list` and `ptguard doctor`")]

@@ -8,6 +8,7 @@ use xen::{DomId, Errno, Pirq};
 use xenstore::{Access, TxId};
 
 use crate::ledger::*;
+use crate::xen_dump::DumpOwner;
 use crate::EngineError;
 
 use crate::engine::*;
@@ -45,11 +46,12 @@ impl Engine<'_> {
             r => r?,
         }
         self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
+        let floor = epoch_floor(self.xs, TxId::NONE, sbdf)?;
         let rec = DeviceRecord {
             driver: seized.original_driver,
             msix_size,
             table_base: Some(table_base),
-            ..DeviceRecord::new(sbdf, DeviceState::Assignable, 0)
+            ..DeviceRecord::new(sbdf, DeviceState::Assignable, floor)
         };
         write_head(self.xs, TxId::NONE, &rec)?;
         Ok(rec)
@@ -80,7 +82,7 @@ impl Engine<'_> {
         unless_gone(hv.deassign_device(DomId::IO, sbdf))?;
         self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
         pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
-        rm(self.xs, TxId::NONE, &device_path(sbdf))
+        forget_record(self.xs, &rec)
     }
 
     /// Records a device some guest already holds (the toolstack gave it, or its ledger entry
@@ -102,6 +104,21 @@ impl Engine<'_> {
         if held_by_guest(hv, sbdf)?.is_none() {
             return Err(EngineError::NotHeld { sbdf });
         }
+        // And only the guest Xen says holds it: a typo or a stale backend node naming
+        // another live domain would make that domain's end tear down (reset) a device
+        // the real holder uses.
+        match xen_holder(hv, sbdf)? {
+            Some(DumpOwner::Domain(d)) if d == domid => {}
+            Some(DumpOwner::Domain(holder)) => {
+                return Err(EngineError::HeldByAnother {
+                    sbdf,
+                    named: domid,
+                    holder,
+                })
+            }
+            Some(DumpOwner::Io | DumpOwner::Xen) => return Err(EngineError::NotHeld { sbdf }),
+            None => return Err(EngineError::HolderUnproven { sbdf, named: domid }),
+        }
         let (msix_size, table_base) = msix_layout(pci, sbdf)?;
         self.init_ledger()?;
         self.xs.transaction(|xs, tx| -> Result<u64> {
@@ -114,7 +131,7 @@ impl Engine<'_> {
             }
             let epoch = match &old {
                 Some(r) => next_epoch(sbdf, r.epoch)?,
-                None => 1,
+                None => next_epoch(sbdf, epoch_floor(xs, tx, sbdf)?)?,
             };
             let managed = old.is_some();
             let mut rec = DeviceRecord {

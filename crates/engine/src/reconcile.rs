@@ -99,6 +99,7 @@ impl Engine<'_> {
     pub fn reconcile(&mut self, trigger: Trigger) -> Result<Vec<(Sbdf, Outcome)>> {
         let records = match trigger {
             Trigger::Unplug(sbdf, reason) => {
+                self.refuse_protected_owner(sbdf)?;
                 return Ok(vec![(sbdf, self.teardown(sbdf, reason)?)]);
             }
             Trigger::DomainReleased(domid) => {
@@ -163,7 +164,19 @@ impl Engine<'_> {
 
     /// Hot-unplug: tears the device down while its owner may still run.
     pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+        self.refuse_protected_owner(sbdf)?;
         self.teardown(sbdf, "unplug")
+    }
+
+    /// An unplug someone asked for is refused, before anything is written, when the device
+    /// belongs to a protected domain: its record stays as it is.
+    fn refuse_protected_owner(&mut self, sbdf: Sbdf) -> Result<()> {
+        let rec =
+            read_head(self.xs, TxId::NONE, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+        match rec.owner {
+            Some(owner) => self.refuse_protected(owner, "detach a device from"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -229,3 +229,30 @@ pub(crate) fn next_epoch(sbdf: Sbdf, epoch: u64) -> Result<u64> {
         .checked_add(1)
         .ok_or(EngineError::EpochExhausted { sbdf, epoch })
 }
+
+/// Forgets `rec` (its head and bindings), keeping its epoch as the floor a new record of
+/// the device starts from: one transaction.
+pub(crate) fn forget_record(xs: &mut XsClient, rec: &DeviceRecord) -> Result<()> {
+    xs.transaction(|xs, tx| -> Result<()> {
+        rm(xs, tx, &device_path(rec.sbdf))?;
+        write(
+            xs,
+            tx,
+            &retired_epoch_path(rec.sbdf),
+            &rec.epoch.to_string(),
+        )
+    })
+}
+
+/// The epoch a new record of `sbdf` starts at: the last one it had, if ptguard forgot it
+/// before, else 0. An unreadable floor (edited by hand) is an error, not a restart at 0.
+pub(crate) fn epoch_floor(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<u64> {
+    let path = retired_epoch_path(sbdf);
+    match read_opt(xs, tx, &path)? {
+        None => Ok(0),
+        Some(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| corrupt(path, &t, "not an epoch")),
+    }
+}

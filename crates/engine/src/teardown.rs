@@ -377,7 +377,13 @@ impl Engine<'_> {
         if forget {
             // The toolstack owns the device between guests: ptguard keeps a record only
             // while a guest holds it (the next one is adopted anew).
-            rm(self.xs, TxId::NONE, &device_path(sbdf))?;
+            forget_record(
+                self.xs,
+                &DeviceRecord {
+                    epoch,
+                    ..rec.clone()
+                },
+            )?;
             return Ok(Outcome::Assignable { epoch });
         }
         let clean = DeviceRecord {

@@ -1,6 +1,6 @@
 //! Doctor's checks on fixture sysfs trees, each with its fix.
 
-use engine::doctor::{diagnose, reconcile, xen_view, Severity, CODES};
+use engine::doctor::{diagnose, holder_checks, reconcile, xen_view, Severity, CODES};
 use engine::{DeviceRecord, DeviceState, Step};
 use pci::builder::ConfigBuilder;
 use pci::config::regs::*;
@@ -302,6 +302,29 @@ fn every_finding_code_has_a_check() {
     let b = get(busy, "bus-reset-blocked").unwrap_or_else(|| panic!("{f:#?}"));
     assert!(b.problem.contains("1 other devices share bus 0b"), "{b:?}");
     seen.extend(f.iter().map(|f| f.code));
+    // Who Xen says holds a device against the ledger and a stale backend node.
+    let held = sbdf("0000:0c:00.0");
+    let q = engine::xen_dump::pci_devices("(XEN) 0000:0c:00.0 - d7 - node -1 \n");
+    let wrong_owner = vec![record(held, DeviceState::Attached, Some(3), None)];
+    let f = holder_checks(&q, &wrong_owner, &[(DomId(3), held), (DomId(7), held)]);
+    let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+    assert_eq!(
+        codes,
+        ["ledger-owner-not-holder", "backend-not-holder"],
+        "{f:#?}"
+    );
+    assert!(f
+        .iter()
+        .all(|f| f.fix.contains("ptguard adopt") || f.fix.contains("xl pci-detach 3")));
+    assert!(holder_checks(
+        &q,
+        &[record(held, DeviceState::Attached, Some(7), None)],
+        &[(DomId(7), held)]
+    )
+    .is_empty());
+    // A guest's line is not Xen's.
+    assert!(engine::xen_dump::pci_devices("(d5) (XEN) 0000:0c:00.0 - d3 - node -1 \n").is_empty());
+    seen.extend(codes);
     let all: BTreeSet<&str> = CODES.iter().map(|(c, _, _)| *c).collect();
     let from_cli: BTreeSet<&str> = [
         "ledger-corrupt",

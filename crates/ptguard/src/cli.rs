@@ -536,6 +536,9 @@ pub struct ReportArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Print the report as JSON: {"sections": [{"command", "output"}, ...]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where a real dom0's daemon serves the broker.

@@ -28,16 +28,19 @@ pub mod exit {
 }
 
 /// Runs a parsed command line, writing its normal output to `out`. With `--trace`, what
-/// the command did is printed even when it fails (that is when it matters most).
+/// the command did is printed even when it fails (that is when it matters most), on
+/// stderr beside the error.
 pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let trace = cli.trace && !cli.dry_run;
     let r = dispatch(cli, out);
     if r.is_err() && trace {
         let lines = hostctx::last_op_log();
         if !lines.is_empty() {
-            let _ = writeln!(out, "trace of the failed command, in order:");
+            use std::io::Write as _;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "trace of the failed command, in order:");
             for l in lines {
-                let _ = writeln!(out, "  {l}");
+                let _ = writeln!(err, "  {l}");
             }
         }
     }

@@ -1,6 +1,12 @@
 use clap::Parser;
 
 fn main() {
+    // The shipped /etc/default/ptguard has `PTGUARD_PROTECT=` commented out; uncommented
+    // and left empty it means "no extra domain", not an invalid domain id. (One thread
+    // yet: nothing else reads the environment.)
+    if std::env::var_os("PTGUARD_PROTECT").is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+        std::env::remove_var("PTGUARD_PROTECT");
+    }
     let cli = match ptguard::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -16,6 +22,15 @@ fn main() {
     init_logging(cli.verbose);
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = ptguard::run(cli, &mut stdout) {
+        // `ptguard lspci | head -1`: the reader has all it wanted; say nothing, as C tools
+        // killed by SIGPIPE do.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(ptguard::exit::OK);
+        }
         eprintln!("ptguard: {e:#}");
         std::process::exit(ptguard::exit::FAILURE);
     }

@@ -319,7 +319,7 @@ fn trace_is_printed_when_the_command_fails() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no IOMMU context"), "{err}");
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = String::from_utf8_lossy(&o.stderr);
     assert!(out.contains("trace of the failed command"), "{out}");
     assert!(
         out.contains("XEN_DOMCTL_assign_device d1 0000:03:00.0 flags 1 -> -EOPNOTSUPP"),

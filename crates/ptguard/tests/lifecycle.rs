@@ -433,7 +433,8 @@ fn protected_domains_are_refused_before_anything_changes() {
 }
 
 /// A hand-edited ledger naming dom0 as owner: the teardown must not revoke dom0's
-/// permissions; it quarantines the device instead.
+/// permissions. A detach someone asks for is refused with nothing written; the daemon's
+/// teardown (the owner not running) quarantines the device instead.
 #[test]
 fn a_ledger_naming_dom0_as_owner_is_quarantined_untouched() {
     let mut f = fixture();
@@ -449,15 +450,65 @@ fn a_ledger_naming_dom0_as_owner_is_quarantined_untouched() {
     });
     let dom0_before = format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]);
     let mut e = Engine::new(&mut f.client, &f.platform);
-    match e.detach(dev()).unwrap() {
-        Outcome::Quarantined { reason } => {
-            assert!(reason.contains("protected domain d0"), "{reason}")
-        }
-        o => panic!("{o:?}"),
+    let before = e.record(dev()).unwrap();
+    let err = e.detach(dev()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::ProtectedDomain {
+                domid: DomId::DOM0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        e.record(dev()).unwrap(),
+        before,
+        "a refused detach writes nothing"
+    );
+    match e.reconcile(engine::Trigger::Recover) {
+        Ok(done) => assert!(done.is_empty(), "dom0 runs: nothing to do: {done:?}"),
+        Err(err) => panic!("{err}"),
     }
     assert_eq!(
         format!("{:?}", f.host.snapshot().domains[&DomId::DOM0]),
         dom0_before
+    );
+}
+
+/// Issue 25 (8): `--protect 2 detach` was refused but still moved the protected domain's
+/// live device to `quarantined`.
+#[test]
+fn a_refused_detach_of_a_protected_domains_device_changes_nothing() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    let calls = f.host.counters().total_hypercalls();
+    let mut e = Engine::new(&mut f.client, &f.platform).protecting(ProtectedDomains::new(&[a]));
+    let before = e.record(dev()).unwrap();
+    for attempt in [
+        e.detach(dev()).map(|_| ()),
+        e.reconcile(engine::Trigger::Unplug(dev(), "unplug"))
+            .map(|_| ()),
+    ] {
+        let err = attempt.unwrap_err();
+        assert!(
+            matches!(err, EngineError::ProtectedDomain { domid, .. } if domid == a),
+            "{err}"
+        );
+    }
+    let after = e.record(dev()).unwrap();
+    assert_eq!(after, before);
+    assert_eq!(after.unwrap().state, DeviceState::Attached);
+    assert_eq!(
+        f.host.counters().total_hypercalls(),
+        calls,
+        "not one hypercall"
     );
 }
 
@@ -1533,4 +1584,62 @@ fn orphaned_bindings_are_released_for_hvm_guests_only() {
         e.release_orphaned_bindings(DomId(0)),
         Err(EngineError::ProtectedDomain { .. })
     ));
+}
+
+/// Issue 25 (1): adoption took the first live domain any backend node named. Now Xen's own
+/// `Q` dump must name the holder: `adopt` of the wrong live domain is refused, and the
+/// daemon's adoption passes over a stale backend node of another live domain (listed
+/// first) and records the real holder.
+#[test]
+fn adoption_records_only_the_domain_xen_says_holds_the_device() {
+    use sim::dm::{DeviceModel, DirectBroker};
+    let mut f = fixture();
+    sim::libxl::assignable_add(&f.host, dev()).unwrap();
+    let stale = f.host.create_domain("stale", true);
+    let holder = f.host.create_domain("holder", true);
+    let direct = DirectBroker(f.host.clone());
+    let mut dm = DeviceModel::new(holder, DmBehaviour::WellBehaved);
+    sim::libxl::attach(&f.host, holder, dev(), &mut dm, &direct).unwrap();
+    f.host.unpause(holder).unwrap();
+    f.host.unpause(stale).unwrap();
+    // A backend node of the live domain `stale` still names the device, beside the
+    // holder's (libxl writes both the same way).
+    for d in [stale, holder] {
+        let be = format!("/local/domain/0/backend/pci/{}/0", d.0);
+        f.client
+            .write(
+                TxId::NONE,
+                &format!("{be}/dev-0"),
+                dev().to_string().as_bytes(),
+            )
+            .unwrap();
+        f.client
+            .write(TxId::NONE, &format!("{be}/num_devs"), b"1")
+            .unwrap();
+    }
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let err = e.adopt(dev(), stale).unwrap_err();
+    assert!(
+        matches!(err, EngineError::HeldByAnother { named, holder: h, .. } if named == stale && h == holder),
+        "{err}"
+    );
+    assert_eq!(e.record(dev()).unwrap(), None, "nothing recorded");
+    let adopted = e.adopt_from_toolstack().unwrap();
+    assert_eq!(
+        adopted
+            .iter()
+            .map(|a| (a.sbdf, a.domid))
+            .collect::<Vec<_>>(),
+        vec![(dev(), holder)]
+    );
+    let rec = e.record(dev()).unwrap().unwrap();
+    assert_eq!(rec.owner, Some(holder));
+    // The stale domain going away touches nothing of the holder's device.
+    f.host.destroy_domain(stale).unwrap();
+    let done = e.reconcile(engine::Trigger::Recover).unwrap();
+    assert!(done.is_empty(), "{done:?}");
+    assert_eq!(
+        e.record(dev()).unwrap().unwrap().state,
+        DeviceState::Attached
+    );
 }

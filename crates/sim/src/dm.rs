@@ -353,13 +353,46 @@ impl DeviceModel {
     }
 }
 
-/// What the guest driver saw when it checked its vectors.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// What the guest driver saw when it checked its vectors. As JSON: `vectors` checked,
+/// `delivered`, and `missing` — only the entries whose interrupt did not arrive, each with
+/// why (an empty list when all arrived).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestReport {
     pub domid: DomId,
     pub sbdf: Sbdf,
     /// Per entry: `None` if the interrupt arrived, else why not.
     pub missing: Vec<Option<String>>,
+}
+
+impl Serialize for GuestReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Missing<'a> {
+            entry: usize,
+            why: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Report<'a> {
+            domid: DomId,
+            sbdf: Sbdf,
+            vectors: usize,
+            delivered: usize,
+            missing: Vec<Missing<'a>>,
+        }
+        Report {
+            domid: self.domid,
+            sbdf: self.sbdf,
+            vectors: self.missing.len(),
+            delivered: self.delivered(),
+            missing: self
+                .missing
+                .iter()
+                .enumerate()
+                .filter_map(|(entry, m)| m.as_deref().map(|why| Missing { entry, why }))
+                .collect(),
+        }
+        .serialize(s)
+    }
 }
 
 impl GuestReport {

@@ -49,9 +49,9 @@ pub fn reconcile(
             format!(
                 "ledger: {}",
                 rec.map_or("no entry".into(), |r| format!(
-                    "{} owner {:?}",
+                    "{} owner {}",
                     r.state,
-                    r.owner.map(|d| d.0)
+                    r.owner.map_or("none".into(), |d| d.to_string())
                 ))
             ),
             format!(
@@ -112,6 +112,63 @@ pub fn reconcile(
                     ),
                 ));
             }
+        }
+    }
+    out
+}
+
+/// Who holds each device per Xen's `Q` dump against who the ledger and the toolstack's
+/// backend nodes say: a ledger owner that is not the holder would have the holder's device
+/// torn down (reset) when that other domain ends; a backend node naming another domain is
+/// stale, and adoption passes over it.
+pub fn holder_checks(
+    pci_dump: &[PciDumpEntry],
+    ledger: &[DeviceRecord],
+    backends: &[(DomId, Sbdf)],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for e in pci_dump {
+        let DumpOwner::Domain(holder) = e.owner else {
+            continue;
+        };
+        if holder == DomId::DOM0 {
+            continue;
+        }
+        let s = e.sbdf;
+        let evidence = |other: String| vec![format!("Xen (Q dump): {s} - {holder}"), other];
+        if let Some(owner) = ledger
+            .iter()
+            .find(|r| r.sbdf == s)
+            .filter(|r| matches!(r.state, DeviceState::Attached | DeviceState::TearingDown))
+            .and_then(|r| r.owner)
+            .filter(|o| *o != holder)
+        {
+            out.push(Finding::new(
+                "ledger-owner-not-holder",
+                Some(s),
+                format!("the ledger says {owner} owns it, but Xen says {holder} holds it"),
+                evidence(format!("ledger: attached to {owner}")),
+                format!(
+                    "do not detach it (that would reset {holder}'s device): remove the wrong record by hand (`xenstore-rm {}`), then `ptguard adopt {s} {}`",
+                    crate::ledger::device_path(s),
+                    holder.0
+                ),
+            ));
+        }
+        for (named, _) in backends.iter().filter(|(d, b)| *b == s && *d != holder) {
+            out.push(Finding::new(
+                "backend-not-holder",
+                Some(s),
+                format!("a PCI backend node of {named} names it, but Xen says {holder} holds it"),
+                evidence(format!(
+                    "toolstack: /local/domain/0/backend/pci/{}/0 names {s}",
+                    named.0
+                )),
+                format!(
+                    "the node is stale: `xl pci-detach {} {s}` (or remove the backend node) — ptguard adopts only the holder",
+                    named.0
+                ),
+            ));
         }
     }
     out

@@ -45,6 +45,8 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("ledger-attached-xen-free", Severity::Warning, "the ledger keeps an owner Xen no longer knows: the device stays away from guests for nothing"),
     ("pciback-unmanaged", Severity::Info, "nothing guards this device's teardown"),
     ("backend-owner-mismatch", Severity::Warning, "two toolstacks think different domains own the device: a teardown of one may strip the other"),
+    ("ledger-owner-not-holder", Severity::Error, "when the recorded owner ends, its teardown would reset the device under the domain that really holds it"),
+    ("backend-not-holder", Severity::Warning, "a stale backend node names a domain that does not hold the device: a tool that trusts it gives the device's teardown to the wrong domain"),
     ("view-missing", Severity::Info, "part of the picture is unknown, so problems it would show are not ruled out"),
     ("not-assignable", Severity::Error, "a guest can only be given a device pciback holds (and, on Xen 4.13+, dom_io): the start fails"),
     ("held-by-guest", Severity::Error, "Xen gives a device to one domain at a time: assigning it again fails (-EBUSY)"),
@@ -111,10 +113,10 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
             Finding::new(code, Some(s), problem, evidence, fix)
         };
         let state = format!(
-            "ledger: {} (owner {:?}, step {:?})",
+            "ledger: {} (owner {}, step {})",
             r.state,
-            r.owner.map(|d| d.0),
-            r.step.map(|s| s.as_str())
+            r.owner.map_or("none".into(), |d| d.to_string()),
+            r.step.map_or("none", |s| s.as_str())
         );
         if !pci.exists(s).unwrap_or(false) {
             out.push(f(
@@ -296,4 +298,4 @@ fn forced_mask(s: Sbdf, evidence: Vec<String>) -> Finding {
 }
 
 mod cross;
-pub use cross::{dying_domains, extra_guest_irqs, reconcile, xen_view, HeldByGuest};
+pub use cross::{dying_domains, extra_guest_irqs, holder_checks, reconcile, xen_view, HeldByGuest};

@@ -25,10 +25,17 @@ use serde::Serialize;
 
 pub const ROOT: &str = "/ptguard";
 pub const DEVICES: &str = "/ptguard/device";
+/// The last epoch of each device ptguard forgot (`assignable-remove`, a companion
+/// device's end): a record made again starts above it, so an old epoch never comes back.
+pub const RETIRED_EPOCHS: &str = "/ptguard/retired-epoch";
 
 /// Devices are keyed by libxl's Xenstore form of the address, `SSSS-BB-DD-F`.
 pub fn device_path(sbdf: Sbdf) -> String {
     format!("{DEVICES}/{}", sbdf.xs_key())
+}
+/// Where the last epoch of a forgotten device is kept ([`RETIRED_EPOCHS`]).
+pub fn retired_epoch_path(sbdf: Sbdf) -> String {
+    format!("{RETIRED_EPOCHS}/{}", sbdf.xs_key())
 }
 /// The directory of a device's bindings.
 pub fn bindings_path(sbdf: Sbdf) -> String {

@@ -16,6 +16,8 @@ use xen::DomId;
 
 use crate::cli::{Cli, DoctorArgs, ReportArgs};
 use crate::hostctx::{HostCtx, HostSpec};
+use crate::output::emit;
+use serde::Serialize;
 
 /// The device a corrupt ledger entry is about, from its path.
 fn corrupt_entry_device(e: &engine::EngineError) -> Option<Sbdf> {
@@ -64,6 +66,8 @@ fn live_xen_view(
     hv: &dyn xen::Hypervisor,
     pci: &dyn pci::PciHost,
     known_domains: &[DomId],
+    records: &[engine::DeviceRecord],
+    backends: &[(DomId, Sbdf)],
     findings: &mut Vec<Finding>,
 ) {
     let dumped = hv.debug_keys("Qi").and_then(|_| {
@@ -101,6 +105,7 @@ fn live_xen_view(
     let sizes = table_sizes_live(pci, &q);
     let extra = hv.command_line().ok().and_then(|c| extra_guest_irqs(&c));
     findings.append(&mut xen_view(&q, &i, &life, &sizes, extra));
+    findings.append(&mut engine::doctor::holder_checks(&q, records, backends));
     findings.append(&mut dying_domains(&life));
 }
 
@@ -172,7 +177,7 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 HostSpec::Sim(_) => xenstore_domains(&mut ctx.xs),
             };
             known.extend(records.iter().filter_map(|r| r.owner));
-            live_xen_view(hv, pci, &known, &mut findings);
+            live_xen_view(hv, pci, &known, &records, &backends, &mut findings);
         }
         Err(e) if cli.host == HostSpec::Real => {
             findings.push(missing(
@@ -399,11 +404,36 @@ fn print(findings: &[Finding], args: &DoctorArgs, out: &mut dyn Write) -> anyhow
     Ok(())
 }
 
+/// The largest report `doctor --from-report` reads: `ptguard report` writes lspci, a
+/// console ring (Xen's is at most a few MiB) and ptguard's Xenstore subtrees.
+pub const MAX_REPORT: u64 = 16 << 20;
+/// The largest xl config `preflight --xl-config` reads.
+const MAX_XL_CONFIG: u64 = 1 << 20;
+
+/// `path`'s bytes, refusing a file larger than `cap` (a report pointed at `/dev/zero`, or
+/// a log mistaken for one) before holding more than `cap` of it.
+fn read_capped(path: &std::path::Path, cap: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!(
+            "{} is larger than {} MiB, more than {what} can be; nothing was read past that",
+            path.display(),
+            cap >> 20
+        );
+    }
+    Ok(bytes)
+}
+
 pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut findings = match &args.from_report {
         Some(path) => {
-            let text = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let text = read_capped(path, MAX_REPORT, "a report")?;
             report_findings(&String::from_utf8_lossy(&text))?
         }
         None => live_findings(cli, args)?,
@@ -425,12 +455,12 @@ pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<
 /// `ptguard report`: what doctor reads, in the report format, for a bug report or for
 /// `doctor --from-report` elsewhere.
 pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut text = String::new();
-    let mut section = |cmd: &str, body: String| {
-        text.push_str(&format!("### {cmd}\n{body}"));
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
+    let mut sections: Vec<ReportSection> = Vec::new();
+    let mut section = |cmd: &str, output: String| {
+        sections.push(ReportSection {
+            command: cmd.to_string(),
+            output,
+        })
     };
     let run = |prog: &str, argv: &[&str]| match std::process::Command::new(prog).args(argv).output()
     {
@@ -472,12 +502,45 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
         HostSpec::Sim(_) => xenstore_ls(&mut ctx.xs, "/", &mut nodes),
     }
     section("xenstore-ls -f", nodes);
+    let report = Report { sections };
+    let mut bytes = Vec::new();
+    emit(&mut bytes, args.json, &report, |out| {
+        out.write_all(report.text().as_bytes())?;
+        Ok(())
+    })?;
     match &args.output {
-        Some(p) => std::fs::write(p, &text)
+        Some(p) => std::fs::write(p, &bytes)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?,
-        None => out.write_all(text.as_bytes())?,
+        None => out.write_all(&bytes)?,
     }
     Ok(())
+}
+
+/// One command's output in a report.
+#[derive(Serialize)]
+struct ReportSection {
+    command: String,
+    output: String,
+}
+
+/// What `ptguard report` captures: as JSON, or in the text form `doctor --from-report`
+/// reads (`### COMMAND` then its output).
+#[derive(Serialize)]
+struct Report {
+    sections: Vec<ReportSection>,
+}
+
+impl Report {
+    fn text(&self) -> String {
+        let mut text = String::new();
+        for s in &self.sections {
+            text.push_str(&format!("### {}\n{}", s.command, s.output));
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text
+    }
 }
 
 /// `xenstore-ls -f`: every node as `path = "value"`.
@@ -557,8 +620,8 @@ pub fn preflight(
     }
     match (&args.xl_config, args.domid) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let text = String::from_utf8_lossy(&read_capped(path, MAX_XL_CONFIG, "an xl config")?)
+                .into_owned();
             let value = |key: &str| -> Option<String> {
                 text.lines().find_map(|l| {
                     let l = l.split('#').next()?.trim();

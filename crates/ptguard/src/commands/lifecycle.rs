@@ -21,7 +21,7 @@ pub fn open(cli: &Cli, device: Option<Sbdf>) -> anyhow::Result<HostCtx> {
     if let (Some(s), false) = (device, cli.dry_run) {
         for (s, o) in ctx.engine().reconcile(engine::Trigger::Resume(s))? {
             tracing::warn!(
-                "finished the pending teardown of {s} (owner gone or teardown interrupted): {o:?}"
+                "finished the pending teardown of {s} (owner gone or teardown interrupted): {o}"
             );
         }
     }
@@ -30,6 +30,12 @@ pub fn open(cli: &Cli, device: Option<Sbdf>) -> anyhow::Result<HostCtx> {
 
 /// Prints the operation log after a dry run or with --trace.
 pub fn print_log(cli: &Cli, ctx: &HostCtx, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut stderr = std::io::stderr();
+    let out: &mut dyn Write = if crate::output::json_printed() {
+        &mut stderr
+    } else {
+        out
+    };
     if cli.dry_run || cli.trace {
         if cli.dry_run {
             writeln!(

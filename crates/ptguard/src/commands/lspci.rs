@@ -227,6 +227,13 @@ pub fn run(args: LspciArgs, host_spec: &HostSpec, out: &mut dyn Write) -> anyhow
         Some(ctx) => engine::Platform::pci(&ctx.platform),
         None => &sysfs,
     };
+    // An empty listing must mean "no devices", never "looked in the wrong place".
+    if sim.is_none() && !sysfs.devices_dir().is_dir() {
+        anyhow::bail!(
+            "{} does not exist: --sysfs names the directory sysfs is mounted on (/sys)",
+            sysfs.devices_dir().display()
+        );
+    }
     let devices = match &args.sbdf {
         Some(s) => {
             let sbdf: Sbdf = s.parse()?;

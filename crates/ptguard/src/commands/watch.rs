@@ -160,7 +160,10 @@ pub fn watch_loop(
             tracing::warn!("{n}");
         }
         for d in &done {
-            tracing::warn!("{}: {:?}", d.0, d.1);
+            match &d.1 {
+                Outcome::Assignable { .. } => tracing::info!("{}: {}", d.0, d.1),
+                Outcome::Quarantined { .. } => tracing::warn!("{}: {}", d.0, d.1),
+            }
             on_done(d);
         }
     }
