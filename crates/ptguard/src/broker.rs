@@ -563,18 +563,11 @@ impl BrokerLoop {
     /// connection that never sent a request had none executed, so a client may send its
     /// request again on a fresh one (the preload library does).
     fn evict_one(&mut self) {
-        let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
-        for c in self.conns.values() {
-            *per_peer.entry(c.peer_pid).or_default() += 1;
-        }
-        let victim = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| {
-                let held = per_peer.get(&c.peer_pid).copied().unwrap_or(0);
-                (std::cmp::Reverse(held), c.requested, c.last_active)
-            })
-            .map(|(t, _)| *t);
+        let victim = eviction_victim(
+            self.conns
+                .iter()
+                .map(|(t, c)| (*t, c.peer_pid, c.requested, c.last_active)),
+        );
         if let Some(t) = victim {
             self.stats.evicted += 1;
             self.close(t);
@@ -689,6 +682,24 @@ impl BrokerLoop {
     }
 }
 
+/// Which connection [`BrokerLoop::evict_one`] closes, from each one's (token, peer pid,
+/// whether it ever sent a request, last activity): among the peer holding the most
+/// connections, one that never sent a request, oldest first.
+fn eviction_victim<T: Copy>(
+    conns: impl Iterator<Item = (T, Option<i32>, bool, Instant)> + Clone,
+) -> Option<T> {
+    let mut per_peer: HashMap<Option<i32>, usize> = HashMap::new();
+    for (_, peer, _, _) in conns.clone() {
+        *per_peer.entry(peer).or_default() += 1;
+    }
+    conns
+        .min_by_key(|(_, peer, requested, last)| {
+            let held = per_peer.get(peer).copied().unwrap_or(0);
+            (std::cmp::Reverse(held), *requested, *last)
+        })
+        .map(|(t, ..)| t)
+}
+
 /// Queues one reply line.
 fn queue(c: &mut Conn, reply: &BrokerReply) {
     if let Ok(mut v) = serde_json::to_vec(reply) {
@@ -711,4 +722,33 @@ fn write_some(c: &mut Conn) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 25 (7): under a flood a device model's fresh connection was evicted as the
+    /// oldest that never sent a request. The flood's own connections go first.
+    #[test]
+    fn a_flood_evicts_its_own_connections_before_a_device_models() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The model (pid 100) connected first and has not sent its request yet; the
+        // attacker (pid 666) holds three connections, newer, none with a request.
+        let conns = [
+            (1, Some(100), false, at(0)),
+            (2, Some(666), false, at(5)),
+            (3, Some(666), false, at(6)),
+            (4, Some(666), true, at(1)),
+        ];
+        assert_eq!(eviction_victim(conns.iter().copied()), Some(2));
+        // Each peer with one connection: the one that never asked, oldest first.
+        let fair = [(1, Some(100), true, at(0)), (2, Some(200), false, at(9))];
+        assert_eq!(eviction_victim(fair.iter().copied()), Some(2));
+        assert_eq!(
+            eviction_victim(std::iter::empty::<(u8, Option<i32>, bool, Instant)>()),
+            None
+        );
+    }
 }

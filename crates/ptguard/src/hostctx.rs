@@ -305,31 +305,69 @@ pub fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> 
     lock_file(&dir.join("lock"), std::time::Duration::from_secs(10))
 }
 
+/// Another ptguard process holds the host's lock longer than this one waits. The daemon
+/// treats it as "try again next round", never as a reason to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is held by another ptguard process ({holder}) for longer than {waited:?}; try again when it is done", path.display())]
+pub struct HostBusy {
+    pub path: PathBuf,
+    /// "pid N", as the holder wrote it into the lock file, or "unknown".
+    pub holder: String,
+    pub waited: std::time::Duration,
+}
+
+/// Locks `path` (flock), waiting up to `wait`. The holder writes its pid into the file, so
+/// a waiter can say who holds it. A lock taken on a file that was meanwhile removed or
+/// replaced at `path` is let go and taken again on the file now there: otherwise two
+/// processes could each hold "the" lock on two different files.
 fn lock_file(
     path: &Path,
     wait: std::time::Duration,
 ) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
-    let dir = path.parent().unwrap_or(Path::new("."));
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::MetadataExt;
     let path = path.to_path_buf();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
     let deadline = std::time::Instant::now() + wait;
     loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(l),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
-                file = f;
+            Ok(mut l) => {
+                let same = match (l.metadata(), std::fs::metadata(&path)) {
+                    (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+                    _ => false,
+                };
+                if !same {
+                    continue;
+                }
+                let _ = l.set_len(0);
+                let _ = l.rewind();
+                let _ = write!(l, "{}", std::process::id());
+                return Ok(l);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err((_, e)) => bail!(
-                "{} is in use by another ptguard command (a running `watch`?): {e}",
-                dir.display()
-            ),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or("unknown".into(), |p| format!("pid {p}"));
+                return Err(HostBusy {
+                    path,
+                    holder,
+                    waited: wait,
+                }
+                .into());
+            }
+            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
         }
     }
 }

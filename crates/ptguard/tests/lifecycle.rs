@@ -1643,3 +1643,40 @@ fn adoption_records_only_the_domain_xen_says_holds_the_device() {
         DeviceState::Attached
     );
 }
+
+/// Issue 25 (11): since XSA-476 libxl's revoke of a detached device's BARs was wrong for
+/// 64-bit BARs. ptguard's own grant and revoke take the BAR addresses from sysfs's
+/// `resource` (64-bit); the simulated NIC's MSI-X BAR is a 64-bit BAR at 256 GiB. The
+/// guest gets exactly the frames of both BARs, and the detach takes back exactly those.
+#[test]
+fn a_64_bit_bar_above_4_gib_is_granted_and_revoked_exactly() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let resources = engine::Platform::pci(&f.platform).resources(dev()).unwrap();
+    let high = resources
+        .iter()
+        .find(|r| r.start >= 1 << 32)
+        .expect("a BAR above 4 GiB");
+    assert!(high.start >= 0x40_0000_0000, "{high:?}");
+    let want: std::collections::BTreeSet<(u64, u64)> = resources
+        .iter()
+        .take(6)
+        .filter(|r| !r.is_empty() && !r.is_io())
+        .map(|r| (r.start >> 12, r.len().div_ceil(4096)))
+        .collect();
+    assert!(want.contains(&(high.start >> 12, high.len().div_ceil(4096))));
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    e.attach(dev(), a).unwrap();
+    assert_eq!(f.host.snapshot().domains[&a].iomem, want);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    assert!(matches!(
+        e.detach(dev()).unwrap(),
+        Outcome::Assignable { .. }
+    ));
+    assert!(
+        f.host.snapshot().domains[&a].iomem.is_empty(),
+        "left granted: {:?}",
+        f.host.snapshot().domains[&a].iomem
+    );
+}

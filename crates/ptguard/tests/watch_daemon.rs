@@ -266,3 +266,83 @@ fn running_guest(
     host.unpause(a).unwrap();
     (tmp, ctx, host, xs, dev, a)
 }
+
+/// Issue 25 (6): `watch` exited (status 1) when another process held the host's lock
+/// longer than it waits, and the broker then answered nobody. It must keep running, say
+/// why it waited, and do the work once the lock is free.
+#[test]
+fn watch_outlives_another_process_holding_the_lock() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let exe = env!("CARGO_BIN_EXE_ptguard");
+    let pt = |args: &[&str]| {
+        let o = Command::new(exe)
+            .arg("--host")
+            .arg(format!("sim:{}", dir.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    pt(&["sim", "init"]);
+    pt(&["assignable-add", "0000:03:00.0"]);
+    pt(&["sim", "create", "g"]);
+    pt(&["attach", "0000:03:00.0", "1"]);
+    pt(&["sim", "start", "1", "0000:03:00.0", "--dm", "crashes"]);
+    let log = tmp.path().join("watch.log");
+    let mut daemon = Command::new(exe)
+        .arg("--host")
+        .arg(format!("sim:{}", dir.display()))
+        .arg("watch")
+        .env("PTGUARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("broker.sock").exists() {
+        assert!(Instant::now() < deadline, "watch did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another process holds the host's lock longer than the daemon waits (10 s).
+    let held = nix::fcntl::Flock::lock(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("lock"))
+            .unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(11));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "watch exited while another process held the lock: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    drop(held);
+    // The guest reboots; the daemon, still there, tears the device down.
+    pt(&["sim", "reboot", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&pt(&["show", "0000:03:00.0", "--json"])).unwrap();
+        if v["ledger"]["state"] == "assignable" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no teardown after the lock was freed: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("keeps serving"), "{said}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

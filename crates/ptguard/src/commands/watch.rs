@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::broker::{serve_broker, BrokerLimits, DaemonHost};
 use crate::cli::{Cli, WatchArgs};
-use crate::hostctx::{HostCtx, HostSpec};
+use crate::hostctx::{HostBusy, HostCtx, HostSpec};
 use crate::output::emit;
 
 /// How often a simulated host's daemon looks for work (it has no event to wait on: other
@@ -131,11 +131,15 @@ pub fn watch_loop(
 ) -> anyhow::Result<()> {
     let mut last_dm_check = std::time::Instant::now();
     let mut released = BTreeSet::new();
+    // A round another process's lock kept from running, run as soon as the lock is free.
+    let mut owed: Option<Round> = None;
     while !stop.load(Ordering::Relaxed) {
         if last_dm_check.elapsed() >= DEVICE_MODEL_CHECK {
             last_dm_check = std::time::Instant::now();
-            for n in host.with(|c| Ok(release_orphans(c, &mut released)))? {
-                tracing::warn!("{n}");
+            if let Some(said) = unless_busy(host.with(|c| Ok(release_orphans(c, &mut released))))? {
+                for n in said {
+                    tracing::warn!("{n}");
+                }
             }
         }
         let round = match watcher.as_deref_mut() {
@@ -149,13 +153,22 @@ pub fn watch_loop(
                 Round::Recover
             }
         };
+        let round = match (owed.take(), round) {
+            (Some(Round::Recover), _) | (_, Round::Recover) => Round::Recover,
+            (Some(Round::Adopt), _) | (_, Round::Adopt) => Round::Adopt,
+            _ => Round::Idle,
+        };
         if round == Round::Idle || (round == Round::Adopt && !adopt) {
             // An in-process watcher returns at once when nothing is queued.
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         let recover = round == Round::Recover;
-        let (done, notices) = host.with(|c| recover_pending(c, adopt, recover))?;
+        let Some((done, notices)) = unless_busy(host.with(|c| recover_pending(c, adopt, recover)))?
+        else {
+            owed = Some(round);
+            continue;
+        };
         for n in notices {
             tracing::warn!("{n}");
         }
@@ -195,8 +208,27 @@ fn broker_socket(cli: &Cli, args: &WatchArgs) -> PathBuf {
     }
 }
 
+/// One piece of the daemon's work: `None` when another ptguard process held the host's
+/// lock for longer than the daemon waits (a long command, a stuck one). The daemon never
+/// stops for that: it says so and tries again on its next round.
+fn unless_busy<T>(r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.downcast_ref::<HostBusy>().is_some() => {
+            tracing::warn!("{e:#}; the daemon keeps serving and tries again");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::for_cli(cli)?;
+    // At start too: another command's long hold delays the daemon, never stops it.
+    let mut ctx = loop {
+        if let Some(ctx) = unless_busy(HostCtx::for_cli(cli))? {
+            break ctx;
+        }
+    };
     // One device whose resumed teardown fails does not stop the daemon: the recovery
     // round quarantines it and reports it among the outcomes.
     let (done, notices) = recover_pending(&mut ctx, !args.no_adopt, true)?;
