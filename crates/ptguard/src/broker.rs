@@ -308,9 +308,14 @@ impl DaemonHost {
     }
 }
 
+/// Where libxl records the pid of a domain's device model.
+pub fn device_model_pid_path(domid: xen::DomId) -> String {
+    format!("/local/domain/{}/image/device-model-pid", domid.0)
+}
+
 /// The pid libxl records for a domain's device model, if any.
 pub(crate) fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
-    let path = format!("/local/domain/{}/image/device-model-pid", domid.0);
+    let path = device_model_pid_path(domid);
     let v = ctx
         .xs
         .read_optional(xenstore::TxId::NONE, &path)

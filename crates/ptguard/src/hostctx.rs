@@ -42,6 +42,14 @@ impl std::str::FromStr for HostSpec {
     }
 }
 
+/// The pid a simulated host records for domain `domid`'s device model, as libxl records
+/// the pid of the qemu it spawns. Above Linux's largest pid (2^22), so that no real
+/// process connecting to the broker can be taken for it: a test or tool acting as a
+/// simulated guest's device model over the socket presents the assignment token.
+pub fn simulated_device_model_pid(domid: xen::DomId) -> i32 {
+    5_000_000 + i32::from(domid.0)
+}
+
 /// What a simulated host directory holds besides its Xenstore.
 #[derive(Serialize, Deserialize)]
 pub struct SimState {

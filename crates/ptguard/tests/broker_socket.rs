@@ -527,3 +527,92 @@ fn the_embedded_xenstored_refuses_another_user() {
     drop(c);
     handle.shutdown().unwrap();
 }
+
+/// Issue 25 (2): on the simulated host no device-model pid was ever recorded, so any
+/// client of the socket could act for any domain. The simulated host records one as libxl
+/// does when it starts an HVM guest's model; a process that is not that model is refused,
+/// and the holder of the attach token is served.
+#[test]
+fn the_simulated_host_records_device_model_pids_as_libxl_does() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let pt = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+            .arg("--host")
+            .arg(format!("sim:{}", dir.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    pt(&["sim", "init"]);
+    pt(&["assignable-add", "0000:03:00.0"]);
+    pt(&["sim", "create", "g"]);
+    let attached: serde_json::Value =
+        serde_json::from_str(&pt(&["attach", "0000:03:00.0", "1", "--json"])).unwrap();
+    let token = attached["token"].as_str().unwrap().to_string();
+    pt(&["sim", "start", "1", "0000:03:00.0"]);
+    let spec = ptguard::hostctx::HostSpec::Sim(dir.clone());
+    let (recorded, tb) = {
+        let mut ctx = ptguard::hostctx::HostCtx::open(&spec, true).unwrap();
+        let pid = ctx
+            .xs
+            .read(
+                xenstore::TxId::NONE,
+                "/local/domain/1/image/device-model-pid",
+            )
+            .unwrap();
+        let tb = ctx
+            .engine()
+            .record("0000:03:00.0".parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .table_base
+            .unwrap();
+        (String::from_utf8(pid).unwrap(), tb)
+    };
+    assert_eq!(
+        recorded,
+        ptguard::hostctx::simulated_device_model_pid(xen::DomId(1)).to_string()
+    );
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ptguard"))
+        .arg("--host")
+        .arg(format!("sim:{}", dir.display()))
+        .arg("watch")
+        .env("PTGUARD_LOG", "error")
+        .spawn()
+        .unwrap();
+    let sock = dir.join("broker.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "watch did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ask = |extra: &str| -> BrokerReply {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        writeln!(
+            s,
+            r#"{{"op":"map-pirq-msi","domid":1,"sbdf":"0000:03:00.0","entry":5,"table_base":{tb}{extra}}}"#
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let impostor = ask("");
+    assert_eq!(
+        impostor.code.as_deref(),
+        Some("not-device-model"),
+        "{impostor:?}"
+    );
+    let holder = ask(&format!(r#","token":"{token}""#));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(holder.ok, "{holder:?}");
+}

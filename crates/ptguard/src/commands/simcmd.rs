@@ -121,6 +121,16 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     state.device_models.insert(domid.0, dm);
                     state.dm_epochs.insert(domid.0, epoch);
                 }
+                // libxl records the pid of the device model it spawns for an HVM guest.
+                if host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm)) {
+                    ctx.xs.write(
+                        xenstore::TxId::NONE,
+                        &crate::broker::device_model_pid_path(domid),
+                        crate::hostctx::simulated_device_model_pid(domid)
+                            .to_string()
+                            .as_bytes(),
+                    )?;
+                }
             }
             let rep = check_interrupts(&host, domid, sbdf, a.vectors);
             emit(out, a.json, &rep, |out| {
@@ -177,6 +187,14 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             host.pause(domid).map_err(|e| anyhow::anyhow!("{e}"))?;
             host.destroy_domain(domid)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // libxl removes the domain's Xenstore directory when it destroys it.
+            match ctx
+                .xs
+                .rm(xenstore::TxId::NONE, &format!("/local/domain/{}", domid.0))
+            {
+                Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => return Err(e.into()),
+                _ => {}
+            }
             let new = host.create_domain(&name, hvm);
             host.unpause(new).map_err(|e| anyhow::anyhow!("{e}"))?;
             if a.json {

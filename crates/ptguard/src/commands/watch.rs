@@ -88,11 +88,26 @@ fn dead_device_models(ctx: &mut HostCtx) -> Vec<DeviceModelOf> {
     let Ok(owners) = ctx.engine().attached_owners() else {
         return Vec::new();
     };
-    owners
+    let recorded: Vec<DeviceModelOf> = owners
         .into_iter()
         .filter_map(|d| crate::broker::device_model_pid(ctx, d).map(|p| (d, p)))
-        .filter(|(_, p)| !process_alive(*p))
+        .collect();
+    recorded
+        .into_iter()
+        .filter(|(d, p)| !device_model_alive(ctx, *d, *p))
         .collect()
+}
+
+/// Whether the device model recorded for `domid` as `pid` still runs: a live process; or,
+/// for the pid a simulated host recorded for the model it started, that simulated model
+/// (it crashes, or the toolstack kills it, in the simulation).
+fn device_model_alive(ctx: &HostCtx, domid: xen::DomId, pid: i32) -> bool {
+    match &ctx.sim {
+        Some((_, _, state)) if pid == crate::hostctx::simulated_device_model_pid(domid) => {
+            state.device_models.get(&domid.0).is_some_and(|dm| dm.alive)
+        }
+        _ => process_alive(pid),
+    }
 }
 
 /// Unbinds what dead device models of running guests left bound (engine `orphaned`), once
