@@ -172,11 +172,28 @@ impl Engine<'_> {
                     }
                 }
                 StepWork::Deassign => {
-                    match self.platform.hypervisor().deassign_device(owner, sbdf) {
+                    let hv = self.platform.hypervisor();
+                    match hv.deassign_device(owner, sbdf) {
                         // A domain without an IOMMU context never had the device (an attach
                         // refused at assign, rolled back through here).
                         Err(e) if e.errno() == Some(Errno::EOPNOTSUPP) => {}
                         r => unless_gone(r)?,
+                    }
+                    // Once the owner let go, no guest may hold the device: one that does is
+                    // another domain (the ledger's owner never had it, or it was given on
+                    // behind ptguard's back), and the reset and prepare that follow would
+                    // act under it.
+                    if let Some(errno) = held_by_guest(hv, sbdf)? {
+                        let why = format!(
+                            "after deassigning it from {owner}, Xen says a guest still holds it (test_assign_device -{}): another domain has it, and nothing is reset under it; `ptguard doctor` names the holder",
+                            errno.name()
+                        );
+                        if rec.state == DeviceState::Quarantined
+                            && rec.reason.as_deref() == Some(&why)
+                        {
+                            return Ok(Outcome::Quarantined { reason: why });
+                        }
+                        return self.quarantine(&mut rec, why);
                     }
                 }
                 StepWork::Reset => {

@@ -86,7 +86,8 @@ pub struct TeardownRow {
     /// The minimum: one unbind and one unmap per binding, release, prepare.
     pub minimum_hypercalls: u64,
     pub ratio: f64,
-    /// Detach bookkeeping every toolstack does (permission revokes, deassign).
+    /// Detach bookkeeping (permission revokes, deassign, and the check that no guest holds
+    /// the device once its owner let go).
     pub bookkeeping_hypercalls: u64,
     pub sysfs_writes: u64,
     pub xenstore_requests: u64,

@@ -1680,3 +1680,50 @@ fn a_64_bit_bar_above_4_gib_is_granted_and_revoked_exactly() {
         f.host.snapshot().domains[&a].iomem
     );
 }
+
+/// Issue 25 (1): when the ledger's owner ended, its teardown reset the device another live
+/// guest was using (the toolstack had given it on behind ptguard's back). Once the owner
+/// let go, Xen must say no guest holds the device; else it is quarantined unreset.
+#[test]
+fn no_teardown_resets_a_device_another_live_domain_holds() {
+    let mut f = fixture();
+    let a = f.host.create_domain("A", true);
+    let b = f.host.create_domain("B", true);
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        e.attach(dev(), a).unwrap();
+    }
+    // Behind ptguard's back, a toolstack moves the device from A to the live B: A's
+    // backend goes (pciback gives the device back), then deassign and assign.
+    f.client
+        .rm(TxId::NONE, &format!("/local/domain/0/backend/pci/{}", a.0))
+        .unwrap();
+    f.platform.settle();
+    f.host.deassign_device(a, dev()).unwrap();
+    f.host.assign_device(b, dev(), 0).unwrap();
+    let resets = f.host.with_world(|w| w.device(dev()).unwrap().hw.resets);
+    f.host.shutdown(a).unwrap();
+    f.host.destroy_domain(a).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let done = e.reconcile(engine::Trigger::Recover).unwrap();
+    match &done[..] {
+        [(s, Outcome::Quarantined { reason })] if *s == dev() => {
+            assert!(reason.contains("a guest still holds it"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    f.host.with_world(|w| {
+        let d = w.device(dev()).unwrap();
+        assert_eq!(d.hw.resets, resets, "not reset under B");
+        assert_eq!(d.xen.owner, b, "B keeps it");
+    });
+    // The next round leaves it so, without writing the same quarantine again.
+    let again = e.reconcile(engine::Trigger::Recover).unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Quarantined { .. })),
+        "{again:?}"
+    );
+}

@@ -37,6 +37,10 @@ pub struct Recorder<H> {
     dry_run: bool,
     log: Mutex<Vec<HypercallRecord>>,
     on_call: Option<CallSink>,
+    /// In a dry run, what the assign/deassign calls not performed would have made of each
+    /// device (`true`: a guest holds it), so that `test_assign_device` answers as Xen
+    /// would after them and a dry-run teardown plans what the real one does.
+    dry_assigned: Mutex<BTreeMap<Sbdf, bool>>,
 }
 
 /// Called with every record as it is made (to interleave it with other logs).
@@ -49,6 +53,7 @@ impl<H: Hypervisor> Recorder<H> {
             dry_run: false,
             log: Mutex::new(Vec::new()),
             on_call: None,
+            dry_assigned: Mutex::new(BTreeMap::new()),
         }
     }
     pub fn on_call(mut self, sink: CallSink) -> Recorder<H> {
@@ -78,6 +83,15 @@ impl<H: Hypervisor> Recorder<H> {
             *m.entry(r.op).or_insert(0) += 1;
         }
         m
+    }
+
+    /// Remembers, in a dry run, what an assign or deassign not performed would have left.
+    fn dry_assign(&self, sbdf: Sbdf, held: bool) {
+        if self.dry_run {
+            if let Ok(mut m) = self.dry_assigned.lock() {
+                m.insert(sbdf, held);
+            }
+        }
     }
 
     fn call<T>(
@@ -173,28 +187,44 @@ impl<H: Hypervisor> Hypervisor for Recorder<H> {
         )
     }
     fn assign_device(&self, domid: DomId, sbdf: Sbdf, flags: u32) -> Result<(), XenError> {
-        self.call(
+        let r = self.call(
             HypercallOp::AssignDevice,
             format!("{} flags {flags}", CallTarget::DomainDevice(domid, sbdf)),
             (),
             |h| h.assign_device(domid, sbdf, flags),
-        )
+        );
+        self.dry_assign(sbdf, domid != DomId::IO);
+        r
     }
     fn test_assign_device(&self, sbdf: Sbdf) -> Result<(), XenError> {
-        self.call(
-            HypercallOp::TestAssignDevice,
-            CallTarget::Device(sbdf).to_string(),
-            (),
-            |h| h.test_assign_device(sbdf),
-        )
+        let dry = self
+            .dry_assigned
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&sbdf).copied());
+        let target = CallTarget::Device(sbdf).to_string();
+        self.call(HypercallOp::TestAssignDevice, target.clone(), (), |h| {
+            match dry {
+                // Xen's answer for a device a guest holds: "already assigned".
+                Some(true) => Err(XenError::hypercall(
+                    HypercallOp::TestAssignDevice,
+                    target,
+                    Errno::EINVAL,
+                )),
+                Some(false) => Ok(()),
+                None => h.test_assign_device(sbdf),
+            }
+        })
     }
     fn deassign_device(&self, domid: DomId, sbdf: Sbdf) -> Result<(), XenError> {
-        self.call(
+        let r = self.call(
             HypercallOp::DeassignDevice,
             CallTarget::DomainDevice(domid, sbdf).to_string(),
             (),
             |h| h.deassign_device(domid, sbdf),
-        )
+        );
+        self.dry_assign(sbdf, false);
+        r
     }
     fn iomem_permission(
         &self,
