@@ -351,14 +351,16 @@ fn hostile_device_model_calls_are_refused() {
     });
 }
 
-/// A broker over a simulated host with one device attached to d1, for the I/O tests.
-fn served(
-    limits: BrokerLimits,
+/// A simulated host (Xen 4.17.5) with one NIC attached to a new domain, with `token` as
+/// the assignment's credential: the directory, the context, the host, the domain, the NIC.
+fn one_attached_device(
+    token: Option<&engine::AssignmentToken>,
 ) -> (
     tempfile::TempDir,
-    std::path::PathBuf,
-    Arc<AtomicBool>,
-    ptguard::broker::BrokerHandle,
+    ptguard::hostctx::HostCtx,
+    sim::SimHost,
+    xen::DomId,
+    pci::Sbdf,
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
@@ -373,8 +375,21 @@ fn served(
     {
         let mut e = ctx.engine();
         e.assignable_add(dev).unwrap();
-        e.attach(dev, a).unwrap();
+        e.attach_with_token(dev, a, token).unwrap();
     }
+    (tmp, ctx, host, a, dev)
+}
+
+/// A broker over a simulated host with one device attached to d1, for the I/O tests.
+fn served(
+    limits: BrokerLimits,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<AtomicBool>,
+    ptguard::broker::BrokerHandle,
+) {
+    let (tmp, ctx, _, _, _) = one_attached_device(None);
     let stop = Arc::new(AtomicBool::new(false));
     let sock = tmp.path().join("broker.sock");
     let server = serve_broker(
@@ -628,22 +643,8 @@ proptest::proptest! {
         peer in proptest::option::of(1i32..1_000_000),
     ) {
         use ptguard::broker::handle_line;
-        let tmp = tempfile::tempdir().unwrap();
-        let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
-        let (mut ctx, host, _) = sim_open(
-            &tmp.path().join("host"),
-            XenProfile::Xen4_17_5,
-            PcibackProfile::AfterCommandFix,
-            &[DeviceSpec::nic(dev, 4)],
-        )
-        .unwrap();
-        let a = host.create_domain("A", true);
         let real = engine::AssignmentToken::from_entropy([0x11; 32]);
-        {
-            let mut e = ctx.engine();
-            e.assignable_add(dev).unwrap();
-            e.attach_with_token(dev, a, Some(&real)).unwrap();
-        }
+        let (_tmp, mut ctx, host, a, dev) = one_attached_device(Some(&real));
         let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
         let before = (ctx.engine().record(dev).unwrap(), host.with_world(|w| format!("{:?}", w.domains[&a].pirqs)));
         let t = token.map(|t| format!(r#","token":"{t}""#)).unwrap_or_default();

@@ -197,6 +197,21 @@ fn dev() -> Sbdf {
     "0000:03:00.0".parse().unwrap()
 }
 
+/// What libxl writes for a guest's PCI backend holding one device (`dev-0`, `num_devs`).
+fn write_toolstack_backend(client: &mut xenstore::XsClient, domid: DomId, sbdf: Sbdf) {
+    let be = format!("/local/domain/0/backend/pci/{}/0", domid.0);
+    client
+        .write(
+            TxId::NONE,
+            &format!("{be}/dev-0"),
+            sbdf.to_string().as_bytes(),
+        )
+        .unwrap();
+    client
+        .write(TxId::NONE, &format!("{be}/num_devs"), b"1")
+        .unwrap();
+}
+
 /// Rewrites the device's ledger head by hand, as an operator (or an attacker in dom0) might.
 fn edit_head(client: &mut xenstore::XsClient, edit: impl FnOnce(&mut engine::DeviceRecord)) {
     let mut rec = engine::engine::read_head(client, TxId::NONE, dev())
@@ -1399,18 +1414,7 @@ fn companion_adopts_from_the_toolstack_and_sweeps_before_its_reset() {
     sim::libxl::attach(&f.host, g, dev(), &mut dm, &direct).unwrap();
     f.host.unpause(g).unwrap();
     dm.guest_enable_msix(&f.host, &direct, dev(), 3).unwrap();
-    // What libxl writes for the guest's PCI backend.
-    let be = format!("/local/domain/0/backend/pci/{}/0", g.0);
-    f.client
-        .write(
-            TxId::NONE,
-            &format!("{be}/dev-0"),
-            dev().to_string().as_bytes(),
-        )
-        .unwrap();
-    f.client
-        .write(TxId::NONE, &format!("{be}/num_devs"), b"1")
-        .unwrap();
+    write_toolstack_backend(&mut f.client, g, dev());
 
     let mut e = Engine::new(&mut f.client, &f.platform);
     let adopted = e.adopt_from_toolstack().unwrap();
@@ -1605,17 +1609,7 @@ fn adoption_records_only_the_domain_xen_says_holds_the_device() {
     // A backend node of the live domain `stale` still names the device, beside the
     // holder's (libxl writes both the same way).
     for d in [stale, holder] {
-        let be = format!("/local/domain/0/backend/pci/{}/0", d.0);
-        f.client
-            .write(
-                TxId::NONE,
-                &format!("{be}/dev-0"),
-                dev().to_string().as_bytes(),
-            )
-            .unwrap();
-        f.client
-            .write(TxId::NONE, &format!("{be}/num_devs"), b"1")
-            .unwrap();
+        write_toolstack_backend(&mut f.client, d, dev());
     }
     let mut e = Engine::new(&mut f.client, &f.platform);
     let err = e.adopt(dev(), stale).unwrap_err();
