@@ -401,13 +401,15 @@ if group ptpaths; then
 fi
 
 # ---- companion: stock xl (pci=) and stock qemu-xen, ptguard watch beside them ---------
-# The daemon adopts the device from libxl's backend; qemu is killed while the guest's
-# MSI-X is live and decoding is turned off (as old pciback leaves it); the domain is shut
-# down (xc_domain_shutdown, what the guest's own SCHEDOP_shutdown does: an HVM guest whose
-# qemu is dead cannot power itself off, its ACPI and serial I/O wait on qemu forever;
-# on_poweroff="preserve" keeps it for the operator); ptguard must sweep the leftover pirqs
-# with decoding on before anyone resets the device, and the next guest's interrupts must
-# arrive.
+# The daemon adopts the device from libxl's backend; with the guest's MSI-X live, decoding
+# is turned off (as old pciback leaves it), the domain is shut down (xc_domain_shutdown,
+# what the guest's own SCHEDOP_shutdown does; on_poweroff="preserve" keeps it for the
+# operator) and its qemu is SIGKILLed, never having unmapped anything; ptguard must sweep
+# the leftover pirqs with decoding on before anyone resets the device, and the next guest's
+# interrupts must arrive. qemu dies after the shutdown request, not before: Xen defers the
+# shutdown of an HVM domain while a vcpu waits on an I/O request to its device model, so
+# with qemu dead first the domain may never shut down (seen on 4.17.5: `xl list` state
+# `------` 30 s later, the daemon rightly leaving a domain that still runs alone).
 if group companion; then
     start_watch
     xl pci-assignable-add $SBDF
@@ -429,12 +431,16 @@ if group companion; then
     out=$(ptguard sweep "$d" 2>&1); rc=$?
     expect companion-sweep-refuses-a-running-guest "rc=$rc $out" has "rc=$rc $out" "rc=1 .*may still run"
     dm=$(xenstore-read "/local/domain/$d/image/device-model-pid" 2>/dev/null)
-    kill -9 "$dm" 2>/dev/null
     setpci -s $BDF COMMAND=0000
     sd=$(python3 -c "import ctypes; xc = ctypes.CDLL('libxenctrl.so.4.17'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_shutdown(poweroff) rc', xc.xc_domain_shutdown(h, ctypes.c_uint32($d), ctypes.c_int(0)))" 2>&1)
+    kill -9 "$dm" 2>/dev/null
     # A companion record lives while a guest holds the device: gone once it is clean.
     wait_for 30 test -z "$(ledger state)"
     say "companion: $sd; ledger '$(ledger state)' ($(ledger reason)); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')"
+    if [ -n "$(ledger state)" ]; then
+        say "companion: not torn down; xl list: $(xl list | tail -n +2 | tr -s ' ' | tr '\n' ';')"
+        say "companion: daemon log: $(watch_log 12 | tr '\n' ' ' | cut -c1-1500)"
+    fi
     # on_poweroff="preserve": the operator destroys the domain, after ptguard's sweep.
     gone="by hand"
     xl destroy hvmc 2>/dev/null || gone="by hand, failed"
