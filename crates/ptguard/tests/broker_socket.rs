@@ -6,6 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+
 use ptguard::broker::{serve_broker, BrokerLimits, BrokerReply, DaemonHost};
 use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
@@ -549,20 +551,7 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
     use std::process::Command;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
-    let pt = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
-            .arg("--host")
-            .arg(format!("sim:{}", dir.display()))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let pt = |args: &[&str]| common::ok(&dir, args);
     pt(&["sim", "init"]);
     pt(&["assignable-add", "0000:03:00.0"]);
     pt(&["sim", "create", "g"]);

@@ -3,29 +3,10 @@
 //! Also: commands that need Xen fail fast without it, and dry runs change nothing.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn ptguard(dir: &Path, args: &[&str]) -> Output {
-    let host = format!("sim:{}", dir.display());
-    Command::new(env!("CARGO_BIN_EXE_ptguard"))
-        .arg("--host")
-        .arg(host)
-        .args(args)
-        .env("PTGUARD_LOG", "error")
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = ptguard(dir, args);
-    assert!(
-        o.status.success(),
-        "ptguard {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{ok, ptguard};
 
 #[test]
 fn reboot_with_a_crashed_device_model_then_the_device_works_again() {

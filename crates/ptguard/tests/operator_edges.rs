@@ -5,30 +5,10 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn ptguard_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ptguard"));
-    c.arg("--host")
-        .arg(format!("sim:{}", dir.display()))
-        .args(args)
-        .env("PTGUARD_LOG", "error");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = ptguard_env(dir, args, &[]);
-    assert!(
-        o.status.success(),
-        "ptguard {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{ok, ptguard_env};
 
 fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = ok(dir, args);

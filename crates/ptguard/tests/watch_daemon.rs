@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::{BindKind, BindRequest, DeviceState};
+mod common;
+
 use ptguard::broker::DaemonHost;
 use ptguard::commands::watch::watch_loop;
 use ptguard::hostctx::sim_open;
@@ -276,20 +278,7 @@ fn watch_outlives_another_process_holding_the_lock() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("host");
     let exe = env!("CARGO_BIN_EXE_ptguard");
-    let pt = |args: &[&str]| {
-        let o = Command::new(exe)
-            .arg("--host")
-            .arg(format!("sim:{}", dir.display()))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let pt = |args: &[&str]| common::ok(&dir, args);
     pt(&["sim", "init"]);
     pt(&["assignable-add", "0000:03:00.0"]);
     pt(&["sim", "create", "g"]);
