@@ -131,3 +131,45 @@ pub fn xen_holder(hv: &dyn Hypervisor, sbdf: Sbdf) -> Result<Option<crate::xen_d
 pub(crate) fn backend_dir(domid: DomId) -> String {
     format!("/local/domain/0/backend/pci/{}/0", domid.0)
 }
+
+/// A device's MSI/MSI-X vectors as Xen shows them: which domain holds the device and, for
+/// each of its vectors, the guest pirq bound to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceVectors {
+    pub holder: crate::xen_dump::DumpOwner,
+    /// (Xen IRQ, domain, pirq) of each vector some guest has bound (an HVM dpci bind or a
+    /// PV event channel).
+    pub bound: Vec<(u32, DomId, Pirq)>,
+    /// Xen IRQs of vectors mapped but bound to no guest: Xen's `i` dump says only
+    /// `mapped, unbound` and does not name their pirq.
+    pub unbound: Vec<u32>,
+}
+
+/// `sbdf`'s vectors from fresh `Q` and `i` dumps (one debug-keys call): the `Q` line lists
+/// the device's Xen IRQs, the `i` lines name the (domain, pirq) each is bound to. The only
+/// source that ties a pirq to a device: Xen has no call that lists a domain's pirqs.
+/// `None` when the dump has no line for the device.
+pub fn device_vectors(hv: &dyn Hypervisor, sbdf: Sbdf) -> Result<Option<DeviceVectors>> {
+    hv.debug_keys("Qi")?;
+    let console = hv.read_console()?;
+    let Some(dev) = crate::xen_dump::pci_devices(&console)
+        .into_iter()
+        .find(|e| e.sbdf == sbdf)
+    else {
+        return Ok(None);
+    };
+    let bindings = crate::xen_dump::irq_bindings(&console);
+    let mut bound = Vec::new();
+    let mut unbound = Vec::new();
+    for irq in &dev.msi_irqs {
+        match bindings.iter().find(|b| b.irq == *irq && b.msi) {
+            Some(b) => bound.extend(b.guests.iter().map(|(d, p)| (*irq, *d, Pirq(*p)))),
+            None => unbound.push(*irq),
+        }
+    }
+    Ok(Some(DeviceVectors {
+        holder: dev.owner,
+        bound,
+        unbound,
+    }))
+}

@@ -11,9 +11,10 @@ use serde::Serialize;
 use xen::{DomId, Errno};
 use xenstore::{TxId, XsClient};
 
-use crate::engine::{Engine, Outcome};
-use crate::ledger::DeviceState;
+use crate::engine::*;
+use crate::ledger::*;
 use crate::sweep::SweepReport;
+use crate::xen_dump::DumpOwner;
 use crate::EngineError;
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -21,11 +22,24 @@ type Result<T> = std::result::Result<T, EngineError>;
 /// Where libxl (and xenopsd, which writes the same nodes) lists a guest's PCI devices.
 pub const TOOLSTACK_BACKENDS: &str = "/local/domain/0/backend/pci";
 
+/// One device of a toolstack's PCI backend: `dev-N` (and its `state-N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendDevice {
+    pub domid: DomId,
+    pub sbdf: Sbdf,
+    /// `state-N` is Closing (5) or Closed (6): the toolstack is taking it away (libxl's
+    /// `libxl__device_pci_remove_xenstore` writes Closing, then removes the nodes).
+    pub leaving: bool,
+}
+
+/// `XenbusStateClosing` and `XenbusStateClosed`.
+const LEAVING_STATES: [&str; 2] = ["5", "6"];
+
 /// Every `dev-N` of the toolstack's PCI backends:
-/// `/local/domain/0/backend/pci/<domid>/0/dev-<n>` = `SSSS:BB:DD.F`. Unreadable or
-/// malformed nodes are skipped (a guest cannot write dom0's backend, but a half-written
-/// one may be seen).
-pub fn toolstack_backends(xs: &mut XsClient) -> Vec<(DomId, Sbdf)> {
+/// `/local/domain/0/backend/pci/<domid>/0/dev-<n>` = `SSSS:BB:DD.F`, with `state-<n>`.
+/// Unreadable or malformed nodes are skipped (a guest cannot write dom0's backend, but a
+/// half-written one may be seen).
+pub fn toolstack_backend_devices(xs: &mut XsClient) -> Vec<BackendDevice> {
     let mut out = Vec::new();
     for dom in xs
         .directory(TxId::NONE, TOOLSTACK_BACKENDS)
@@ -36,18 +50,57 @@ pub fn toolstack_backends(xs: &mut XsClient) -> Vec<(DomId, Sbdf)> {
         };
         let be = format!("{TOOLSTACK_BACKENDS}/{dom}/0");
         for node in xs.directory(TxId::NONE, &be).unwrap_or_default() {
-            if !node.starts_with("dev-") {
+            let Some(n) = node.strip_prefix("dev-") else {
                 continue;
-            }
+            };
             let Ok(Some(v)) = xs.read_optional(TxId::NONE, &format!("{be}/{node}")) else {
                 continue;
             };
-            if let Ok(s) = String::from_utf8_lossy(&v).trim().parse::<Sbdf>() {
-                out.push((DomId(domid), s));
-            }
+            let Ok(sbdf) = String::from_utf8_lossy(&v).trim().parse::<Sbdf>() else {
+                continue;
+            };
+            let state = xs
+                .read_optional(TxId::NONE, &format!("{be}/state-{n}"))
+                .ok()
+                .flatten();
+            let leaving =
+                state.is_some_and(|s| LEAVING_STATES.contains(&String::from_utf8_lossy(&s).trim()));
+            out.push(BackendDevice {
+                domid: DomId(domid),
+                sbdf,
+                leaving,
+            });
         }
     }
     out
+}
+
+/// The `(guest, device)` pairs the toolstack's backends give and are not taking away.
+pub fn toolstack_backends(xs: &mut XsClient) -> Vec<(DomId, Sbdf)> {
+    toolstack_backend_devices(xs)
+        .into_iter()
+        .filter(|b| !b.leaving)
+        .map(|b| (b.domid, b.sbdf))
+        .collect()
+}
+
+/// What `follow_departures` found for one device that left a running guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Departure {
+    pub sbdf: Sbdf,
+    /// The guest the ledger had it attached to, still running.
+    pub from: DomId,
+    /// How it ended (`None`: report-only, nothing done).
+    pub outcome: Option<Outcome>,
+}
+
+/// A device no guest held that `cure_unrecorded` found unclean.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cure {
+    pub sbdf: Sbdf,
+    pub found: &'static str,
+    /// What the cure did, in order (`None`: report-only, or it failed).
+    pub done: Option<Vec<String>>,
 }
 
 /// One device `adopt_from_toolstack` took on.
@@ -108,6 +161,164 @@ impl Engine<'_> {
             }
         }
         Ok(done)
+    }
+
+    /// Finds the devices that left a guest that still runs (`xl pci-detach`, a xenopsd
+    /// or libvirt unplug, a device given back any other way): the ledger has them
+    /// attached to a live owner, the owner's backend no longer lists them (or says they
+    /// are leaving), and Xen no longer shows them with the owner. Each one's teardown
+    /// runs (companion mode: unmap what the owner's device model left, release, reset,
+    /// prepare, verify), so it is clean before any guest gets it; a device the toolstack
+    /// already gave to another guest is handed over to that guest's record instead.
+    /// `report_only`: say what was found, change nothing.
+    pub fn follow_departures(&mut self, report_only: bool) -> Result<Vec<Departure>> {
+        let candidates: Vec<DeviceRecord> = heads(self.xs)?
+            .into_iter()
+            .filter(|r| r.state == DeviceState::Attached && r.step.is_none() && r.owner.is_some())
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backends = toolstack_backend_devices(self.xs);
+        let mut out = Vec::new();
+        for rec in candidates {
+            let (sbdf, Some(owner)) = (rec.sbdf, rec.owner) else {
+                continue;
+            };
+            if self.protected_domain(owner) {
+                continue;
+            }
+            let listed = backends
+                .iter()
+                .any(|b| b.domid == owner && b.sbdf == sbdf && !b.leaving);
+            if listed {
+                continue;
+            }
+            let hv = self.platform.hypervisor();
+            // A gone owner is the recovery round's (its @releaseDomain teardown).
+            match hv.domain_info(owner)? {
+                Some(i) if !i.finished() && same_incarnation(rec.owner_handle, &i) => {}
+                _ => continue,
+            }
+            let holder = if held_by_guest(hv, sbdf)?.is_none() {
+                Some(DumpOwner::Io)
+            } else {
+                xen_holder(hv, sbdf)?
+            };
+            let outcome = match holder {
+                // Still the owner's (the toolstack is mid-way, or its unplug failed), or
+                // unproven: nothing yet.
+                Some(DumpOwner::Domain(d)) if d == owner => continue,
+                None => continue,
+                _ if report_only => {
+                    self.warn(format!("{sbdf}: left {owner} while {owner} runs; report-only: not cleaned (`ptguard detach {sbdf}` cleans it)"));
+                    None
+                }
+                Some(DumpOwner::Domain(to)) => Some(self.hand_over(&rec, owner, to)?),
+                Some(DumpOwner::Io | DumpOwner::Xen) => {
+                    self.notice(format!("{sbdf}: left {owner} while {owner} runs (the toolstack's unplug); cleaning it before any guest gets it"));
+                    Some(self.teardown(sbdf, "hot-unplug")?)
+                }
+            };
+            out.push(Departure {
+                sbdf,
+                from: owner,
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The toolstack gave `rec`'s device from `from` (still running) straight to `to`:
+    /// `from`'s pirqs of the device go, `from`'s record ends, `to`'s begins (adoption
+    /// proves it from Xen's dump). Nothing is reset: `to` holds the device.
+    pub(crate) fn hand_over(
+        &mut self,
+        rec: &DeviceRecord,
+        from: DomId,
+        to: DomId,
+    ) -> Result<Outcome> {
+        let sbdf = rec.sbdf;
+        if self
+            .platform
+            .hypervisor()
+            .domain_info(from)?
+            .is_some_and(|i| i.hvm)
+        {
+            self.unmap_device_vectors(sbdf, from)?;
+        }
+        self.warn(format!("{sbdf}: the toolstack moved it from {from} to {to} before ptguard could clean it; {to} may have received {from}'s MSI-X state; nothing is reset under {to}"));
+        forget_record(self.xs, rec)?;
+        let epoch = self.adopt(sbdf, to)?;
+        Ok(Outcome::HandedOver { to, epoch })
+    }
+
+    /// Every device bound to pciback that no guest holds and no record keeps, whose MSI-X
+    /// shows what Xen leaves behind (Function Mask forced, or Enable still set): cured in
+    /// place as `repair` does (release, prepare, Message Control cleared), so the next
+    /// guest the toolstack gives it to gets its interrupts. Devices a record holds are
+    /// their teardown's. `report_only`: say what was found, change nothing.
+    pub fn cure_unrecorded(&mut self, report_only: bool) -> Result<Vec<Cure>> {
+        let pci = self.platform.pci();
+        let mut out = Vec::new();
+        for sbdf in pci.list_devices()? {
+            if pci.driver(sbdf)?.as_deref() != Some(pci::host::PCIBACK) {
+                continue;
+            }
+            let Ok(Some(cap)) = msix_cap(pci, sbdf) else {
+                continue;
+            };
+            if !cap.function_mask && !cap.enabled {
+                continue;
+            }
+            if self
+                .record(sbdf)?
+                .is_some_and(|r| r.state != DeviceState::Assignable)
+            {
+                continue;
+            }
+            if held_by_guest(self.platform.hypervisor(), sbdf)?.is_some() {
+                continue;
+            }
+            let found = match (cap.function_mask, cap.enabled) {
+                (true, true) => "MSI-X enabled with its Function Mask set",
+                (true, false) => "MSI-X Function Mask set (Xen forced it)",
+                _ => "MSI-X still enabled",
+            };
+            if report_only {
+                self.warn(format!("{sbdf}: no guest holds it but {found}; report-only: not cured (`ptguard repair {sbdf}` cures it)"));
+                out.push(Cure {
+                    sbdf,
+                    found,
+                    done: None,
+                });
+                continue;
+            }
+            match self.repair(sbdf) {
+                Ok(done) => {
+                    self.warn(format!(
+                        "{sbdf}: no guest held it but {found}; cured: {}",
+                        done.join(", ")
+                    ));
+                    out.push(Cure {
+                        sbdf,
+                        found,
+                        done: Some(done),
+                    });
+                }
+                Err(e) => {
+                    self.warn(format!(
+                        "{sbdf}: no guest holds it but {found}, and the cure failed: {e}"
+                    ));
+                    out.push(Cure {
+                        sbdf,
+                        found,
+                        done: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// For a toolstack's hook that runs before it resets a device (xenopsd's

@@ -31,6 +31,10 @@ pub enum Outcome {
     Assignable { epoch: u64 },
     /// Not provably clean; kept away from guests until the reason goes away.
     Quarantined { reason: String },
+    /// The toolstack gave the device to another guest before its teardown could reset
+    /// it: the old owner's record ended (its pirqs of the device unmapped) and the device
+    /// was adopted as `to`'s at `epoch`; nothing was reset under `to`.
+    HandedOver { to: DomId, epoch: u64 },
 }
 
 /// As an operator reads it in a log line.
@@ -39,7 +43,46 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Assignable { epoch } => write!(f, "clean and assignable (epoch {epoch})"),
             Outcome::Quarantined { reason } => write!(f, "QUARANTINED: {reason}"),
+            Outcome::HandedOver { to, epoch } => write!(
+                f,
+                "handed over to {to} (epoch {epoch}) before it could be reset: the toolstack gave it on; nothing was reset under {to}"
+            ),
         }
+    }
+}
+
+/// How loud a notice is: routine, or something an operator should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeLevel {
+    Info,
+    Warn,
+}
+
+/// One thing the engine tells the operator. Reads as its text (`Deref<Target = str>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub level: NoticeLevel,
+    pub text: String,
+}
+
+impl std::ops::Deref for Notice {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// As its text: JSON readers of `notices` see strings.
+impl Serialize for Notice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 
@@ -137,8 +180,9 @@ pub struct Engine<'a> {
     pub(crate) xs: &'a mut XsClient,
     pub(crate) platform: &'a dyn Platform,
     crash_points: Option<&'a CrashPoints>,
-    /// Loud notices (quarantine, unknown bindings) for the caller to print.
-    pub notices: Vec<String>,
+    /// What the engine found and did that the operator must hear of (quarantines, cures,
+    /// swept or unmapped pirqs), for the caller to print or log, each once.
+    pub notices: Vec<Notice>,
     pub(crate) protected: ProtectedDomains,
 }
 
@@ -197,10 +241,21 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// A routine finding (INFO in the daemon's log). The caller prints or logs it; the
+    /// engine does not, so each lands once.
     pub(crate) fn notice(&mut self, msg: String) {
-        // The caller prints notices to the operator; the log keeps a copy.
-        tracing::info!("{msg}");
-        self.notices.push(msg);
+        self.notices.push(Notice {
+            level: NoticeLevel::Info,
+            text: msg,
+        });
+    }
+
+    /// A cure, a quarantine or anything else done behind someone's back (WARN).
+    pub(crate) fn warn(&mut self, msg: String) {
+        self.notices.push(Notice {
+            level: NoticeLevel::Warn,
+            text: msg,
+        });
     }
 
     /// Creates `/ptguard` readable and writable by dom0 only (`n0`).

@@ -35,7 +35,7 @@ use xen::{DomId, Hypervisor, XenError};
 use xenstore::XenstoreError;
 
 pub use credential::{AssignmentToken, Credential, TokenDigest};
-pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Outcome};
+pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Notice, NoticeLevel, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
 pub use reconcile::{Decision, OwnerView, Trigger};
 pub use refusal::{ProtectedDomains, Refusal};

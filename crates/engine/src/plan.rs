@@ -44,6 +44,10 @@ pub enum StepWork {
     ReleaseMsix,
     /// `XEN_DOMCTL_deassign_device` back to `dom_io`.
     Deassign,
+    /// The toolstack deassigns (companion mode): check that no other guest holds the
+    /// device before anything resets it; one that does has it handed over (the ledger
+    /// follows the device, nothing is reset under it).
+    CheckHolder,
     /// The sysfs reset.
     Reset,
     /// `PHYSDEVOP_prepare_msix`, then MSI-X Enable and Function Mask cleared.
@@ -71,7 +75,7 @@ pub fn step_work(step: Step, facts: &TeardownFacts) -> StepWork {
         Step::Release if !facts.msix => StepWork::Skip { why: "no MSI-X" },
         Step::Release => StepWork::ReleaseMsix,
         Step::Deassign if facts.replaced => StepWork::Skip { why: reused },
-        Step::Deassign if facts.companion.is_some() => StepWork::Skip { why: toolstacks },
+        Step::Deassign if facts.companion.is_some() => StepWork::CheckHolder,
         Step::Deassign => StepWork::Deassign,
         Step::Reset => StepWork::Reset,
         Step::Prepare if !facts.msix => StepWork::Skip { why: "no MSI-X" },

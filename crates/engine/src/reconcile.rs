@@ -162,6 +162,14 @@ impl Engine<'_> {
         Ok(out)
     }
 
+    /// Whether some device's teardown is quarantined or unfinished (the daemon retries
+    /// those on a timer as well as on domain events). Reads the record heads only.
+    pub fn has_unfinished(&mut self) -> Result<bool> {
+        Ok(heads(self.xs)?
+            .iter()
+            .any(|r| matches!(r.state, DeviceState::TearingDown | DeviceState::Quarantined)))
+    }
+
     /// Hot-unplug: tears the device down while its owner may still run.
     pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
         self.refuse_protected_owner(sbdf)?;

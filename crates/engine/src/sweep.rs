@@ -5,7 +5,8 @@
 //! dying domain, force-unbinds a still-bound pirq and answers `-EINVAL` for one that is not
 //! mapped. A guest's pirq space is `nr_irqs_gsi + extra_guest_irqs` and MSI pirqs are handed
 //! out from the top down, so the MSI range is `[nr_irqs_gsi, nr_pirqs)`. Only a domain that
-//! will never run again is swept: its pirqs are Xen's to free anyway.
+//! will never run again is swept: its pirqs are Xen's to free anyway; and only an HVM
+//! one: a PV guest's pirqs are dom0's pciback's.
 
 use serde::Serialize;
 use xen::{DomId, Errno, Hypervisor, Pirq};
@@ -79,6 +80,8 @@ pub struct SweepReport {
     pub unmapped: Vec<Pirq>,
     /// The domain was already gone: Xen had freed everything.
     pub domain_gone: bool,
+    /// A PV guest: its pirqs are pciback's, nothing was tried.
+    pub pv: bool,
 }
 
 impl Engine<'_> {
@@ -96,9 +99,25 @@ impl Engine<'_> {
                     range,
                     unmapped: Vec::new(),
                     domain_gone: true,
+                    pv: false,
                 })
             }
             Some(i) if !i.finished() => return Err(EngineError::SweepLiveDomain { domid }),
+            // A PV guest's MSI pirqs are mapped for it by dom0's kernel (pciback), which
+            // unmaps them itself when it lets go of the device; unmapping them first makes
+            // dom0's unmap fail (-EINVAL) and Linux then never frees those IRQs.
+            Some(i) if !i.hvm => {
+                self.notice(format!(
+                    "{domid}: a PV guest: its pirqs are dom0's pciback's, nothing swept"
+                ));
+                return Ok(SweepReport {
+                    domid,
+                    range,
+                    unmapped: Vec::new(),
+                    domain_gone: false,
+                    pv: true,
+                });
+            }
             Some(_) => {}
         }
         let mut unmapped = Vec::new();
@@ -113,7 +132,7 @@ impl Engine<'_> {
             }
         }
         if !unmapped.is_empty() {
-            self.notice(format!(
+            self.warn(format!(
                 "{domid}: swept {} pirq(s) its device model left mapped: {}",
                 unmapped.len(),
                 unmapped
@@ -128,6 +147,7 @@ impl Engine<'_> {
             range,
             unmapped,
             domain_gone: false,
+            pv: false,
         })
     }
 }

@@ -8,6 +8,7 @@ use xen::{DomId, Errno, Pirq, XenError};
 use xenstore::TxId;
 
 use crate::ledger::*;
+use crate::xen_dump::DumpOwner;
 use crate::EngineError;
 
 use crate::engine::*;
@@ -96,7 +97,7 @@ impl Engine<'_> {
         rec.state = DeviceState::Quarantined;
         rec.reason = Some(reason.clone());
         write_head(self.xs, TxId::NONE, rec)?;
-        self.notice(format!("{}: QUARANTINED: {reason}", rec.sbdf));
+        self.warn(format!("{}: QUARANTINED: {reason}", rec.sbdf));
         Ok(Outcome::Quarantined { reason })
     }
 
@@ -141,6 +142,7 @@ impl Engine<'_> {
         }
         let facts = TeardownFacts::of(&rec, replaced);
         let mut swept = false;
+        let mut targeted = false;
         loop {
             let owner = rec
                 .owner
@@ -165,7 +167,7 @@ impl Engine<'_> {
                     continue;
                 }
                 StepWork::ReleaseMsix => {
-                    match self.release(&mut rec, owner, replaced, &mut swept)? {
+                    match self.release(&mut rec, owner, replaced, &mut swept, &mut targeted)? {
                         Released::Yes => {}
                         Released::SweptRetry => continue,
                         Released::Quarantined(o) => return Ok(o),
@@ -194,6 +196,11 @@ impl Engine<'_> {
                             return Ok(Outcome::Quarantined { reason: why });
                         }
                         return self.quarantine(&mut rec, why);
+                    }
+                }
+                StepWork::CheckHolder => {
+                    if let Some(o) = self.check_holder(&mut rec, owner)? {
+                        return Ok(o);
                     }
                 }
                 StepWork::Reset => {
@@ -296,6 +303,7 @@ impl Engine<'_> {
         owner: DomId,
         replaced: bool,
         swept: &mut bool,
+        targeted: &mut bool,
     ) -> Result<Released> {
         let sbdf = rec.sbdf;
         let hv = self.platform.hypervisor();
@@ -313,6 +321,17 @@ impl Engine<'_> {
             Ok(()) => Ok(Released::Yes),
             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                 let info = hv.domain_info(owner)?.filter(|_| !replaced);
+                // A PV guest's MSI/MSI-X vectors are mapped for it by dom0's kernel
+                // (pciback's enable_msix), which unmaps them itself when pciback lets go
+                // of the device: unmapping them here makes dom0's own unmap fail (-EINVAL)
+                // and Linux then leaks the IRQs. Wait for pciback instead.
+                if let Some(i) = info.as_ref().filter(|i| !i.hvm) {
+                    let why = format!(
+                        "release_msix answered -EBUSY: {owner} is a PV guest, whose vectors are dom0's pciback's; pciback unmaps them when it lets go of the device ({}); retried on the next round",
+                        if i.finished() { "its domain is being torn down" } else { "the backend is closing" }
+                    );
+                    return Ok(Released::Quarantined(self.requarantine(rec, why)?));
+                }
                 // Bindings the ledger does not know (a stock device model's) of an owner
                 // that will never run again: sweep them, with decoding on, and release
                 // again. Idempotent, so a crash here resumes at this step and sweeps again.
@@ -324,11 +343,28 @@ impl Engine<'_> {
                         return Ok(Released::SweptRetry);
                     }
                 }
+                // An HVM owner that still runs (a hot-unplug whose device model died, or
+                // bypassed the broker): unmap exactly the pirqs Xen shows bound to this
+                // device's vectors for the owner, and nothing else of it.
+                let mut unnamed = 0;
+                if !*targeted && info.is_some() {
+                    *targeted = true;
+                    self.ensure_memory_decoding(sbdf)?;
+                    self.checkpoint(|| format!("{sbdf} teardown: unmap {owner}'s vectors"))?;
+                    let (unmapped, left) = self.unmap_device_vectors(sbdf, owner)?;
+                    if unmapped > 0 {
+                        return Ok(Released::SweptRetry);
+                    }
+                    unnamed = left;
+                }
                 let unconfirmed = rec.bindings.len();
                 let lost = rec.lost_maps as usize + unconfirmed;
                 let why = match info {
                     Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
                         "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
+                    ),
+                    Some(i) if !i.dying && !i.shutdown && unnamed > 0 => format!(
+                        "release_msix answered -EBUSY while {owner} still runs: Xen shows {unnamed} vector(s) of the device mapped but bound to no guest, and does not name their pirqs; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
                     ),
                     Some(i) if !i.dying && !i.shutdown => format!(
                         "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
@@ -338,9 +374,82 @@ impl Engine<'_> {
                     ),
                     None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
                 };
-                Ok(Released::Quarantined(self.quarantine(rec, why)?))
+                Ok(Released::Quarantined(self.requarantine(rec, why)?))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Quarantines with `why`, or only reports it when the record already says so (a
+    /// retried round must not log the same quarantine again).
+    fn requarantine(&mut self, rec: &mut DeviceRecord, why: String) -> Result<Outcome> {
+        if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
+            return Ok(Outcome::Quarantined { reason: why });
+        }
+        self.quarantine(rec, why)
+    }
+
+    /// Unmaps the pirqs Xen shows `owner` has bound to `sbdf`'s vectors (its `Q` and `i`
+    /// dumps), never another device's nor another domain's. Returns how many it unmapped
+    /// and how many of the device's vectors are mapped but unnamed (bound to no guest).
+    pub(crate) fn unmap_device_vectors(
+        &mut self,
+        sbdf: Sbdf,
+        owner: DomId,
+    ) -> Result<(usize, usize)> {
+        let hv = self.platform.hypervisor();
+        let Some(v) = device_vectors(hv, sbdf)? else {
+            return Ok((0, 0));
+        };
+        let mut unmapped = Vec::new();
+        for (_, d, pirq) in v.bound.iter().filter(|(_, d, _)| *d == owner) {
+            match hv.unmap_pirq(*d, *pirq) {
+                Ok(()) => unmapped.push(pirq.0.to_string()),
+                // Unmapped meanwhile (its device model after all), or the domain went.
+                Err(e) if matches!(e.errno(), Some(Errno::EINVAL) | Some(Errno::ESRCH)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let others = v.bound.iter().filter(|(_, d, _)| *d != owner).count();
+        if !unmapped.is_empty() {
+            self.warn(format!(
+                "{sbdf}: unmapped pirq(s) {} that {owner} still had bound to the device's vectors (its device model left them; Xen's Q and i dumps name them)",
+                unmapped.join(" ")
+            ));
+        }
+        if others > 0 {
+            self.warn(format!(
+                "{sbdf}: {others} of the device's vectors are bound to a domain other than its owner {owner}; left alone"
+            ));
+        }
+        Ok((unmapped.len(), v.unbound.len() + others))
+    }
+
+    /// Companion mode's guard before the reset: the toolstack deassigns, so Xen must show
+    /// the device with dom_io or dom0, or with its owner while that owner is finished
+    /// (the toolstack deassigns after ptguard's teardown). Another domain holding it got
+    /// it from the toolstack already: the record follows it there, nothing is reset.
+    fn check_holder(&mut self, rec: &mut DeviceRecord, owner: DomId) -> Result<Option<Outcome>> {
+        let sbdf = rec.sbdf;
+        let hv = self.platform.hypervisor();
+        if held_by_guest(hv, sbdf)?.is_none() {
+            return Ok(None);
+        }
+        let holder = xen_holder(hv, sbdf)?;
+        match holder {
+            Some(DumpOwner::Io | DumpOwner::Xen) => Ok(None),
+            Some(DumpOwner::Domain(h)) if h == owner => {
+                if hv.domain_info(owner)?.is_none_or(|i| i.finished()) {
+                    return Ok(None);
+                }
+                let why = format!("the toolstack has not taken the device from {owner} yet (Xen still shows it assigned there); nothing is reset under a running guest; retried on the next round");
+                self.requarantine(rec, why).map(Some)
+            }
+            Some(DumpOwner::Domain(h)) => self.hand_over(rec, owner, h).map(Some),
+            None => {
+                let why = "Xen says a guest holds it but its Q dump has no line for it: the holder is unproven, so nothing is reset; retried on the next round".to_string();
+                self.requarantine(rec, why).map(Some)
+            }
         }
     }
 

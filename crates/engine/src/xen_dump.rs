@@ -118,10 +118,18 @@ fn parse_pci_line(l: &str) -> Option<PciDumpEntry> {
     })
 }
 
-/// The guest bindings of the newest `i` dump.
+/// The guest bindings of the newest `i` dump: only the lines after the last
+/// `IRQ information:` header count (an IRQ freed since an older dump, or one now
+/// `mapped, unbound`, must not keep an older dump's binding). Without a header, every
+/// line (a pasted fragment).
 pub fn irq_bindings(text: &str) -> Vec<IrqBinding> {
+    let lines: Vec<&str> = xen_lines(text).collect();
+    let from = lines
+        .iter()
+        .rposition(|l| *l == "IRQ information:")
+        .map_or(0, |i| i + 1);
     let mut out: Vec<IrqBinding> = Vec::new();
-    for l in xen_lines(text) {
+    for l in &lines[from..] {
         let Some(b) = parse_irq_line(l) else { continue };
         out.retain(|x| x.irq != b.irq);
         out.push(b);
@@ -134,17 +142,19 @@ fn parse_irq_line(l: &str) -> Option<IrqBinding> {
     let (irq, rest) = rest.split_once(' ')?;
     let irq = irq.parse().ok()?;
     let msi = rest.contains("PCI-MSI");
+    // Xen prints the guests after the in-flight count as `d%d:%3d(%c%c%c)`, comma
+    // separated: `d4: 55(-M-)`, `d0:412(---)`.
+    let (_, guests_text) = rest.split_once("in-flight=")?;
+    let (_, guests_text) = guests_text.split_once(' ')?;
     let mut guests = Vec::new();
-    // "d4: 55(-M-)" pairs follow the in-flight count.
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    for w in words.windows(2) {
-        let Some(d) = w[0].strip_prefix('d').and_then(|d| d.strip_suffix(':')) else {
+    for g in guests_text.split(',') {
+        let Some((d, p)) = g.trim().strip_prefix('d').and_then(|g| g.split_once(':')) else {
             continue;
         };
-        let (Ok(d), Some(p)) = (d.parse::<u16>(), w[1].split('(').next()) else {
+        let Some(p) = p.trim_start().split('(').next() else {
             continue;
         };
-        if let Ok(p) = p.parse() {
+        if let (Ok(d), Ok(p)) = (d.parse::<u16>(), p.parse::<i32>()) {
             guests.push((DomId(d), p));
         }
     }

@@ -169,13 +169,13 @@ impl Ctl {
         let platform = self.platform.clone();
         let mut e = Engine::new(&mut self.xs, &platform).counting(&self.crash_points);
         let r = f(&mut e);
-        self.notices.append(&mut e.notices);
+        self.notices.extend(e.notices.drain(..).map(|n| n.text));
         drop(e);
         if let Err(EngineError::Crashed { at }) = &r {
             self.crashed_at = Some(at.clone());
             let mut e = Engine::new(&mut self.xs, &platform);
             let rec = e.reconcile(engine::Trigger::Recover);
-            self.notices.append(&mut e.notices);
+            self.notices.extend(e.notices.drain(..).map(|n| n.text));
             if let Err(err) = rec {
                 self.notices
                     .push(format!("recovery after the crash failed: {err}"));

@@ -585,10 +585,18 @@ impl Rig {
                     .or_else(|_| {
                         libxl::detach(&self.host, g.domid, sbdf, &mut g.dm, &direct, true)
                     });
-                // The device left the toolstack's backend: ptguard's teardown of it. The
-                // owner still runs, so nothing of it is swept; leftovers mean quarantine.
-                if let Ok(Outcome::Quarantined { .. }) = self.engine_retry(|e| e.detach(sbdf)) {
-                    self.report.quarantined = true;
+                // The device left the toolstack's backend while its guest runs: the
+                // daemon's round follows it (Xen no longer shows it with the guest) and
+                // cleans it, unmapping only what the guest still has bound to its vectors.
+                match self.engine_retry(|e| e.follow_departures(false)) {
+                    Ok(d) => {
+                        if d.iter()
+                            .any(|d| matches!(d.outcome, Some(Outcome::Quarantined { .. }) | None))
+                        {
+                            self.report.quarantined = true;
+                        }
+                    }
+                    Err(e) => self.report.notices.push(format!("follow departures: {e}")),
                 }
                 Ok(r?)
             }

@@ -561,6 +561,12 @@ pub struct WatchArgs {
     /// manage only what `ptguard attach` gave (companion mode off).
     #[arg(long)]
     pub no_adopt: bool,
+    /// Report, do not cure: a device that left a running guest, or that no guest holds
+    /// with its MSI-X left masked or enabled, is logged (WARN) with what was found and
+    /// what would be done, and left as it is. Teardowns of gone domains still run.
+    /// Also PTGUARD_REPORT_ONLY=1 (the Debian package's /etc/default/ptguard).
+    #[arg(long, env = "PTGUARD_REPORT_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub report_only: bool,
 }
 
 #[derive(Debug, Args)]

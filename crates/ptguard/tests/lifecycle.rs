@@ -71,13 +71,10 @@ fn legacy_fails_the_seed_scenario_and_ptguard_does_not() {
             r.scenario,
             r.device_model
         );
-        let hostile_unplug = r.scenario == "hot-unplug" && r.device_model == DmBehaviour::Hostile;
-        assert_eq!(
-            r.works, !hostile_unplug,
-            "{} {:?}",
-            r.scenario, r.device_model
-        );
-        assert_eq!(r.report.quarantined, hostile_unplug);
+        // Even a hostile model's hot-unplug: the vectors it bound behind the broker's back
+        // are unmapped as Xen's dumps name them, and the next guest works.
+        assert!(r.works, "{} {:?}", r.scenario, r.device_model);
+        assert!(!r.report.quarantined, "{} {:?}", r.scenario, r.device_model);
     }
     // Legacy hands over stale bindings after a forced hot-unplug.
     assert_eq!(
@@ -138,10 +135,12 @@ fn explorer_finds_no_violation_for_ptguard_and_flags_legacy() {
         }
     }
     assert!(cases > 700, "{cases} crash points explored");
-    // Hot-unplug with each behaviour that lets the guest run: two per vector (before
-    // bind_pt_irq and before the confirmation; 3 vectors, 3 behaviours that bind).
+    // Hot-unplug, one per vector and behaviour (3 vectors, 4 behaviours): a crash after
+    // map_pirq and before bind_pt_irq leaves a vector mapped and bound to nothing, whose
+    // pirq Xen's `i` dump does not name. A crash after the bind is cured instead: the
+    // dump names the pirq and the teardown unmaps it.
     assert_eq!(
-        lost_maps, 18,
+        lost_maps, 12,
         "map→record crashes quarantined until the owner went"
     );
     let mut legacy = Rig::new(

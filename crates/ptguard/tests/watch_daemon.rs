@@ -9,9 +9,15 @@ use engine::{BindKind, BindRequest, DeviceState};
 mod common;
 
 use ptguard::broker::DaemonHost;
-use ptguard::commands::watch::watch_loop;
+use ptguard::commands::watch::{watch_loop, RoundPolicy};
 use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
+
+/// The daemon as the package runs it: companion mode, cures on.
+const COMPANION: RoundPolicy = RoundPolicy {
+    adopt: true,
+    report_only: false,
+};
 
 #[test]
 fn release_domain_event_triggers_the_teardown() {
@@ -25,7 +31,7 @@ fn release_domain_event_triggers_the_teardown() {
     let daemon = {
         let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, true, |d| {
+            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |d| {
                 done.lock().unwrap().push(d.clone())
             })
             .unwrap()
@@ -100,7 +106,7 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     let daemon = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, true, |_| {}).unwrap()
+            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |_| {}).unwrap()
         })
     };
     other
@@ -153,7 +159,7 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
     let daemon = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, true, |_| {}).unwrap()
+            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |_| {}).unwrap()
         })
     };
     let bindings = || {

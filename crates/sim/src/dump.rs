@@ -57,9 +57,13 @@ impl World {
                 .domains
                 .get(&d.domid)
                 .and_then(|dom| dom.pirqs.get(&d.pirq))
+                // Xen names the guest only once the IRQ has a guest action
+                // (`pirq_guest_bind`: an HVM dpci bind or a PV event channel); a pirq
+                // that is only mapped prints `mapped, unbound` (4.17 `dump_irqs`).
+                .filter(|p| p.dpci.is_some() || p.evtchn)
                 .map(|p| if p.dpci.is_some() { "-M-" } else { "---" });
             let tail = match bound {
-                Some(flags) => format!("in-flight=0 {}: {:>2}({flags})", d.domid, d.pirq),
+                Some(flags) => format!("in-flight=0 {}:{:>3}({flags})", d.domid, d.pirq),
                 None => "mapped, unbound".into(),
             };
             out.push(format!(

@@ -190,10 +190,7 @@ pub fn adopt(
 
 /// How a teardown ended, in words.
 pub fn outcome_text(o: &Outcome) -> String {
-    match o {
-        Outcome::Assignable { epoch } => format!("clean and assignable (epoch {epoch})"),
-        Outcome::Quarantined { reason } => format!("QUARANTINED: {reason}"),
-    }
+    o.to_string()
 }
 
 fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<()> {

@@ -45,6 +45,27 @@ pub struct Row {
     pub report: RunReport,
 }
 
+/// The `sweep` rows that do worse than the `legacy` row of the same profile, scenario and
+/// device model: the next guest broken where legacy's works, or more bindings leaked to an
+/// old guest. Companion mode must never be worse than the toolstack alone.
+pub fn sweep_worse_than_legacy(rows: &[Row]) -> Vec<&Row> {
+    rows.iter()
+        .filter(|r| r.policy == Policy::Sweep)
+        .filter(|s| {
+            rows.iter()
+                .find(|l| {
+                    l.policy == Policy::Legacy
+                        && l.profile == s.profile
+                        && l.scenario == s.scenario
+                        && l.device_model == s.device_model
+                })
+                .is_some_and(|l| {
+                    (l.works && !s.works) || s.report.leaked_bindings > l.report.leaked_bindings
+                })
+        })
+        .collect()
+}
+
 pub fn run_matrix(
     scenarios: &[Scenario],
     behaviours: &[DmBehaviour],
@@ -166,17 +187,14 @@ pub fn run(args: ScenarioArgs, trace: bool, out: &mut dyn Write) -> anyhow::Resu
         .iter()
         .filter(|r| ours(r.policy) && (!r.report.violations.is_empty()))
         .count();
-    let sweep_broken: Vec<&&Row> = broken
-        .iter()
-        .filter(|r| r.policy == Policy::Sweep)
-        .collect();
+    let sweep_worse = sweep_worse_than_legacy(&rows).len();
     writeln!(
         out,
-        "{} runs; next guest without interrupts: {} ({} under ptguard, where a quarantined device is kept from guests on purpose; {} under sweep, all hot-unplugs from a running guest whose device model died: companion mode never touches a live guest's pirqs and cannot stop the toolstack giving the device on); ptguard invariant violations: {ptguard_bad}",
+        "{} runs; next guest without interrupts: {} ({} under ptguard, where a quarantined device is kept from guests on purpose; {} under sweep); sweep rows worse than legacy (next guest broken, or more leaked bindings): {sweep_worse}; ptguard invariant violations: {ptguard_bad}",
         rows.len(),
         broken.len(),
         broken.iter().filter(|r| r.policy == Policy::Ptguard).count(),
-        sweep_broken.len(),
+        broken.iter().filter(|r| r.policy == Policy::Sweep).count(),
     )?;
     if trace {
         for r in &rows {

@@ -22,43 +22,81 @@ use crate::output::emit;
 /// commands change the directory from other processes).
 const SIM_POLL: Duration = Duration::from_millis(500);
 
-/// Finishes what is pending on the host (gone owners, interrupted teardowns, quarantines
-/// whose owner left) and returns the outcomes and the notices raised.
 /// Teardowns finished, and the notices raised on the way.
-type Recovered = (Vec<(Sbdf, Outcome)>, Vec<String>);
+type Recovered = (Vec<(Sbdf, Outcome)>, Vec<engine::Notice>);
 
-/// The watch token of the toolstack's PCI backends: its events only adopt.
+/// The watch token of the toolstack's PCI backends: its events adopt and follow
+/// devices that left a guest.
 const ADOPT_TOKEN: &str = "ptguard-adopt";
+
+/// How often quarantined or unfinished teardowns are retried when no domain event comes
+/// (a PV guest's pciback letting go of its vectors raises none).
+const RETRY_UNFINISHED: Duration = Duration::from_secs(3);
 
 /// What one round of the daemon does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Round {
     /// Nothing happened.
     Idle,
-    /// A backend changed: adopt what the toolstack gave. No recovery here: ptguard's own
-    /// attach and detach write backends too, and must not see their work in progress taken
-    /// for an interrupted one.
+    /// A backend changed: follow devices that left a running guest, adopt what the
+    /// toolstack gave, cure unrecorded devices. No recovery of unfinished teardowns here:
+    /// ptguard's own attach and detach write backends too, and must not see their work
+    /// in progress taken for an interrupted one.
     Adopt,
-    /// `@releaseDomain` (or a simulated host's poll): adopt, then finish teardowns.
+    /// `@releaseDomain` (or a simulated host's poll, or the retry timer): all of the
+    /// above, then finish teardowns.
     Recover,
 }
 
-fn recover_pending(ctx: &mut HostCtx, adopt: bool, recover: bool) -> anyhow::Result<Recovered> {
+/// What the daemon's rounds may do.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundPolicy {
+    /// Adopt the toolstack's devices (companion mode).
+    pub adopt: bool,
+    /// Report, do not cure, devices that left a running guest or that no guest holds
+    /// unclean.
+    pub report_only: bool,
+}
+
+/// One round: devices that left a running guest are followed (cleaned, or handed over to
+/// the guest the toolstack gave them to), the toolstack's new devices adopted, and with
+/// `recover` every unfinished teardown and gone owner finished; then devices no guest
+/// holds that Xen left masked are cured. Each part's failure is logged and the rest runs.
+fn recover_pending(
+    ctx: &mut HostCtx,
+    policy: RoundPolicy,
+    recover: bool,
+) -> anyhow::Result<Recovered> {
     let mut e = ctx.engine();
-    if adopt {
+    let mut done = Vec::new();
+    match e.follow_departures(policy.report_only) {
+        Ok(d) => done.extend(d.into_iter().filter_map(|d| Some((d.sbdf, d.outcome?)))),
+        Err(err) => tracing::warn!("following devices that left a running guest: {err}"),
+    }
+    if policy.adopt {
         // Companion mode: devices the toolstack gave since the last round. A failure here
         // (Xenstore, the hypervisor) must not stop the teardowns below.
         if let Err(err) = e.adopt_from_toolstack() {
             tracing::warn!("adoption from the toolstack's backends: {err}");
         }
     }
-    let done = if recover {
-        e.reconcile(engine::Trigger::Recover)?
-    } else {
-        Vec::new()
-    };
+    if recover {
+        done.extend(e.reconcile(engine::Trigger::Recover)?);
+    }
+    if let Err(err) = e.cure_unrecorded(policy.report_only) {
+        tracing::warn!("checking the devices no guest holds: {err}");
+    }
     let notices = std::mem::take(&mut e.notices);
     Ok((done, notices))
+}
+
+/// Logs a notice at its level: once, INFO for routine steps, WARN for cures and
+/// quarantines.
+fn log_notice(n: &engine::Notice) {
+    match n.level {
+        engine::NoticeLevel::Info => tracing::info!("{n}"),
+        engine::NoticeLevel::Warn => tracing::warn!("{n}"),
+    }
 }
 
 /// How often the daemon checks that the device models of guests the ledger has devices
@@ -112,7 +150,10 @@ fn device_model_alive(ctx: &HostCtx, domid: xen::DomId, pid: i32) -> bool {
 
 /// Unbinds what dead device models of running guests left bound (engine `orphaned`), once
 /// per dead model: `released` remembers them (and forgets guests the ledger no longer has).
-fn release_orphans(ctx: &mut HostCtx, released: &mut BTreeSet<DeviceModelOf>) -> Vec<String> {
+fn release_orphans(
+    ctx: &mut HostCtx,
+    released: &mut BTreeSet<DeviceModelOf>,
+) -> Vec<engine::Notice> {
     let dead = dead_device_models(ctx);
     released.retain(|d| dead.contains(d));
     let mut said = Vec::new();
@@ -125,9 +166,12 @@ fn release_orphans(ctx: &mut HostCtx, released: &mut BTreeSet<DeviceModelOf>) ->
             Ok(_) => {
                 released.insert((domid, pid));
             }
-            Err(err) => said.push(format!(
-                "{domid}: its device model is gone, but unbinding what it left failed: {err}"
-            )),
+            Err(err) => said.push(engine::Notice {
+                level: engine::NoticeLevel::Warn,
+                text: format!(
+                    "{domid}: its device model is gone, but unbinding what it left failed: {err}"
+                ),
+            }),
         }
         said.append(&mut e.notices);
     }
@@ -136,15 +180,20 @@ fn release_orphans(ctx: &mut HostCtx, released: &mut BTreeSet<DeviceModelOf>) ->
 
 /// The daemon's loop: on every `@releaseDomain` seen by `watcher` (or every
 /// `SIM_POLL` (500 ms) without one), finish the teardowns of devices whose owner is gone and retry
-/// quarantines; `on_done` sees each outcome. Returns when `stop` is set.
+/// quarantines; on every change of the toolstack's backends, follow and adopt devices;
+/// every `RETRY_UNFINISHED` while a teardown is quarantined or unfinished, retry it.
+/// `on_done` sees each outcome. Returns when `stop` is set.
 pub fn watch_loop(
     host: &DaemonHost,
     mut watcher: Option<&mut xenstore::XsClient>,
     stop: &AtomicBool,
-    adopt: bool,
+    policy: RoundPolicy,
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> anyhow::Result<()> {
     let mut last_dm_check = std::time::Instant::now();
+    let mut last_retry = std::time::Instant::now();
+    // Whether the last recovery left a teardown to retry (quarantined, unfinished).
+    let mut unfinished = true;
     let mut released = BTreeSet::new();
     // A round another process's lock kept from running, run as soon as the lock is free.
     let mut owed: Option<Round> = None;
@@ -152,9 +201,7 @@ pub fn watch_loop(
         if last_dm_check.elapsed() >= DEVICE_MODEL_CHECK {
             last_dm_check = std::time::Instant::now();
             if let Some(said) = unless_busy(host.with(|c| Ok(release_orphans(c, &mut released))))? {
-                for n in said {
-                    tracing::warn!("{n}");
-                }
+                said.iter().for_each(log_notice);
             }
         }
         let round = match watcher.as_deref_mut() {
@@ -168,31 +215,39 @@ pub fn watch_loop(
                 Round::Recover
             }
         };
+        let retry = unfinished && last_retry.elapsed() >= RETRY_UNFINISHED;
         let round = match (owed.take(), round) {
             (Some(Round::Recover), _) | (_, Round::Recover) => Round::Recover,
+            _ if retry => Round::Recover,
             (Some(Round::Adopt), _) | (_, Round::Adopt) => Round::Adopt,
             _ => Round::Idle,
         };
-        if round == Round::Idle || (round == Round::Adopt && !adopt) {
+        if round == Round::Idle {
             // An in-process watcher returns at once when nothing is queued.
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         let recover = round == Round::Recover;
-        let Some((done, notices)) = unless_busy(host.with(|c| recover_pending(c, adopt, recover)))?
+        let Some((done, notices)) =
+            unless_busy(host.with(|c| recover_pending(c, policy, recover)))?
         else {
             owed = Some(round);
             continue;
         };
-        for n in notices {
-            tracing::warn!("{n}");
-        }
+        notices.iter().for_each(log_notice);
         for d in &done {
             match &d.1 {
                 Outcome::Assignable { .. } => tracing::info!("{}: {}", d.0, d.1),
-                Outcome::Quarantined { .. } => tracing::warn!("{}: {}", d.0, d.1),
+                Outcome::Quarantined { .. } | Outcome::HandedOver { .. } => {
+                    tracing::warn!("{}: {}", d.0, d.1)
+                }
             }
             on_done(d);
+        }
+        if recover {
+            last_retry = std::time::Instant::now();
+            unfinished =
+                unless_busy(host.with(|c| Ok(c.engine().has_unfinished()?)))?.unwrap_or(true);
         }
     }
     Ok(())
@@ -201,7 +256,7 @@ pub fn watch_loop(
 /// What `watch --once` (and the start of `watch`) did.
 #[derive(Serialize)]
 struct Pending {
-    notices: Vec<String>,
+    notices: Vec<engine::Notice>,
     finished: Vec<Finished>,
     ledger_devices: usize,
 }
@@ -246,7 +301,11 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     };
     // One device whose resumed teardown fails does not stop the daemon: the recovery
     // round quarantines it and reports it among the outcomes.
-    let (done, notices) = recover_pending(&mut ctx, !args.no_adopt, true)?;
+    let policy = RoundPolicy {
+        adopt: !args.no_adopt,
+        report_only: args.report_only,
+    };
+    let (done, notices) = recover_pending(&mut ctx, policy, true)?;
     ctx.save()?;
     let pending = Pending {
         notices,
@@ -319,7 +378,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         },
         socket.display()
     );
-    let r = watch_loop(&host, watcher.as_mut(), &stop, !args.no_adopt, |_| {});
+    let r = watch_loop(&host, watcher.as_mut(), &stop, policy, |_| {});
     stop.store(true, Ordering::Relaxed);
     broker.join();
     r
