@@ -100,6 +100,21 @@ fn after_the_seed_failure_the_nic_is_quarantined_and_masked() {
     assert_eq!(m, (false, 5, true), "Enable- Count=5 Masked+");
 }
 
+/// Xen prints a guest as `d%d:%3d(...)`: a pirq of three digits or more follows the
+/// colon without a blank, and several guests are comma separated. Only the newest `i`
+/// dump counts: an IRQ now `mapped, unbound` keeps no binding from an older one.
+#[test]
+fn irq_lines_name_every_guest_and_only_the_newest_dump_counts() {
+    let b = irq_bindings(
+        "(XEN)    IRQ:  28 vec:31 PCI-MSI         status=010 aff:{0}/{0-1} in-flight=0 d0:412(---)\n(XEN)    IRQ:  40 vec:49 PCI-MSI/-X      status=030 aff:{0}/{0-1} in-flight=0 d4: 55(-M-),d5:1024(P--)\n",
+    );
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0].guests, [(DomId(0), 412)]);
+    assert_eq!(b[1].guests, [(DomId(4), 55), (DomId(5), 1024)]);
+    let two = "(XEN) IRQ information:\n(XEN)    IRQ:  40 vec:49 PCI-MSI/-X      status=030 aff:{0}/{0-1} in-flight=0 d4: 55(-M-)\n(XEN) IRQ information:\n(XEN)    IRQ:  40 vec:49 PCI-MSI/-X      status=002 aff:{0}/{0-1} mapped, unbound\n";
+    assert!(irq_bindings(two).is_empty(), "{:?}", irq_bindings(two));
+}
+
 #[test]
 fn lines_of_other_shapes_are_skipped() {
     assert!(pci_devices("(XEN) 0000:zz:05.0 - d4 - node -1\n(XEN) hello").is_empty());

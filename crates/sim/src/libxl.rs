@@ -130,3 +130,90 @@ pub fn destroy(
     host.destroy_domain(domid)
         .map_err(SimError::refused("destroy domain"))
 }
+
+/// libxl's PCI backend directory of a guest (`libxl__domain_device_backend_path`).
+fn backend_dir(domid: DomId) -> String {
+    format!("/local/domain/0/backend/pci/{}/0", domid.0)
+}
+
+/// `libxl__device_pci_add_xenstore`: the next `dev-N` (with `state-N` Initialising and
+/// `num_devs`) of the guest's PCI backend, in one transaction.
+pub fn backend_add(
+    xs: &mut xenstore::XsClient,
+    domid: DomId,
+    sbdf: Sbdf,
+) -> Result<(), xenstore::XenstoreError> {
+    let be = backend_dir(domid);
+    xs.transaction(|xs, tx| {
+        let n: u32 = xs
+            .read_optional(tx, &format!("{be}/num_devs"))?
+            .and_then(|v| String::from_utf8_lossy(&v).trim().parse().ok())
+            .unwrap_or(0);
+        xs.write(tx, &format!("{be}/dev-{n}"), sbdf.to_string().as_bytes())?;
+        xs.write(tx, &format!("{be}/state-{n}"), b"1")?;
+        xs.write(
+            tx,
+            &format!("{be}/num_devs"),
+            (n + 1).to_string().as_bytes(),
+        )?;
+        if xs.read_optional(tx, &format!("{be}/state"))?.is_none() {
+            xs.write(tx, &format!("{be}/state"), b"1")?;
+        }
+        Ok(())
+    })
+}
+
+/// `libxl__device_pci_remove_xenstore`, the last step of `xl pci-detach` (after the
+/// reset and the deassign): `state-N` Closing and the backend Reconfiguring, then the
+/// device's nodes removed and the later ones moved down.
+pub fn backend_remove(
+    xs: &mut xenstore::XsClient,
+    domid: DomId,
+    sbdf: Sbdf,
+) -> Result<(), xenstore::XenstoreError> {
+    let be = backend_dir(domid);
+    let read =
+        |xs: &mut xenstore::XsClient, p: &str| -> Result<Option<String>, xenstore::XenstoreError> {
+            Ok(xs
+                .read_optional(xenstore::TxId::NONE, p)?
+                .map(|v| String::from_utf8_lossy(&v).trim().to_string()))
+        };
+    let num: u32 = read(xs, &format!("{be}/num_devs"))?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let Some(i) = (0..num).find(|i| {
+        read(xs, &format!("{be}/dev-{i}"))
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<Sbdf>().ok())
+            == Some(sbdf)
+    }) else {
+        return Ok(());
+    };
+    xs.transaction(|xs, tx| {
+        xs.write(tx, &format!("{be}/state-{i}"), b"5")?;
+        xs.write(tx, &format!("{be}/state"), b"7")
+    })?;
+    xs.transaction(|xs, tx| {
+        for node in ["state", "dev", "vdev", "opts", "vdevfn", "key", "name"] {
+            match xs.rm(tx, &format!("{be}/{node}-{i}")) {
+                Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => return Err(e),
+                _ => {}
+            }
+        }
+        for j in i + 1..num {
+            for node in ["state", "dev"] {
+                if let Some(v) = xs.read_optional(tx, &format!("{be}/{node}-{j}"))? {
+                    xs.write(tx, &format!("{be}/{node}-{}", j - 1), &v)?;
+                    xs.rm(tx, &format!("{be}/{node}-{j}"))?;
+                }
+            }
+        }
+        xs.write(
+            tx,
+            &format!("{be}/num_devs"),
+            (num - 1).to_string().as_bytes(),
+        )?;
+        xs.write(tx, &format!("{be}/state"), b"4")
+    })
+}

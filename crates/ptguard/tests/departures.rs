@@ -1,0 +1,338 @@
+//! Issue 23: every way a device leaves a guest, beside a stock toolstack (the simulated
+//! libxl, its backend nodes written as libxl writes them) and a stock device model. The
+//! daemon's round (`follow_departures`, `adopt_from_toolstack`, `reconcile`,
+//! `cure_unrecorded`) must leave a device no guest holds clean before the next guest gets
+//! it, never touch another device's pirqs, and leave a PV guest's vectors to pciback.
+
+use engine::{DeviceState, Engine, NoticeLevel, Outcome, Trigger};
+use pci::{PciHost, Sbdf};
+use ptguard::platform::SimPlatform;
+use sim::dm::{check_interrupts, DeviceModel, DirectBroker, DmBehaviour};
+use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, XenProfile};
+use xen::{DomId, Hypervisor};
+use xenstore::local::LocalXenstore;
+use xenstore::store::Quotas;
+use xenstore::XsClient;
+
+struct Host {
+    host: SimHost,
+    platform: SimPlatform,
+    client: XsClient,
+    _xs: LocalXenstore,
+}
+
+fn nic() -> Sbdf {
+    "0000:03:00.0".parse().unwrap()
+}
+
+fn other_nic() -> Sbdf {
+    "0000:04:00.0".parse().unwrap()
+}
+
+fn host(xen: XenProfile) -> Host {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(Profile::new(xen, PcibackProfile::AfterCommandFix))
+        .with_sink(std::sync::Arc::new(xs.clone()));
+    host.add_device(DeviceSpec::nic(nic(), 8));
+    host.add_device(DeviceSpec::nic(other_nic(), 4));
+    let platform = SimPlatform::new(host.clone(), xs.connect(0)).unwrap();
+    Host {
+        host,
+        platform,
+        client: xs.connect(0),
+        _xs: xs,
+    }
+}
+
+impl Host {
+    /// `xl pci-assignable-add` of both NICs.
+    fn assignable(&self) {
+        for s in [nic(), other_nic()] {
+            sim::libxl::assignable_add(&self.host, s).unwrap();
+        }
+    }
+
+    /// `xl create` of a guest with `sbdf` (`pci=[...]`): libxl's attach and backend, the
+    /// guest's driver enabling `vectors` MSI-X vectors through a stock device model.
+    fn give(&mut self, name: &str, hvm: bool, sbdf: Sbdf, dm: DmBehaviour) -> (DomId, DeviceModel) {
+        let g = self.host.create_domain(name, hvm);
+        let mut dm = DeviceModel::new(g, dm);
+        self.give_to(g, sbdf, &mut dm);
+        (g, dm)
+    }
+
+    fn give_to(&mut self, g: DomId, sbdf: Sbdf, dm: &mut DeviceModel) {
+        let direct = DirectBroker(self.host.clone());
+        sim::libxl::attach(&self.host, g, sbdf, dm, &direct).unwrap();
+        sim::libxl::backend_add(&mut self.client, g, sbdf).unwrap();
+        self.host.unpause(g).unwrap();
+        dm.guest_enable_msix(&self.host, &direct, sbdf, 3).unwrap();
+    }
+
+    /// `xl pci-detach` (forced when the device model does not answer): libxl's order,
+    /// its backend nodes removed last.
+    fn unplug(&mut self, g: DomId, sbdf: Sbdf, dm: &mut DeviceModel) {
+        let direct = DirectBroker(self.host.clone());
+        sim::libxl::detach(&self.host, g, sbdf, dm, &direct, false)
+            .or_else(|_| sim::libxl::detach(&self.host, g, sbdf, dm, &direct, true))
+            .unwrap();
+        sim::libxl::backend_remove(&mut self.client, g, sbdf).unwrap();
+    }
+
+    /// One round of the daemon, as `watch` runs it on a backend change.
+    fn round(&mut self, report_only: bool) -> (Vec<(Sbdf, Outcome)>, Vec<engine::Notice>) {
+        let mut e = Engine::new(&mut self.client, &self.platform);
+        let mut done: Vec<(Sbdf, Outcome)> = e
+            .follow_departures(report_only)
+            .unwrap()
+            .into_iter()
+            .filter_map(|d| Some((d.sbdf, d.outcome?)))
+            .collect();
+        e.adopt_from_toolstack().unwrap();
+        done.extend(e.reconcile(Trigger::Recover).unwrap());
+        e.cure_unrecorded(report_only).unwrap();
+        let notices = std::mem::take(&mut e.notices);
+        (done, notices)
+    }
+
+    fn record(&mut self, sbdf: Sbdf) -> Option<engine::DeviceRecord> {
+        Engine::new(&mut self.client, &self.platform)
+            .record(sbdf)
+            .unwrap()
+    }
+
+    /// The (domain, pirq) pairs Xen has mapped to `sbdf`'s vectors.
+    fn mapped(&self, sbdf: Sbdf) -> Vec<(DomId, i32)> {
+        self.host.with_world(|w| {
+            w.descs
+                .values()
+                .filter(|d| d.sbdf == sbdf)
+                .map(|d| (d.domid, d.pirq))
+                .collect()
+        })
+    }
+
+    fn clean(&self, sbdf: Sbdf) -> Result<(), String> {
+        self.host.with_world(|w| w.msix_clean(sbdf))
+    }
+}
+
+/// The hot-unplug the issue found broken: an HVM guest keeps running, its device model
+/// died with three vectors bound, `xl pci-detach` takes the device. The daemon's round
+/// sees the device leave, unmaps exactly those three pirqs (Xen's dumps name them) and
+/// nothing of the guest's other device, and the next guest gets its interrupts.
+#[test]
+fn a_hot_unplug_from_a_running_guest_whose_model_died_is_clean_for_the_next_guest() {
+    for xen in [XenProfile::Xen4_17_0, XenProfile::Xen4_20_0] {
+        let mut h = host(xen);
+        h.assignable();
+        let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::Crashes);
+        // The same guest's second device, whose vectors must survive.
+        let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
+        h.give_to(g, other_nic(), &mut dm_other);
+        h.round(false);
+        assert_eq!(h.record(nic()).unwrap().owner, Some(g), "adopted");
+        let others_before = h.mapped(other_nic());
+        assert_eq!(others_before.len(), 3);
+
+        dm.crash();
+        h.unplug(g, nic(), &mut dm);
+        let leaked: Vec<_> = h.mapped(nic());
+        assert_eq!(leaked.len(), 3, "the dead model's vectors, still g's");
+        let (done, notices) = h.round(false);
+        assert!(
+            matches!(done.as_slice(), [(s, Outcome::Assignable { .. })] if *s == nic()),
+            "{done:?} {notices:?}"
+        );
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.level == NoticeLevel::Warn && n.contains("unmapped pirq(s)")),
+            "{notices:?}"
+        );
+        assert!(h.mapped(nic()).is_empty(), "no binding leaked to g");
+        assert_eq!(h.clean(nic()), Ok(()));
+        assert_eq!(
+            h.mapped(other_nic()),
+            others_before,
+            "g's other device untouched"
+        );
+        assert!(h.host.domain_alive(g), "g runs on");
+        assert!(
+            h.record(nic()).is_none(),
+            "the toolstack's device between guests"
+        );
+        // A second round finds nothing more to do.
+        let (again, _) = h.round(false);
+        assert!(again.is_empty(), "{again:?}");
+
+        let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
+        let r = check_interrupts(&h.host, g2, nic(), 3);
+        assert_eq!(r.delivered(), 3, "{xen:?}: {r:?}");
+    }
+}
+
+/// Without the round, the same unplug leaves g's pirqs on the device and the toolstack
+/// gives it on dirty: what the round above prevents (the test of the test).
+#[test]
+fn without_the_daemon_the_same_unplug_leaks_the_dead_models_vectors() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::Crashes);
+    dm.crash();
+    h.unplug(g, nic(), &mut dm);
+    let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
+    let stale = h.mapped(nic()).iter().filter(|(d, _)| *d == g).count();
+    assert_eq!(stale, 3);
+    let _ = g2;
+}
+
+/// A PV guest's vectors are mapped for it by dom0's pciback, which unmaps them itself: the
+/// daemon never does (a sweep of them made dom0's own unmap fail and leak its IRQs). Its
+/// teardown waits for pciback, and ends clean once pciback let go.
+#[test]
+fn a_pv_guests_vectors_are_left_to_pciback() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let g = h.host.create_domain("pv", false);
+    let direct = DirectBroker(h.host.clone());
+    let mut dm = DeviceModel::new(g, DmBehaviour::WellBehaved);
+    // libxl's PV attach: no device model; assign, pciback export, backend.
+    h.host.test_assign_device(nic()).unwrap();
+    h.host.assign_device(g, nic(), 0).unwrap();
+    h.host.pciback_export(nic(), g).unwrap();
+    sim::libxl::backend_add(&mut h.client, g, nic()).unwrap();
+    h.host.unpause(g).unwrap();
+    // pcifront's enable_msix: dom0 maps each vector for the guest, which binds event
+    // channels to them.
+    let pirqs = h.host.pv_enable_msix(nic(), 3).unwrap();
+    for p in &pirqs {
+        h.host.pv_bind_evtchn(g, *p).unwrap();
+    }
+    assert_eq!(pirqs.len(), 3);
+    h.round(false);
+    assert_eq!(h.record(nic()).unwrap().owner, Some(g));
+
+    // The guest powers off: @releaseDomain reaches ptguard before libxl's teardown.
+    h.host.shutdown(g).unwrap();
+    let mut e = Engine::new(&mut h.client, &h.platform);
+    let done = e.reconcile(Trigger::DomainReleased(g)).unwrap();
+    let notices = std::mem::take(&mut e.notices);
+    drop(e);
+    assert!(
+        matches!(&done[..], [(_, Outcome::Quarantined { reason })] if reason.contains("pciback")),
+        "{done:?}"
+    );
+    assert!(!notices.iter().any(|n| n.contains("swept")), "{notices:?}");
+    assert_eq!(h.mapped(nic()).len(), 3, "pciback's pirqs untouched");
+
+    // libxl's destroy: pciback gives the device back, unmapping its vectors itself.
+    sim::libxl::destroy(&h.host, g, &[nic()], &mut dm, &direct).unwrap();
+    sim::libxl::backend_remove(&mut h.client, g, nic()).unwrap();
+    let console = h.host.console().join("\n");
+    assert!(!console.contains("unmap of pirq"), "{console}");
+    let (done, _) = h.round(false);
+    assert!(
+        matches!(&done[..], [(_, Outcome::Assignable { .. })]),
+        "{done:?}"
+    );
+    assert_eq!(h.clean(nic()), Ok(()));
+}
+
+/// The toolstack moves the device from a running guest straight to another before the
+/// daemon's round: the record follows it to the new holder (proven from Xen's dump), the
+/// old guest's pirqs of the device go, and nothing is reset under the new holder.
+#[test]
+fn a_device_given_on_before_the_round_is_handed_over_not_reset() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let (a, mut dm_a) = h.give("a", true, nic(), DmBehaviour::Crashes);
+    h.round(false);
+    dm_a.crash();
+    h.unplug(a, nic(), &mut dm_a);
+    let (b, _dm_b) = h.give("b", true, nic(), DmBehaviour::WellBehaved);
+    let b_before: Vec<_> = h
+        .mapped(nic())
+        .into_iter()
+        .filter(|(d, _)| *d == b)
+        .collect();
+    let resets_before = h.host.counters().sysfs_writes;
+    let (done, notices) = h.round(false);
+    assert!(
+        matches!(&done[..], [(_, Outcome::HandedOver { to, .. })] if *to == b),
+        "{done:?} {notices:?}"
+    );
+    let rec = h.record(nic()).unwrap();
+    assert_eq!((rec.state, rec.owner), (DeviceState::Attached, Some(b)));
+    assert_eq!(
+        h.host.counters().sysfs_writes,
+        resets_before,
+        "no sysfs write (no reset) under b"
+    );
+    let now = h.mapped(nic());
+    assert!(!now.iter().any(|(d, _)| *d == a), "a's pirqs gone: {now:?}");
+    let b_now: Vec<_> = now.into_iter().filter(|(d, _)| *d == b).collect();
+    assert_eq!(b_now, b_before, "b's bindings untouched");
+    assert!(h.host.domain_alive(a) && h.host.domain_alive(b));
+}
+
+/// A device no guest holds and no record keeps, left with its Function Mask forced (a
+/// guest died with decoding off, before ptguard ran): the round cures it in place; with
+/// report-only it only says so.
+#[test]
+fn a_masked_device_no_guest_holds_is_cured_or_reported() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let a = h.host.create_domain("a", true);
+    h.host.unpause(a).unwrap();
+    h.host.assign_device(DomId::IO, nic(), 0).ok();
+    h.host.assign_device(a, nic(), 0).unwrap();
+    h.host
+        .write_config(nic(), 4, &0x0006u16.to_le_bytes())
+        .unwrap();
+    let tb = h
+        .host
+        .with_world(|w| w.device(nic()).unwrap().hw.table_base());
+    for entry in 0..2 {
+        let p = h
+            .host
+            .map_pirq(&xen::MapPirq::msix(a, nic(), entry, tb))
+            .unwrap();
+        h.host
+            .bind_pt_irq(
+                a,
+                &xen::PtIrq::Msi {
+                    pirq: p,
+                    gvec: 0x40,
+                    gflags: 0x10000,
+                    gtable: 0,
+                },
+            )
+            .unwrap();
+    }
+    h.host.write_config(nic(), 4, &0u16.to_le_bytes()).unwrap();
+    h.host.shutdown(a).unwrap();
+    h.host.destroy_domain(a).unwrap();
+    assert!(h.clean(nic()).is_err(), "the seed's failure");
+
+    let (_, notices) = h.round(true);
+    assert!(
+        notices.iter().any(|n| n.contains("report-only: not cured")),
+        "{notices:?}"
+    );
+    assert!(h.clean(nic()).is_err(), "report-only changes nothing");
+
+    let (_, notices) = h.round(false);
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.level == NoticeLevel::Warn && n.contains("cured")),
+        "{notices:?}"
+    );
+    assert_eq!(h.clean(nic()), Ok(()));
+    let (b, _dm) = h.give("b", true, nic(), DmBehaviour::WellBehaved);
+    assert_eq!(check_interrupts(&h.host, b, nic(), 3).delivered(), 3);
+    // A device a guest holds is never cured behind its back.
+    let (_, notices) = h.round(false);
+    assert!(!notices.iter().any(|n| n.contains("cured")), "{notices:?}");
+}
