@@ -628,9 +628,9 @@ impl Rig {
                 ));
             }
         }
-        // In companion mode the toolstack deassigns: a live guest left holding pirqs of a
-        // device libxl took from it is libxl's doing (ptguard never touches a live guest's
-        // pirqs), reported as a notice, not as ptguard's violation.
+        // In companion mode the toolstack deassigns and gives devices on without asking
+        // ptguard; after the daemon's round no live guest may still hold pirqs of a device
+        // it lost (the round unmaps them), so invariant 3 holds for both of ptguard's modes.
         let toolstack_deassigns = self.policy == Policy::Sweep;
         let mut toolstack = Vec::new();
         self.host.with_world(|w| {
@@ -639,12 +639,7 @@ impl Rig {
             for desc in w.descs.values().filter(|x| x.sbdf == sbdf) {
                 let live = w.domains.get(&desc.domid).is_some_and(|dd| !dd.dying);
                 if live && desc.domid != d.xen.owner {
-                    let to = if toolstack_deassigns {
-                        &mut toolstack
-                    } else {
-                        &mut v
-                    };
-                    to.push(format!(
+                    v.push(format!(
                         "invariant 3 after {at}: {} holds pirq {} on {sbdf} owned by {}",
                         desc.domid, desc.pirq, d.xen.owner
                     ));

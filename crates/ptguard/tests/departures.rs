@@ -336,3 +336,89 @@ fn a_masked_device_no_guest_holds_is_cured_or_reported() {
     let (_, notices) = h.round(false);
     assert!(!notices.iter().any(|n| n.contains("cured")), "{notices:?}");
 }
+
+/// `scenario --all-profiles`: no companion-mode (`sweep`) row is worse than the toolstack
+/// alone, and every hot-unplug with a crashed, killed or hostile model ends with the next
+/// guest working and no binding leaked; then each crash point of those hot-unplugs ends
+/// as the crash-free run does, with no invariant broken.
+#[test]
+fn companion_hot_unplug_is_never_worse_than_legacy_and_survives_every_crash_point() {
+    use ptguard::cli::SimProfileArgs;
+    use ptguard::commands::scenario::{load_scenarios, run_matrix, sweep_worse_than_legacy};
+    use ptguard::rig::{Policy, Rig};
+    let scenarios = load_scenarios(&[]).unwrap();
+    let unplug: Vec<_> = scenarios
+        .iter()
+        .filter(|s| s.name == "hot-unplug")
+        .cloned()
+        .collect();
+    assert_eq!(unplug.len(), 1);
+    let mut rows = 0;
+    for p in SimProfileArgs::all() {
+        let all = run_matrix(
+            &scenarios,
+            &DmBehaviour::ALL,
+            &[Policy::Legacy, Policy::Sweep],
+            &p,
+        );
+        let worse = sweep_worse_than_legacy(&all);
+        assert!(
+            worse.is_empty(),
+            "{}: {:?}",
+            p.xen,
+            worse
+                .iter()
+                .map(|r| (&r.scenario, r.device_model))
+                .collect::<Vec<_>>()
+        );
+        for r in all
+            .iter()
+            .filter(|r| r.policy == Policy::Sweep && r.scenario == "hot-unplug")
+        {
+            rows += 1;
+            assert!(
+                r.works,
+                "{} {:?}: {:?}",
+                r.profile, r.device_model, r.report.notices
+            );
+            assert_eq!(
+                r.report.leaked_bindings, 0,
+                "{} {:?}",
+                r.profile, r.device_model
+            );
+            assert!(!r.report.quarantined);
+            assert!(r.report.violations.is_empty(), "{:?}", r.report.violations);
+        }
+    }
+    assert_eq!(rows, 14 * 4);
+
+    let mut points = 0;
+    for (xen, pb) in [
+        (XenProfile::Xen4_17_0, PcibackProfile::AfterCommandFix),
+        (XenProfile::Xen4_20_0, PcibackProfile::AfterCommandFix),
+    ] {
+        for s in &unplug {
+            for b in [
+                DmBehaviour::Crashes,
+                DmBehaviour::KilledEarly,
+                DmBehaviour::Hostile,
+            ] {
+                let baseline = Rig::new(Policy::Sweep, b, xen, pb, s.vectors).run(s);
+                assert!(baseline.violations.is_empty(), "{:?}", baseline.violations);
+                for k in 0..baseline.checkpoints {
+                    let mut rig = Rig::new(Policy::Sweep, b, xen, pb, s.vectors);
+                    rig.crash_at(k);
+                    let r = rig.run(s);
+                    points += 1;
+                    assert!(r.violations.is_empty(), "{b:?}/{k}: {:?}", r.violations);
+                    assert_eq!(
+                        r.end_state, baseline.end_state,
+                        "{xen:?} {b:?}/{k} at {:?}",
+                        r.crashed_at
+                    );
+                }
+            }
+        }
+    }
+    assert!(points > 30, "{points} crash points");
+}
