@@ -591,6 +591,96 @@ pub enum SimCommand {
     Reboot(DomidArg),
     /// Xen's and the hardware's view of a device.
     State(SbdfArg),
+    /// The guest shuts itself down (SCHEDOP_shutdown) for REASON; the domain stays until
+    /// `sim destroy` (as with xl's on_poweroff="preserve"). Its device model behaves as it
+    /// was started (a well-behaved one unmaps, one that crashes dies now).
+    Shutdown(SimShutdownArgs),
+    /// `xl destroy`: the toolstack's forced detach of the devices it gave (`sim plug`,
+    /// libxl's order), its device model killed, the domain destroyed, its Xenstore
+    /// directory and PCI backend removed.
+    Destroy(DomidArg),
+    /// The toolstack's hot-plug (`xl pci-attach`): libxl's attach with a stock device model
+    /// that binds by direct hypercalls (no broker), its PCI backend nodes, then the guest
+    /// driver enabling MSI-X. A PV guest's vectors are mapped by dom0's pciback.
+    Plug(SimPlugArgs),
+    /// The toolstack's hot-unplug (`xl pci-detach`, forced when the device model does not
+    /// answer): libxl's order, its PCI backend nodes removed last. The guest runs on.
+    Unplug(SimDeviceOfArgs),
+    /// SIGKILL the guest's device model: whatever it mapped stays mapped.
+    KillDm(DomidArg),
+    /// Turn the device's memory decoding on or off (`setpci COMMAND`), as a guest or an
+    /// old pciback leaves it.
+    Decoding(SimDecodingArgs),
+}
+
+/// `SHUTDOWN_*` reasons a guest gives (Xen's public sched.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownReason {
+    Poweroff,
+    Reboot,
+    Suspend,
+    Crash,
+    SoftReset,
+}
+
+impl ShutdownReason {
+    /// The `SHUTDOWN_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            ShutdownReason::Poweroff => 0,
+            ShutdownReason::Reboot => 1,
+            ShutdownReason::Suspend => 2,
+            ShutdownReason::Crash => 3,
+            ShutdownReason::SoftReset => 5,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SimShutdownArgs {
+    /// The guest's domain id.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    /// Why it shuts down.
+    #[arg(long, value_enum, default_value = "poweroff")]
+    pub reason: ShutdownReason,
+}
+
+#[derive(Debug, Args)]
+pub struct SimDeviceOfArgs {
+    /// The guest's domain id.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    /// The PCI address of the device.
+    #[arg(value_name = "SBDF")]
+    pub sbdf: pci::Sbdf,
+}
+
+#[derive(Debug, Args)]
+pub struct SimPlugArgs {
+    /// The guest's domain id.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    /// The PCI address of the device (assignable: `xl pci-assignable-add`, or
+    /// `ptguard assignable-add`).
+    #[arg(value_name = "SBDF")]
+    pub sbdf: pci::Sbdf,
+    /// MSI-X vectors the guest driver enables.
+    #[arg(long, default_value_t = 3)]
+    pub vectors: u16,
+    /// How the guest's (stock) device model behaves.
+    #[arg(long, value_name = "BEHAVIOUR", value_parser = parse_dm, default_value = "well-behaved")]
+    pub dm: sim::DmBehaviour,
+}
+
+#[derive(Debug, Args)]
+pub struct SimDecodingArgs {
+    /// The PCI address of the device.
+    #[arg(value_name = "SBDF")]
+    pub sbdf: pci::Sbdf,
+    /// on or off.
+    #[arg(value_name = "STATE", value_parser = ["on", "off"])]
+    pub state: String,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,10 @@ pub struct SimState {
     pub device_models: BTreeMap<u16, DeviceModel>,
     /// Epoch each device model was started with.
     pub dm_epochs: BTreeMap<u16, u64>,
+    /// Devices the toolstack gave each guest (`sim plug`): their device model binds by
+    /// direct hypercalls, not through the broker.
+    #[serde(default)]
+    pub toolstack_devices: BTreeMap<u16, std::collections::BTreeSet<Sbdf>>,
 }
 
 /// One Xenstore node, for saving a simulated host's store.
@@ -438,6 +442,7 @@ pub fn sim_init(
         journal: host.journal(),
         device_models: BTreeMap::new(),
         dm_epochs: BTreeMap::new(),
+        toolstack_devices: BTreeMap::new(),
     };
     let xs = LocalXenstore::new(Quotas::default());
     let text = sim_file_text(&state, &xs)?;

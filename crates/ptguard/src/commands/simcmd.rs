@@ -5,11 +5,12 @@ use std::cell::RefCell;
 use std::io::Write;
 
 use anyhow::{bail, Context};
+use pci::PciHost;
 use pci::Sbdf;
 use serde::Serialize;
 use sim::dm::{check_interrupts, DeviceModel};
 use sim::{DeviceSpec, SimHost};
-use xen::DomId;
+use xen::{DomId, Hypervisor};
 
 use crate::cli::{Cli, SimCommand};
 use crate::commands::lifecycle::{open, print_log};
@@ -33,6 +34,74 @@ fn sim_host(ctx: &HostCtx) -> anyhow::Result<SimHost> {
     match &ctx.sim {
         Some((h, _, _)) => Ok(h.clone()),
         None => bail!("`ptguard sim` needs --host sim:DIR"),
+    }
+}
+
+/// A guest's domid from the command line: a domain the simulated host has, not dom0.
+fn guest_domid(host: &SimHost, domid: u16) -> anyhow::Result<DomId> {
+    let d = DomId(domid);
+    if d == DomId::DOM0 || d > DomId::MAX {
+        bail!("{d} is not a guest (a domid from `sim create`)");
+    }
+    if !host.with_world(|w| w.domains.contains_key(&d)) {
+        bail!("{d}: no such domain on the simulated host");
+    }
+    Ok(d)
+}
+
+/// The devices Xen shows assigned to `domid`.
+fn held_devices(host: &SimHost, domid: DomId) -> Vec<Sbdf> {
+    host.with_world(|w| {
+        w.devices
+            .iter()
+            .filter(|(_, d)| d.xen.owner == domid)
+            .map(|(s, _)| *s)
+            .collect()
+    })
+}
+
+fn toolstack_devices(ctx: &HostCtx, domid: DomId) -> Vec<Sbdf> {
+    ctx.sim
+        .as_ref()
+        .and_then(|(_, _, s)| s.toolstack_devices.get(&domid.0))
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+fn take_device_model(ctx: &mut HostCtx, domid: DomId) -> Option<DeviceModel> {
+    ctx.sim
+        .as_mut()
+        .and_then(|(_, _, s)| s.device_models.remove(&domid.0))
+}
+
+/// Runs `f` with the guest's device model and the way it binds: directly for a device the
+/// toolstack gave (`sim plug`), through ptguard's broker for one `ptguard attach` gave.
+fn with_device_model(
+    ctx: &mut HostCtx,
+    host: &SimHost,
+    domid: DomId,
+    f: impl FnOnce(&mut DeviceModel, &dyn sim::dm::VectorBroker, &SimHost),
+) {
+    let Some(mut dm) = take_device_model(ctx, domid) else {
+        return;
+    };
+    if !toolstack_devices(ctx, domid).is_empty() {
+        f(&mut dm, &sim::dm::DirectBroker(host.clone()), host);
+    } else {
+        let epoch = ctx
+            .sim
+            .as_ref()
+            .and_then(|(_, _, s)| s.dm_epochs.get(&domid.0).copied())
+            .unwrap_or(0);
+        let cell = RefCell::new(&mut *ctx);
+        let broker = EngineBroker {
+            access: CtxAccess(&cell),
+            epoch,
+        };
+        f(&mut dm, &broker, host);
+    }
+    if let Some((_, _, s)) = &mut ctx.sim {
+        s.device_models.insert(domid.0, dm);
     }
 }
 
@@ -207,6 +276,168 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 writeln!(out, "{domid} destroyed; {name} restarted as {new}")?;
                 writeln!(out, "{}", new.0)?;
             }
+        }
+        SimCommand::Shutdown(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let devices = held_devices(&host, domid);
+            with_device_model(&mut ctx, &host, domid, |dm, broker, host| {
+                for s in &devices {
+                    dm.guest_shutdown(host, broker, *s);
+                }
+            });
+            host.shutdown_for(domid, a.reason.code())
+                .map_err(|e| anyhow::anyhow!("shutdown {domid}: {e}"))?;
+            writeln!(out, "{domid} shut down ({:?})", a.reason)?;
+        }
+        SimCommand::Destroy(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let given = toolstack_devices(&ctx, domid);
+            // A PV guest has no device model: libxl's forced detach needs none.
+            let mut dm = take_device_model(&mut ctx, domid).unwrap_or_else(|| {
+                let mut none = DeviceModel::new(domid, sim::DmBehaviour::WellBehaved);
+                none.kill();
+                none
+            });
+            let direct = sim::dm::DirectBroker(host.clone());
+            for s in &given {
+                if let Err(e) = sim::libxl::detach(&host, domid, *s, &mut dm, &direct, true) {
+                    writeln!(out, "libxl: forced detach of {s} from {domid}: {e}")?;
+                }
+            }
+            dm.kill();
+            let _ = host.pause(domid);
+            host.destroy_domain(domid)
+                .map_err(|e| anyhow::anyhow!("destroy {domid}: {e}"))?;
+            for path in [
+                format!("/local/domain/{}", domid.0),
+                format!("{}/{}", engine::companion::TOOLSTACK_BACKENDS, domid.0),
+            ] {
+                match ctx.xs.rm(xenstore::TxId::NONE, &path) {
+                    Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            if let Some((_, _, st)) = &mut ctx.sim {
+                st.toolstack_devices.remove(&domid.0);
+                st.dm_epochs.remove(&domid.0);
+            }
+            writeln!(out, "{domid} destroyed")?;
+        }
+        SimCommand::Plug(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let sbdf = a.sbdf;
+            let hvm = host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm));
+            let direct = sim::dm::DirectBroker(host.clone());
+            if hvm {
+                let mut dm = take_device_model(&mut ctx, domid)
+                    .unwrap_or_else(|| DeviceModel::new(domid, a.dm));
+                let r = sim::libxl::attach(&host, domid, sbdf, &mut dm, &direct)
+                    .map_err(|e| anyhow::anyhow!("xl pci-attach {} {sbdf}: {e}", domid.0))
+                    .and_then(|()| {
+                        sim::libxl::backend_add(&mut ctx.xs, domid, sbdf)?;
+                        dm.guest_enable_msix(&host, &direct, sbdf, a.vectors)
+                            .map_err(|e| anyhow::anyhow!("guest enable MSI-X: {e}"))
+                    });
+                if let Some((_, _, st)) = &mut ctx.sim {
+                    st.device_models.insert(domid.0, dm);
+                }
+                r?;
+                ctx.xs.write(
+                    xenstore::TxId::NONE,
+                    &crate::broker::device_model_pid_path(domid),
+                    crate::hostctx::simulated_device_model_pid(domid)
+                        .to_string()
+                        .as_bytes(),
+                )?;
+            } else {
+                // libxl's PV attach: no device model; assign, pciback export, backend;
+                // pcifront's enable_msix has dom0 map each vector for the guest.
+                let fail = |what: &str, e: &dyn std::fmt::Display| {
+                    anyhow::anyhow!("xl pci-attach {} {sbdf}: {what}: {e}", domid.0)
+                };
+                host.test_assign_device(sbdf)
+                    .map_err(|e| fail("test_assign_device", &e))?;
+                host.assign_device(domid, sbdf, 0)
+                    .map_err(|e| fail("assign_device", &e))?;
+                host.pciback_export(sbdf, domid)
+                    .map_err(|e| fail("pciback export", &e))?;
+                sim::libxl::backend_add(&mut ctx.xs, domid, sbdf)?;
+                for p in host
+                    .pv_enable_msix(sbdf, a.vectors)
+                    .map_err(|e| fail("enable_msix", &e))?
+                {
+                    host.pv_bind_evtchn(domid, p)
+                        .map_err(|e| fail("bind evtchn", &e))?;
+                }
+            }
+            if let Some((_, _, st)) = &mut ctx.sim {
+                st.toolstack_devices
+                    .entry(domid.0)
+                    .or_default()
+                    .insert(sbdf);
+            }
+            let rep = check_interrupts(&host, domid, sbdf, a.vectors);
+            writeln!(
+                out,
+                "{sbdf} given to {domid} by the toolstack; {} of {} MSI-X vectors delivered",
+                rep.delivered(),
+                a.vectors
+            )?;
+        }
+        SimCommand::Unplug(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let sbdf = a.sbdf;
+            let mut dm = take_device_model(&mut ctx, domid)
+                .unwrap_or_else(|| DeviceModel::new(domid, sim::DmBehaviour::WellBehaved));
+            let direct = sim::dm::DirectBroker(host.clone());
+            let r = sim::libxl::detach(&host, domid, sbdf, &mut dm, &direct, false)
+                .map(|()| "")
+                .or_else(|_| {
+                    sim::libxl::detach(&host, domid, sbdf, &mut dm, &direct, true)
+                        .map(|()| " (forced: the device model did not answer device_del)")
+                });
+            if let Some((_, _, st)) = &mut ctx.sim {
+                st.device_models.insert(domid.0, dm);
+                if let Some(set) = st.toolstack_devices.get_mut(&domid.0) {
+                    set.remove(&sbdf);
+                }
+            }
+            let forced = r.map_err(|e| anyhow::anyhow!("xl pci-detach {} {sbdf}: {e}", domid.0))?;
+            sim::libxl::backend_remove(&mut ctx.xs, domid, sbdf)?;
+            writeln!(out, "{sbdf} removed from {domid} by the toolstack{forced}")?;
+        }
+        SimCommand::KillDm(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let Some((_, _, st)) = &mut ctx.sim else {
+                bail!("`ptguard sim` needs --host sim:DIR");
+            };
+            match st.device_models.get_mut(&domid.0) {
+                Some(dm) => dm.crash(),
+                None => bail!("{domid} has no device model (an HVM guest gets one from `sim start` or `sim plug`)"),
+            }
+            writeln!(
+                out,
+                "{domid}: device model killed (SIGKILL); what it mapped stays mapped"
+            )?;
+        }
+        SimCommand::Decoding(a) => {
+            let sbdf = a.sbdf;
+            let cfg = host
+                .read_config(sbdf)
+                .map_err(|e| anyhow::anyhow!("{sbdf}: {e}"))?;
+            let cmd = u16::from_le_bytes([
+                cfg.get(4).copied().unwrap_or(0),
+                cfg.get(5).copied().unwrap_or(0),
+            ]);
+            let mem = pci::config::regs::COMMAND_MEMORY;
+            let new = if a.state == "on" {
+                cmd | mem
+            } else {
+                cmd & !mem
+            };
+            host.write_config(sbdf, pci::config::regs::COMMAND, &new.to_le_bytes())
+                .map_err(|e| anyhow::anyhow!("{sbdf}: {e}"))?;
+            writeln!(out, "{sbdf}: memory decoding {}", a.state)?;
         }
         SimCommand::State(a) => {
             let sbdf: Sbdf = a.sbdf;
