@@ -1,7 +1,9 @@
 """A device model that bypasses ptguard: maps and binds one MSI-X entry straight through
 libxenctrl, as stock qemu-xen does (xc_physdev_map_pirq_msi + xc_domain_update_msi_irq).
 
-Usage: rogue_dm.py DOMID SBDF ENTRY TABLE_BASE
+Usage: rogue_dm.py DOMID SBDF ENTRY TABLE_BASE [map-only]
+With map-only the entry is mapped and never bound: Xen's `i` dump then says only
+"mapped, unbound" and names no pirq for it.
 """
 import ctypes
 import sys
@@ -18,6 +20,8 @@ rc = xc.xc_physdev_map_pirq_msi(handle, ctypes.c_uint32(domid), ctypes.c_int(-1)
 print("map_pirq_msi rc=%d errno=%d pirq=%d" % (rc, ctypes.get_errno(), pirq.value))
 if rc != 0:
     sys.exit(1)
+if sys.argv[5:] == ["map-only"]:
+    sys.exit(0)
 # xc_domain_update_msi_irq(xch, domid, gvec, pirq, gflags, gtable)
 rc = xc.xc_domain_update_msi_irq(handle, ctypes.c_uint32(domid), ctypes.c_uint32(0x50), ctypes.c_uint32(pirq.value),
                                  ctypes.c_uint32(0x10000), ctypes.c_uint64(0))

@@ -9,9 +9,10 @@ console=${1:?usage: boot.sh CONSOLE-LOG [TIMEOUT]}
 timeout_s=${2:-1800}
 W=$REALXEN_WORK
 # Xen: serial console, verbose logs, a fixed dom0. The dom0 line must hold no comma
-# (QEMU's multiboot module list is comma-separated). ptguard.checks= selects check groups.
+# (QEMU's multiboot module list is comma-separated). ptguard.checks= selects check groups,
+# ptguard.soak= the soak's length, ptguard.soak_baseline=1 adds the toolstack-alone chain.
 xen_args="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all iommu=verbose noreboot"
-dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN_CHECKS:-all}"
+dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN_CHECKS:-all} ptguard.soak=${REALXEN_SOAK:-15} ptguard.soak_baseline=${REALXEN_SOAK_BASELINE:-0}"
 : > "$console"
 # The dom0 writes what it captured (a tar) to a second disk.
 rm -f "$W/out.img"; truncate -s 64M "$W/out.img"

@@ -94,6 +94,14 @@ pub struct Departure {
     pub outcome: Option<Outcome>,
 }
 
+/// What `ptguard hook pre-unplug` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PreUnplug {
+    pub sbdf: Sbdf,
+    /// Memory decoding was off and is on now.
+    pub turned_on: bool,
+}
+
 /// A device no guest held that `cure_unrecorded` found unclean.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Cure {
@@ -188,11 +196,15 @@ impl Engine<'_> {
             if self.protected_domain(owner) {
                 continue;
             }
-            let listed = backends
-                .iter()
-                .any(|b| b.domid == owner && b.sbdf == sbdf && !b.leaving);
-            if listed {
+            let entry = backends.iter().find(|b| b.domid == owner && b.sbdf == sbdf);
+            if entry.is_some_and(|b| !b.leaving) {
                 continue;
+            }
+            // The toolstack is taking it away (Closing): pciback tears a PV guest's
+            // vectors down when it reacts; with decoding on, Xen masks them in the table
+            // instead of forcing the Function Mask.
+            if entry.is_some() && !report_only && self.ensure_memory_decoding(sbdf)? {
+                self.notice(format!("{sbdf}: the toolstack is unplugging it from {owner}; memory decoding turned on before its vectors are torn down"));
             }
             let hv = self.platform.hypervisor();
             // A gone owner is the recovery round's (its @releaseDomain teardown).
@@ -205,6 +217,12 @@ impl Engine<'_> {
             } else {
                 xen_holder(hv, sbdf)?
             };
+            // A destroy in progress also removes the backend, and Xen gives the devices
+            // back to dom_io when it kills the domain: asked again, that owner is going,
+            // and its teardown is the recovery round's (reason `destroy`).
+            if hv.domain_info(owner)?.is_none_or(|i| i.finished()) {
+                continue;
+            }
             let outcome = match holder {
                 // Still the owner's (the toolstack is mid-way, or its unplug failed), or
                 // unproven: nothing yet.
@@ -319,6 +337,17 @@ impl Engine<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// For a toolstack's hook that runs before it unplugs a device from a guest: memory
+    /// decoding on where Xen looks for it, so the vectors' teardown masks them in the
+    /// table and Xen never falls back to forcing the Function Mask.
+    pub fn pre_unplug(&mut self, sbdf: Sbdf) -> Result<PreUnplug> {
+        if !self.platform.pci().exists(sbdf)? {
+            return Err(EngineError::NoSuchDevice { sbdf });
+        }
+        let turned_on = self.ensure_memory_decoding(sbdf)?;
+        Ok(PreUnplug { sbdf, turned_on })
     }
 
     /// For a toolstack's hook that runs before it resets a device (xenopsd's

@@ -106,7 +106,8 @@ impl Engine<'_> {
     /// Turns memory decoding on where Xen looks for it (`memory_decoded()`): the function
     /// itself, or for an SR-IOV virtual function its physical function (a VF's own Memory
     /// bit is hard-wired 0, so writing it would change nothing).
-    pub(crate) fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<()> {
+    /// Returns whether it was off.
+    pub(crate) fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<bool> {
         let pci = self.platform.pci();
         let sbdf = pci.physfn(sbdf)?.unwrap_or(sbdf);
         let cfg = pci.read_config(sbdf)?;
@@ -116,8 +117,9 @@ impl Engine<'_> {
         ]);
         if cmd & COMMAND_MEMORY == 0 {
             pci.write_config(sbdf, COMMAND, &(cmd | COMMAND_MEMORY).to_le_bytes())?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Runs a teardown from its journaled step to the end: each step's work as planned

@@ -453,6 +453,13 @@ pub enum HookCommand {
     /// could not be asked; safe to run twice and beside `ptguard watch`.
     #[command(name = "pre-reset")]
     PreReset(SbdfArg),
+    /// Before the toolstack unplugs a device from a guest (`xl pci-detach`, xenopsd,
+    /// libvirt): turn its memory decoding on (its physical function's, for a virtual
+    /// function), so that Xen masks each vector in the MSI-X table when the vectors are
+    /// torn down instead of forcing the Function Mask. Changes nothing else; `ptguard
+    /// watch` cleans the device once it has left the guest. Safe to run twice.
+    #[command(name = "pre-unplug")]
+    PreUnplug(SbdfArg),
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,7 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::Sweep(a) => lc::sweep(&cli, a.domid, a.json, out),
         Command::Hook(h) => match &h.what {
             crate::cli::HookCommand::PreReset(a) => lc::hook_pre_reset(&cli, a.sbdf, a.json, out),
+            crate::cli::HookCommand::PreUnplug(a) => lc::hook_pre_unplug(&cli, a.sbdf, a.json, out),
         },
         Command::Doctor(a) => commands::doctor::run(&cli, a, out),
         Command::Preflight(a) => commands::doctor::preflight(&cli, a, out),

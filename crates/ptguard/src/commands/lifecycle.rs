@@ -476,6 +476,25 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
     finish(cli, &mut ctx, out)
 }
 
+/// `ptguard hook pre-unplug SBDF`.
+pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut ctx = open(cli, None)?;
+    let done = ctx.engine().pre_unplug(s)?;
+    emit(out, json, &done, |out| {
+        writeln!(
+            out,
+            "{s}: memory decoding {}",
+            if done.turned_on {
+                "turned on"
+            } else {
+                "already on"
+            }
+        )?;
+        Ok(())
+    })?;
+    finish(cli, &mut ctx, out)
+}
+
 /// `ptguard hook pre-reset SBDF`.
 pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     use engine::companion::PreReset;
