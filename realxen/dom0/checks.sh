@@ -564,7 +564,7 @@ device_free_clean() { has "$(msix)" "Enable- .*Masked-" && has "$(xen_q)" "DomIO
 # soak_chain LABEL: runs the plan; fills results[n]; prints a line per teardown.
 soak_chain() {
     local label=$1 n=0 cur="" cur_type="" prev="" v="" left="" i kind type next_type hold
-    local log t0 took
+    local log t0 t1 took
     for ((i = 0; i < SOAK_N; i++)); do
         type=${SOAK_PLAN[$i]%%:*}; kind=${SOAK_PLAN[$i]#*:}
         next_type=${SOAK_PLAN[$((i + 1))]%%:*}
@@ -581,10 +581,10 @@ soak_chain() {
         prev="$cur_type:$kind"
         t0=$(up)
         case $kind in
-            poweroff) wait_for 120 sh -c "! xl domid $cur >/dev/null 2>&1"; cur="" ;;
+            poweroff) wait_for 120 sh -c "! xl domid $cur >/dev/null 2>&1"; t0=$(up); cur="" ;;
             destroy) xl destroy "$cur"; cur="" ;;
             decode-off-destroy) setpci -s $BDF COMMAND=0000; xl destroy "$cur"; cur="" ;;
-            shutdown) xl shutdown -w "$cur" >/dev/null 2>&1 || xl destroy "$cur"; cur="" ;;
+            shutdown) timeout 120 xl shutdown -w "$cur" >/dev/null 2>&1 || xl destroy "$cur"; cur="" ;;
             dm-kill-destroy)
                 kill -9 "$(xenstore-read "/local/domain/$(domid_of "$cur")/image/device-model-pid" 2>/dev/null)" 2>/dev/null
                 sleep 1; xl destroy "$cur"; cur="" ;;
@@ -620,13 +620,14 @@ soak_chain() {
                 xl destroy "$cur"; cur=""; sleep 2
                 xl pci-assignable-remove -r $SBDF; xl pci-assignable-add $SBDF ;;
         esac
-        # How long after the toolstack's step ptguard (or nothing) left the device clean.
-        took=never
+        # How long the toolstack's step took, and how long after it the device was clean
+        # (ptguard's work, or nothing's).
+        t1=$(up); took=never
         for ((t = 0; t < SETTLE * 4; t++)); do
-            if device_free_clean; then took=$(awk -v a="$t0" -v b="$(up)" 'BEGIN { printf "%.1fs", b - a }'); break; fi
+            if device_free_clean; then took=$(awk -v a="$t1" -v b="$(up)" 'BEGIN { printf "%.1f s", b - a }'); break; fi
             sleep 0.25
         done
-        cleaned[$i]=$took
+        cleaned[$i]="$took after the toolstack's $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", b - a }')"
         sleep $SETTLE
     done
     [ -n "$left" ] && xl destroy "$left" 2>/dev/null
@@ -642,10 +643,10 @@ soak_chain() {
 }
 # soak_report LABEL N KIND VERDICT: the check (ptguard chain) or a baseline line.
 soak_report() {
-    local name="soak-$2-${3#*:}"
-    [ "$2" = first ] && name="soak-first-guest"
+    local name="soak-$2-${3#*:}" c="-"
+    if [ "$2" = first ]; then name="soak-first-guest"; else c=${cleaned[$2]:-?}; fi
     if [ "$1" = soak ]; then
-        expect "$name" "$3 (clean after ${cleaned[$2]:-?}): next guest $4" has "$4" '^IRQS-ARRIVE'
+        expect "$name" "$3 (clean after $c): next guest $4" has "$4" '^IRQS-ARRIVE'
     else
         say "baseline $name ($3): next guest $4"
         case $4 in IRQS-ARRIVE*) ;; *) xl pci-assignable-remove -r $SBDF >/dev/null 2>&1; xl pci-assignable-add $SBDF >/dev/null 2>&1 ;; esac

@@ -296,9 +296,29 @@ fn every_finding_code_has_a_check() {
     dv.reset_methods = Some(vec!["bus".into()]);
     tree.add_device(&dv).unwrap();
     device(&tree, sbdf("0000:0b:00.1"), "igb", 0, vec![]);
+    // Decoding off under an HVM guest whose device model enabled MSI-X: no msi_irqs in
+    // dom0, only Enable in the hardware's Message Control (issue 23: libxl's HVM unplug
+    // then times out; the fix names the pre-unplug hook).
+    let hvm_off = sbdf("0000:0c:00.0");
+    let b5 = ConfigBuilder::endpoint(0x8086, 0x1533)
+        .bar32(3, 0xf000_0000, 0x4000)
+        .msix(4, 3, 0, 3, 0x2000);
+    let mut cs = b5.build();
+    cs.write16(COMMAND, 0).unwrap();
+    let cap = cs.parse().unwrap().msix.unwrap();
+    cs.write16(cap.offset + MSIX_FLAGS, MSIX_FLAGS_ENABLE | 3)
+        .unwrap();
+    let mut dv = FixtureDevice::new(hvm_off, cs, b5.resources());
+    dv.driver = Some("pciback".into());
+    tree.add_device(&dv).unwrap();
     let f = diagnose(&host, &[], &gone);
     let get = |s: Sbdf, c: &str| f.iter().find(|f| f.sbdf == Some(s) && f.code == c).cloned();
     assert!(get(off, "decoding-off").is_some(), "{f:#?}");
+    let h = get(hvm_off, "decoding-off").unwrap_or_else(|| panic!("{f:#?}"));
+    assert!(
+        h.fix.contains("ptguard hook pre-unplug 0000:0c:00.0"),
+        "{h:?}"
+    );
     let b = get(busy, "bus-reset-blocked").unwrap_or_else(|| panic!("{f:#?}"));
     assert!(b.problem.contains("1 other devices share bus 0b"), "{b:?}");
     seen.extend(f.iter().map(|f| f.code));

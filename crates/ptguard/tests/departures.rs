@@ -422,3 +422,46 @@ fn companion_hot_unplug_is_never_worse_than_legacy_and_survives_every_crash_poin
     }
     assert!(points > 30, "{points} crash points");
 }
+
+/// The toolstack starts an unplug (libxl writes `state-N` Closing) while memory decoding
+/// is off: the round turns decoding on before the vectors are torn down (pciback tears a
+/// PV guest's down when it reacts), and `hook pre-unplug` does the same for a toolstack's
+/// hook. Nothing else changes: the device stays the guest's.
+#[test]
+fn decoding_goes_on_when_the_toolstack_starts_an_unplug() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let (g, _dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
+    h.round(false);
+    let decoding = |h: &Host| {
+        h.host
+            .with_world(|w| w.device(nic()).unwrap().hw.memory_decoding())
+    };
+    h.host.write_config(nic(), 4, &0u16.to_le_bytes()).unwrap();
+    assert!(!decoding(&h));
+    // libxl's first write of its removal: Closing.
+    h.client
+        .write(
+            xenstore::TxId::NONE,
+            &format!("/local/domain/0/backend/pci/{}/0/state-0", g.0),
+            b"5",
+        )
+        .unwrap();
+    let (done, notices) = h.round(false);
+    assert!(decoding(&h), "{notices:?}");
+    assert!(done.is_empty(), "still the guest's: {done:?}");
+    assert_eq!(h.record(nic()).unwrap().owner, Some(g));
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("memory decoding turned on")),
+        "{notices:?}"
+    );
+
+    h.host.write_config(nic(), 4, &0u16.to_le_bytes()).unwrap();
+    let mut e = Engine::new(&mut h.client, &h.platform);
+    assert!(e.pre_unplug(nic()).unwrap().turned_on);
+    assert!(!e.pre_unplug(nic()).unwrap().turned_on, "twice is harmless");
+    drop(e);
+    assert!(decoding(&h));
+}

@@ -244,15 +244,21 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                 .read_config(s)
                 .ok()
                 .and_then(|b| b.get(4..6).map(|c| u16::from_le_bytes([c[0], c[1]])));
+            // A PV guest's vectors show in dom0's msi_irqs; an HVM guest's (mapped by its
+            // device model) only as MSI-X Enable in the hardware's Message Control.
             if command.is_some_and(|c| c & pci::config::regs::COMMAND_MEMORY == 0)
-                && !msi_irqs.is_empty()
+                && (!msi_irqs.is_empty() || msix.enabled)
             {
                 out.push(Finding::new(
                     "decoding-off",
                     Some(s),
-                    format!("memory decoding is off while {} vectors are set up", msi_irqs.len()),
-                    vec![format!("config space: Command {:#06x} (Memory-)", command.unwrap_or(0)), format!("sysfs: {} msi_irqs", msi_irqs.len())],
-                    format!("let ptguard tear it down (`ptguard detach {s}` or `ptguard watch`), which turns decoding on before anything is unmapped"),
+                    if msi_irqs.is_empty() {
+                        "memory decoding is off while MSI-X is enabled (a guest's device model set it up)".to_string()
+                    } else {
+                        format!("memory decoding is off while {} vectors are set up", msi_irqs.len())
+                    },
+                    vec![format!("config space: Command {:#06x} (Memory-)", command.unwrap_or(0)), format!("sysfs: {} msi_irqs", msi_irqs.len()), msix_line(&msix)],
+                    format!("before the toolstack unplugs or destroys its guest, `ptguard hook pre-unplug {s}` (memory decoding on); an `xl pci-detach` from an HVM guest in this state times out waiting for qemu and leaves the device with the guest: run the hook, then detach again. ptguard's own teardowns (`ptguard detach {s}`, `ptguard watch`) turn decoding on first"),
                 ));
             }
             if let Ok(Some(methods)) = pci.reset_methods(s) {

@@ -160,7 +160,12 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                     .ok()
                     .map(|h| h.is_some())
             };
-            let backends = engine::companion::toolstack_backends(&mut ctx.xs);
+            // Only backends of domains that exist and are not dying are evidence: libxl's
+            // nodes of a guest long gone say nothing about the device now.
+            let backends: Vec<(DomId, Sbdf)> = engine::companion::toolstack_backends(&mut ctx.xs)
+                .into_iter()
+                .filter(|(d, _)| matches!(hv.domain_info(*d), Ok(Some(i)) if !i.dying))
+                .collect();
             let pci: &dyn pci::PciHost = if ctx.sim.is_some() {
                 ctx.platform.pci()
             } else {
