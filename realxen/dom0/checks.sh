@@ -564,7 +564,7 @@ device_free_clean() { has "$(msix)" "Enable- .*Masked-" && has "$(xen_q)" "DomIO
 # soak_chain LABEL: runs the plan; fills results[n]; prints a line per teardown.
 soak_chain() {
     local label=$1 n=0 cur="" cur_type="" prev="" v="" left="" i kind type next_type hold
-    local log t0 t1 took
+    local log t0 t1 took jcur
     for ((i = 0; i < SOAK_N; i++)); do
         type=${SOAK_PLAN[$i]%%:*}; kind=${SOAK_PLAN[$i]#*:}
         next_type=${SOAK_PLAN[$((i + 1))]%%:*}
@@ -579,6 +579,7 @@ soak_chain() {
         [ -n "$left" ] && { xl destroy "$left" 2>/dev/null; left=""; }
         log=$(guest_log "$cur" "$cur_type")
         prev="$cur_type:$kind"
+        jcur=$(journalctl -u ptguard.service -n 0 --show-cursor --no-pager 2>/dev/null | sed -n 's/^-- cursor: //p')
         t0=$(up)
         case $kind in
             poweroff) wait_for 120 sh -c "! xl domid $cur >/dev/null 2>&1"; t0=$(up); cur="" ;;
@@ -592,6 +593,7 @@ soak_chain() {
                 xl reboot "$cur" >/dev/null 2>&1
                 wait_for 200 sh -c "[ \$(grep -ac GUEST-RESULT $log) -ge 2 ]"
                 if [ "$(grep -ac GUEST-RESULT "$log")" -ge 2 ]; then v=$(verdict_of "$log"); else v="no second instance"; fi
+                cleaned[$i]="the device stays with the rebooted guest"
                 sleep $SETTLE; results[$i]=${v%% *}; soak_report "$label" $i "$prev" "$v"
                 continue ;;
             detach-attach)
@@ -605,6 +607,7 @@ soak_chain() {
                 timeout 120 xl pci-attach "$b" $SBDF >/dev/null 2>&1
                 wait_for 200 grep -aq GUEST-RESULT "$blog"
                 v=$(verdict_of "$blog")
+                cleaned[$i]="moved to the next running guest by the toolstack, ${SETTLE} s between detach and attach"
                 results[$i]=${v%% *}; soak_report "$label" $i "$prev" "$v"
                 left=$cur; cur=$b; cur_type=$next_type
                 continue ;;
@@ -627,7 +630,11 @@ soak_chain() {
             if device_free_clean; then took=$(awk -v a="$t1" -v b="$(up)" 'BEGIN { printf "%.1f s", b - a }'); break; fi
             sleep 0.25
         done
-        cleaned[$i]="$took after the toolstack's $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", b - a }')"
+        cleaned[$i]="clean $took after the toolstack's step, which took $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f s", b - a }')"
+        [ "$took" = never ] && say "soak $label$i: not clean: MSI-X $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //')"
+        # What the daemon said about this teardown, in its own words.
+        [ -n "$jcur" ] && journalctl -u ptguard.service --after-cursor="$jcur" -o cat --no-pager 2>/dev/null |
+            sed "s/^/[daemon $label$i] /" | cut -c1-400 | tail -6
         sleep $SETTLE
     done
     [ -n "$left" ] && xl destroy "$left" 2>/dev/null
@@ -643,10 +650,10 @@ soak_chain() {
 }
 # soak_report LABEL N KIND VERDICT: the check (ptguard chain) or a baseline line.
 soak_report() {
-    local name="soak-$2-${3#*:}" c="-"
-    if [ "$2" = first ]; then name="soak-first-guest"; else c=${cleaned[$2]:-?}; fi
+    local name="soak-$2-${3#*:}" c="the device stays with the guest"
+    if [ "$2" = first ]; then name="soak-first-guest"; c="given at xl create"; else c=${cleaned[$2]:-$c}; fi
     if [ "$1" = soak ]; then
-        expect "$name" "$3 (clean after $c): next guest $4" has "$4" '^IRQS-ARRIVE'
+        expect "$name" "$3 ($c): next guest $4" has "$4" '^IRQS-ARRIVE'
     else
         say "baseline $name ($3): next guest $4"
         case $4 in IRQS-ARRIVE*) ;; *) xl pci-assignable-remove -r $SBDF >/dev/null 2>&1; xl pci-assignable-add $SBDF >/dev/null 2>&1 ;; esac
@@ -668,8 +675,7 @@ if group soak; then
     irqs=$(grep -c xen-pirq /proc/interrupts)
     expect soak-dom0-no-unmap-failure "dom0 kernel: $unmap_failed new 'unmap irq failed' over $SOAK_N teardowns" test "$unmap_failed" = 0
     expect soak-dom0-irqs-do-not-grow "dom0 xen-pirq IRQs: $irqs0 before, $irqs after" test "$irqs" -le "$irqs0"
-    say "soak: $SOAK_N teardowns in ${took_soak} s, settle ${SETTLE} s; daemon log (WARN):"
-    watch_log 400 | grep -aE "WARN|QUARANTINED|unmapped|swept|cured|handed" | tail -25
+    say "soak: $SOAK_N teardowns in ${took_soak} s, settle ${SETTLE} s"
     stop_watch
     base=()
     if grep -q "ptguard\.soak_baseline=1" /proc/cmdline; then

@@ -391,8 +391,8 @@ impl Engine<'_> {
         self.quarantine(rec, why)
     }
 
-    /// Unmaps the pirqs Xen shows `owner` has bound to `sbdf`'s vectors (its `Q` and `i`
-    /// dumps), never another device's nor another domain's. Returns how many it unmapped
+    /// Unbinds and unmaps the pirqs Xen shows `owner` has bound to `sbdf`'s vectors (its
+    /// `Q` and `i` dumps), never another device's nor another domain's. Returns how many it unmapped
     /// and how many of the device's vectors are mapped but unnamed (bound to no guest).
     pub(crate) fn unmap_device_vectors(
         &mut self,
@@ -405,6 +405,18 @@ impl Engine<'_> {
         };
         let mut unmapped = Vec::new();
         for (_, d, pirq) in v.bound.iter().filter(|(_, d, _)| *d == owner) {
+            // The dpci unbind first, as the device model would: an unmap of a pirq still
+            // bound force-unbinds it, and Xen then keeps the domain's IRQ-to-pirq entry
+            // (as -pirq) until the guest unbinds, so a later map in that running domain that
+            // gets the same IRQ answers -EBUSY (seen on 4.17.5). An MSI unbind needs only
+            // the pirq (`pt_irq_destroy_bind`).
+            let bind = xen::PtIrq::Msi {
+                pirq: *pirq,
+                gvec: 0,
+                gflags: 0,
+                gtable: 0,
+            };
+            unless_gone(hv.unbind_pt_irq(*d, &bind))?;
             match hv.unmap_pirq(*d, *pirq) {
                 Ok(()) => unmapped.push(pirq.0.to_string()),
                 // Unmapped meanwhile (its device model after all), or the domain went.

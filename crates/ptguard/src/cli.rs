@@ -609,7 +609,7 @@ pub enum SimCommand {
     /// The toolstack's hot-plug (`xl pci-attach`): libxl's attach with a stock device model
     /// that binds by direct hypercalls (no broker), its PCI backend nodes, then the guest
     /// driver enabling MSI-X. A PV guest's vectors are mapped by dom0's pciback.
-    Plug(SimPlugArgs),
+    Plug(SimStartArgs),
     /// The toolstack's hot-unplug (`xl pci-detach`, forced when the device model does not
     /// answer): libxl's order, its PCI backend nodes removed last. The guest runs on.
     Unplug(SimDeviceOfArgs),
@@ -664,23 +664,6 @@ pub struct SimDeviceOfArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SimPlugArgs {
-    /// The guest's domain id.
-    #[arg(value_name = "DOMID")]
-    pub domid: u16,
-    /// The PCI address of the device (assignable: `xl pci-assignable-add`, or
-    /// `ptguard assignable-add`).
-    #[arg(value_name = "SBDF")]
-    pub sbdf: pci::Sbdf,
-    /// MSI-X vectors the guest driver enables.
-    #[arg(long, default_value_t = 3)]
-    pub vectors: u16,
-    /// How the guest's (stock) device model behaves.
-    #[arg(long, value_name = "BEHAVIOUR", value_parser = parse_dm, default_value = "well-behaved")]
-    pub dm: sim::DmBehaviour,
-}
-
-#[derive(Debug, Args)]
 pub struct SimDecodingArgs {
     /// The PCI address of the device.
     #[arg(value_name = "SBDF")]
@@ -727,7 +710,7 @@ pub struct SimStartArgs {
     /// The guest's domain id.
     #[arg(value_name = "DOMID")]
     pub domid: u16,
-    /// The PCI address of the device attached to it.
+    /// The PCI address of the device (for `start`, attached to the guest by `ptguard attach`).
     #[arg(value_name = "SBDF")]
     pub sbdf: pci::Sbdf,
     /// MSI-X vectors the guest driver enables.

@@ -528,19 +528,7 @@ fn doctor_finds_a_forced_mask_and_repair_cures_it() {
         let a = host.create_domain("a", true);
         host.unpause(a).unwrap();
         host.assign_device(a, dev, 0).unwrap();
-        host.write_config(dev, 4, &6u16.to_le_bytes()).unwrap();
-        let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
-        let p = host.map_pirq(&xen::MapPirq::msix(a, dev, 0, tb)).unwrap();
-        host.bind_pt_irq(
-            a,
-            &xen::PtIrq::Msi {
-                pirq: p,
-                gvec: 0x40,
-                gflags: 0x10000,
-                gtable: 0,
-            },
-        )
-        .unwrap();
+        sim::dm::bind_directly(&host, a, dev, 1).unwrap();
         host.write_config(dev, 4, &0u16.to_le_bytes()).unwrap();
         host.shutdown(a).unwrap();
         host.destroy_domain(a).unwrap();

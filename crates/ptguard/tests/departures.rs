@@ -285,31 +285,8 @@ fn a_masked_device_no_guest_holds_is_cured_or_reported() {
     h.assignable();
     let a = h.host.create_domain("a", true);
     h.host.unpause(a).unwrap();
-    h.host.assign_device(DomId::IO, nic(), 0).ok();
     h.host.assign_device(a, nic(), 0).unwrap();
-    h.host
-        .write_config(nic(), 4, &0x0006u16.to_le_bytes())
-        .unwrap();
-    let tb = h
-        .host
-        .with_world(|w| w.device(nic()).unwrap().hw.table_base());
-    for entry in 0..2 {
-        let p = h
-            .host
-            .map_pirq(&xen::MapPirq::msix(a, nic(), entry, tb))
-            .unwrap();
-        h.host
-            .bind_pt_irq(
-                a,
-                &xen::PtIrq::Msi {
-                    pirq: p,
-                    gvec: 0x40,
-                    gflags: 0x10000,
-                    gtable: 0,
-                },
-            )
-            .unwrap();
-    }
+    sim::dm::bind_directly(&h.host, a, nic(), 2).unwrap();
     h.host.write_config(nic(), 4, &0u16.to_le_bytes()).unwrap();
     h.host.shutdown(a).unwrap();
     h.host.destroy_domain(a).unwrap();

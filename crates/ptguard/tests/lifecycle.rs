@@ -966,29 +966,7 @@ fn repair_clears_a_forced_function_mask_in_place() {
         .unwrap();
     // A toolstack and a stock device model: assign, map and bind two entries directly.
     f.host.assign_device(a, dev(), 0).unwrap();
-    f.host
-        .write_config(dev(), 4, &0x0006u16.to_le_bytes())
-        .unwrap();
-    let tb = f
-        .host
-        .with_world(|w| w.device(dev()).unwrap().hw.table_base());
-    for entry in 0..2 {
-        let p = f
-            .host
-            .map_pirq(&xen::MapPirq::msix(a, dev(), entry, tb))
-            .unwrap();
-        f.host
-            .bind_pt_irq(
-                a,
-                &xen::PtIrq::Msi {
-                    pirq: p,
-                    gvec: 0x40,
-                    gflags: 0x10000,
-                    gtable: 0,
-                },
-            )
-            .unwrap();
-    }
+    sim::dm::bind_directly(&f.host, a, dev(), 2).unwrap();
     // Decoding off, then the guest dies.
     f.host.write_config(dev(), 4, &0u16.to_le_bytes()).unwrap();
     f.host.shutdown(a).unwrap();

@@ -419,3 +419,36 @@ pub fn check_interrupts(host: &SimHost, domid: DomId, sbdf: Sbdf, nvec: u16) -> 
         missing,
     }
 }
+
+/// What stock qemu-xen does for each of the first `entries` MSI-X entries of a device its
+/// guest already holds, with no broker and no record anywhere: memory decoding and bus
+/// mastering on, then `map_pirq` (Xen chooses the pirq) and `bind_pt_irq` straight to Xen.
+/// Returns the pirqs, in entry order.
+pub fn bind_directly(
+    host: &SimHost,
+    domid: DomId,
+    sbdf: Sbdf,
+    entries: u16,
+) -> Result<Vec<Pirq>, SimError> {
+    host.write_config(
+        sbdf,
+        COMMAND,
+        &(COMMAND_MEMORY | COMMAND_MASTER).to_le_bytes(),
+    )?;
+    let tb = host.with_world(|w| w.device(sbdf).map_or(0, |d| d.hw.table_base()));
+    let mut pirqs = Vec::new();
+    for entry in 0..entries {
+        let pirq = host.map_pirq(&MapPirq::msix(domid, sbdf, entry, tb))?;
+        host.bind_pt_irq(
+            domid,
+            &PtIrq::Msi {
+                pirq,
+                gvec: GVEC_BASE,
+                gflags: 0x10000,
+                gtable: 0,
+            },
+        )?;
+        pirqs.push(pirq);
+    }
+    Ok(pirqs)
+}

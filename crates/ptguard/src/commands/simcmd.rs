@@ -37,6 +37,19 @@ fn sim_host(ctx: &HostCtx) -> anyhow::Result<SimHost> {
     }
 }
 
+/// libxl records the pid of the device model it spawns for an HVM guest; the simulated
+/// host's is a pid no real process can have.
+fn record_device_model_pid(ctx: &mut HostCtx, domid: DomId) -> anyhow::Result<()> {
+    ctx.xs.write(
+        xenstore::TxId::NONE,
+        &crate::broker::device_model_pid_path(domid),
+        crate::hostctx::simulated_device_model_pid(domid)
+            .to_string()
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
 /// A guest's domid from the command line: a domain the simulated host has, not dom0.
 fn guest_domid(host: &SimHost, domid: u16) -> anyhow::Result<DomId> {
     let d = DomId(domid);
@@ -190,15 +203,8 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     state.device_models.insert(domid.0, dm);
                     state.dm_epochs.insert(domid.0, epoch);
                 }
-                // libxl records the pid of the device model it spawns for an HVM guest.
                 if host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm)) {
-                    ctx.xs.write(
-                        xenstore::TxId::NONE,
-                        &crate::broker::device_model_pid_path(domid),
-                        crate::hostctx::simulated_device_model_pid(domid)
-                            .to_string()
-                            .as_bytes(),
-                    )?;
+                    record_device_model_pid(&mut ctx, domid)?;
                 }
             }
             let rep = check_interrupts(&host, domid, sbdf, a.vectors);
@@ -342,13 +348,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     st.device_models.insert(domid.0, dm);
                 }
                 r?;
-                ctx.xs.write(
-                    xenstore::TxId::NONE,
-                    &crate::broker::device_model_pid_path(domid),
-                    crate::hostctx::simulated_device_model_pid(domid)
-                        .to_string()
-                        .as_bytes(),
-                )?;
+                record_device_model_pid(&mut ctx, domid)?;
             } else {
                 // libxl's PV attach: no device model; assign, pciback export, backend;
                 // pcifront's enable_msix has dom0 map each vector for the guest.
@@ -377,12 +377,15 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     .insert(sbdf);
             }
             let rep = check_interrupts(&host, domid, sbdf, a.vectors);
-            writeln!(
-                out,
-                "{sbdf} given to {domid} by the toolstack; {} of {} MSI-X vectors delivered",
-                rep.delivered(),
-                a.vectors
-            )?;
+            emit(out, a.json, &rep, |out| {
+                writeln!(
+                    out,
+                    "{sbdf} given to {domid} by the toolstack; {} of {} MSI-X vectors delivered",
+                    rep.delivered(),
+                    a.vectors
+                )?;
+                Ok(())
+            })?;
         }
         SimCommand::Unplug(a) => {
             let domid = guest_domid(&host, a.domid)?;
