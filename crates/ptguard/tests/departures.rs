@@ -151,6 +151,11 @@ fn a_hot_unplug_from_a_running_guest_whose_model_died_is_clean_for_the_next_gues
             "{notices:?}"
         );
         assert!(h.mapped(nic()).is_empty(), "no binding leaked to g");
+        // Unbound before unmapped: no MSI pirq of the running guest is left force-unbound
+        // (Xen would keep it taken until g is destroyed). The INTx pirq (16) is libxl's:
+        // its detach unmaps it under the dead model's dpci binding.
+        let stale = h.host.with_world(|w| w.domains[&g].forced_unbound.clone());
+        assert_eq!(stale.into_iter().collect::<Vec<_>>(), [16], "{xen:?}");
         assert_eq!(h.clean(nic()), Ok(()));
         assert_eq!(
             h.mapped(other_nic()),

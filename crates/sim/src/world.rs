@@ -87,6 +87,13 @@ pub struct Domain {
     pub handle: DomainHandle,
     /// The `SHUTDOWN_*` code of its last shutdown.
     pub shutdown_reason: u8,
+    /// Pirqs an `unmap_pirq` force-unbound (still bound by the guest's dpci or event
+    /// channel when unmapped): Xen keeps them as `arch.irq = -irq` until the guest
+    /// unbinds, so they are not free (`get_free_pirq` skips them); for an MSI the guest's
+    /// unbind then answers `-EINVAL` (`pt_irq_destroy_bind` finds no IRQ), so they stay
+    /// taken until the domain is destroyed (4.17 `unmap_domain_pirq`, `pirq_guest_unbind`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub forced_unbound: BTreeSet<i32>,
 }
 
 /// Xen's per-MSI-X-vector descriptor (`struct msi_desc`).
@@ -614,7 +621,7 @@ impl World {
         }
         (NR_IRQS_GSI..nr_pirqs)
             .rev()
-            .find(|p| !d.pirqs.contains_key(p))
+            .find(|p| !d.pirqs.contains_key(p) && !d.forced_unbound.contains(p))
             .ok_or(Errno::ENOSPC)
     }
 
@@ -800,7 +807,8 @@ impl World {
             .get(&pirq)
             .cloned()
             .ok_or(Errno::EINVAL)?;
-        if entry.dpci.is_some() || entry.evtchn {
+        let forced = entry.dpci.is_some() || entry.evtchn;
+        if forced {
             self.log(format!("{domid}: forcing unbind of pirq {pirq}"));
             self.guest_unbind(domid, pirq);
         }
@@ -817,6 +825,9 @@ impl World {
         }
         let d = self.domain_mut(domid)?;
         d.pirqs.remove(&pirq);
+        if forced && !d.dying {
+            d.forced_unbound.insert(pirq);
+        }
         if !matches!(entry.source, PirqSource::Gsi { .. }) || domid != DomId::DOM0 {
             d.irq_access.remove(&entry.irq);
         }
@@ -1262,6 +1273,7 @@ impl Domain {
             iommu: true,
             handle: DomainHandle::default(),
             shutdown_reason: 0,
+            forced_unbound: BTreeSet::new(),
         }
     }
 }
