@@ -648,12 +648,16 @@ soak_chain() {
         xl destroy "$cur"; sleep $SETTLE
     fi
 }
+soak_dirty() { case $1 in *"clean never"*) echo dirty ;; *moved*) echo moved ;; *rebooted*) echo kept ;; "") echo "" ;; *) echo clean ;; esac; }
+soak_ok() { has "$2" '^IRQS-ARRIVE' && ! has "$1" "clean never"; }
 # soak_report LABEL N KIND VERDICT: the check (ptguard chain) or a baseline line.
 soak_report() {
     local name="soak-$2-${3#*:}" c="the device stays with the guest"
     if [ "$2" = first ]; then name="soak-first-guest"; c="given at xl create"; else c=${cleaned[$2]:-$c}; fi
     if [ "$1" = soak ]; then
-        expect "$name" "$3 ($c): next guest $4" has "$4" '^IRQS-ARRIVE'
+        # The invariant, then the guest: clean before the next guest got it (where the
+        # device left to no guest), and that guest's interrupts arrive.
+        expect "$name" "$3 ($c): next guest $4" soak_ok "$c" "$4"
     else
         say "baseline $name ($3): next guest $4"
         case $4 in IRQS-ARRIVE*) ;; *) xl pci-assignable-remove -r $SBDF >/dev/null 2>&1; xl pci-assignable-add $SBDF >/dev/null 2>&1 ;; esac
@@ -669,7 +673,7 @@ if group soak; then
     s0=$(up)
     declare -a results cleaned
     soak_chain soak
-    ours=("${results[@]}")
+    ours=("${results[@]}"); ours_clean=("${cleaned[@]}")
     took_soak=$(awk -v a="$s0" -v b="$(up)" 'BEGIN { printf "%d", b - a }')
     unmap_failed=$(( $(dmesg | grep -c "unmap irq failed") - unmap_failed0 ))
     irqs=$(grep -c xen-pirq /proc/interrupts)
@@ -677,17 +681,18 @@ if group soak; then
     expect soak-dom0-irqs-do-not-grow "dom0 xen-pirq IRQs: $irqs0 before, $irqs after" test "$irqs" -le "$irqs0"
     say "soak: $SOAK_N teardowns in ${took_soak} s, settle ${SETTLE} s"
     stop_watch
-    base=()
+    base=(); base_clean=()
     if grep -q "ptguard\.soak_baseline=1" /proc/cmdline; then
         systemctl mask --runtime ptguard.service >/dev/null 2>&1
         results=(); cleaned=()
         soak_chain base
-        base=("${results[@]}")
+        base=("${results[@]}"); base_clean=("${cleaned[@]}")
         systemctl unmask --runtime ptguard.service >/dev/null 2>&1
     fi
-    say "soak table: teardown | with ptguard | toolstack alone"
+    say "soak table: teardown | with ptguard (next guest, device before it) | toolstack alone"
     for ((i = 0; i < SOAK_N; i++)); do
-        printf 'soak-row %2d %-26s %-12s %s\n' "$i" "${SOAK_PLAN[$i]}" "${ours[$i]:-none}" "${base[$i]:--}"
+        printf 'soak-row %2d %-24s %-12s %-8s | %-12s %s\n' "$i" "${SOAK_PLAN[$i]}" "${ours[$i]:-none}" \
+            "$(soak_dirty "${ours_clean[$i]:-}")" "${base[$i]:--}" "$(soak_dirty "${base_clean[$i]:-}")"
     done
     xl pci-assignable-remove -r $SBDF
 fi

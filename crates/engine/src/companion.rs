@@ -234,7 +234,7 @@ impl Engine<'_> {
                 }
                 Some(DumpOwner::Domain(to)) => Some(self.hand_over(&rec, owner, to)?),
                 Some(DumpOwner::Io | DumpOwner::Xen) => {
-                    self.notice(format!("{sbdf}: left {owner} while {owner} runs (the toolstack's unplug); cleaning it before any guest gets it"));
+                    self.notice(format!("{sbdf}: left {owner} before {owner} was gone (an unplug, or a destroy that takes the devices first); cleaning it before any guest gets it"));
                     Some(self.teardown(sbdf, "hot-unplug")?)
                 }
             };
@@ -257,11 +257,13 @@ impl Engine<'_> {
         to: DomId,
     ) -> Result<Outcome> {
         let sbdf = rec.sbdf;
+        // Only the recorded incarnation's pirqs, and only an HVM guest's (a PV guest's are
+        // pciback's); a domain that reused the domid is another guest.
         if self
             .platform
             .hypervisor()
             .domain_info(from)?
-            .is_some_and(|i| i.hvm)
+            .is_some_and(|i| i.hvm && same_incarnation(rec.owner_handle, &i))
         {
             self.unmap_device_vectors(sbdf, from)?;
         }

@@ -20,7 +20,9 @@ enum Released {
     Yes,
     /// A finished owner's unknown pirqs were swept: release again.
     SweptRetry,
-    Quarantined(Outcome),
+    /// The teardown ends here: quarantined, or handed over to the domain that holds the
+    /// device now.
+    Ended(Outcome),
 }
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -144,7 +146,8 @@ impl Engine<'_> {
         }
         let facts = TeardownFacts::of(&rec, replaced);
         let mut swept = false;
-        let mut targeted = false;
+        // The targeted unmap ran (once per pass): how many vectors it could not name.
+        let mut targeted: Option<usize> = None;
         loop {
             let owner = rec
                 .owner
@@ -172,7 +175,7 @@ impl Engine<'_> {
                     match self.release(&mut rec, owner, replaced, &mut swept, &mut targeted)? {
                         Released::Yes => {}
                         Released::SweptRetry => continue,
-                        Released::Quarantined(o) => return Ok(o),
+                        Released::Ended(o) => return Ok(o),
                     }
                 }
                 StepWork::Deassign => {
@@ -305,7 +308,7 @@ impl Engine<'_> {
         owner: DomId,
         replaced: bool,
         swept: &mut bool,
-        targeted: &mut bool,
+        targeted: &mut Option<usize>,
     ) -> Result<Released> {
         let sbdf = rec.sbdf;
         let hv = self.platform.hypervisor();
@@ -322,6 +325,17 @@ impl Engine<'_> {
             // its (dying) owner, never with a new one.
             Ok(()) => Ok(Released::Yes),
             Err(e) if e.errno() == Some(Errno::EBUSY) => {
+                // The toolstack may have given the device to another guest while this
+                // teardown waited (a PV owner's pciback, a quarantine): the vectors mapped
+                // now may be that guest's. The record follows the device; nothing of the
+                // new holder is touched.
+                if held_by_guest(hv, sbdf)?.is_some() {
+                    if let Some(DumpOwner::Domain(h)) = xen_holder(hv, sbdf)? {
+                        if h != owner && hv.domain_info(h)?.is_some_and(|i| !i.finished()) {
+                            return Ok(Released::Ended(self.hand_over(rec, owner, h)?));
+                        }
+                    }
+                }
                 let info = hv.domain_info(owner)?.filter(|_| !replaced);
                 // A PV guest's MSI/MSI-X vectors are mapped for it by dom0's kernel
                 // (pciback's enable_msix), which unmaps them itself when pciback lets go
@@ -332,7 +346,7 @@ impl Engine<'_> {
                         "release_msix answered -EBUSY: {owner} is a PV guest, whose vectors are dom0's pciback's; pciback unmaps them when it lets go of the device ({}); retried on the next round",
                         if i.finished() { "its domain is being torn down" } else { "the backend is closing" }
                     );
-                    return Ok(Released::Quarantined(self.requarantine(rec, why)?));
+                    return Ok(Released::Ended(self.requarantine(rec, why)?));
                 }
                 // Bindings the ledger does not know (a stock device model's) of an owner
                 // that will never run again: sweep them, with decoding on, and release
@@ -348,17 +362,17 @@ impl Engine<'_> {
                 // An HVM owner that still runs (a hot-unplug whose device model died, or
                 // bypassed the broker): unmap exactly the pirqs Xen shows bound to this
                 // device's vectors for the owner, and nothing else of it.
-                let mut unnamed = 0;
-                if !*targeted && info.is_some() {
-                    *targeted = true;
+                if targeted.is_none() && info.is_some() {
                     self.ensure_memory_decoding(sbdf)?;
                     self.checkpoint(|| format!("{sbdf} teardown: unmap {owner}'s vectors"))?;
                     let (unmapped, left) = self.unmap_device_vectors(sbdf, owner)?;
+                    *targeted = Some(left);
                     if unmapped > 0 {
                         return Ok(Released::SweptRetry);
                     }
-                    unnamed = left;
                 }
+                // What the dump showed that no one can name: the same reason on every pass.
+                let unnamed = targeted.unwrap_or(0);
                 let unconfirmed = rec.bindings.len();
                 let lost = rec.lost_maps as usize + unconfirmed;
                 let why = match info {
@@ -376,7 +390,7 @@ impl Engine<'_> {
                     ),
                     None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
                 };
-                Ok(Released::Quarantined(self.requarantine(rec, why)?))
+                Ok(Released::Ended(self.requarantine(rec, why)?))
             }
             Err(e) => Err(e.into()),
         }

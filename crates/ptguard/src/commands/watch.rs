@@ -237,10 +237,12 @@ pub fn watch_loop(
         notices.iter().for_each(log_notice);
         for d in &done {
             match &d.1 {
-                Outcome::Assignable { .. } => tracing::info!("{}: {}", d.0, d.1),
-                Outcome::Quarantined { .. } | Outcome::HandedOver { .. } => {
-                    tracing::warn!("{}: {}", d.0, d.1)
+                Outcome::Assignable { .. } | Outcome::HandedOver { .. } => {
+                    tracing::info!("{}: {}", d.0, d.1)
                 }
+                // The quarantine's own notice said it (WARN), once: a retried round that
+                // finds the same reason logs nothing.
+                Outcome::Quarantined { .. } => {}
             }
             on_done(d);
         }
