@@ -12,7 +12,11 @@ use common::ok;
 const NIC: &str = "0000:03:00.0";
 
 fn delivered(out: &str) -> &str {
-    out.split("; ").nth(1).unwrap_or(out).trim()
+    out.lines()
+        .find(|l| l.contains("MSI-X vectors of"))
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap_or(out)
+        .trim()
 }
 
 /// The next guest, given the device by the toolstack: all its vectors arrive.
@@ -25,7 +29,7 @@ fn next_guest(d: &Path, name: &str, pv: bool) -> String {
     let out = ok(d, &["sim", "plug", &g, NIC]);
     assert_eq!(
         delivered(&out),
-        "3 of 3 MSI-X vectors delivered",
+        format!("3 of 3 MSI-X vectors of {NIC} delivered"),
         "{name}: {out}"
     );
     ok(d, &["watch", "--once"]);

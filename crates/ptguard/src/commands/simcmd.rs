@@ -50,6 +50,33 @@ fn record_device_model_pid(ctx: &mut HostCtx, domid: DomId) -> anyhow::Result<()
     Ok(())
 }
 
+/// Makes each of the guest's vectors fire and says which arrived (the guest driver's
+/// check), as text or JSON.
+fn report_interrupts(
+    out: &mut dyn Write,
+    json: bool,
+    host: &SimHost,
+    domid: DomId,
+    sbdf: Sbdf,
+    vectors: u16,
+) -> anyhow::Result<()> {
+    let rep = check_interrupts(host, domid, sbdf, vectors);
+    emit(out, json, &rep, |out| {
+        writeln!(
+            out,
+            "{domid}: {} of {vectors} MSI-X vectors of {sbdf} delivered",
+            rep.delivered()
+        )?;
+        for (i, m) in rep.missing.iter().enumerate() {
+            if let Some(why) = m {
+                writeln!(out, "  vector {i}: no interrupt ({why})")?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// A guest's domid from the command line: a domain the simulated host has, not dom0.
 fn guest_domid(host: &SimHost, domid: u16) -> anyhow::Result<DomId> {
     let d = DomId(domid);
@@ -207,21 +234,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     record_device_model_pid(&mut ctx, domid)?;
                 }
             }
-            let rep = check_interrupts(&host, domid, sbdf, a.vectors);
-            emit(out, a.json, &rep, |out| {
-                writeln!(
-                    out,
-                    "{domid}: {} of {} MSI-X vectors of {sbdf} delivered",
-                    rep.delivered(),
-                    a.vectors
-                )?;
-                for (i, m) in rep.missing.iter().enumerate() {
-                    if let Some(why) = m {
-                        writeln!(out, "  vector {i}: no interrupt ({why})")?;
-                    }
-                }
-                Ok(())
-            })?;
+            report_interrupts(out, a.json, &host, domid, sbdf, a.vectors)?;
         }
         SimCommand::Reboot(a) => {
             let domid = DomId(a.domid);
@@ -376,16 +389,10 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     .or_default()
                     .insert(sbdf);
             }
-            let rep = check_interrupts(&host, domid, sbdf, a.vectors);
-            emit(out, a.json, &rep, |out| {
-                writeln!(
-                    out,
-                    "{sbdf} given to {domid} by the toolstack; {} of {} MSI-X vectors delivered",
-                    rep.delivered(),
-                    a.vectors
-                )?;
-                Ok(())
-            })?;
+            if !a.json {
+                writeln!(out, "{sbdf} given to {domid} by the toolstack")?;
+            }
+            report_interrupts(out, a.json, &host, domid, sbdf, a.vectors)?;
         }
         SimCommand::Unplug(a) => {
             let domid = guest_domid(&host, a.domid)?;
