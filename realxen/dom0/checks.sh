@@ -555,7 +555,7 @@ verdict_of() { grep -a GUEST-RESULT "$1" 2>/dev/null | tail -1 | sed 's/.*GUEST-
 soak_start() {
     cfg "$1" "$2" yes "$4" "hold=$3"
     local log; log=$(guest_log "$1" "$2"); rm -f "$log"
-    xl create "/root/$1.cfg" >/dev/null 2>&1 || { echo "xl create failed"; return; }
+    xl create "/root/$1.cfg" >/dev/null 2>&1 || { echo "START-REFUSED (xl create failed)"; return; }
     wait_for 200 grep -aq "GUEST-RESULT" "$log"
     echo "$(verdict_of "$log")"
 }
