@@ -472,6 +472,36 @@ if group companion; then
         has "[$(ledger state)] $swept $(msix)" "\[\] .*swept [0-9]+ pirq.*Masked-"
     r=$(run_guest pv pv)
     expect companion-next-guest-irqs-arrive "next guest (xl, pci=): $r" has "$r" '^IRQS-ARRIVE'
+    # An unplug a toolstack hook announced that never finishes: the hook turns decoding
+    # on, then (as a guest or a racing tool might) it goes off again, and libxl's HVM
+    # unplug waits 10 s for qemu and gives up, writing nothing to Xenstore. ptguard's
+    # marker is the only trace: the daemon must say so once with the fix, and doctor
+    # must name it; if the unplug did finish, neither may.
+    cfg hvmu hvm yes $SBDF "hold=1"
+    live=$(start_hold hvmu hvm)
+    du=$(domid_of hvmu)
+    wait_for 20 test "$(ledger owner | cut -d' ' -f1)" = "$du"
+    hook=$(ptguard hook pre-unplug $SBDF 2>&1)
+    setpci -s $BDF COMMAND=0000
+    t0=$(up)
+    timeout 60 xl pci-detach hvmu $SBDF >/dev/null 2>&1; det=$?
+    took=$(awk -v a="$t0" -v b="$(up)" 'BEGIN { printf "%.1f", b - a }')
+    sleep 20
+    said=$(watch_log 40 | grep -a "has not finished" | tail -1 | cut -c1-300)
+    stalled=$(ptguard doctor --json 2>/dev/null | tr -d '\n ' | grep -o '"code":"unplug-stalled"' | head -1)
+    if [ "$det" -ne 0 ]; then
+        expect companion-stalled-unplug-reported "d$du ($live): hook '$hook'; xl pci-detach rc=$det after $took s; daemon: '$said'; doctor: '$stalled'" \
+            test -n "$said" -a -n "$stalled"
+        timeout 60 xl pci-detach -f hvmu $SBDF >/dev/null 2>&1
+    else
+        expect companion-stalled-unplug-reported "d$du ($live): xl pci-detach finished in $took s (rc 0): nothing may be reported; daemon: '$said'; doctor: '$stalled'" \
+            test -z "$said" -a -z "$stalled"
+    fi
+    wait_for 30 sh -c "lspci -vv -s $BDF | grep -q 'MSI-X: Enable- .*Masked-'"
+    after=$(ptguard doctor --json 2>/dev/null | tr -d '\n ' | grep -o '"code":"unplug-stalled"' | head -1)
+    expect companion-forced-unplug-clean "after xl pci-detach -f: MSI-X $(msix); Xen: $(xen_q | sed 's/.*0000:00:05.0 - //'); doctor unplug-stalled '$after'; daemon: $(watch_log 6 | tr '\n' ' ' | cut -c1-600)" \
+        has "$(msix) [$after]" "Enable- .*Masked- .*\[\]"
+    xl destroy hvmu 2>/dev/null
     stop_watch
     xl pci-assignable-remove -r $SBDF
 fi
@@ -546,9 +576,9 @@ SOAK_PLAN=(pv:poweroff hvm:destroy pv:reboot pv:decode-off-destroy pv:shutdown
     hvm:dm-kill-destroy pv:detach-attach hvm:dm-kill-detach pv:decode-off-detach
     pv:assignable-readd pv:poweroff pv:destroy hvm:detach-attach pv:decode-off-destroy
     hvm:decode-off-destroy
-    hvm:poweroff hvm:assignable-readd pv:destroy hvm:decode-off-destroy pv:reboot
+    hvm:poweroff hvm:assignable-readd hvm:decode-off-detach hvm:decode-off-destroy pv:reboot
     pv:shutdown hvm:dm-kill-destroy hvm:detach-attach pv:detach-attach hvm:dm-kill-detach
-    pv:decode-off-detach pv:assignable-readd hvm:destroy pv:decode-off-destroy pv:poweroff)
+    pv:decode-off-detach pv:assignable-readd hvm:destroy hvm:decode-off-detach pv:poweroff)
 SETTLE=8
 verdict_of() { grep -a GUEST-RESULT "$1" 2>/dev/null | tail -1 | sed 's/.*GUEST-RESULT //' | tr -d '\r'; }
 # soak_start NAME TYPE HOLD PCI: creates a chain guest; waits for its (first) verdict.

@@ -100,6 +100,24 @@ pub struct PreUnplug {
     pub sbdf: Sbdf,
     /// Memory decoding was off and is on now.
     pub turned_on: bool,
+    /// The guest it is leaving (the ledger's owner, else the toolstack's backend): the
+    /// daemon watches that the unplug finishes. `None`: no guest holds it.
+    pub watched_for: Option<DomId>,
+}
+
+/// How long after `hook pre-unplug` an unplug counts as stalled: libxl gives an HVM
+/// guest's device model 10 s (`LIBXL_QMP_CMD_TIMEOUT`, 4.17 to 4.22), then gives up.
+pub const UNPLUG_STALL_SECS: u64 = 15;
+
+/// An unplug announced by `hook pre-unplug` whose device the guest still has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingUnplug {
+    pub sbdf: Sbdf,
+    pub owner: DomId,
+    /// Seconds since the hook ran.
+    pub waited: u64,
+    /// Longer than [`UNPLUG_STALL_SECS`]: the toolstack's unplug failed or hangs.
+    pub stalled: bool,
 }
 
 /// A device no guest held that `cure_unrecorded` found unclean.
@@ -131,6 +149,16 @@ pub enum PreReset {
     TornDown { domid: DomId, outcome: Outcome },
     /// Not in the ledger: the finished owner's pirqs were swept.
     Swept { report: SweepReport },
+}
+
+fn pending_of(m: &UnplugMarker, now: u64) -> PendingUnplug {
+    let waited = now.saturating_sub(m.since);
+    PendingUnplug {
+        sbdf: m.sbdf,
+        owner: m.owner,
+        waited,
+        stalled: waited >= UNPLUG_STALL_SECS,
+    }
 }
 
 impl Engine<'_> {
@@ -344,12 +372,113 @@ impl Engine<'_> {
     /// For a toolstack's hook that runs before it unplugs a device from a guest: memory
     /// decoding on where Xen looks for it, so the vectors' teardown masks them in the
     /// table and Xen never falls back to forcing the Function Mask.
-    pub fn pre_unplug(&mut self, sbdf: Sbdf) -> Result<PreUnplug> {
+    ///
+    /// The unplug is remembered (`/ptguard/unplug/<device>`, `now` in Unix seconds): a
+    /// toolstack whose unplug fails leaves no other trace (libxl's HVM unplug times out
+    /// waiting for qemu and writes nothing), and [`Engine::check_unplugs`] reports it.
+    pub fn pre_unplug(&mut self, sbdf: Sbdf, now: u64) -> Result<PreUnplug> {
         if !self.platform.pci().exists(sbdf)? {
             return Err(EngineError::NoSuchDevice { sbdf });
         }
         let turned_on = self.ensure_memory_decoding(sbdf)?;
-        Ok(PreUnplug { sbdf, turned_on })
+        let from_ledger = self.record(sbdf)?.and_then(|r| match r.state {
+            DeviceState::Attached => r.owner,
+            _ => None,
+        });
+        let watched_for = from_ledger.or_else(|| {
+            toolstack_backends(self.xs)
+                .into_iter()
+                .find(|(_, s)| *s == sbdf)
+                .map(|(d, _)| d)
+        });
+        if let Some(owner) = watched_for {
+            let marker = UnplugMarker {
+                sbdf,
+                owner,
+                since: now,
+                reported: false,
+            };
+            write(self.xs, TxId::NONE, &unplug_path(sbdf), &marker.encode())?;
+        }
+        Ok(PreUnplug {
+            sbdf,
+            turned_on,
+            watched_for,
+        })
+    }
+
+    /// The unplugs `hook pre-unplug` announced whose guest, alive, still has the device
+    /// in its backend, each with how long it has waited. Read only.
+    pub fn pending_unplugs(&mut self, now: u64) -> Result<Vec<PendingUnplug>> {
+        Ok(self
+            .unplug_markers()?
+            .into_iter()
+            .filter(|(_, pending)| *pending)
+            .map(|(m, _)| pending_of(&m, now))
+            .collect())
+    }
+
+    /// The daemon's part: forgets the announced unplugs that finished (the device left
+    /// the guest's backend, or the guest is gone), and logs once, as a warning with the
+    /// fix, each one that has not finished after [`UNPLUG_STALL_SECS`].
+    pub fn check_unplugs(&mut self, now: u64) -> Result<Vec<PendingUnplug>> {
+        let mut out = Vec::new();
+        for (mut m, pending) in self.unplug_markers()? {
+            if !pending {
+                rm(self.xs, TxId::NONE, &unplug_path(m.sbdf))?;
+                continue;
+            }
+            let p = pending_of(&m, now);
+            if p.stalled && !m.reported {
+                let (s, d) = (m.sbdf, m.owner);
+                self.warn(format!("{s}: the toolstack's unplug from {d} has not finished {} s after `hook pre-unplug`: {d} still has it (libxl gives an HVM guest's device model 10 s, then gives up and leaves the device with the guest; a guest that does not eject it, e.g. with memory decoding off, does this). Nothing is torn down while {d} holds it; to finish: `xl pci-detach -f {} {s}`, or shut {d} down", p.waited, d.0));
+                m.reported = true;
+                write(self.xs, TxId::NONE, &unplug_path(s), &m.encode())?;
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Every marker, with whether its unplug is still pending: the guest lives and its
+    /// backend still lists the device as not leaving. A malformed marker is dropped with
+    /// a warning.
+    fn unplug_markers(&mut self) -> Result<Vec<(UnplugMarker, bool)>> {
+        let names = match self.xs.directory(TxId::NONE, UNPLUGS) {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backends = toolstack_backends(self.xs);
+        let mut out = Vec::new();
+        for name in names {
+            let path = format!("{UNPLUGS}/{name}");
+            let Ok(sbdf) = Sbdf::from_xs_key(&name) else {
+                self.warn(format!("{path}: not a device's key; dropped"));
+                rm(self.xs, TxId::NONE, &path)?;
+                continue;
+            };
+            let text = read_opt(self.xs, TxId::NONE, &path)?.unwrap_or_default();
+            let m = match UnplugMarker::decode(sbdf, &text) {
+                Ok(m) => m,
+                Err(why) => {
+                    self.warn(format!("{path} = {text:?}: {why}; dropped"));
+                    rm(self.xs, TxId::NONE, &path)?;
+                    continue;
+                }
+            };
+            let alive = self
+                .platform
+                .hypervisor()
+                .domain_info(m.owner)?
+                .is_some_and(|i| !i.finished());
+            let listed = backends.contains(&(m.owner, sbdf));
+            out.push((m, alive && listed));
+        }
+        Ok(out)
     }
 
     /// For a toolstack's hook that runs before it resets a device (xenopsd's

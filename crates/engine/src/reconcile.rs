@@ -162,12 +162,21 @@ impl Engine<'_> {
         Ok(out)
     }
 
-    /// Whether some device's teardown is quarantined or unfinished (the daemon retries
-    /// those on a timer as well as on domain events). Reads the record heads only.
+    /// Whether some device's teardown is quarantined or unfinished, or an announced unplug
+    /// is pending (the daemon retries those on a timer as well as on domain events).
+    /// Reads the record heads and the unplug markers' names only.
     pub fn has_unfinished(&mut self) -> Result<bool> {
-        Ok(heads(self.xs)?
+        if heads(self.xs)?
             .iter()
-            .any(|r| matches!(r.state, DeviceState::TearingDown | DeviceState::Quarantined)))
+            .any(|r| matches!(r.state, DeviceState::TearingDown | DeviceState::Quarantined))
+        {
+            return Ok(true);
+        }
+        match self.xs.directory(TxId::NONE, crate::ledger::UNPLUGS) {
+            Ok(n) => Ok(!n.is_empty()),
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Hot-unplug: tears the device down while its owner may still run.

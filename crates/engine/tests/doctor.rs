@@ -345,6 +345,18 @@ fn every_finding_code_has_a_check() {
     // A guest's line is not Xen's.
     assert!(engine::xen_dump::pci_devices("(d5) (XEN) 0000:0c:00.0 - d3 - node -1 \n").is_empty());
     seen.extend(codes);
+    // An announced unplug: pending within libxl's wait, a finding after it.
+    let pending = |waited| engine::companion::PendingUnplug {
+        sbdf: held,
+        owner: DomId(7),
+        waited,
+        stalled: waited >= engine::companion::UNPLUG_STALL_SECS,
+    };
+    assert!(engine::doctor::unplug_findings(&[pending(3)]).is_empty());
+    let u = engine::doctor::unplug_findings(&[pending(40)]);
+    assert_eq!(u.len(), 1);
+    assert!(u[0].fix.contains("xl pci-detach -f 7"), "{:?}", u[0]);
+    seen.extend(u.iter().map(|f| f.code));
     let all: BTreeSet<&str> = CODES.iter().map(|(c, _, _)| *c).collect();
     let from_cli: BTreeSet<&str> = [
         "ledger-corrupt",

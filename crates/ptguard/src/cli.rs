@@ -456,8 +456,11 @@ pub enum HookCommand {
     /// Before the toolstack unplugs a device from a guest (`xl pci-detach`, xenopsd,
     /// libvirt): turn its memory decoding on (its physical function's, for a virtual
     /// function), so that Xen masks each vector in the MSI-X table when the vectors are
-    /// torn down instead of forcing the Function Mask. Changes nothing else; `ptguard
-    /// watch` cleans the device once it has left the guest. Safe to run twice.
+    /// torn down instead of forcing the Function Mask. It also notes the unplug
+    /// (/ptguard/unplug/DEVICE): if the guest still has the device 15 s later (libxl's
+    /// HVM unplug gives qemu 10 s, then gives up silently), `ptguard watch` logs it with
+    /// the fix and `ptguard doctor` reports `unplug-stalled`. `ptguard watch` cleans the
+    /// device once it has left the guest. Safe to run twice.
     #[command(name = "pre-unplug")]
     PreUnplug(SbdfArg),
 }

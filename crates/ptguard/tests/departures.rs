@@ -442,8 +442,11 @@ fn decoding_goes_on_when_the_toolstack_starts_an_unplug() {
 
     h.host.write_config(nic(), 4, &0u16.to_le_bytes()).unwrap();
     let mut e = Engine::new(&mut h.client, &h.platform);
-    assert!(e.pre_unplug(nic()).unwrap().turned_on);
-    assert!(!e.pre_unplug(nic()).unwrap().turned_on, "twice is harmless");
+    assert!(e.pre_unplug(nic(), 1000).unwrap().turned_on);
+    assert!(
+        !e.pre_unplug(nic(), 1000).unwrap().turned_on,
+        "twice is harmless"
+    );
     drop(e);
     assert!(decoding(&h));
 }
@@ -497,4 +500,87 @@ fn a_waiting_teardown_follows_the_device_to_its_new_holder() {
         "{:?}",
         h.mapped(nic())
     );
+}
+
+/// An unplug the toolstack announced (`hook pre-unplug`) and never finished — libxl's HVM
+/// unplug that times out waiting for qemu writes nothing to Xenstore — is reported once,
+/// as a warning with the fix, and by doctor; nothing is torn down while the guest holds
+/// the device. When the toolstack then does unplug, the device is cleaned and the marker
+/// goes.
+#[test]
+fn an_announced_unplug_that_never_finishes_is_reported_once() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
+    h.round(false);
+    let mut e = Engine::new(&mut h.client, &h.platform);
+    let announced = e.pre_unplug(nic(), 1000).unwrap();
+    assert_eq!(announced.watched_for, Some(g));
+    // Within libxl's wait: pending, not stalled, nothing said.
+    let p = e.check_unplugs(1005).unwrap();
+    assert_eq!(p.len(), 1);
+    assert!(!p[0].stalled);
+    assert!(
+        e.has_unfinished().unwrap(),
+        "the daemon's timer must run while it waits"
+    );
+    assert!(e.notices.is_empty(), "{:?}", e.notices);
+    // libxl gave up: the backend still lists the device, Xen still shows g holding it.
+    let p = e
+        .check_unplugs(1000 + engine::companion::UNPLUG_STALL_SECS)
+        .unwrap();
+    assert!(p[0].stalled, "{p:?}");
+    let said: Vec<_> = std::mem::take(&mut e.notices);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert_eq!(said[0].level, NoticeLevel::Warn);
+    assert!(
+        said[0].contains(&format!("xl pci-detach -f {} {}", g.0, nic())),
+        "{said:?}"
+    );
+    e.check_unplugs(1100).unwrap();
+    assert!(e.notices.is_empty(), "reported once: {:?}", e.notices);
+    let findings = engine::doctor::unplug_findings(&e.pending_unplugs(1100).unwrap());
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].code, "unplug-stalled");
+    drop(e);
+    assert_eq!(
+        h.record(nic()).unwrap().owner,
+        Some(g),
+        "still g's: nothing torn down"
+    );
+    assert!(h.mapped(nic()).iter().all(|(d, _)| *d == g));
+
+    // The operator forces it: the device is cleaned, the marker goes.
+    h.unplug(g, nic(), &mut dm);
+    h.round(false);
+    let mut e = Engine::new(&mut h.client, &h.platform);
+    assert!(e.check_unplugs(1200).unwrap().is_empty());
+    assert!(e.pending_unplugs(1200).unwrap().is_empty());
+    assert!(!e.has_unfinished().unwrap());
+    drop(e);
+    h.clean(nic()).unwrap();
+}
+
+/// A marker edited by hand into nonsense is dropped with a warning, not trusted.
+#[test]
+fn a_malformed_unplug_marker_is_dropped() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    for (name, value) in [
+        ("0000-03-00-0", "owner=x since=1"),
+        ("not-a-device", "owner=1 since=1"),
+        ("0000-04-00-0", "owner=1 since=1 since=2"),
+    ] {
+        h.client
+            .write(
+                xenstore::TxId::NONE,
+                &format!("/ptguard/unplug/{name}"),
+                value.as_bytes(),
+            )
+            .unwrap();
+    }
+    let mut e = Engine::new(&mut h.client, &h.platform);
+    assert!(e.check_unplugs(10).unwrap().is_empty());
+    assert_eq!(e.notices.len(), 3, "{:?}", e.notices);
+    assert!(!e.has_unfinished().unwrap());
 }

@@ -38,6 +38,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("pirq-budget", Severity::Warning, "a guest gets only extra_guest_irqs pirqs for MSI: enabling more vectors than that fails (map_pirq -ENOSPC)"),
     ("bus-reset-blocked", Severity::Warning, "its only reset is a secondary bus reset, which Linux refuses while other devices share the bus: the device goes from guest to guest unreset"),
     ("decoding-off", Severity::Warning, "if its vectors are unmapped now, Xen cannot mask them in the table and forces the Function Mask instead (the seed's failure); ptguard turns decoding on first, stock toolstacks do not"),
+    ("unplug-stalled", Severity::Error, "the toolstack announced an unplug (hook pre-unplug) that never finished: the guest keeps the device, and a toolstack that thinks it gone may give it to another guest, whose start then fails (-EBUSY)"),
     ("no-reset-method", Severity::Warning, "without a reset, state the last guest left in the device reaches the next one"),
     ("ledger-corrupt", Severity::Error, "ptguard cannot tell what the device holds from a corrupt entry; it skips the device"),
     ("held-unknown-to-ledger", Severity::Error, "a guest holds the device but its bindings are recorded nowhere: no teardown of ptguard's protects it"),
@@ -290,6 +291,27 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
         }
     }
     out
+}
+
+/// Unplugs a toolstack's hook announced that did not finish in time
+/// ([`crate::companion::UNPLUG_STALL_SECS`]).
+pub fn unplug_findings(pending: &[crate::companion::PendingUnplug]) -> Vec<Finding> {
+    pending
+        .iter()
+        .filter(|p| p.stalled)
+        .map(|p| {
+            Finding::new(
+                "unplug-stalled",
+                Some(p.sbdf),
+                format!("its unplug from {} was announced {} s ago and has not finished: {} still has it", p.owner, p.waited, p.owner),
+                vec![
+                    format!("ledger: /ptguard/unplug names {} since {} s", p.owner, p.waited),
+                    format!("toolstack: the backend of {} still lists it", p.owner),
+                ],
+                format!("libxl gives an HVM guest's device model 10 s and then leaves the device with the guest (xl: 'timed out waiting for DM to remove'); with memory decoding on (`ptguard hook pre-unplug {s}`) retry `xl pci-detach {d} {s}`, or force it: `xl pci-detach -f {d} {s}` (ptguard cleans the device once it leaves), or shut {owner} down", s = p.sbdf, d = p.owner.0, owner = p.owner),
+            )
+        })
+        .collect()
 }
 
 fn forced_mask(s: Sbdf, evidence: Vec<String>) -> Finding {

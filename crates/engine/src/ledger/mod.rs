@@ -29,6 +29,10 @@ pub const DEVICES: &str = "/ptguard/device";
 /// device's end): a record made again starts above it, so an old epoch never comes back.
 pub const RETIRED_EPOCHS: &str = "/ptguard/retired-epoch";
 
+/// Unplugs a toolstack's hook announced (`ptguard hook pre-unplug`), one node per device
+/// ([`UnplugMarker`]): the daemon tells from them an unplug that never finished.
+pub const UNPLUGS: &str = "/ptguard/unplug";
+
 /// Devices are keyed by libxl's Xenstore form of the address, `SSSS-BB-DD-F`.
 pub fn device_path(sbdf: Sbdf) -> String {
     format!("{DEVICES}/{}", sbdf.xs_key())
@@ -36,6 +40,10 @@ pub fn device_path(sbdf: Sbdf) -> String {
 /// Where the last epoch of a forgotten device is kept ([`RETIRED_EPOCHS`]).
 pub fn retired_epoch_path(sbdf: Sbdf) -> String {
     format!("{RETIRED_EPOCHS}/{}", sbdf.xs_key())
+}
+/// Where an announced unplug of `sbdf` is kept ([`UNPLUGS`]).
+pub fn unplug_path(sbdf: Sbdf) -> String {
+    format!("{UNPLUGS}/{}", sbdf.xs_key())
 }
 /// The directory of a device's bindings.
 pub fn bindings_path(sbdf: Sbdf) -> String {
@@ -166,3 +174,56 @@ mod binding;
 mod record;
 pub use binding::{Binding, BindingKey, BindingState};
 pub use record::{CompanionMode, DeviceRecord};
+
+/// An unplug a toolstack's hook announced: `owner=D since=T [reported]` (`T`: Unix
+/// seconds). libxl waits 10 s for qemu to let an HVM guest's device go
+/// (`LIBXL_QMP_CMD_TIMEOUT`) and then gives up without touching Xenstore, so this node is
+/// the only trace of an unplug that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct UnplugMarker {
+    pub sbdf: Sbdf,
+    pub owner: xen::DomId,
+    /// When the hook ran (Unix seconds).
+    pub since: u64,
+    /// The daemon has logged that it did not finish.
+    pub reported: bool,
+}
+
+impl UnplugMarker {
+    pub fn encode(&self) -> String {
+        let mut t = format!("owner={} since={}", self.owner.0, self.since);
+        if self.reported {
+            t.push_str(" reported");
+        }
+        t
+    }
+
+    /// Parses a marker node; any deviation is an error (the ledger may be edited by hand).
+    pub fn decode(sbdf: Sbdf, text: &str) -> Result<UnplugMarker, String> {
+        let (mut owner, mut since, mut reported) = (None, None, false);
+        for part in text.split_whitespace() {
+            match part.split_once('=') {
+                Some(("owner", v)) if owner.is_none() => {
+                    owner = Some(
+                        v.parse::<u16>()
+                            .map_err(|_| format!("owner={v:?} is not a domain id"))?,
+                    )
+                }
+                Some(("since", v)) if since.is_none() => {
+                    since = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| format!("since={v:?} is not a time"))?,
+                    )
+                }
+                None if part == "reported" && !reported => reported = true,
+                _ => return Err(format!("unexpected field {part:?}")),
+            }
+        }
+        Ok(UnplugMarker {
+            sbdf,
+            owner: xen::DomId(owner.ok_or("missing owner=")?),
+            since: since.ok_or("missing since=")?,
+            reported,
+        })
+    }
+}

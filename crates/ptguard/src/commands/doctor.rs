@@ -149,6 +149,14 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     match HostCtx::open(&cli.host, true) {
         Ok(mut ctx) => {
             let records = ledger_findings(&mut ctx, &mut findings)?;
+            match ctx.engine().pending_unplugs(super::lifecycle::unix_now()) {
+                Ok(p) => findings.append(&mut engine::doctor::unplug_findings(&p)),
+                Err(e) => findings.push(missing(
+                    &format!("the announced unplugs ({e})"),
+                    "unplugs that never finished",
+                    "run doctor as root on dom0",
+                )),
+            }
             let hv = ctx.platform.hypervisor();
             let alive = |d: DomId| {
                 hv.domain_info(d)

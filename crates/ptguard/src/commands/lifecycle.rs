@@ -476,10 +476,17 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
     finish(cli, &mut ctx, out)
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `ptguard hook pre-unplug SBDF`.
 pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let done = ctx.engine().pre_unplug(s)?;
+    let done = ctx.engine().pre_unplug(s, unix_now())?;
     emit(out, json, &done, |out| {
         writeln!(
             out,
@@ -490,6 +497,13 @@ pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> a
                 "already on"
             }
         )?;
+        if let Some(d) = done.watched_for {
+            writeln!(
+                out,
+                "{s}: leaving {d}; `ptguard watch` reports it if the unplug has not finished in {} s",
+                engine::companion::UNPLUG_STALL_SECS
+            )?;
+        }
         Ok(())
     })?;
     finish(cli, &mut ctx, out)

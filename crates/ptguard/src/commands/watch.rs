@@ -86,6 +86,9 @@ fn recover_pending(
     if let Err(err) = e.cure_unrecorded(policy.report_only) {
         tracing::warn!("checking the devices no guest holds: {err}");
     }
+    if let Err(err) = e.check_unplugs(super::lifecycle::unix_now()) {
+        tracing::warn!("checking the unplugs toolstack hooks announced: {err}");
+    }
     let notices = std::mem::take(&mut e.notices);
     Ok((done, notices))
 }
@@ -248,9 +251,8 @@ pub fn watch_loop(
         }
         if recover {
             last_retry = std::time::Instant::now();
-            unfinished =
-                unless_busy(host.with(|c| Ok(c.engine().has_unfinished()?)))?.unwrap_or(true);
         }
+        unfinished = unless_busy(host.with(|c| Ok(c.engine().has_unfinished()?)))?.unwrap_or(true);
     }
     Ok(())
 }
@@ -356,6 +358,9 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
                 // A toolstack giving a guest a device writes its PCI backend here.
                 w.watch(engine::companion::TOOLSTACK_BACKENDS, ADOPT_TOKEN)?;
             }
+            // A toolstack hook announcing an unplug (`hook pre-unplug`): the retry timer
+            // must run until the unplug finishes or is reported as stalled.
+            w.watch(engine::ledger::UNPLUGS, ADOPT_TOKEN)?;
             // The ledger lock is taken per piece of work from here on.
             let mut ctx = ctx;
             ctx.unlock();
