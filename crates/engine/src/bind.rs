@@ -2,7 +2,7 @@
 //! checked against the ledger (owner, incarnation, epoch, table, line) and journaled
 //! (intent before the map, the pirq right after it, the confirmation after the bind).
 
-use xen::{DomainHandle, DomainInfo, Errno, Pirq};
+use xen::{DomainInfo, Errno, Pirq};
 use xenstore::TxId;
 
 use crate::credential::Credential;
@@ -27,12 +27,12 @@ pub(crate) fn refused(req: &BindRequest, refusal: Refusal) -> EngineError {
 /// The broker's checks common to bind and unbind: the device is managed, attached (attach
 /// finished, no teardown running) to the requesting domain, at the epoch it presents.
 /// Whether `req` may act on the device: attached to its domain at its epoch and, when the
-/// ledger recorded the owner's handle, to this incarnation of that domid (`current`: the
-/// requester's handle now, from getdomaininfo).
+/// ledger recorded the owner's identity, to this incarnation of that domid (`current`: the
+/// requester as Xen describes it now; its unique id decides on Xen 4.21+, else its handle).
 pub(crate) fn check_requester(
     rec: Option<DeviceRecord>,
     req: &BindRequest,
-    current: Option<DomainHandle>,
+    current: Option<&DomainInfo>,
 ) -> std::result::Result<DeviceRecord, Refusal> {
     let rec = rec.ok_or(Refusal::NotManaged)?;
     match (rec.state, rec.step) {
@@ -44,14 +44,19 @@ pub(crate) fn check_requester(
     if rec.owner != Some(req.domid) {
         return Err(Refusal::WrongDomain { owner: rec.owner });
     }
-    if let (Some(recorded), Some(now)) = (rec.owner_handle, current) {
-        if recorded != now {
-            return Err(Refusal::StaleIncarnation {
-                domid: req.domid,
-                recorded: recorded.to_string(),
-                current: now.to_string(),
-            });
-        }
+    if let Some(now) = current.filter(|i| !rec.owner_incarnation_is(i)) {
+        let (recorded, current) = match (rec.owner_uid, now.unique_id) {
+            (Some(r), Some(c)) => (format!("unique id {r}"), format!("unique id {c}")),
+            _ => (
+                rec.owner_handle.map_or("none".into(), |h| h.to_string()),
+                now.handle.to_string(),
+            ),
+        };
+        return Err(Refusal::StaleIncarnation {
+            domid: req.domid,
+            recorded,
+            current,
+        });
     }
     if rec.epoch != req.epoch {
         return Err(Refusal::StaleEpoch {
@@ -129,7 +134,7 @@ impl Engine<'_> {
         // no XEN_DOMCTL_bind_pt_irq.
         let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let rec = read_head(self.xs, TxId::NONE, req.sbdf)?;
-        let rec = check_requester(rec, req, requester.map(|i| i.handle)).map_err(refuse)?;
+        let rec = check_requester(rec, req, requester.as_ref()).map_err(refuse)?;
         if let BindKind::Msix { entry, table_base } = req.kind {
             if entry >= rec.msix_size {
                 return Err(refuse(Refusal::EntryBeyondTable {
@@ -316,8 +321,7 @@ impl Engine<'_> {
         self.xs
             .transaction(|xs, tx| -> Result<Binding> {
                 let rec = read_head(xs, tx, req.sbdf)?;
-                check_requester(rec, req, requester.map(|i| i.handle))
-                    .map_err(|r| refused(req, r))?;
+                check_requester(rec, req, requester.as_ref()).map_err(|r| refused(req, r))?;
                 let b = read_binding(xs, tx, req.sbdf, key)?
                     .filter(|b| b.pirq == Some(pirq) && accept(b.state))
                     .ok_or_else(|| {

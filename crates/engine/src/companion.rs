@@ -237,7 +237,7 @@ impl Engine<'_> {
             let hv = self.platform.hypervisor();
             // A gone owner is the recovery round's (its @releaseDomain teardown).
             match hv.domain_info(owner)? {
-                Some(i) if !i.finished() && same_incarnation(rec.owner_handle, &i) => {}
+                Some(i) if !i.finished() && same_incarnation(&rec, &i) => {}
                 _ => continue,
             }
             let holder = if held_by_guest(hv, sbdf)?.is_none() {
@@ -291,7 +291,7 @@ impl Engine<'_> {
             .platform
             .hypervisor()
             .domain_info(from)?
-            .is_some_and(|i| i.hvm && same_incarnation(rec.owner_handle, &i))
+            .is_some_and(|i| i.hvm && same_incarnation(rec, &i))
         {
             self.unmap_device_vectors(sbdf, from)?;
         }

@@ -48,9 +48,7 @@ impl Engine<'_> {
         // Only this incarnation's devices (a reused domid is another domain), attach done.
         let bindings: Vec<(DeviceRecord, Binding)> = attached_msix_bindings(self.xs, domid)?
             .into_iter()
-            .filter(|(rec, _)| {
-                rec.owner_handle.is_none_or(|h| h == info.handle) && rec.step.is_none()
-            })
+            .filter(|(rec, _)| rec.owner_incarnation_is(&info) && rec.step.is_none())
             .collect();
         let mut out: Vec<Orphaned> = Vec::new();
         for (rec, b) in bindings {

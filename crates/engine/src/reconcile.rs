@@ -127,9 +127,7 @@ impl Engine<'_> {
             let sbdf = rec.sbdf;
             let owner = match (trigger, rec.owner) {
                 (Trigger::Recover | Trigger::Resume(_), Some(d)) => match hv.domain_info(d)? {
-                    Some(i)
-                        if !i.dying && !i.shutdown && same_incarnation(rec.owner_handle, &i) =>
-                    {
+                    Some(i) if !i.dying && !i.shutdown && same_incarnation(&rec, &i) => {
                         OwnerView::Alive
                     }
                     _ => OwnerView::NotAlive,

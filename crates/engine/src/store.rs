@@ -3,7 +3,7 @@
 //! attach. Transactions are the callers'; nothing here calls Xen or touches a device.
 
 use pci::Sbdf;
-use xen::{DomId, DomainHandle, DomainInfo};
+use xen::{DomId, DomainInfo};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 
 use crate::ledger::*;
@@ -213,14 +213,15 @@ pub(crate) fn attached_to(rec: &mut DeviceRecord, info: &DomainInfo, epoch: u64)
     rec.state = DeviceState::Attached;
     rec.owner = Some(info.domid);
     rec.owner_handle = Some(info.handle).filter(|h| !h.is_nil());
+    rec.owner_uid = info.unique_id;
     rec.epoch = epoch;
     // A new assignment: the last one's token proves nothing any more.
     rec.credential = None;
 }
 
 /// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.
-pub(crate) fn same_incarnation(recorded: Option<DomainHandle>, info: &DomainInfo) -> bool {
-    recorded.is_none_or(|h| h == info.handle)
+pub(crate) fn same_incarnation(rec: &DeviceRecord, info: &DomainInfo) -> bool {
+    rec.owner_incarnation_is(info)
 }
 
 /// The epoch after `epoch`; a hand-edited maximum must not wrap to an old one.

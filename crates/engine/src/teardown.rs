@@ -133,13 +133,13 @@ impl Engine<'_> {
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
-        let replaced = match (rec.owner, rec.owner_handle) {
-            (Some(d), Some(h)) => self
+        let replaced = match rec.owner {
+            Some(d) => self
                 .platform
                 .hypervisor()
                 .domain_info(d)?
-                .is_some_and(|i| i.handle != h),
-            _ => false,
+                .is_some_and(|i| !rec.owner_incarnation_is(&i)),
+            None => false,
         };
         if replaced {
             self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));

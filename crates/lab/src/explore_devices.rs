@@ -269,8 +269,14 @@ fn reused_domid(bed: &Bed, problems: &mut Vec<String>) -> String {
             problems.push(format!("bind {n}: {e}"));
         }
     }
+    // The newcomer is the same VM booted again: a toolstack that names each boot by the
+    // VM's UUID (xenopsd; xl with `uuid=`) gives it A's handle. Only Xen 4.21+'s unique id
+    // tells the two apart then; on older profiles the newcomer gets a fresh handle (what
+    // xl does without `uuid=`), the case the handle covers.
+    let a_handle = host.with_world(|w| w.domains.get(&a).map(|d| d.handle));
+    let same_handle = host.profile().xen.has_unique_domain_ids();
     let _ = host.destroy_domain(a);
-    let Ok(a2) = host.create_domain_at("A-again", true, a) else {
+    let Ok(a2) = host.create_domain_as("A-again", true, a, a_handle.filter(|_| same_handle)) else {
         problems.push("domid not reusable".into());
         return "no reuse".into();
     };
@@ -289,6 +295,11 @@ fn reused_domid(bed: &Bed, problems: &mut Vec<String>) -> String {
     });
     if !kept {
         problems.push(format!("the newcomer's pirq {theirs:?} was touched"));
+    }
+    // The old guest's device is in no guest now: the newcomer must not inherit its record
+    // (its model could then bind the device, and its end would tear it down).
+    if bed.state(dev) == Some(DeviceState::Attached) {
+        problems.push("the newcomer was taken for the old guest: the ledger still gives it the old guest's device".into());
     }
     format!("device {:?}, newcomer's pirq kept {kept}", bed.state(dev))
 }

@@ -11,6 +11,9 @@ fn every_crash_point_of_the_multi_device_lifecycles_ends_as_without_a_crash() {
         (XenProfile::Xen4_17_5, PcibackProfile::BeforeCommandFix),
         (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix),
         (XenProfile::Xen4_20_0, PcibackProfile::AfterCommandFix),
+        // The reused domid comes back under the same handle: the unique id must decide.
+        (XenProfile::Xen4_21_0, PcibackProfile::AfterCommandFix),
+        (XenProfile::Xen4_22_0, PcibackProfile::AfterCommandFix),
     ];
     for (xen, pciback) in profiles {
         for name in SCENARIOS {

@@ -1346,7 +1346,7 @@ fn companion_sweep_cures_reboot_and_reassign_on_every_profile() {
             );
         }
     }
-    assert_eq!(rows, 14 * 2 * 2);
+    assert_eq!(rows, XenProfile::ALL.len() * 2 * 2 * 2);
 
     let (xen, pb) = (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix);
     let mut points = 0;

@@ -11,7 +11,8 @@ use pci::host::{PciHost, Resource, PCIBACK};
 use pci::{PciError, Sbdf};
 use serde::{Deserialize, Serialize};
 use xen::{
-    DomId, DomainInfo, Errno, HypercallOp, Hypervisor, MapPirq, Pirq, PtIrq, XenError, XenVersion,
+    DomId, DomainHandle, DomainInfo, Errno, HypercallOp, Hypervisor, MapPirq, Pirq, PtIrq,
+    XenError, XenVersion,
 };
 
 use crate::device::DeviceSpec;
@@ -50,6 +51,10 @@ pub enum SimOp {
         /// A chosen domid (Xen reuses ids); none: the next free one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         domid: Option<DomId>,
+        /// A handle the toolstack chose (xl's `uuid=`; xenopsd gives every boot of a VM
+        /// the VM's UUID); none: a fresh one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handle: Option<DomainHandle>,
     },
     Unpause {
         domid: DomId,
@@ -368,6 +373,7 @@ impl SimHost {
             hvm,
             passthrough,
             domid: None,
+            handle: None,
         }) {
             Ok(SimValue::Domain(d)) => d,
             _ => DomId::DOM0,
@@ -377,11 +383,24 @@ impl SimHost {
     /// A domain created with a chosen domid, e.g. one a destroyed domain had (Xen reuses
     /// ids): `-EEXIST` while that id is in use.
     pub fn create_domain_at(&self, name: &str, hvm: bool, domid: DomId) -> Result<DomId, Errno> {
+        self.create_domain_as(name, hvm, domid, None)
+    }
+
+    /// As [`SimHost::create_domain_at`], with the handle the toolstack chose (`None`: a
+    /// fresh one): a toolstack that boots the same VM again under its UUID repeats it.
+    pub fn create_domain_as(
+        &self,
+        name: &str,
+        hvm: bool,
+        domid: DomId,
+        handle: Option<DomainHandle>,
+    ) -> Result<DomId, Errno> {
         match self.apply(SimOp::CreateDomain {
             name: name.into(),
             hvm,
             passthrough: true,
             domid: Some(domid),
+            handle,
         })? {
             SimValue::Domain(d) => Ok(d),
             _ => Err(Errno::EINVAL),
@@ -506,8 +525,9 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             hvm,
             passthrough,
             domid,
+            handle,
         } => w
-            .create_domain(&name, hvm, passthrough, domid)
+            .create_domain(&name, hvm, passthrough, domid, handle)
             .map(SimValue::Domain),
         SimOp::Unpause { domid } => w.unpause(domid).map(|_| Unit),
         SimOp::Pause { domid } => w.pause(domid).map(|_| Unit),
@@ -781,6 +801,11 @@ impl Hypervisor for SimHost {
     fn domain_info(&self, domid: DomId) -> Result<Option<DomainInfo>, XenError> {
         let mut g = self.lock();
         g.world.count(HypercallOp::GetDomainInfo);
+        // The real backend asks 4.21+ for the unique id too: one more domctl.
+        let unique = g.world.profile.xen.has_unique_domain_ids();
+        if unique && g.world.domains.contains_key(&domid) {
+            g.world.count(HypercallOp::GetDomainState);
+        }
         Ok(g.world.domains.get(&domid).map(|d| DomainInfo {
             domid,
             dying: d.dying,
@@ -789,6 +814,7 @@ impl Hypervisor for SimHost {
             paused: d.paused,
             shutdown_reason: d.shutdown_reason,
             handle: d.handle,
+            unique_id: unique.then_some(d.unique_id),
         }))
     }
     /// The dumps go to the console ring only (not the journal): they change no state.

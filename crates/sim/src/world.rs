@@ -83,8 +83,13 @@ pub struct Domain {
     pub extra_refs: u32,
     /// Has an IOMMU context (`XEN_DOMCTL_CDF_iommu`, from xl's `passthrough=`).
     pub iommu: bool,
-    /// `xen_domain_handle_t`: a fresh UUID per created domain, as xl gives.
+    /// `xen_domain_handle_t`: a fresh UUID per created domain, as xl gives (or the one
+    /// the toolstack chose).
     pub handle: DomainHandle,
+    /// Xen 4.21+'s `unique_id`: never the same for two domains while Xen runs (here the
+    /// count of domains created; Xen seeds it from the boot time).
+    #[serde(default)]
+    pub unique_id: u64,
     /// The `SHUTDOWN_*` code of its last shutdown.
     pub shutdown_reason: u8,
     /// Pirqs an `unmap_pirq` force-unbound (still bound by the guest's dpci or event
@@ -379,6 +384,7 @@ impl World {
         hvm: bool,
         passthrough: bool,
         at: Option<DomId>,
+        handle: Option<DomainHandle>,
     ) -> R<DomId> {
         let domid = match at {
             Some(d) if d == DomId::DOM0 || d > DomId::MAX => return Err(Errno::EINVAL),
@@ -395,7 +401,8 @@ impl World {
         self.created += 1;
         let mut d = Domain::new(domid, name, hvm);
         d.iommu = passthrough;
-        d.handle = sim_handle(self.created);
+        d.handle = handle.unwrap_or_else(|| sim_handle(self.created));
+        d.unique_id = self.created;
         self.domains.insert(domid, d);
         self.events.push(DomainEvent::Introduced(domid));
         self.note(format!(
@@ -1272,6 +1279,7 @@ impl Domain {
             extra_refs: 0,
             iommu: true,
             handle: DomainHandle::default(),
+            unique_id: 0,
             shutdown_reason: 0,
             forced_unbound: BTreeSet::new(),
         }

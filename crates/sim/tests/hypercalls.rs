@@ -121,14 +121,19 @@ fn arb_op() -> impl Strategy<Value = SimOp> {
     let dom = (0u16..4).prop_map(DomId);
     let sbdf = prop_oneof![Just(f()), Just("0000:04:00.0".parse::<Sbdf>().unwrap())];
     prop_oneof![
-        (any::<bool>(), any::<bool>(), proptest::option::of(0u16..4)).prop_map(
-            |(hvm, passthrough, at)| SimOp::CreateDomain {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(0u16..4),
+            proptest::option::of(0u8..2)
+        )
+            .prop_map(|(hvm, passthrough, at, h)| SimOp::CreateDomain {
                 name: "g".into(),
                 hvm,
                 passthrough,
                 domid: at.map(DomId),
-            }
-        ),
+                handle: h.map(|b| xen::DomainHandle([b; 16])),
+            }),
         dom.clone().prop_map(|domid| SimOp::Unpause { domid }),
         dom.clone().prop_map(|domid| SimOp::Destroy { domid }),
         dom.clone().prop_map(|domid| SimOp::HoldReference { domid }),

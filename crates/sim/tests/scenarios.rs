@@ -442,7 +442,11 @@ fn s12_unprepared_device_enodata_from_4_17_insecure_crash_before() {
             pirq: None,
         });
         match xen {
-            XenProfile::Xen4_17_0 | XenProfile::Xen4_17_5 | XenProfile::Xen4_20_0 => {
+            XenProfile::Xen4_17_0
+            | XenProfile::Xen4_17_5
+            | XenProfile::Xen4_20_0
+            | XenProfile::Xen4_21_0
+            | XenProfile::Xen4_22_0 => {
                 assert_eq!(r.unwrap_err().errno(), Some(Errno::ENODATA), "{xen:?}")
             }
             XenProfile::Xen4_11_0

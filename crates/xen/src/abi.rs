@@ -34,20 +34,23 @@ pub const MAP_PIRQ_TYPE_MULTI_MSI: i32 = 4;
 pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x15;
 
 /// What differs, for the calls ptguard makes, between the Xen releases it speaks: the
-/// interface versions each release's domctl/sysctl handlers insist on, and the
-/// `xen_domctl_irq_permission` layout (a `uint8_t pirq` until 4.15, `uint32_t` from 4.16).
-/// Every other structure ptguard passes is laid out identically from 4.11 to 4.20 (checked
-/// against each release's `xen/include/public/{domctl,sysctl}.h`; docs/xen-semantics.md).
+/// interface versions each release's domctl/sysctl handlers insist on, the
+/// `xen_domctl_irq_permission` layout (a `uint8_t pirq` until 4.15, `uint32_t` from 4.16),
+/// and whether `XEN_DOMCTL_get_domain_state` exists (4.21+). Every other structure ptguard
+/// passes is laid out identically from 4.11 to 4.22: `tests/layout.rs` checks this table
+/// against the facts `tests/abi/derive.sh` derived from each release tag's public headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReleaseAbi {
     pub minor: u16,
     pub domctl_version: u32,
     pub sysctl_version: u32,
     pub irq_permission_pirq_is_u8: bool,
+    /// `XEN_DOMCTL_get_domain_state`: a domain's unique id, never reused while Xen runs.
+    pub get_domain_state: bool,
 }
 
-/// The releases ptguard speaks: Xen 4.11 to 4.20, from each release tag's public headers.
-pub const RELEASE_ABIS: [ReleaseAbi; 10] = [
+/// The releases ptguard speaks: Xen 4.11 to 4.22, from each release tag's public headers.
+pub const RELEASE_ABIS: [ReleaseAbi; 12] = [
     ReleaseAbi::new(11, 0x10, 0x11, true),
     ReleaseAbi::new(12, 0x11, 0x12, true),
     ReleaseAbi::new(13, 0x12, 0x12, true),
@@ -63,6 +66,11 @@ pub const RELEASE_ABIS: [ReleaseAbi; 10] = [
     ReleaseAbi::new(18, 0x16, 0x15, false),
     ReleaseAbi::new(19, 0x17, 0x15, false),
     ReleaseAbi::new(20, 0x17, 0x15, false),
+    // 4.21: the sysctl interface moved (power-management structures ptguard never
+    // passes); get_domain_state arrived, a stable domctl (interface_version 0).
+    ReleaseAbi::new(21, 0x17, 0x16, false),
+    // 4.22: the domctl interface moved (createdomain's altp2m settings, not passed).
+    ReleaseAbi::new(22, 0x18, 0x16, false),
 ];
 
 impl ReleaseAbi {
@@ -72,6 +80,7 @@ impl ReleaseAbi {
             domctl_version: domctl,
             sysctl_version: sysctl,
             irq_permission_pirq_is_u8: u8_pirq,
+            get_domain_state: minor >= 21,
         }
     }
     /// The ABI of Xen `major.minor`, if ptguard speaks it.
@@ -85,6 +94,13 @@ impl ReleaseAbi {
     pub fn xen_4_17() -> ReleaseAbi {
         RELEASE_ABIS[6]
     }
+    /// The oldest and the newest release ptguard speaks.
+    pub fn oldest() -> ReleaseAbi {
+        RELEASE_ABIS[0]
+    }
+    pub fn newest() -> ReleaseAbi {
+        RELEASE_ABIS[RELEASE_ABIS.len() - 1]
+    }
 }
 pub const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
 pub const XEN_DOMCTL_IRQ_PERMISSION: u32 = 19;
@@ -95,6 +111,22 @@ pub const XEN_DOMCTL_BIND_PT_IRQ: u32 = 38;
 pub const XEN_DOMCTL_TEST_ASSIGN_DEVICE: u32 = 45;
 pub const XEN_DOMCTL_DEASSIGN_DEVICE: u32 = 47;
 pub const XEN_DOMCTL_UNBIND_PT_IRQ: u32 = 48;
+/// Xen 4.21+: a stable domctl, so its `interface_version` must be 0.
+pub const XEN_DOMCTL_GET_DOMAIN_STATE: u32 = 90;
+pub const XEN_DOMCTL_GETDOMSTATE_STATE_EXIST: u16 = 0x1;
+pub const XEN_DOMCTL_GETDOMSTATE_STATE_SHUTDOWN: u16 = 0x2;
+pub const XEN_DOMCTL_GETDOMSTATE_STATE_DYING: u16 = 0x4;
+pub const XEN_DOMCTL_GETDOMSTATE_STATE_DEAD: u16 = 0x8;
+
+/// `struct xen_domctl_get_domain_state` (Xen 4.21+).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct xen_domctl_get_domain_state {
+    pub state: u16,
+    pub caps: u16,
+    pub pad0: u32,
+    pub unique_id: u64,
+}
 
 pub const XEN_DOMCTL_DEV_PCI: u32 = 0;
 pub const XEN_DOMCTL_DEV_RDM_RELAXED: u32 = 1;
@@ -292,6 +324,9 @@ impl xen_domctl {
         let b = &self.u[offset..offset + 4];
         u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
     }
+    pub fn get_u64(&self, offset: usize) -> u64 {
+        u64::from_ne_bytes(self.get_bytes::<8>(offset))
+    }
     pub fn get_bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
         let mut out = [0u8; N];
         out.copy_from_slice(&self.u[offset..offset + N]);
@@ -474,6 +509,10 @@ pub mod payload {
     pub const DOMINFO_DOMAIN: usize = offset_of!(xen_domctl_getdomaininfo_head, domain);
     pub const DOMINFO_FLAGS: usize = offset_of!(xen_domctl_getdomaininfo_head, flags);
     pub const DOMINFO_HANDLE: usize = offset_of!(xen_domctl_getdomaininfo_head, handle);
+    pub const DOMSTATE_STATE: usize = offset_of!(xen_domctl_get_domain_state, state);
+    pub const DOMSTATE_CAPS: usize = offset_of!(xen_domctl_get_domain_state, caps);
+    pub const DOMSTATE_PAD0: usize = offset_of!(xen_domctl_get_domain_state, pad0);
+    pub const DOMSTATE_UNIQUE_ID: usize = offset_of!(xen_domctl_get_domain_state, unique_id);
     /// `xen_domctl_irq_permission` before Xen 4.16: `uint8_t pirq; uint8_t allow_access;`.
     pub const IRQ_PERM_PIRQ_U8: usize = 0;
     pub const IRQ_PERM_ALLOW_U8: usize = 1;

@@ -185,6 +185,11 @@ pub struct DomainInfo {
     /// handle (docs/xen-semantics.md, "Domain incarnations").
     #[serde(default)]
     pub handle: DomainHandle,
+    /// The unique id Xen 4.21+ gives every domain it creates (`XEN_DOMCTL_get_domain_state`),
+    /// never reused while Xen runs: a stronger name for the incarnation than the handle,
+    /// which a toolstack may repeat. `None` on older Xen, or where the call is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_id: Option<u64>,
 }
 
 impl DomainInfo {
@@ -370,13 +375,14 @@ pub enum HypercallOp {
     IoportPermission,
     IrqPermission,
     GetDomainInfo,
+    GetDomainState,
     DebugKeys,
     ReadConsole,
     CommandLine,
 }
 
 impl HypercallOp {
-    pub const ALL: [HypercallOp; 17] = [
+    pub const ALL: [HypercallOp; 18] = [
         HypercallOp::XenVersion,
         HypercallOp::MapPirq,
         HypercallOp::UnmapPirq,
@@ -391,6 +397,7 @@ impl HypercallOp {
         HypercallOp::IoportPermission,
         HypercallOp::IrqPermission,
         HypercallOp::GetDomainInfo,
+        HypercallOp::GetDomainState,
         HypercallOp::DebugKeys,
         HypercallOp::ReadConsole,
         HypercallOp::CommandLine,
@@ -412,6 +419,7 @@ impl HypercallOp {
             HypercallOp::IoportPermission => "XEN_DOMCTL_ioport_permission",
             HypercallOp::IrqPermission => "XEN_DOMCTL_irq_permission",
             HypercallOp::GetDomainInfo => "XEN_DOMCTL_getdomaininfo",
+            HypercallOp::GetDomainState => "XEN_DOMCTL_get_domain_state",
             HypercallOp::DebugKeys => "XEN_SYSCTL_debug_keys",
             HypercallOp::ReadConsole => "XEN_SYSCTL_readconsole",
             HypercallOp::CommandLine => "XENVER_commandline",
@@ -424,6 +432,7 @@ impl HypercallOp {
             self,
             HypercallOp::XenVersion
                 | HypercallOp::GetDomainInfo
+                | HypercallOp::GetDomainState
                 | HypercallOp::TestAssignDevice
                 // Dumps to Xen's console; changes no state doctor or a dry run cares for.
                 | HypercallOp::DebugKeys

@@ -103,7 +103,9 @@ pub enum XenError {
     },
     /// The running hypervisor's domctl interface is not the one this build speaks.
     #[error(
-        "Xen {found} is not supported: ptguard speaks the domctl interfaces of Xen 4.11 to 4.20"
+        "Xen {found} is not supported: ptguard speaks the domctl and sysctl interfaces of Xen 4.{oldest} to 4.{newest} (the newest it knows is 4.{newest})",
+        oldest = abi::ReleaseAbi::oldest().minor,
+        newest = abi::ReleaseAbi::newest().minor
     )]
     Unsupported { found: XenVersion },
 }

@@ -228,6 +228,30 @@ impl Privcmd {
     }
 }
 
+impl Privcmd {
+    /// Xen 4.21+'s unique id of `domid` (`XEN_DOMCTL_get_domain_state`, a stable domctl:
+    /// interface version 0). `None` before 4.21, for a domain gone between the two calls,
+    /// or where XSM refuses it: the caller falls back to the handle.
+    fn unique_id(&self, domid: DomId) -> Option<u64> {
+        if !self.abi.get_domain_state {
+            return None;
+        }
+        let mut d = get_domain_state_domctl(domid);
+        self.domctl(&mut d).ok()?;
+        let state = d.get_u16(payload::DOMSTATE_STATE);
+        (d.domain == domid.0 && state & abi::XEN_DOMCTL_GETDOMSTATE_STATE_EXIST != 0)
+            .then(|| d.get_u64(payload::DOMSTATE_UNIQUE_ID))
+    }
+}
+
+/// `XEN_DOMCTL_get_domain_state` of `domid`: a stable domctl, so `interface_version` is 0
+/// (Xen 4.21 `do_domctl` answers `-EACCES` to any other), `pad0` 0 (else `-EINVAL`).
+pub fn get_domain_state_domctl(domid: DomId) -> abi::xen_domctl {
+    let mut d = abi::xen_domctl::new(abi::XEN_DOMCTL_GET_DOMAIN_STATE, domid.0);
+    d.interface_version = 0;
+    d
+}
+
 /// `XEN_DOMCTL_test_assign_device` for `sbdf`: asks whether the device is free (owned by
 /// dom0 or dom_io). The domain field must be `DOMID_INVALID` (see [`abi::DOMID_INVALID`]).
 pub fn test_assign_domctl(sbdf: Sbdf) -> abi::xen_domctl {
@@ -481,6 +505,7 @@ impl Hypervisor for Privcmd {
             shutdown_reason: ((flags >> abi::XEN_DOMINF_SHUTDOWNSHIFT)
                 & abi::XEN_DOMINF_SHUTDOWNMASK) as u8,
             handle: DomainHandle(d.get_bytes::<16>(payload::DOMINFO_HANDLE)),
+            unique_id: self.unique_id(domid),
         }))
     }
 

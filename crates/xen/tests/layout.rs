@@ -11,74 +11,7 @@ use std::process::Command;
 
 use xen::abi::{self, payload, *};
 
-const C_PROGRAM: &str = r#"
-#define __XEN_TOOLS__ 1
-#define __XEN_INTERFACE_VERSION__ 0x00040e00
-#include <stddef.h>
-#include <stdio.h>
-#include <stdint.h>
-#include <sys/ioctl.h>
-#include <linux/types.h>
-#include <xen/xen.h>
-#include <xen/version.h>
-#include <xen/physdev.h>
-#include <xen/domctl.h>
-#include <xen/sysctl.h>
-#include <xen/sys/privcmd.h>
-#define P(name, v) printf("%s %lld\n", name, (long long)(v))
-#define S(t) P("sizeof " #t, sizeof(struct t))
-#define O(t, f) P("offsetof " #t "." #f, offsetof(struct t, f))
-#define C(c) P(#c, c)
-int main(void) {
-    S(physdev_map_pirq); O(physdev_map_pirq, domid); O(physdev_map_pirq, type);
-    O(physdev_map_pirq, index); O(physdev_map_pirq, pirq); O(physdev_map_pirq, bus);
-    O(physdev_map_pirq, devfn); O(physdev_map_pirq, entry_nr); O(physdev_map_pirq, table_base);
-    S(physdev_unmap_pirq); O(physdev_unmap_pirq, domid); O(physdev_unmap_pirq, pirq);
-    S(physdev_pci_device); O(physdev_pci_device, seg); O(physdev_pci_device, bus);
-    O(physdev_pci_device, devfn);
-    S(xen_domctl); O(xen_domctl, cmd); O(xen_domctl, interface_version); O(xen_domctl, domain);
-    O(xen_domctl, u);
-    S(xen_sysctl); O(xen_sysctl, cmd); O(xen_sysctl, interface_version); O(xen_sysctl, u);
-    S(xen_sysctl_readconsole); O(xen_sysctl_readconsole, clear);
-    O(xen_sysctl_readconsole, incremental); O(xen_sysctl_readconsole, index);
-    O(xen_sysctl_readconsole, buffer); O(xen_sysctl_readconsole, count);
-    S(xen_sysctl_debug_keys); O(xen_sysctl_debug_keys, keys); O(xen_sysctl_debug_keys, nr_keys);
-    C(XEN_SYSCTL_INTERFACE_VERSION); C(XEN_SYSCTL_readconsole); C(XEN_SYSCTL_debug_keys);
-    C(__HYPERVISOR_sysctl); C(XENVER_commandline); P("sizeof xen_commandline_t", sizeof(xen_commandline_t));
-    S(xen_domctl_assign_device); O(xen_domctl_assign_device, dev);
-    O(xen_domctl_assign_device, flags); O(xen_domctl_assign_device, u.pci.machine_sbdf);
-    S(xen_domctl_bind_pt_irq); O(xen_domctl_bind_pt_irq, machine_irq);
-    O(xen_domctl_bind_pt_irq, irq_type); O(xen_domctl_bind_pt_irq, u.msi.gvec);
-    O(xen_domctl_bind_pt_irq, u.msi.gflags); O(xen_domctl_bind_pt_irq, u.msi.gtable);
-    O(xen_domctl_bind_pt_irq, u.pci.bus); O(xen_domctl_bind_pt_irq, u.pci.device);
-    O(xen_domctl_bind_pt_irq, u.pci.intx);
-    S(xen_domctl_irq_permission); O(xen_domctl_irq_permission, pirq);
-    O(xen_domctl_irq_permission, allow_access);
-    S(xen_domctl_iomem_permission); O(xen_domctl_iomem_permission, first_mfn);
-    O(xen_domctl_iomem_permission, nr_mfns); O(xen_domctl_iomem_permission, allow_access);
-    S(xen_domctl_ioport_permission); O(xen_domctl_ioport_permission, first_port);
-    O(xen_domctl_ioport_permission, nr_ports); O(xen_domctl_ioport_permission, allow_access);
-    O(xen_domctl_getdomaininfo, domain); O(xen_domctl_getdomaininfo, flags); O(xen_domctl_getdomaininfo, handle);
-    P("sizeof privcmd_hypercall", sizeof(privcmd_hypercall_t));
-    C(IOCTL_PRIVCMD_HYPERCALL);
-    C(__HYPERVISOR_xen_version); C(__HYPERVISOR_physdev_op); C(__HYPERVISOR_domctl);
-    C(XENVER_version);
-    C(PHYSDEVOP_map_pirq); C(PHYSDEVOP_unmap_pirq); C(PHYSDEVOP_prepare_msix);
-    C(PHYSDEVOP_release_msix);
-    C(MAP_PIRQ_TYPE_MSI); C(MAP_PIRQ_TYPE_GSI); C(MAP_PIRQ_TYPE_UNKNOWN);
-    C(MAP_PIRQ_TYPE_MSI_SEG); C(MAP_PIRQ_TYPE_MULTI_MSI);
-    C(XEN_DOMCTL_INTERFACE_VERSION); C(XEN_DOMCTL_getdomaininfo); C(XEN_DOMCTL_irq_permission);
-    C(XEN_DOMCTL_iomem_permission); C(XEN_DOMCTL_ioport_permission);
-    C(XEN_DOMCTL_assign_device); C(XEN_DOMCTL_bind_pt_irq); C(XEN_DOMCTL_test_assign_device);
-    C(XEN_DOMCTL_deassign_device); C(XEN_DOMCTL_unbind_pt_irq);
-    C(XEN_DOMCTL_DEV_PCI); C(XEN_DOMCTL_DEV_RDM_RELAXED);
-    C(PT_IRQ_TYPE_PCI); C(PT_IRQ_TYPE_ISA); C(PT_IRQ_TYPE_MSI); C(PT_IRQ_TYPE_MSI_TRANSLATE);
-    C(XEN_DOMCTL_VMSI_X86_UNMASKED);
-    C(XEN_DOMINF_dying); C(XEN_DOMINF_hvm_guest); C(XEN_DOMINF_shutdown); C(XEN_DOMINF_paused); C(XEN_DOMINF_shutdownshift); C(XEN_DOMINF_shutdownmask);
-    C(DOMID_SELF); C(DOMID_IO); C(DOMID_XEN); C(DOMID_INVALID);
-    return 0;
-}
-"#;
+const C_PROGRAM: &str = include_str!("abi/layout.c");
 
 fn rust_values() -> Vec<(&'static str, i64)> {
     macro_rules! s {
@@ -458,7 +391,7 @@ fn test_assign_device_names_no_domain() {
 /// The release table: 4.17 is what Debian's headers (checked above) say; the neighbours are
 /// ordered, and only releases before 4.16 carry a one-byte pirq in irq_permission.
 #[test]
-fn release_abis_cover_4_11_to_4_20() {
+fn release_abis_cover_4_11_to_4_22() {
     assert_eq!(ReleaseAbi::of(4, 17), Some(ReleaseAbi::xen_4_17()));
     assert_eq!(
         ReleaseAbi::xen_4_17().domctl_version,
@@ -468,14 +401,154 @@ fn release_abis_cover_4_11_to_4_20() {
         ReleaseAbi::xen_4_17().sysctl_version,
         XEN_SYSCTL_INTERFACE_VERSION
     );
-    for minor in 11..=20 {
+    for minor in 11..=22 {
         let a = ReleaseAbi::of(4, minor).expect("a release ptguard speaks");
         assert_eq!(a.irq_permission_pirq_is_u8, minor < 16, "4.{minor}");
     }
     assert_eq!(ReleaseAbi::of(4, 10), None);
-    assert_eq!(ReleaseAbi::of(4, 21), None);
+    assert!(ReleaseAbi::of(4, 21).is_some_and(|a| a.get_domain_state));
+    assert!(ReleaseAbi::of(4, 20).is_some_and(|a| !a.get_domain_state));
+    assert_eq!(ReleaseAbi::of(4, 23), None);
     assert_eq!(ReleaseAbi::of(5, 0), None);
+    assert_eq!(ReleaseAbi::newest().minor, 22);
     assert!(RELEASE_ABIS
         .windows(2)
         .all(|w| w[0].domctl_version <= w[1].domctl_version));
+}
+
+/// The facts `tests/abi/derive.sh` printed from each release tag's own public headers
+/// (`RELEASE-4.N.0.facts`), against the Rust ABI as `ReleaseAbi` says it differs on that
+/// release: interface versions, the one-byte pirq before 4.16, and
+/// `xen_domctl_get_domain_state` from 4.21. Any other size, offset or constant that moved
+/// between releases fails here.
+#[test]
+fn release_abis_match_each_release_tags_headers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/abi");
+    let mut seen = Vec::new();
+    for abi in RELEASE_ABIS {
+        let file = dir.join(format!("RELEASE-4.{}.0.facts", abi.minor));
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (derive it: tests/abi/derive.sh)", file.display()));
+        let facts: BTreeMap<String, i64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        let mut expected: BTreeMap<String, i64> = rust_values()
+            .into_iter()
+            // Linux's privcmd ABI is not in Xen's headers.
+            .filter(|(k, _)| !k.contains("privcmd") && !k.contains("PRIVCMD"))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        expected.insert(
+            "XEN_DOMCTL_INTERFACE_VERSION".into(),
+            abi.domctl_version.into(),
+        );
+        expected.insert(
+            "XEN_SYSCTL_INTERFACE_VERSION".into(),
+            abi.sysctl_version.into(),
+        );
+        if abi.irq_permission_pirq_is_u8 {
+            expected.insert("sizeof xen_domctl_irq_permission".into(), 2);
+            expected.insert(
+                "offsetof xen_domctl_irq_permission.pirq".into(),
+                payload::IRQ_PERM_PIRQ_U8 as i64,
+            );
+            expected.insert(
+                "offsetof xen_domctl_irq_permission.allow_access".into(),
+                payload::IRQ_PERM_ALLOW_U8 as i64,
+            );
+        }
+        if abi.get_domain_state {
+            type St = xen_domctl_get_domain_state;
+            for (k, v) in [
+                (
+                    "XEN_DOMCTL_get_domain_state",
+                    XEN_DOMCTL_GET_DOMAIN_STATE as i64,
+                ),
+                ("sizeof xen_domctl_get_domain_state", size_of::<St>() as i64),
+                (
+                    "offsetof xen_domctl_get_domain_state.state",
+                    payload::DOMSTATE_STATE as i64,
+                ),
+                (
+                    "offsetof xen_domctl_get_domain_state.caps",
+                    payload::DOMSTATE_CAPS as i64,
+                ),
+                (
+                    "offsetof xen_domctl_get_domain_state.pad0",
+                    payload::DOMSTATE_PAD0 as i64,
+                ),
+                (
+                    "offsetof xen_domctl_get_domain_state.unique_id",
+                    payload::DOMSTATE_UNIQUE_ID as i64,
+                ),
+                (
+                    "XEN_DOMCTL_GETDOMSTATE_STATE_EXIST",
+                    XEN_DOMCTL_GETDOMSTATE_STATE_EXIST.into(),
+                ),
+                (
+                    "XEN_DOMCTL_GETDOMSTATE_STATE_SHUTDOWN",
+                    XEN_DOMCTL_GETDOMSTATE_STATE_SHUTDOWN.into(),
+                ),
+                (
+                    "XEN_DOMCTL_GETDOMSTATE_STATE_DYING",
+                    XEN_DOMCTL_GETDOMSTATE_STATE_DYING.into(),
+                ),
+                (
+                    "XEN_DOMCTL_GETDOMSTATE_STATE_DEAD",
+                    XEN_DOMCTL_GETDOMSTATE_STATE_DEAD.into(),
+                ),
+            ] {
+                expected.insert(k.into(), v);
+            }
+        }
+        let mut wrong = Vec::new();
+        for (k, v) in &expected {
+            match facts.get(k) {
+                Some(f) if f == v => {}
+                Some(f) => wrong.push(format!("{k}: headers {f}, ptguard {v}")),
+                None => wrong.push(format!("{k}: not in the headers' facts")),
+            }
+        }
+        for k in facts.keys().filter(|k| !expected.contains_key(*k)) {
+            wrong.push(format!("{k}: in the headers, unknown to ptguard"));
+        }
+        assert!(
+            wrong.is_empty(),
+            "Xen 4.{}:\n{}",
+            abi.minor,
+            wrong.join("\n")
+        );
+        seen.push(file);
+    }
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "facts"))
+        })
+        .count();
+    assert_eq!(
+        files,
+        seen.len(),
+        "a facts file for a release the table lacks"
+    );
+}
+
+/// Xen 4.21's `do_domctl` takes `get_domain_state` only with interface version 0 (a
+/// stable domctl) and refuses a non-zero `pad0`.
+#[test]
+fn get_domain_state_is_asked_as_a_stable_domctl() {
+    let b = xen::privcmd::get_domain_state_domctl(xen::DomId(7)).to_bytes();
+    assert_eq!(&b[0..4], &XEN_DOMCTL_GET_DOMAIN_STATE.to_ne_bytes());
+    assert_eq!(&b[4..8], &0u32.to_ne_bytes());
+    assert_eq!(&b[8..10], &7u16.to_ne_bytes());
+    assert!(
+        b[16..32].iter().all(|x| *x == 0),
+        "state, caps, pad0, unique_id in: zero"
+    );
 }

@@ -19,6 +19,10 @@ pub struct DeviceRecord {
     /// was kept, or a domain without a handle, have none): a later domain reusing the
     /// domid has another.
     pub owner_handle: Option<DomainHandle>,
+    /// The owner's unique id (Xen 4.21+, `XEN_DOMCTL_get_domain_state`) when it was given
+    /// the device: where both are known it decides the incarnation, since a toolstack may
+    /// give a new domain the old one's handle (xenopsd boots a VM under its UUID).
+    pub owner_uid: Option<u64>,
     pub epoch: u64,
     pub step: Option<Step>,
     pub reason: Option<String>,
@@ -66,6 +70,7 @@ impl DeviceRecord {
             state,
             owner: None,
             owner_handle: None,
+            owner_uid: None,
             epoch,
             step: None,
             reason: None,
@@ -79,6 +84,16 @@ impl DeviceRecord {
         }
     }
 
+    /// Whether the domain Xen describes as `info` is the incarnation this record was
+    /// given to: by unique id where both sides have one (Xen 4.21+), else by handle (a
+    /// record without one, or a nil handle, cannot tell: taken as the same).
+    pub fn owner_incarnation_is(&self, info: &xen::DomainInfo) -> bool {
+        match (self.owner_uid, info.unique_id) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => self.owner_handle.is_none_or(|h| h == info.handle),
+        }
+    }
+
     /// The head node's value (bindings and the lost-maps count live in their own nodes).
     pub fn encode_head(&self) -> String {
         let mut text = format!("state={} epoch={}", self.state, self.epoch);
@@ -86,6 +101,9 @@ impl DeviceRecord {
             text.push_str(&format!(" owner={}", o.0));
             if let Some(h) = self.owner_handle.filter(|h| !h.is_nil()) {
                 text.push_str(&format!(" handle={h}"));
+            }
+            if let Some(u) = self.owner_uid {
+                text.push_str(&format!(" uid={u}"));
             }
         }
         if let Some(s) = self.step {
@@ -156,6 +174,14 @@ impl DeviceRecord {
                     .map_err(|_| format!("handle={h:?} is not a domain handle"))?,
             ),
         };
+        let owner_uid = match take("uid") {
+            None => None,
+            Some(_) if owner.is_none() => return Err("uid= without owner=".into()),
+            Some(u) => Some(
+                u.parse::<u64>()
+                    .map_err(|_| format!("uid={u:?} is not a domain's unique id"))?,
+            ),
+        };
         let step = match take("step") {
             None => None,
             Some(s) => Some(s.parse().map_err(|_| format!("unknown step {s:?}"))?),
@@ -202,6 +228,7 @@ impl DeviceRecord {
             state,
             owner,
             owner_handle,
+            owner_uid,
             epoch,
             step,
             reason,
@@ -229,6 +256,7 @@ mod tests {
                 any::<u16>(),
                 proptest::option::of(any::<[u8; 16]>()),
                 proptest::option::of(any::<[u8; 32]>()),
+                proptest::option::of(any::<u64>()),
             )),
             proptest::option::of(proptest::sample::select(Step::TEARDOWN.to_vec())),
             proptest::option::of(prop_oneof![
@@ -247,14 +275,15 @@ mod tests {
                         state,
                         DeviceState::Attached | DeviceState::TearingDown
                     )
-                    .then_some((1, None, None)));
+                    .then_some((1, None, None, None)));
                     DeviceRecord {
-                        owner: owner.map(|(d, _, _)| DomId(d)),
+                        owner: owner.map(|(d, _, _, _)| DomId(d)),
+                        owner_uid: owner.and_then(|(_, _, _, u)| u),
                         credential: owner
-                            .and_then(|(_, _, c)| c)
+                            .and_then(|(_, _, c, _)| c)
                             .map(|c| crate::credential::AssignmentToken::from_entropy(c).digest()),
                         owner_handle: owner
-                            .and_then(|(_, h, _)| h)
+                            .and_then(|(_, h, _, _)| h)
                             .map(DomainHandle)
                             .filter(|h| !h.is_nil()),
                         step,
@@ -267,6 +296,46 @@ mod tests {
                     }
                 },
             )
+    }
+
+    /// The unique id decides where both sides have one (Xen 4.21+: a VM booted again
+    /// under its UUID is another incarnation); else the handle.
+    #[test]
+    fn the_unique_id_decides_the_incarnation_where_known() {
+        let h = DomainHandle([7; 16]);
+        let mut rec = DeviceRecord::new(pci::Sbdf::from_devfn(0, 3, 0), DeviceState::Attached, 1);
+        rec.owner = Some(DomId(4));
+        rec.owner_handle = Some(h);
+        rec.owner_uid = Some(10);
+        let info = |handle, unique_id| xen::DomainInfo {
+            domid: DomId(4),
+            dying: false,
+            shutdown: false,
+            hvm: true,
+            paused: false,
+            shutdown_reason: 0,
+            handle,
+            unique_id,
+        };
+        assert!(rec.owner_incarnation_is(&info(h, Some(10))));
+        assert!(
+            !rec.owner_incarnation_is(&info(h, Some(11))),
+            "same handle, new domain"
+        );
+        assert!(
+            rec.owner_incarnation_is(&info(h, None)),
+            "no unique id: the handle"
+        );
+        assert!(!rec.owner_incarnation_is(&info(DomainHandle([8; 16]), None)));
+        assert!(
+            DeviceRecord::decode_head(rec.sbdf, "state=assignable epoch=1 uid=3 msix-size=0")
+                .is_err()
+        );
+        assert!(DeviceRecord::decode_head(
+            rec.sbdf,
+            "state=attached epoch=1 owner=2 uid=x msix-size=0"
+        )
+        .is_err());
     }
 
     proptest! {
