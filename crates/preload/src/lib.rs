@@ -181,6 +181,49 @@ fn missing(name: &CStr) -> c_int {
     -1
 }
 
+/// The minor version of the libxenctrl that defines `sym`, from its file name
+/// (`libxenctrl.so.4.21`, as Debian and upstream install it); `None` if it cannot tell.
+fn libxenctrl_minor(sym: *mut c_void) -> Option<u16> {
+    // SAFETY: an all-zero Dl_info is valid (null pointers); dladdr only writes it.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: `sym` came from dlsym; dladdr reads no memory through it.
+    if unsafe { libc::dladdr(sym, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr set dli_fname to the loaded object's NUL-terminated path.
+    let path = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
+    soname_minor(&path)
+}
+
+/// `…/libxenctrl.so.4.21[.0]` → 21.
+pub fn soname_minor(path: &str) -> Option<u16> {
+    let version = path.rsplit('/').next()?.strip_prefix("libxenctrl.so.4.")?;
+    version.split('.').next()?.parse().ok()
+}
+
+/// The device's segment and bus from `xc_physdev_map_pirq_msi`'s `bus` argument. From
+/// libxenctrl 4.21 (commit b7838d12bd) it is `segment << 16 | bus` and the library asks
+/// Xen with `MAP_PIRQ_TYPE_MSI_SEG`; before, it is the bus alone and the library maps on
+/// segment 0. Anything else is not a device ptguard can name: the call goes to
+/// libxenctrl, logged (a device the ledger cannot record is never mapped in its name).
+pub fn decode_segbus(segbus: c_int, libxenctrl_minor: Option<u16>) -> Result<(u16, u8), String> {
+    let raw = segbus as u32;
+    match libxenctrl_minor {
+        Some(m) if m >= 21 => {
+            if raw & 0xff00 != 0 {
+                return Err(format!("bus argument {raw:#x}: bits 8-15 set, neither a bus nor a segment"));
+            }
+            Ok(((raw >> 16) as u16, (raw & 0xff) as u8))
+        }
+        known => u8::try_from(segbus).map(|b| (0, b)).map_err(|_| {
+            format!(
+                "bus argument {raw:#x} does not fit a bus, and libxenctrl {} maps on segment 0 only (the segment is passed from 4.21)",
+                known.map_or("of unknown version".to_string(), |m| format!("4.{m}"))
+            )
+        }),
+    }
+}
+
 type MapPirqMsiFn =
     unsafe extern "C" fn(*mut c_void, u32, c_int, *mut c_int, c_int, c_int, c_int, u64) -> c_int;
 type UpdateMsiIrqFn = unsafe extern "C" fn(*mut c_void, u32, u32, u32, u32, u64) -> c_int;
@@ -246,11 +289,12 @@ pub unsafe extern "C" fn xc_physdev_map_pirq_msi(
             None => missing(MAP_PIRQ_MSI),
         }
     };
-    let (Ok(bus8), Ok(devfn8), Ok(entry)) = (
-        u8::try_from(bus),
-        u8::try_from(devfn),
-        u16::try_from(entry_nr),
-    ) else {
+    let minor = real(MAP_PIRQ_MSI).and_then(libxenctrl_minor);
+    let (seg, bus8) = match decode_segbus(bus, minor) {
+        Ok(sb) => sb,
+        Err(why) => return fall_through(&why),
+    };
+    let (Ok(devfn8), Ok(entry)) = (u8::try_from(devfn), u16::try_from(entry_nr)) else {
         return fall_through("");
     };
     // Plain MSI (no table) and an existing IRQ are not ledger bindings.
@@ -259,8 +303,7 @@ pub unsafe extern "C" fn xc_physdev_map_pirq_msi(
     }
     // SAFETY: checked non-null above; libxenctrl's contract makes it a valid int.
     let requested = unsafe { *pirq };
-    // libxenctrl maps on segment 0 (it clears the whole physdev_map_pirq).
-    let sbdf = format!("0000:{bus8:02x}:{:02x}.{}", devfn8 >> 3, devfn8 & 7);
+    let sbdf = format!("{seg:04x}:{bus8:02x}:{:02x}.{}", devfn8 >> 3, devfn8 & 7);
     let mut request = json!({
         "op": "map-pirq-msi", "domid": domid, "sbdf": sbdf,
         "entry": entry, "table_base": table_base,
@@ -382,5 +425,37 @@ pub unsafe extern "C" fn xc_physdev_unmap_pirq(xch: *mut c_void, domid: u32, pir
             f(xch, domid, pirq)
         },
         None => missing(UNMAP_PIRQ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_rides_in_the_bus_argument_from_libxenctrl_4_21() {
+        assert_eq!(decode_segbus(0x0001_0003, Some(21)), Ok((1, 3)));
+        assert_eq!(decode_segbus(0x0000_0003, Some(22)), Ok((0, 3)));
+        assert_eq!(
+            decode_segbus(0xffff_00ffu32 as c_int, Some(21)),
+            Ok((0xffff, 0xff))
+        );
+        assert!(decode_segbus(0x0001_0103, Some(21)).is_err(), "bits 8-15");
+        // Before 4.21 the argument is a bus: a segment there is not a device it maps.
+        assert_eq!(decode_segbus(3, Some(17)), Ok((0, 3)));
+        assert!(decode_segbus(0x0001_0003, Some(20)).is_err());
+        assert!(decode_segbus(0x0001_0003, None).is_err());
+        assert!(decode_segbus(-1, Some(17)).is_err());
+    }
+
+    #[test]
+    fn the_version_comes_from_the_libraries_file_name() {
+        assert_eq!(
+            soname_minor("/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.17.0"),
+            Some(17)
+        );
+        assert_eq!(soname_minor("/usr/lib/libxenctrl.so.4.21"), Some(21));
+        assert_eq!(soname_minor("/usr/lib/libxenctrl.so"), None);
+        assert_eq!(soname_minor("/opt/libxenctrl.so.5.0"), None);
     }
 }

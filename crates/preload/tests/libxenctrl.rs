@@ -40,21 +40,45 @@ fn preload_library() -> PathBuf {
         .clone()
 }
 
-/// Compiles tests/dm_calls.c against the system's libxenctrl.
-fn dm_calls_program(out: &Path) -> PathBuf {
+/// Which libxenctrl the device model links.
+#[derive(Clone, Copy, PartialEq)]
+enum Libxenctrl {
+    /// Debian 12's (4.17).
+    Debian,
+    /// tests/xenctrl_4_21_stub.c as `libxenctrl.so.4.21`: the 4.21 calling convention.
+    Stub4_21,
+}
+
+/// Compiles tests/dm_calls.c against the system's libxenctrl headers, linked with `lib`.
+fn dm_calls_program(out: &Path, lib: Libxenctrl) -> PathBuf {
     assert!(
         Path::new("/usr/include/xenctrl.h").exists(),
         "Debian's libxenctrl headers are missing: apt-get install libxen-dev (.ci/run does)"
     );
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let bin = out.join("dm_calls");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dm_calls.c");
-    let st = Command::new("cc")
-        .args(["-Wall", "-Werror", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .args(["-lxenctrl", "-ldl"])
-        .status()
-        .expect("cc");
+    let src = tests.join("dm_calls.c");
+    let mut cc = Command::new("cc");
+    cc.args(["-Wall", "-Werror", "-o"]).arg(&bin).arg(&src);
+    match lib {
+        Libxenctrl::Debian => {
+            cc.arg("-lxenctrl");
+        }
+        Libxenctrl::Stub4_21 => {
+            let so = out.join("libxenctrl.so.4.21");
+            let st = Command::new("cc")
+                .args(["-Wall", "-Werror", "-shared", "-fPIC"])
+                .arg("-Wl,-soname,libxenctrl.so.4.21")
+                .arg("-o")
+                .arg(&so)
+                .arg(tests.join("xenctrl_4_21_stub.c"))
+                .status()
+                .expect("cc");
+            assert!(st.success(), "compiling the 4.21 stub failed");
+            cc.arg(&so).arg(format!("-Wl,-rpath,{}", out.display()));
+        }
+    }
+    let st = cc.arg("-ldl").status().expect("cc");
     assert!(st.success(), "compiling {} failed", src.display());
     bin
 }
@@ -97,12 +121,22 @@ struct Bed {
 
 impl Bed {
     fn new() -> Bed {
+        Bed::with("0000:03:00.0", XenProfile::Xen4_17_5, Libxenctrl::Debian)
+    }
+
+    /// A device model for `dev` on `xen`, linking `lib`; its bus argument is what that
+    /// libxenctrl takes (the segment in the high 16 bits from 4.21).
+    fn with(dev: &str, xen: XenProfile, lib: Libxenctrl) -> Bed {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("host");
-        let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+        let dev: pci::Sbdf = dev.parse().unwrap();
+        let bus_arg = match lib {
+            Libxenctrl::Debian => u32::from(dev.bus()),
+            Libxenctrl::Stub4_21 => u32::from(dev.seg()) << 16 | u32::from(dev.bus()),
+        };
         let (mut ctx, host, _) = sim_open(
             &dir,
-            XenProfile::Xen4_17_5,
+            xen,
             PcibackProfile::AfterCommandFix,
             &[DeviceSpec::nic(dev, 4)],
         )
@@ -119,12 +153,12 @@ impl Bed {
         let sock = tmp.path().join("broker.sock");
         let server =
             serve_broker(daemon.clone(), &sock, stop.clone(), BrokerLimits::default()).unwrap();
-        let bin = dm_calls_program(tmp.path());
+        let bin = dm_calls_program(tmp.path(), lib);
         let mut child = Command::new(bin)
             .args([
                 domid.0.to_string(),
-                "3".into(),
-                "0".into(),
+                format!("{bus_arg:#x}"),
+                format!("{:#x}", dev.devfn()),
                 format!("{tb:x}"),
             ])
             .env("LD_PRELOAD", preload_library())
@@ -317,4 +351,50 @@ fn a_killed_device_model_leaves_nothing_the_ledger_does_not_know() {
         assert_eq!(bed.xen_dpci(p), None, "pirq {p} unmapped");
     }
     bed.finish();
+}
+
+/// libxenctrl 4.21+ carries the segment in the high 16 bits of the bus argument (commit
+/// b7838d12bd): a device on segment 1 reaches the ledger under its own address, and the
+/// library behind (a 4.21 stand-in) is never called. Before this, the preload library
+/// read only the low byte's convention and sent such a call past the ledger.
+#[test]
+#[cfg_attr(
+    missing_libxenctrl,
+    ignore = "needs Debian's libxenctrl headers (apt-get install libxen-dev)"
+)]
+fn a_device_on_segment_1_reaches_the_ledger_through_libxenctrl_4_21() {
+    let mut bed = Bed::with("0001:03:00.0", XenProfile::Xen4_21_0, Libxenctrl::Stub4_21);
+    bed.record_device_model_pid();
+    let out = bed.dm.call("map 0");
+    let pirq: i32 = out
+        .strip_prefix("rc=0 errno=0 pirq=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let b = bed
+        .binding(0)
+        .expect("msix-0 of 0001:03:00.0 in the ledger");
+    assert_eq!(
+        (b.state, b.pirq),
+        (BindingState::Mapped, Some(xen::Pirq(pirq)))
+    );
+    assert_eq!(
+        bed.xen_dpci(pirq),
+        Some(None),
+        "mapped in Xen for the segment-1 device"
+    );
+    let dev = bed.dev;
+    let mapped_for = bed.host.with_world(|w| {
+        w.descs
+            .values()
+            .filter(|d| d.pirq == pirq)
+            .map(|d| d.sbdf)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(mapped_for, vec![dev]);
+    let log = bed.finish();
+    assert!(log.contains("0001:03:00.0 entry 0: pirq"), "{log}");
+    assert!(
+        !log.contains("stub-4.21"),
+        "never reached libxenctrl: {log}"
+    );
 }
