@@ -597,7 +597,7 @@ soak_chain() {
     local log t0 t1 took jcur
     for ((i = 0; i < SOAK_N; i++)); do
         type=${SOAK_PLAN[$i]%%:*}; kind=${SOAK_PLAN[$i]#*:}
-        next_type=${SOAK_PLAN[$((i + 1))]%%:*}
+        next_type=${SOAK_PLAN[$((i + 1))]:-pv:}; next_type=${next_type%%:*}
         hold=1; [ "$kind" = poweroff ] && hold=0
         if [ -z "$cur" ]; then
             cur=${label}$i; cur_type=$type
