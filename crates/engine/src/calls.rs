@@ -104,7 +104,7 @@ pub(crate) fn msix_layout(pci: &dyn pci::PciHost, sbdf: Sbdf) -> Result<(u16, u6
 
 /// Whether Xen says a guest holds `sbdf` (a device sysfs shows): `XEN_DOMCTL_test_assign_device`
 /// answers 0 when dom0 or dom_io owns it and `-EINVAL` ("already assigned, or non-existent")
-/// otherwise, on every release from 4.11 to 4.20. `Some(errno)`: held.
+/// otherwise, on every release from 4.11 to 4.22 (test_assign unchanged in 4.21 and 4.22). `Some(errno)`: held.
 pub fn held_by_guest(hv: &dyn Hypervisor, sbdf: Sbdf) -> Result<Option<Errno>> {
     match hv.test_assign_device(sbdf) {
         Ok(()) => Ok(None),

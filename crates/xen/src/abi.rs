@@ -257,7 +257,7 @@ pub struct xen_domctl_ioport_permission {
 }
 
 /// The leading fields of `struct xen_domctl_getdomaininfo` that ptguard reads, through
-/// `handle` (the same offsets in every release from 4.11 to 4.20; 4.16 made `pad1`
+/// `handle` (the same offsets in every release from 4.11 to 4.22; 4.16 made `pad1`
 /// explicit and later fields were added after `handle`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

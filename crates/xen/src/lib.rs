@@ -2,7 +2,7 @@
 //!
 //! This crate owns the [`Hypervisor`] trait (the physdev and domctl operations ptguard
 //! needs), the Xen public ABI those operations use ([`abi`]: Xen 4.17 checked against Xen's
-//! headers by `tests/layout.rs`, and what differs from 4.11 to 4.20 in
+//! headers by `tests/layout.rs`, and what differs from 4.11 to 4.22 in
 //! [`abi::ReleaseAbi`]), the real implementation over `/dev/xen/privcmd`
 //! ([`privcmd::Privcmd`], the only `unsafe` code of the project), a [`record::Recorder`] that
 //! counts calls and can turn mutating ones into a dry run, and errno results mapped to typed

@@ -117,7 +117,7 @@ pub struct Privcmd {
 
 impl Privcmd {
     /// Opens privcmd, asks Xen its version and picks that release's domctl/sysctl interface
-    /// (Xen 4.11 to 4.20); any other release is refused before a single domctl is made.
+    /// (Xen 4.11 to 4.22); any other release is refused before a single domctl is made.
     pub fn open() -> Result<Privcmd, XenError> {
         Privcmd::open_at(Path::new(PRIVCMD_PATH), Path::new(HYPERCALL_BUF_PATH))
     }
