@@ -41,9 +41,10 @@ impl Trigger {
 /// What Xen says of a record's owner, when the decision needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerView {
-    /// Running (or paused) and the incarnation the ledger recorded.
+    /// Running, paused, suspended or in a soft reset (it may run again), and the
+    /// incarnation the ledger recorded.
     Alive,
-    /// Gone, dying, shut down, or its domid reused by another domain.
+    /// Gone, dying, shut down for good, or its domid reused by another domain.
     NotAlive,
     /// Not asked (the trigger does not depend on it).
     Unobserved,
@@ -127,9 +128,8 @@ impl Engine<'_> {
             let sbdf = rec.sbdf;
             let owner = match (trigger, rec.owner) {
                 (Trigger::Recover | Trigger::Resume(_), Some(d)) => match hv.domain_info(d)? {
-                    Some(i) if !i.dying && !i.shutdown && same_incarnation(&rec, &i) => {
-                        OwnerView::Alive
-                    }
+                    // A suspended or soft-reset guest may run again: its device stays.
+                    Some(i) if !i.finished() && same_incarnation(&rec, &i) => OwnerView::Alive,
                     _ => OwnerView::NotAlive,
                 },
                 (Trigger::Recover | Trigger::Resume(_), None) => OwnerView::NotAlive,

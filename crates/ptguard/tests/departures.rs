@@ -585,3 +585,33 @@ fn a_malformed_unplug_marker_is_dropped() {
     assert_eq!(e.notices.len(), 3, "{:?}", e.notices);
     assert!(!e.has_unfinished().unwrap());
 }
+
+/// A guest that shuts down to be suspended (save, migration) or soft-reset may run again:
+/// the daemon's round leaves its device and vectors alone; a poweroff afterwards is a
+/// teardown like any other. (The round once took any shutdown for the owner's end and
+/// reset the device under a guest that was about to resume.)
+#[test]
+fn a_suspended_or_soft_reset_guest_keeps_its_device() {
+    for reason in [2u8, 5] {
+        let mut h = host(XenProfile::Xen4_17_5);
+        h.assignable();
+        let (g, _dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
+        h.round(false);
+        let mapped = h.mapped(nic());
+        assert_eq!(mapped.len(), 3);
+        h.host.shutdown_for(g, reason).unwrap();
+        let (done, notices) = h.round(false);
+        assert!(done.is_empty(), "reason {reason}: {done:?} {notices:?}");
+        let rec = h.record(nic()).expect("still recorded");
+        assert_eq!((rec.state, rec.owner), (DeviceState::Attached, Some(g)));
+        assert_eq!(
+            h.mapped(nic()),
+            mapped,
+            "reason {reason}: vectors untouched"
+        );
+        h.host.destroy_domain(g).unwrap();
+        let (done, notices) = h.round(false);
+        assert_eq!(done.len(), 1, "reason {reason}: {notices:?}");
+        h.clean(nic()).unwrap();
+    }
+}
