@@ -84,6 +84,14 @@ pub fn toolstack_backends(xs: &mut XsClient) -> Vec<(DomId, Sbdf)> {
         .collect()
 }
 
+/// The guest the toolstack's backends give `sbdf` to (not taking it away), if any.
+fn toolstack_owner(xs: &mut XsClient, sbdf: Sbdf) -> Option<DomId> {
+    toolstack_backends(xs)
+        .into_iter()
+        .find(|(_, s)| *s == sbdf)
+        .map(|(d, _)| d)
+}
+
 /// What `follow_departures` found for one device that left a running guest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Departure {
@@ -237,7 +245,7 @@ impl Engine<'_> {
             let hv = self.platform.hypervisor();
             // A gone owner is the recovery round's (its @releaseDomain teardown).
             match hv.domain_info(owner)? {
-                Some(i) if !i.finished() && same_incarnation(&rec, &i) => {}
+                Some(i) if !i.finished() && rec.owner_incarnation_is(&i) => {}
                 _ => continue,
             }
             let holder = if held_by_guest(hv, sbdf)?.is_none() {
@@ -291,7 +299,7 @@ impl Engine<'_> {
             .platform
             .hypervisor()
             .domain_info(from)?
-            .is_some_and(|i| i.hvm && same_incarnation(rec, &i))
+            .is_some_and(|i| i.hvm && rec.owner_incarnation_is(&i))
         {
             self.unmap_device_vectors(sbdf, from)?;
         }
@@ -385,12 +393,7 @@ impl Engine<'_> {
             DeviceState::Attached => r.owner,
             _ => None,
         });
-        let watched_for = from_ledger.or_else(|| {
-            toolstack_backends(self.xs)
-                .into_iter()
-                .find(|(_, s)| *s == sbdf)
-                .map(|(d, _)| d)
-        });
+        let watched_for = from_ledger.or_else(|| toolstack_owner(self.xs, sbdf));
         if let Some(owner) = watched_for {
             let marker = UnplugMarker {
                 sbdf,
@@ -440,15 +443,20 @@ impl Engine<'_> {
         Ok(out)
     }
 
+    /// The devices' keys under [`UNPLUGS`] (none when the directory was never made).
+    pub(crate) fn unplug_names(&mut self) -> Result<Vec<String>> {
+        match self.xs.directory(TxId::NONE, UNPLUGS) {
+            Ok(n) => Ok(n),
+            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every marker, with whether its unplug is still pending: the guest lives and its
     /// backend still lists the device as not leaving. A malformed marker is dropped with
     /// a warning.
     fn unplug_markers(&mut self) -> Result<Vec<(UnplugMarker, bool)>> {
-        let names = match self.xs.directory(TxId::NONE, UNPLUGS) {
-            Ok(n) => n,
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let names = self.unplug_names()?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -491,12 +499,7 @@ impl Engine<'_> {
             DeviceState::Attached | DeviceState::TearingDown | DeviceState::Quarantined => r.owner,
             DeviceState::Assignable => None,
         });
-        let owner = from_ledger.or_else(|| {
-            toolstack_backends(self.xs)
-                .into_iter()
-                .find(|(_, s)| *s == sbdf)
-                .map(|(d, _)| d)
-        });
+        let owner = from_ledger.or_else(|| toolstack_owner(self.xs, sbdf));
         let Some(domid) = owner else {
             return Ok(PreReset::NoOwner);
         };

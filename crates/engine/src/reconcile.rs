@@ -129,7 +129,7 @@ impl Engine<'_> {
             let owner = match (trigger, rec.owner) {
                 (Trigger::Recover | Trigger::Resume(_), Some(d)) => match hv.domain_info(d)? {
                     // A suspended or soft-reset guest may run again: its device stays.
-                    Some(i) if !i.finished() && same_incarnation(&rec, &i) => OwnerView::Alive,
+                    Some(i) if !i.finished() && rec.owner_incarnation_is(&i) => OwnerView::Alive,
                     _ => OwnerView::NotAlive,
                 },
                 (Trigger::Recover | Trigger::Resume(_), None) => OwnerView::NotAlive,
@@ -170,11 +170,7 @@ impl Engine<'_> {
         {
             return Ok(true);
         }
-        match self.xs.directory(TxId::NONE, crate::ledger::UNPLUGS) {
-            Ok(n) => Ok(!n.is_empty()),
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(!self.unplug_names()?.is_empty())
     }
 
     /// Hot-unplug: tears the device down while its owner may still run.

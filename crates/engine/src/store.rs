@@ -219,11 +219,6 @@ pub(crate) fn attached_to(rec: &mut DeviceRecord, info: &DomainInfo, epoch: u64)
     rec.credential = None;
 }
 
-/// Whether the domain Xen knows as `info` is the incarnation the ledger recorded.
-pub(crate) fn same_incarnation(rec: &DeviceRecord, info: &DomainInfo) -> bool {
-    rec.owner_incarnation_is(info)
-}
-
 /// The epoch after `epoch`; a hand-edited maximum must not wrap to an old one.
 pub(crate) fn next_epoch(sbdf: Sbdf, epoch: u64) -> Result<u64> {
     epoch
