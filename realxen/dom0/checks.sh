@@ -706,6 +706,10 @@ if group soak; then
     irqs_lines0=$(grep -E 'xen-pirq.*-msi' /proc/interrupts | awk '{print $1, $NF}')
     s0=$(up)
     declare -a results cleaned
+    ours=(); ours_clean=()
+    # ptguard.soak_baseline=only: the toolstack-alone chain by itself (its ptguard column
+    # comes from an earlier run of the same plan).
+    if ! grep -q "ptguard\.soak_baseline=only" /proc/cmdline; then
     soak_chain soak
     ours=("${results[@]}"); ours_clean=("${cleaned[@]}")
     took_soak=$(awk -v a="$s0" -v b="$(up)" 'BEGIN { printf "%d", b - a }')
@@ -718,13 +722,16 @@ if group soak; then
     grown=$(diff <(echo "$irqs_lines0") <(grep -E 'xen-pirq.*-msi' /proc/interrupts | awk '{print $1, $NF}') | grep '^>' | tr '\n' ' ')
     expect soak-dom0-irqs-do-not-grow "dom0 MSI/MSI-X IRQs (xen-pirq ... -msi*): $irqs0 before, $irqs after, at rest ${grown:+(new: $grown)}" test "$irqs0" -gt 0 -a "$irqs" -le "$irqs0"
     say "soak: $SOAK_N teardowns in ${took_soak} s, settle ${SETTLE} s"
+    fi
     stop_watch
     base=(); base_clean=()
-    if grep -q "ptguard\.soak_baseline=1" /proc/cmdline; then
+    if grep -qE "ptguard\.soak_baseline=(1|only)" /proc/cmdline; then
         systemctl mask --runtime ptguard.service >/dev/null 2>&1
         results=(); cleaned=()
+        s0=$(up)
         soak_chain base
         base=("${results[@]}"); base_clean=("${cleaned[@]}")
+        say "soak baseline: $SOAK_N teardowns in $(awk -v a="$s0" -v b="$(up)" 'BEGIN { printf "%d", b - a }') s, settle ${SETTLE} s"
         systemctl unmask --runtime ptguard.service >/dev/null 2>&1
     fi
     say "soak table: teardown | with ptguard (next guest, device before it) | toolstack alone"

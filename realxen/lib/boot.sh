@@ -10,7 +10,7 @@ timeout_s=${2:-1800}
 W=$REALXEN_WORK
 # Xen: serial console, verbose logs, a fixed dom0. The dom0 line must hold no comma
 # (QEMU's multiboot module list is comma-separated). ptguard.checks= selects check groups,
-# ptguard.soak= the soak's length, ptguard.soak_baseline=1 adds the toolstack-alone chain.
+# ptguard.soak= the soak's length, ptguard.soak_baseline=1 adds the toolstack-alone chain (=only: that chain alone).
 xen_args="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all iommu=verbose noreboot"
 dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN_CHECKS:-all} ptguard.soak=${REALXEN_SOAK:-15} ptguard.soak_baseline=${REALXEN_SOAK_BASELINE:-0}"
 : > "$console"

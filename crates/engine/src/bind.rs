@@ -9,7 +9,7 @@ use crate::credential::Credential;
 use crate::ledger::*;
 use crate::refusal::Refusal;
 use crate::stepwise::Acting;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 use crate::engine::*;
 
@@ -44,7 +44,7 @@ pub(crate) fn check_requester(
     if rec.owner != Some(req.domid) {
         return Err(Refusal::WrongDomain { owner: rec.owner });
     }
-    if let Some(now) = current.filter(|i| !rec.owner_incarnation_is(i)) {
+    if let Some(now) = current.filter(|i| Liveness::of_owner(&rec, Some(i)) == Liveness::Replaced) {
         let (recorded, current) = match (rec.owner_uid, now.unique_id) {
             (Some(r), Some(c)) => (format!("unique id {r}"), format!("unique id {c}")),
             _ => (
@@ -135,6 +135,15 @@ impl Engine<'_> {
         let requester = self.platform.hypervisor().domain_info(req.domid)?;
         let rec = read_head(self.xs, TxId::NONE, req.sbdf)?;
         let rec = check_requester(rec, req, requester.as_ref()).map_err(refuse)?;
+        // A new interrupt only for a domain that may run; its unbinds stay allowed (a
+        // device model unmaps while its guest shuts down).
+        let life = Liveness::of(requester.as_ref());
+        if requester.is_some() && life.finished() {
+            return Err(refuse(Refusal::RequesterFinished {
+                domid: req.domid,
+                liveness: life,
+            }));
+        }
         if let BindKind::Msix { entry, table_base } = req.kind {
             if entry >= rec.msix_size {
                 return Err(refuse(Refusal::EntryBeyondTable {

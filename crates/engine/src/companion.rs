@@ -15,7 +15,7 @@ use crate::engine::*;
 use crate::ledger::*;
 use crate::sweep::SweepReport;
 use crate::xen_dump::DumpOwner;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -194,7 +194,7 @@ impl Engine<'_> {
                 // A domain that is going or gone, or a device Xen says nobody holds (the
                 // toolstack is still assigning it, or already took it back): next round.
                 Err(
-                    e @ (EngineError::DomainDying { .. }
+                    e @ (EngineError::DomainFinished { .. }
                     | EngineError::UnknownDomain { .. }
                     | EngineError::NotHeld { .. }),
                 ) => tracing::debug!(%sbdf, %domid, "not adopted: {e}"),
@@ -244,9 +244,8 @@ impl Engine<'_> {
             }
             let hv = self.platform.hypervisor();
             // A gone owner is the recovery round's (its @releaseDomain teardown).
-            match hv.domain_info(owner)? {
-                Some(i) if !i.finished() && rec.owner_incarnation_is(&i) => {}
-                _ => continue,
+            if Liveness::of_owner(&rec, hv.domain_info(owner)?.as_ref()).finished() {
+                continue;
             }
             let holder = if held_by_guest(hv, sbdf)?.is_none() {
                 Some(DumpOwner::Io)
@@ -256,7 +255,7 @@ impl Engine<'_> {
             // A destroy in progress also removes the backend, and Xen gives the devices
             // back to dom_io when it kills the domain: asked again, that owner is going,
             // and its teardown is the recovery round's (reason `destroy`).
-            if hv.domain_info(owner)?.is_none_or(|i| i.finished()) {
+            if Liveness::of_owner(&rec, hv.domain_info(owner)?.as_ref()).finished() {
                 continue;
             }
             let outcome = match holder {
@@ -295,12 +294,8 @@ impl Engine<'_> {
         let sbdf = rec.sbdf;
         // Only the recorded incarnation's pirqs, and only an HVM guest's (a PV guest's are
         // pciback's); a domain that reused the domid is another guest.
-        if self
-            .platform
-            .hypervisor()
-            .domain_info(from)?
-            .is_some_and(|i| i.hvm && rec.owner_incarnation_is(&i))
-        {
+        let info = self.platform.hypervisor().domain_info(from)?;
+        if info.as_ref().is_some_and(|i| i.hvm) && Liveness::of_owner(rec, info.as_ref()).exists() {
             self.unmap_device_vectors(sbdf, from)?;
         }
         self.warn(format!("{sbdf}: the toolstack moved it from {from} to {to} before ptguard could clean it; {to} may have received {from}'s MSI-X state; nothing is reset under {to}"));
@@ -478,11 +473,7 @@ impl Engine<'_> {
                     continue;
                 }
             };
-            let alive = self
-                .platform
-                .hypervisor()
-                .domain_info(m.owner)?
-                .is_some_and(|i| !i.finished());
+            let alive = Liveness::ask(self.platform.hypervisor(), m.owner)?.may_run();
             let listed = backends.contains(&(m.owner, sbdf));
             out.push((m, alive && listed));
         }
@@ -503,8 +494,13 @@ impl Engine<'_> {
         let Some(domid) = owner else {
             return Ok(PreReset::NoOwner);
         };
-        let info = self.platform.hypervisor().domain_info(domid)?;
-        if info.is_some_and(|i| !i.finished()) {
+        // The ledger's owner by its incarnation; the toolstack's by its domid.
+        let hv = self.platform.hypervisor();
+        let life = match rec.as_ref().filter(|_| from_ledger.is_some()) {
+            Some(r) => Liveness::of_owner(r, hv.domain_info(domid)?.as_ref()),
+            None => Liveness::ask(hv, domid)?,
+        };
+        if life.may_run() {
             return Ok(PreReset::OwnerRunning { domid });
         }
         if from_ledger.is_some() {

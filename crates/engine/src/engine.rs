@@ -2,7 +2,7 @@
 //! model asks to bind ([`BindRequest`]), and the [`Engine`] over one Xenstore connection and
 //! one platform, with its crash points and notices. The work lives beside it:
 //! `lifecycle.rs` (assignable-add/-remove, adopt, repair, attach), `bind.rs` (the broker's
-//! bind and unbind), `teardown.rs` (DESIGN.md §2 and recovery), `store.rs` (the ledger's
+//! bind and unbind), `teardown.rs` (docs/design.md "The cure", and recovery), `store.rs` (the ledger's
 //! Xenstore reads and writes), `calls.rs` (hypervisor and PCI helpers). Every ledger change
 //! with more than one node is one Xenstore transaction; a single-node change is one request
 //! (xenstored applies each request atomically).

@@ -1,7 +1,7 @@
 //! ptguard's core: the IRQ binding ledger, the broker, the device lifecycle with its safe
 //! teardown, crash recovery, and companion mode beside a stock toolstack.
 //!
-//! This crate owns the policy of `DESIGN.md` §2: what is recorded in the ledger
+//! This crate owns the policy of `docs/design.md`: what is recorded in the ledger
 //! ([`ledger`]), when, and in which order hypercalls, sysfs writes and Xenstore transactions
 //! happen ([`Engine`]); the sweep of a finished domain's pirqs ([`sweep`]) and the adoption
 //! of devices a toolstack gave ([`companion`]); a stock device model's four libxenctrl calls
@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod engine;
 pub mod ledger;
 mod lifecycle;
+pub mod liveness;
 pub mod orphaned;
 pub mod plan;
 pub mod reconcile;
@@ -37,7 +38,8 @@ use xenstore::XenstoreError;
 pub use credential::{AssignmentToken, Credential, TokenDigest};
 pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Notice, NoticeLevel, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
-pub use reconcile::{Decision, OwnerView, Trigger};
+pub use liveness::Liveness;
+pub use reconcile::{Decision, Trigger};
 pub use refusal::{ProtectedDomains, Refusal};
 pub use stepwise::{Acting, DeviceModelCall};
 
@@ -72,10 +74,10 @@ pub enum EngineError {
     AttachedElsewhere { sbdf: Sbdf, owner: DomId },
     #[error("{domid}: no such domain")]
     UnknownDomain { domid: DomId },
-    #[error("{domid}: the domain is dying; attach to a running domain")]
-    DomainDying { domid: DomId },
-    #[error("{domid} may still run (running, paused or suspended): its pirqs are its own and are never swept; sweep only a domain that is dying or shut down for good")]
-    SweepLiveDomain { domid: DomId },
+    #[error("{domid} is {liveness} and will not run again; give the device to a domain that runs (or is paused or suspended)")]
+    DomainFinished { domid: DomId, liveness: Liveness },
+    #[error("{domid} is {liveness} and may still run: its pirqs are its own and are never swept; sweep only a domain that is dying or shut down for good")]
+    SweepLiveDomain { domid: DomId, liveness: Liveness },
     #[error("{sbdf}: already managed by ptguard (state {state})")]
     AlreadyManaged { sbdf: Sbdf, state: DeviceState },
     #[error("ledger entry {path} is corrupt ({reason}): {value:?}; fix or remove it by hand (`xenstore-rm {path}`) after checking the device with `ptguard doctor`")]

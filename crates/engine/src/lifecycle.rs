@@ -9,7 +9,7 @@ use xenstore::{Access, TxId};
 
 use crate::ledger::*;
 use crate::xen_dump::DumpOwner;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 use crate::engine::*;
 
@@ -97,7 +97,12 @@ impl Engine<'_> {
         }
         let info = match hv.domain_info(domid)? {
             None => return Err(EngineError::UnknownDomain { domid }),
-            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(i) if Liveness::of(Some(&i)).finished() => {
+                return Err(EngineError::DomainFinished {
+                    domid,
+                    liveness: Liveness::of(Some(&i)),
+                })
+            }
             Some(i) => i,
         };
         // Only what Xen says a guest holds: anything else is assignable-add/attach's.
@@ -248,7 +253,12 @@ impl Engine<'_> {
         let hv = self.platform.hypervisor();
         let info = match hv.domain_info(domid)? {
             None => return Err(EngineError::UnknownDomain { domid }),
-            Some(i) if i.dying => return Err(EngineError::DomainDying { domid }),
+            Some(i) if Liveness::of(Some(&i)).finished() => {
+                return Err(EngineError::DomainFinished {
+                    domid,
+                    liveness: Liveness::of(Some(&i)),
+                })
+            }
             Some(i) => i,
         };
         let rec = self.xs.transaction(|xs, tx| -> Result<DeviceRecord> {

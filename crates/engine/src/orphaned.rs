@@ -20,7 +20,7 @@ use xenstore::TxId;
 
 use crate::engine::{attached_msix_bindings, heads, release_msix_pirq, rm, write, Engine};
 use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord, DeviceState};
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -42,13 +42,15 @@ impl Engine<'_> {
         // guest's vectors are not its device model's (pciback maps them, the guest binds
         // them to event channels; a PV domain's qemu serves only disks): never touched.
         let info = match self.platform.hypervisor().domain_info(domid)? {
-            Some(i) if !i.finished() && i.hvm => i,
+            Some(i) if Liveness::of(Some(&i)).may_run() && i.hvm => i,
             _ => return Ok(Vec::new()),
         };
         // Only this incarnation's devices (a reused domid is another domain), attach done.
         let bindings: Vec<(DeviceRecord, Binding)> = attached_msix_bindings(self.xs, domid)?
             .into_iter()
-            .filter(|(rec, _)| rec.owner_incarnation_is(&info) && rec.step.is_none())
+            .filter(|(rec, _)| {
+                Liveness::of_owner(rec, Some(&info)) != Liveness::Replaced && rec.step.is_none()
+            })
             .collect();
         let mut out: Vec<Orphaned> = Vec::new();
         for (rec, b) in bindings {

@@ -7,12 +7,14 @@
 use serde::Serialize;
 
 use crate::ledger::{CompanionMode, DeviceRecord, Step};
+use crate::Liveness;
 
 /// What a teardown knows before it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TeardownFacts {
-    /// The owner's domid now names another domain: nothing may be directed at it.
-    pub replaced: bool,
+    /// What Xen said of the owner when the teardown started ([`Liveness::Replaced`]: its
+    /// domid names another domain now, and nothing may be directed at that one).
+    pub owner: Liveness,
     /// Adopted from a toolstack, which revokes, removes the backend and deassigns itself.
     pub companion: Option<CompanionMode>,
     /// The device has an MSI-X capability (Xen keeps MSI-X state for it).
@@ -20,12 +22,17 @@ pub struct TeardownFacts {
 }
 
 impl TeardownFacts {
-    pub fn of(rec: &DeviceRecord, replaced: bool) -> TeardownFacts {
+    pub fn of(rec: &DeviceRecord, owner: Liveness) -> TeardownFacts {
         TeardownFacts {
-            replaced,
+            owner,
             companion: rec.mode,
             msix: rec.msix_size > 0,
         }
+    }
+
+    /// The owner's domid names another domain now.
+    pub fn replaced(&self) -> bool {
+        self.owner == Liveness::Replaced
     }
 }
 
@@ -64,17 +71,17 @@ pub fn step_work(step: Step, facts: &TeardownFacts) -> StepWork {
     let toolstacks = "the toolstack's (companion mode)";
     let reused = "the owner's domid names another domain now";
     match step {
-        Step::Attach | Step::Revoke if facts.replaced => StepWork::Skip { why: reused },
+        Step::Attach | Step::Revoke if facts.replaced() => StepWork::Skip { why: reused },
         Step::Attach | Step::Revoke if facts.companion.is_some() => {
             StepWork::Skip { why: toolstacks }
         }
         Step::Attach | Step::Revoke => StepWork::Revoke,
         Step::Unbind => StepWork::ForceUnbind {
-            unbind: !facts.replaced,
+            unbind: !facts.replaced(),
         },
         Step::Release if !facts.msix => StepWork::Skip { why: "no MSI-X" },
         Step::Release => StepWork::ReleaseMsix,
-        Step::Deassign if facts.replaced => StepWork::Skip { why: reused },
+        Step::Deassign if facts.replaced() => StepWork::Skip { why: reused },
         Step::Deassign if facts.companion.is_some() => StepWork::CheckHolder,
         Step::Deassign => StepWork::Deassign,
         Step::Reset => StepWork::Reset,
@@ -104,7 +111,11 @@ mod tests {
 
     fn facts(replaced: bool, companion: Option<CompanionMode>, msix: bool) -> TeardownFacts {
         TeardownFacts {
-            replaced,
+            owner: if replaced {
+                Liveness::Replaced
+            } else {
+                Liveness::Gone
+            },
             companion,
             msix,
         }

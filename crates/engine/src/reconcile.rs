@@ -10,7 +10,7 @@ use xenstore::TxId;
 
 use crate::engine::*;
 use crate::ledger::*;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -38,18 +38,6 @@ impl Trigger {
     }
 }
 
-/// What Xen says of a record's owner, when the decision needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OwnerView {
-    /// Running, paused, suspended or in a soft reset (it may run again), and the
-    /// incarnation the ledger recorded.
-    Alive,
-    /// Gone, dying, shut down for good, or its domid reused by another domain.
-    NotAlive,
-    /// Not asked (the trigger does not depend on it).
-    Unobserved,
-}
-
 /// What to do with one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -64,8 +52,9 @@ pub enum Decision {
 }
 
 /// The one decision of what a trigger means for a device. Pure: the record, what Xen says
-/// of the owner, and the trigger.
-pub fn decide(rec: &DeviceRecord, owner: OwnerView, trigger: &Trigger) -> Decision {
+/// of the owner ([`Liveness::of_owner`]; `None` where the trigger does not depend on it,
+/// and not asked), and the trigger.
+pub fn decide(rec: &DeviceRecord, owner: Option<Liveness>, trigger: &Trigger) -> Decision {
     let named = |reason: &'static str| match rec.state {
         DeviceState::Assignable => Decision::Report(Outcome::Assignable { epoch: rec.epoch }),
         DeviceState::Attached => Decision::Start(reason),
@@ -81,13 +70,16 @@ pub fn decide(rec: &DeviceRecord, owner: OwnerView, trigger: &Trigger) -> Decisi
 }
 
 /// What a crash or a gone owner left to finish.
-fn unfinished(rec: &DeviceRecord, owner: OwnerView) -> Decision {
+fn unfinished(rec: &DeviceRecord, owner: Option<Liveness>) -> Decision {
     match rec.state {
         DeviceState::TearingDown | DeviceState::Quarantined => Decision::Resume,
         DeviceState::Attached if rec.step == Some(Step::Attach) => {
             Decision::Start("attach-interrupted")
         }
-        DeviceState::Attached if owner == OwnerView::NotAlive => Decision::Start("destroy"),
+        // A suspended or soft-reset owner may run again: its device stays.
+        DeviceState::Attached if owner.is_some_and(Liveness::finished) => {
+            Decision::Start("destroy")
+        }
         _ => Decision::Leave,
     }
 }
@@ -126,14 +118,12 @@ impl Engine<'_> {
                 }
             };
             let sbdf = rec.sbdf;
-            let owner = match (trigger, rec.owner) {
-                (Trigger::Recover | Trigger::Resume(_), Some(d)) => match hv.domain_info(d)? {
-                    // A suspended or soft-reset guest may run again: its device stays.
-                    Some(i) if !i.finished() && rec.owner_incarnation_is(&i) => OwnerView::Alive,
-                    _ => OwnerView::NotAlive,
-                },
-                (Trigger::Recover | Trigger::Resume(_), None) => OwnerView::NotAlive,
-                _ => OwnerView::Unobserved,
+            let owner = match trigger {
+                // An attached record without an owner has none that could still run.
+                Trigger::Recover | Trigger::Resume(_) => {
+                    Some(Liveness::ask_owner(hv, &rec)?.unwrap_or(Liveness::Gone))
+                }
+                _ => None,
             };
             let outcome = match decide(&rec, owner, &trigger) {
                 Decision::Leave => continue,
@@ -212,7 +202,7 @@ mod tests {
     #[test]
     fn every_trigger_decides_as_the_table_says() {
         use DeviceState::*;
-        use OwnerView::*;
+        let (alive, gone, unobserved) = (Some(Liveness::Running), Some(Liveness::Gone), None);
         let d = DomId(5);
         let me = sbdf(3);
         let attached = record(Attached, Some(5), None);
@@ -220,80 +210,112 @@ mod tests {
         let tearing = record(TearingDown, Some(5), Some(Step::Release));
         let quarantined = record(Quarantined, Some(5), Some(Step::Release));
         let assignable = record(Assignable, None, None);
-        let cases: Vec<(&DeviceRecord, OwnerView, Trigger, Decision)> = vec![
+        let cases: Vec<(&DeviceRecord, Option<Liveness>, Trigger, Decision)> = vec![
             // Recovery finishes what is unfinished and what a gone owner left.
-            (&tearing, Alive, Trigger::Recover, Decision::Resume),
-            (&quarantined, Alive, Trigger::Recover, Decision::Resume),
+            (&tearing, alive, Trigger::Recover, Decision::Resume),
+            (&quarantined, alive, Trigger::Recover, Decision::Resume),
             (
                 &attaching,
-                Alive,
+                alive,
                 Trigger::Recover,
                 Decision::Start("attach-interrupted"),
             ),
             (
                 &attached,
-                NotAlive,
+                gone,
                 Trigger::Recover,
                 Decision::Start("destroy"),
             ),
-            (&attached, Alive, Trigger::Recover, Decision::Leave),
-            (&assignable, NotAlive, Trigger::Recover, Decision::Leave),
-            // A command resumes only its own device.
-            (&tearing, Alive, Trigger::Resume(me), Decision::Resume),
-            (&tearing, Alive, Trigger::Resume(sbdf(4)), Decision::Leave),
+            (&attached, alive, Trigger::Recover, Decision::Leave),
+            // Every other way Xen may describe the owner: those that may run keep it.
             (
                 &attached,
-                NotAlive,
-                Trigger::Resume(sbdf(4)),
+                Some(Liveness::Paused),
+                Trigger::Recover,
                 Decision::Leave,
             ),
+            (
+                &attached,
+                Some(Liveness::Suspended),
+                Trigger::Recover,
+                Decision::Leave,
+            ),
+            (
+                &attached,
+                Some(Liveness::SoftReset),
+                Trigger::Recover,
+                Decision::Leave,
+            ),
+            (
+                &attached,
+                Some(Liveness::ShutDown { reason: 3 }),
+                Trigger::Recover,
+                Decision::Start("destroy"),
+            ),
+            (
+                &attached,
+                Some(Liveness::Dying),
+                Trigger::Recover,
+                Decision::Start("destroy"),
+            ),
+            (
+                &attached,
+                Some(Liveness::Replaced),
+                Trigger::Recover,
+                Decision::Start("destroy"),
+            ),
+            (&assignable, gone, Trigger::Recover, Decision::Leave),
+            // A command resumes only its own device.
+            (&tearing, alive, Trigger::Resume(me), Decision::Resume),
+            (&tearing, alive, Trigger::Resume(sbdf(4)), Decision::Leave),
+            (&attached, gone, Trigger::Resume(sbdf(4)), Decision::Leave),
             // A named device always gets an answer.
             (
                 &attached,
-                Unobserved,
+                unobserved,
                 Trigger::Unplug(me, "unplug"),
                 Decision::Start("unplug"),
             ),
             (
                 &tearing,
-                Unobserved,
+                unobserved,
                 Trigger::Unplug(me, "unplug"),
                 Decision::Resume,
             ),
             (
                 &assignable,
-                Unobserved,
+                unobserved,
                 Trigger::Unplug(me, "unplug"),
                 Decision::Report(Outcome::Assignable { epoch: 7 }),
             ),
             (
                 &attached,
-                Unobserved,
+                unobserved,
                 Trigger::Unplug(sbdf(4), "unplug"),
                 Decision::Leave,
             ),
             // A released domain's devices, and only its.
             (
                 &attached,
-                Unobserved,
+                unobserved,
                 Trigger::DomainReleased(d),
                 Decision::Start("destroy"),
             ),
             (
                 &quarantined,
-                Unobserved,
+                unobserved,
                 Trigger::DomainReleased(d),
                 Decision::Resume,
             ),
             (
                 &attached,
-                Unobserved,
+                unobserved,
                 Trigger::DomainReleased(DomId(6)),
                 Decision::Leave,
             ),
             (
                 &assignable,
-                Unobserved,
+                unobserved,
                 Trigger::DomainReleased(d),
                 Decision::Leave,
             ),
@@ -326,7 +348,11 @@ mod tests {
             state in proptest::sample::select(DeviceState::ALL.to_vec()),
             owner in proptest::option::of(4u16..7),
             attaching in any::<bool>(),
-            view in prop_oneof![Just(OwnerView::Alive), Just(OwnerView::NotAlive), Just(OwnerView::Unobserved)],
+            view in proptest::option::of(prop_oneof![
+                Just(Liveness::Running), Just(Liveness::Paused), Just(Liveness::Suspended),
+                Just(Liveness::SoftReset), proptest::sample::select(vec![0u8, 1, 3, 4, 6]).prop_map(|reason| Liveness::ShutDown { reason }),
+                Just(Liveness::Dying), Just(Liveness::Gone), Just(Liveness::Replaced),
+            ]),
             trigger in arb_trigger(),
         ) {
             let step = attaching.then_some(Step::Attach);
@@ -344,7 +370,7 @@ mod tests {
                 prop_assert_eq!(d.clone(), Decision::Leave);
             }
             if matches!(trigger, Trigger::Recover | Trigger::Resume(_))
-                && view == OwnerView::Alive
+                && view.is_some_and(Liveness::may_run)
                 && state == DeviceState::Attached
                 && !attaching
             {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use xen::DomId;
 
 use crate::ledger::{BindingKey, DeviceState};
+use crate::Liveness;
 
 /// One reason to refuse a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,6 +33,9 @@ pub enum Refusal {
         recorded: String,
         current: String,
     },
+    /// The requester is the owner's incarnation but will never run again (dying, shut
+    /// down for good): its vectors are its teardown's, not its device model's to add.
+    RequesterFinished { domid: DomId, liveness: Liveness },
     /// The request carries an epoch of an earlier assignment.
     StaleEpoch { presented: u64, current: u64 },
     /// An MSI-X entry at or beyond the device's table size.
@@ -77,6 +81,7 @@ impl Refusal {
             Refusal::TearingDown => "tearing-down",
             Refusal::WrongDomain { .. } => "wrong-domain",
             Refusal::StaleIncarnation { .. } => "stale-incarnation",
+            Refusal::RequesterFinished { .. } => "requester-finished",
             Refusal::StaleEpoch { .. } => "stale-epoch",
             Refusal::EntryBeyondTable { .. } => "entry-beyond-table",
             Refusal::WrongTableBase { .. } => "wrong-table-base",
@@ -108,6 +113,7 @@ impl Refusal {
             Refusal::StaleEpoch { presented, .. } => {
                 format!("epoch {presented} is not the device's current assignment")
             }
+            Refusal::RequesterFinished { domid, .. } => format!("{domid} will not run again"),
             Refusal::NotDeviceModel { .. } => {
                 "the connecting process is not the domain's device model".into()
             }
@@ -147,6 +153,10 @@ impl fmt::Display for Refusal {
             } => write!(
                 f,
                 "{domid} is not the domain the device was given to: that one (handle {recorded}) is gone and its domid was reused (handle {current})"
+            ),
+            Refusal::RequesterFinished { domid, liveness } => write!(
+                f,
+                "{domid} is {liveness}: a domain that will not run again gets no new interrupt; its teardown takes the device back"
             ),
             Refusal::EntryBeyondTable { entry, table_size } => write!(
                 f,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use xen::{DomId, Errno, Hypervisor, Pirq};
 
 use crate::engine::Engine;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -102,7 +102,12 @@ impl Engine<'_> {
                     pv: false,
                 })
             }
-            Some(i) if !i.finished() => return Err(EngineError::SweepLiveDomain { domid }),
+            Some(i) if Liveness::of(Some(&i)).may_run() => {
+                return Err(EngineError::SweepLiveDomain {
+                    domid,
+                    liveness: Liveness::of(Some(&i)),
+                })
+            }
             // A PV guest's MSI pirqs are mapped for it by dom0's kernel (pciback), which
             // unmaps them itself when it lets go of the device; unmapping them first makes
             // dom0's unmap fail (-EINVAL) and Linux then never frees those IRQs.

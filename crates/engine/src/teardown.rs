@@ -1,19 +1,20 @@
-//! The teardown of DESIGN.md §2 (revoke, unbind, release, deassign, reset, prepare,
+//! The teardown of docs/design.md ("The cure") (revoke, unbind, release, deassign, reset, prepare,
 //! verify), each step journaled and idempotent, so that a crash resumes it from its step
 //! (when is `reconcile.rs`'s to decide).
 
-use pci::config::regs::{COMMAND, COMMAND_MEMORY, MSIX_FLAGS};
+use pci::config::regs::{COMMAND, MSIX_FLAGS};
+use pci::config::Command;
 use pci::{ConfigSpace, Sbdf};
 use xen::{DomId, Errno, Pirq, XenError};
 use xenstore::TxId;
 
 use crate::ledger::*;
 use crate::xen_dump::DumpOwner;
-use crate::EngineError;
+use crate::{EngineError, Liveness};
 
 use crate::engine::*;
 use crate::plan::{step_work, StepWork, TeardownFacts};
-use crate::reconcile::{decide, Decision, OwnerView, Trigger};
+use crate::reconcile::{decide, Decision, Trigger};
 
 /// How a release step ended.
 enum Released {
@@ -34,7 +35,7 @@ impl Engine<'_> {
     pub(crate) fn teardown(&mut self, sbdf: Sbdf, reason: &'static str) -> Result<Outcome> {
         let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
             let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
-            match decide(&rec, OwnerView::Unobserved, &Trigger::Unplug(sbdf, reason)) {
+            match decide(&rec, None, &Trigger::Unplug(sbdf, reason)) {
                 Decision::Report(o) => Ok(Some(o)),
                 Decision::Start(reason) => {
                     rec.state = DeviceState::TearingDown;
@@ -104,7 +105,7 @@ impl Engine<'_> {
     }
 
     /// Turns memory decoding on so Xen masks vectors in the table instead of falling back
-    /// to `host_maskall` (DESIGN.md §2 step 2, xen-semantics.md §1.3).
+    /// to `host_maskall` (docs/design.md, "The cure", step 2, xen-semantics.md §1.3).
     /// Turns memory decoding on where Xen looks for it (`memory_decoded()`): the function
     /// itself, or for an SR-IOV virtual function its physical function (a VF's own Memory
     /// bit is hard-wired 0, so writing it would change nothing).
@@ -112,13 +113,9 @@ impl Engine<'_> {
     pub(crate) fn ensure_memory_decoding(&mut self, sbdf: Sbdf) -> Result<bool> {
         let pci = self.platform.pci();
         let sbdf = pci.physfn(sbdf)?.unwrap_or(sbdf);
-        let cfg = pci.read_config(sbdf)?;
-        let cmd = u16::from_le_bytes([
-            cfg.get(4).copied().unwrap_or(0),
-            cfg.get(5).copied().unwrap_or(0),
-        ]);
-        if cmd & COMMAND_MEMORY == 0 {
-            pci.write_config(sbdf, COMMAND, &(cmd | COMMAND_MEMORY).to_le_bytes())?;
+        let cmd = ConfigSpace::new(pci.read_config(sbdf)?).map_or(Command(0), |c| c.command());
+        if !cmd.memory() {
+            pci.write_config(sbdf, COMMAND, &cmd.with_memory().0.to_le_bytes())?;
             return Ok(true);
         }
         Ok(false)
@@ -133,18 +130,12 @@ impl Engine<'_> {
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
-        let replaced = match rec.owner {
-            Some(d) => self
-                .platform
-                .hypervisor()
-                .domain_info(d)?
-                .is_some_and(|i| !rec.owner_incarnation_is(&i)),
-            None => false,
-        };
-        if replaced {
+        let owner_life =
+            Liveness::ask_owner(self.platform.hypervisor(), &rec)?.unwrap_or(Liveness::Gone);
+        if owner_life == Liveness::Replaced {
             self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
         }
-        let facts = TeardownFacts::of(&rec, replaced);
+        let facts = TeardownFacts::of(&rec, owner_life);
         let mut swept = false;
         // The targeted unmap ran (once per pass): how many vectors it could not name.
         let mut targeted: Option<usize> = None;
@@ -172,7 +163,7 @@ impl Engine<'_> {
                     continue;
                 }
                 StepWork::ReleaseMsix => {
-                    match self.release(&mut rec, owner, replaced, &mut swept, &mut targeted)? {
+                    match self.release(&mut rec, owner, &mut swept, &mut targeted)? {
                         Released::Yes => {}
                         Released::SweptRetry => continue,
                         Released::Ended(o) => return Ok(o),
@@ -306,7 +297,6 @@ impl Engine<'_> {
         &mut self,
         rec: &mut DeviceRecord,
         owner: DomId,
-        replaced: bool,
         swept: &mut bool,
         targeted: &mut Option<usize>,
     ) -> Result<Released> {
@@ -331,27 +321,30 @@ impl Engine<'_> {
                 // new holder is touched.
                 if held_by_guest(hv, sbdf)?.is_some() {
                     if let Some(DumpOwner::Domain(h)) = xen_holder(hv, sbdf)? {
-                        if h != owner && hv.domain_info(h)?.is_some_and(|i| !i.finished()) {
+                        if h != owner && Liveness::ask(hv, h)?.may_run() {
                             return Ok(Released::Ended(self.hand_over(rec, owner, h)?));
                         }
                     }
                 }
-                let info = hv.domain_info(owner)?.filter(|_| !replaced);
+                // Asked again: the owner may have finished while the teardown waited.
+                let info = hv.domain_info(owner)?;
+                let life = Liveness::of_owner(rec, info.as_ref());
+                let info = info.filter(|_| life.exists());
                 // A PV guest's MSI/MSI-X vectors are mapped for it by dom0's kernel
                 // (pciback's enable_msix), which unmaps them itself when pciback lets go
                 // of the device: unmapping them here makes dom0's own unmap fail (-EINVAL)
                 // and Linux then leaks the IRQs. Wait for pciback instead.
-                if let Some(i) = info.as_ref().filter(|i| !i.hvm) {
+                if info.as_ref().is_some_and(|i| !i.hvm) {
                     let why = format!(
                         "release_msix answered -EBUSY: {owner} is a PV guest, whose vectors are dom0's pciback's; pciback unmaps them when it lets go of the device ({}); retried on the next round",
-                        if i.finished() { "its domain is being torn down" } else { "the backend is closing" }
+                        if life.finished() { "its domain is being torn down" } else { "the backend is closing" }
                     );
                     return Ok(Released::Ended(self.requarantine(rec, why)?));
                 }
                 // Bindings the ledger does not know (a stock device model's) of an owner
                 // that will never run again: sweep them, with decoding on, and release
                 // again. Idempotent, so a crash here resumes at this step and sweeps again.
-                if !*swept && info.as_ref().is_some_and(|i| i.finished()) {
+                if !*swept && life.exists() && life.finished() {
                     *swept = true;
                     self.ensure_memory_decoding(sbdf)?;
                     self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
@@ -376,17 +369,17 @@ impl Engine<'_> {
                 let unconfirmed = rec.bindings.len();
                 let lost = rec.lost_maps as usize + unconfirmed;
                 let why = match info {
-                    Some(i) if !i.dying && !i.shutdown && lost > 0 => format!(
+                    Some(_) if life.may_run() && lost > 0 => format!(
                         "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
                     ),
-                    Some(i) if !i.dying && !i.shutdown && unnamed > 0 => format!(
+                    Some(_) if life.may_run() && unnamed > 0 => format!(
                         "release_msix answered -EBUSY while {owner} still runs: Xen shows {unnamed} vector(s) of the device mapped but bound to no guest, and does not name their pirqs; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
                     ),
-                    Some(i) if !i.dying && !i.shutdown => format!(
+                    Some(_) if life.may_run() => format!(
                         "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
                     ),
                     Some(_) => format!(
-                        "release_msix answered -EBUSY: {owner} holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
+                        "release_msix answered -EBUSY: {owner} ({life}) holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
                     ),
                     None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
                 };
@@ -467,7 +460,8 @@ impl Engine<'_> {
         match holder {
             Some(DumpOwner::Io | DumpOwner::Xen) => Ok(None),
             Some(DumpOwner::Domain(h)) if h == owner => {
-                if hv.domain_info(owner)?.is_none_or(|i| i.finished()) {
+                // Whichever incarnation the domid names now: one that may run holds it.
+                if Liveness::ask(hv, owner)?.finished() {
                     return Ok(None);
                 }
                 let why = format!("the toolstack has not taken the device from {owner} yet (Xen still shows it assigned there); nothing is reset under a running guest; retried on the next round");

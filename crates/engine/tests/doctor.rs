@@ -1,7 +1,7 @@
 //! Doctor's checks on fixture sysfs trees, each with its fix.
 
 use engine::doctor::{diagnose, holder_checks, reconcile, xen_view, Severity, CODES};
-use engine::{DeviceRecord, DeviceState, Step};
+use engine::{DeviceRecord, DeviceState, Liveness, Step};
 use pci::builder::ConfigBuilder;
 use pci::config::regs::*;
 use pci::fixture::{FixtureDevice, FixtureTree};
@@ -54,7 +54,9 @@ fn every_check_finds_its_problem_and_names_the_fix() {
     let wrong_driver = sbdf("0000:06:00.0");
     let assignable_masked = sbdf("0000:07:00.0");
     let quarantined = sbdf("0000:08:00.0");
+    let suspended_owner = sbdf("0000:09:00.0");
     device(&tree, clean, "pciback", 0, vec![]);
+    device(&tree, suspended_owner, "pciback", MSIX_FLAGS_ENABLE, vec![]);
     device(
         &tree,
         masked,
@@ -79,6 +81,7 @@ fn every_check_finds_its_problem_and_names_the_fix() {
         record(stale_pv, DeviceState::Assignable, None, None),
         record(half, DeviceState::TearingDown, Some(3), Some(Step::Release)),
         record(dead_owner, DeviceState::Attached, Some(4), None),
+        record(suspended_owner, DeviceState::Attached, Some(6), None),
         record(wrong_driver, DeviceState::Assignable, None, None),
         record(assignable_masked, DeviceState::Assignable, None, None),
         record(
@@ -90,7 +93,14 @@ fn every_check_finds_its_problem_and_names_the_fix() {
         record(sbdf("0000:0f:00.0"), DeviceState::Assignable, None, None),
     ];
     let host = SysfsHost::new(dir.path());
-    let alive = |d: DomId| Some(d == DomId(5));
+    // d5 runs; d4 is gone; d6 is suspended (it may resume: its device is not orphaned).
+    let alive = |r: &DeviceRecord| {
+        r.owner.map(|d| match d.0 {
+            5 => Liveness::Running,
+            6 => Liveness::Suspended,
+            _ => Liveness::Gone,
+        })
+    };
     let findings = diagnose(&host, &ledger, &alive);
     let find = |s: Sbdf, code: &str| {
         findings
@@ -109,6 +119,12 @@ fn every_check_finds_its_problem_and_names_the_fix() {
     assert_eq!(
         find(dead_owner, "owner-gone").fix,
         "ptguard release-domain 4"
+    );
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.sbdf == Some(suspended_owner) && f.code == "owner-gone"),
+        "a suspended owner may resume: {findings:#?}"
     );
     assert!(find(wrong_driver, "driver-mismatch")
         .fix
@@ -155,10 +171,12 @@ fn xen_view_on_real_dumps() {
     let q = engine::xen_dump::pci_devices(&dmesg);
     let i = engine::xen_dump::irq_bindings(&dmesg);
     let nic = sbdf("0000:00:05.0");
-    let alive: BTreeMap<DomId, bool> = [(DomId(0), true), (DomId(4), true)].into();
+    let alive: BTreeMap<DomId, Liveness> =
+        [(DomId(0), Liveness::Running), (DomId(4), Liveness::Running)].into();
     let f = xen_view(&q, &i, &alive, &[(nic, 5)], None);
     assert!(f.is_empty(), "{f:#?}");
-    let dying: BTreeMap<DomId, bool> = [(DomId(0), true), (DomId(4), false)].into();
+    let dying: BTreeMap<DomId, Liveness> =
+        [(DomId(0), Liveness::Running), (DomId(4), Liveness::Dying)].into();
     let f = xen_view(&q, &i, &dying, &[(nic, 5)], None);
     let codes: Vec<&str> = f.iter().map(|f| f.code).collect();
     assert_eq!(
@@ -233,7 +251,7 @@ fn every_finding_code_has_a_check() {
         record(sbdf("0000:0e:00.0"), DeviceState::Attached, Some(3), None),
     ];
     let host = SysfsHost::new(dir.path());
-    let gone = |_: DomId| Some(false);
+    let gone = |_: &DeviceRecord| Some(Liveness::Gone);
     seen.extend(diagnose(&host, &ledger, &gone).iter().map(|f| f.code));
     let wrong = vec![record(b, DeviceState::Assignable, None, None)];
     seen.extend(diagnose(&host, &wrong, &gone).iter().map(|f| f.code));
@@ -261,7 +279,7 @@ fn every_finding_code_has_a_check() {
             .map(|f| f.code),
     );
     seen.extend(
-        engine::doctor::dying_domains(&[(DomId(7), false)].into())
+        engine::doctor::dying_domains(&[(DomId(7), Liveness::Dying)].into())
             .iter()
             .map(|f| f.code),
     );
@@ -387,8 +405,12 @@ fn xen_view_names_vectors_a_zombie_left_on_a_quarantined_device() {
     assert_eq!(f[0].code, "leftover-pirqs");
     assert_eq!(f[0].sbdf, Some(sbdf("0000:00:05.0")));
     assert!(f[0].problem.contains("25 26 27"), "{:?}", f[0]);
-    let dying: BTreeMap<DomId, bool> =
-        [(DomId(0), true), (DomId(4), false), (DomId(5), true)].into();
+    let dying: BTreeMap<DomId, Liveness> = [
+        (DomId(0), Liveness::Running),
+        (DomId(4), Liveness::Dying),
+        (DomId(5), Liveness::Running),
+    ]
+    .into();
     let d = engine::doctor::dying_domains(&dying);
     assert_eq!(d.len(), 1);
     assert_eq!(

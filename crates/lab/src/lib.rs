@@ -1,6 +1,6 @@
 //! ptguard's proving harness: the engine wired to the simulated host ([`platform`]: its
 //! `Platform`, crash injection at the engine's crash points, the broker as simulated device
-//! models reach it), the scenario runner with DESIGN.md §5's invariants checked on the
+//! models reach it), the scenario runner with the invariants of docs/design.md checked on the
 //! simulated host itself ([`rig`]), the multi-device crash exploration
 //! ([`explore_devices`]) and the engine side of the benchmarks ([`bench_engine`]).
 //!

@@ -614,7 +614,7 @@ impl Rig {
         r
     }
 
-    /// DESIGN.md §5 invariants 1, 2, 3 and 5, checked after every step.
+    /// Invariants 1, 2, 3 and 5 (docs/design.md, "The invariants"), checked after every step.
     fn check_invariants(&mut self, at: &str) {
         let sbdf = self.sbdf;
         let ledger = self.ledger_state();

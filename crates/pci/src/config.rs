@@ -360,6 +360,10 @@ impl Command {
     pub fn memory(self) -> bool {
         self.0 & COMMAND_MEMORY != 0
     }
+    /// The same register with Memory Space decoding on.
+    pub fn with_memory(self) -> Command {
+        Command(self.0 | COMMAND_MEMORY)
+    }
     pub fn bus_master(self) -> bool {
         self.0 & COMMAND_MASTER != 0
     }

@@ -193,7 +193,7 @@ pub enum Command {
     /// MSI-X interrupts arrive, stale bindings and forced masks at hand-over,
     /// quarantines, and the hypercalls and Xenstore requests/transactions spent.
     Scenario(ScenarioArgs),
-    /// Crash ptguard at every step and check DESIGN.md's five invariants.
+    /// Crash ptguard at every step and check the invariants (docs/design.md, "The invariants").
     ///
     /// For each scenario and device-model behaviour, runs ptguard once without a
     /// crash, then once per crash point with a crash injected there (ptguard

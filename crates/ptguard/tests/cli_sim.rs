@@ -86,7 +86,7 @@ fn dry_run_prints_the_teardown_sequence_and_changes_nothing() {
             .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("{needle} missing from:\n{plan}"))
     };
-    // DESIGN.md §2: revoke, force-unbind (unbind then unmap), release, deassign, reset,
+    // docs/design.md, "The cure": revoke, force-unbind (unbind then unmap), release, deassign, reset,
     // prepare — in that order.
     let revoke = pos("iomem_permission");
     let unbind = pos("unbind_pt_irq d1 pirq 79");

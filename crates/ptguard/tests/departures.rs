@@ -587,12 +587,17 @@ fn a_malformed_unplug_marker_is_dropped() {
 }
 
 /// A guest that shuts down to be suspended (save, migration) or soft-reset may run again:
-/// the daemon's round leaves its device and vectors alone; a poweroff afterwards is a
-/// teardown like any other. (The round once took any shutdown for the owner's end and
-/// reset the device under a guest that was about to resume.)
+/// on every path that asks whether an owner is gone (the daemon's round with its
+/// departures and recovery, the sweep, a toolstack's pre-reset hook, doctor) its device
+/// and vectors stay; a poweroff afterwards is a teardown like any other. (The round once
+/// took any shutdown for the owner's end and reset the device under a guest that was
+/// about to resume.)
 #[test]
 fn a_suspended_or_soft_reset_guest_keeps_its_device() {
-    for reason in [2u8, 5] {
+    for (reason, liveness) in [
+        (2u8, engine::Liveness::Suspended),
+        (5, engine::Liveness::SoftReset),
+    ] {
         let mut h = host(XenProfile::Xen4_17_5);
         h.assignable();
         let (g, _dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
@@ -604,6 +609,28 @@ fn a_suspended_or_soft_reset_guest_keeps_its_device() {
         assert!(done.is_empty(), "reason {reason}: {done:?} {notices:?}");
         let rec = h.record(nic()).expect("still recorded");
         assert_eq!((rec.state, rec.owner), (DeviceState::Attached, Some(g)));
+        let mut e = Engine::new(&mut h.client, &h.platform);
+        match e.sweep(g) {
+            Err(engine::EngineError::SweepLiveDomain { liveness: l, .. }) => {
+                assert_eq!(l, liveness)
+            }
+            other => panic!("reason {reason}: sweep answered {other:?}"),
+        }
+        assert!(
+            matches!(e.pre_reset(nic()).unwrap(), engine::companion::PreReset::OwnerRunning { domid } if domid == g),
+            "reason {reason}"
+        );
+        let owner_life = |r: &engine::DeviceRecord| {
+            Some(engine::Liveness::of_owner(
+                r,
+                h.host.domain_info(r.owner?).unwrap().as_ref(),
+            ))
+        };
+        let findings = engine::doctor::diagnose(&h.host, &[rec.clone()], &owner_life);
+        assert!(
+            findings.iter().all(|f| f.code != "owner-gone"),
+            "reason {reason}: {findings:#?}"
+        );
         assert_eq!(
             h.mapped(nic()),
             mapped,

@@ -596,7 +596,16 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     f.host.hold_reference(z).unwrap();
     f.host.destroy_domain(z).unwrap();
     let err = e.attach(dev(), z).unwrap_err();
-    assert!(matches!(err, EngineError::DomainDying { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EngineError::DomainFinished {
+                liveness: engine::Liveness::Dying,
+                ..
+            }
+        ),
+        "{err}"
+    );
     e.attach(dev(), a).unwrap();
     let b = f.host.create_domain("B", true);
     let err = e.attach(dev(), b).unwrap_err();
@@ -1202,6 +1211,65 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
         report.delivered(),
         3,
         "the next guest's interrupts: {report:?}"
+    );
+}
+
+/// The broker's side of "may the owner still run?": a suspended or soft-reset guest's
+/// device model may still bind (the guest resumes with its device); once the guest is shut
+/// down for good its model gets no new interrupt (`requester-finished`) but may still
+/// unbind, the daemon's round tears the device down, and no device is given to a domain
+/// that will not run again.
+#[test]
+fn the_broker_and_attach_ask_whether_the_domain_may_run() {
+    for reason in [2u8, 5] {
+        let mut f = fixture();
+        let g = f.host.create_domain("G", true);
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.assignable_add(dev()).unwrap();
+        let epoch = e.attach(dev(), g).unwrap();
+        e.bind(&req(g, epoch, 0)).unwrap();
+        let before = e.record(dev()).unwrap().unwrap().bindings.len();
+        f.host.shutdown_for(g, reason).unwrap();
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        e.bind(&req(g, epoch, 1))
+            .unwrap_or_else(|err| panic!("reason {reason}: {err}"));
+        assert!(e.reconcile(engine::Trigger::Recover).unwrap().is_empty());
+        let rec = e.record(dev()).unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.bindings.len()),
+            (DeviceState::Attached, before + 1),
+            "reason {reason}: the device stays, the new vector recorded"
+        );
+    }
+    let mut f = fixture();
+    let g = f.host.create_domain("G", true);
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    e.assignable_add(dev()).unwrap();
+    let epoch = e.attach(dev(), g).unwrap();
+    let p0 = e.bind(&req(g, epoch, 0)).unwrap();
+    f.host.shutdown_for(g, 0).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let r = refusal(e.bind(&req(g, epoch, 1)));
+    assert_eq!(r.code(), "requester-finished", "{r}");
+    assert!(r.to_string().contains("powered off"), "{r}");
+    // Its model's unmap of what it bound is still taken.
+    e.unbind(&req(g, epoch, 0), p0).unwrap();
+    let out = e.reconcile(engine::Trigger::Recover).unwrap();
+    assert!(
+        matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()),
+        "{out:?}"
+    );
+    // A powered-off domain is given nothing.
+    let err = e.attach(dev(), g).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::DomainFinished {
+                liveness: engine::Liveness::ShutDown { reason: 0 },
+                ..
+            }
+        ),
+        "{err}"
     );
 }
 

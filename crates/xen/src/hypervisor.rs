@@ -197,17 +197,6 @@ impl DomainInfo {
     pub const SHUTDOWN_SUSPEND: u8 = 2;
     /// `SHUTDOWN_soft_reset`: the toolstack resets and resumes the same domain.
     pub const SHUTDOWN_SOFT_RESET: u8 = 5;
-
-    /// Whether the domain will never run again: dying, or shut down for good (poweroff,
-    /// reboot, crash, watchdog). Only such a domain's pirqs may be swept.
-    pub fn finished(&self) -> bool {
-        self.dying
-            || (self.shutdown
-                && !matches!(
-                    self.shutdown_reason,
-                    DomainInfo::SHUTDOWN_SUSPEND | DomainInfo::SHUTDOWN_SOFT_RESET
-                ))
-    }
 }
 
 /// `xen_domain_handle_t`: 16 bytes the toolstack chooses at domain creation. Serialized in

@@ -10,6 +10,7 @@ use xen::DomId;
 use super::Finding;
 use crate::ledger::{DeviceRecord, DeviceState};
 use crate::xen_dump::{DumpOwner, IrqBinding, PciDumpEntry};
+use crate::Liveness;
 
 /// What Xen says of a device: `Some(true)` a guest holds it (`test_assign_device` answered
 /// `-EINVAL`, "already assigned"), `Some(false)` it is dom0's or dom_io's, `None` unknown.
@@ -177,20 +178,18 @@ pub fn holder_checks(
 /// Xen's own view, from its `Q` and `i` dumps: devices held by dying domains, vectors
 /// still bound to pirqs of a domain that does not own the device (or is going), and — with
 /// the devices' MSI-X table sizes — guests' pirq budget. `life` answers for each domain
-/// the dumps name: alive, dying, or gone (absent).
+/// the dumps name (absent: gone).
 pub fn xen_view(
     pci_dump: &[PciDumpEntry],
     irq_dump: &[IrqBinding],
-    life: &BTreeMap<DomId, bool>,
+    life: &BTreeMap<DomId, Liveness>,
     table_sizes: &[(Sbdf, u16)],
     extra_guest_irqs: Option<u32>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    let state = |d: DomId| match life.get(&d) {
-        Some(true) => "alive",
-        Some(false) => "dying",
-        None => "gone",
-    };
+    let state = |d: DomId| life.get(&d).copied().unwrap_or(Liveness::Gone);
+    // Still itself, not on its way out: what it maps is its own business.
+    let holds_on = |d: &DomId| life.get(d).is_some_and(|l| *l != Liveness::Dying);
     for e in pci_dump {
         let s = e.sbdf;
         let owner_line = format!(
@@ -207,7 +206,7 @@ pub fn xen_view(
                 .join(" ")
         );
         if let DumpOwner::Domain(d) = e.owner {
-            if d != DomId::DOM0 && life.get(&d) != Some(&true) {
+            if d != DomId::DOM0 && !holds_on(&d) {
                 out.push(Finding::new(
                     "zombie-owner",
                     Some(s),
@@ -241,14 +240,14 @@ pub fn xen_view(
                 continue;
             };
             for (d, pirq) in &b.guests {
-                if Some(*d) == owner && life.get(d) == Some(&true) {
+                if Some(*d) == owner && holds_on(d) {
                     continue;
                 }
                 // dom0's own driver binds its vectors to dom0's pirqs: that is its use.
                 if *d == DomId::DOM0 && owner == Some(DomId::DOM0) {
                     continue;
                 }
-                let fix = if life.get(d) == Some(&true) {
+                let fix = if holds_on(d) {
                     format!("{d} mapped them while not owning the device (its device model went around ptguard): destroy {d}, or unplug the device from it")
                 } else {
                     format!(
@@ -293,10 +292,10 @@ pub fn xen_view(
     out
 }
 
-/// Domains that are dying and have not finished (`life` false), named by id.
-pub fn dying_domains(life: &BTreeMap<DomId, bool>) -> Vec<Finding> {
+/// Domains that are dying and have not finished, named by id.
+pub fn dying_domains(life: &BTreeMap<DomId, Liveness>) -> Vec<Finding> {
     life.iter()
-        .filter(|(d, alive)| !**alive && **d != DomId::DOM0)
+        .filter(|(d, l)| **l == Liveness::Dying && **d != DomId::DOM0)
         .map(|(d, _)| {
             Finding::new(
                 "dying-domain",
@@ -309,9 +308,7 @@ pub fn dying_domains(life: &BTreeMap<DomId, bool>) -> Vec<Finding> {
         .collect()
 }
 
-/// Xen 4.17's `extra_domU_irqs` when `extra_guest_irqs=` is not given
-/// (`xen/common/domain.c`).
-pub const DEFAULT_EXTRA_GUEST_IRQS: u32 = 32;
+pub use crate::sweep::DEFAULT_EXTRA_GUEST_IRQS;
 
 /// `extra_guest_irqs=[DOMU],[DOM0]` from Xen's command line: the domU value.
 pub fn extra_guest_irqs(command_line: &str) -> Option<u32> {

@@ -7,9 +7,9 @@
 use pci::host::{PciHost, PCIBACK};
 use pci::{ConfigSpace, Sbdf};
 use serde::Serialize;
-use xen::DomId;
 
 use crate::ledger::{DeviceRecord, DeviceState};
+use crate::Liveness;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -93,8 +93,9 @@ impl Finding {
     }
 }
 
-/// Whether a domain is alive (`Some(true)`), dying or gone (`Some(false)`), or unknown.
-pub type Liveness<'a> = &'a dyn Fn(DomId) -> Option<bool>;
+/// What Xen says of a record's owner ([`Liveness::of_owner`]); `None` where it could not be
+/// asked, or the record has no owner.
+pub type OwnerLife<'a> = &'a dyn Fn(&DeviceRecord) -> Option<Liveness>;
 
 fn msix_line(m: &pci::MsixCap) -> String {
     format!(
@@ -106,7 +107,7 @@ fn msix_line(m: &pci::MsixCap) -> String {
 }
 
 /// The ledger against sysfs: every ledger record and every device with MSI-X.
-pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> Vec<Finding> {
+pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], owner_life: OwnerLife) -> Vec<Finding> {
     let mut out = Vec::new();
     for r in ledger {
         let s = r.sbdf;
@@ -142,9 +143,9 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                 "ptguard watch --once".into(),
             )),
             DeviceState::Quarantined => {
-                let fix = match (r.owner, r.owner.and_then(alive)) {
-                    (Some(d), Some(true)) => {
-                        format!("shut down or destroy {d}; then `ptguard watch --once`")
+                let fix = match (r.owner, owner_life(r)) {
+                    (Some(d), Some(l)) if l.may_run() => {
+                        format!("{d} is {l}: shut down or destroy {d}; then `ptguard watch --once`")
                     }
                     _ => "ptguard watch --once".into(),
                 };
@@ -156,11 +157,12 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                 ));
             }
             DeviceState::Attached => {
-                if let Some(d) = r.owner.filter(|d| alive(*d) == Some(false)) {
+                let gone = owner_life(r).filter(|l| l.finished());
+                if let (Some(d), Some(l)) = (r.owner, gone) {
                     out.push(f(
                         "owner-gone",
-                        format!("attached to {d}, which is gone or dying"),
-                        vec![state.clone(), format!("Xen: {d} is gone or dying")],
+                        format!("attached to {d}, which is {l}"),
+                        vec![state.clone(), format!("Xen: {d} is {l}")],
                         format!("ptguard release-domain {}", d.0),
                     ));
                 }
@@ -244,12 +246,11 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
             let command = pci
                 .read_config(s)
                 .ok()
-                .and_then(|b| b.get(4..6).map(|c| u16::from_le_bytes([c[0], c[1]])));
+                .and_then(|b| ConfigSpace::new(b).ok())
+                .map(|c| c.command());
             // A PV guest's vectors show in dom0's msi_irqs; an HVM guest's (mapped by its
             // device model) only as MSI-X Enable in the hardware's Message Control.
-            if command.is_some_and(|c| c & pci::config::regs::COMMAND_MEMORY == 0)
-                && (!msi_irqs.is_empty() || msix.enabled)
-            {
+            if command.is_some_and(|c| !c.memory()) && (!msi_irqs.is_empty() || msix.enabled) {
                 out.push(Finding::new(
                     "decoding-off",
                     Some(s),
@@ -258,7 +259,7 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], alive: Liveness) -> 
                     } else {
                         format!("memory decoding is off while {} vectors are set up", msi_irqs.len())
                     },
-                    vec![format!("config space: Command {:#06x} (Memory-)", command.unwrap_or(0)), format!("sysfs: {} msi_irqs", msi_irqs.len()), msix_line(&msix)],
+                    vec![format!("config space: Command {:#06x} (Memory-)", command.map_or(0, |c| c.0)), format!("sysfs: {} msi_irqs", msi_irqs.len()), msix_line(&msix)],
                     format!("before the toolstack unplugs or destroys its guest, `ptguard hook pre-unplug {s}` (memory decoding on); an `xl pci-detach` from an HVM guest in this state times out waiting for qemu and leaves the device with the guest: run the hook, then detach again. ptguard's own teardowns (`ptguard detach {s}`, `ptguard watch`) turn decoding on first"),
                 ));
             }

@@ -87,7 +87,7 @@ impl DeviceRecord {
     /// Whether the domain Xen describes as `info` is the incarnation this record was
     /// given to: by unique id where both sides have one (Xen 4.21+), else by handle (a
     /// record without one, or a nil handle, cannot tell: taken as the same).
-    pub fn owner_incarnation_is(&self, info: &xen::DomainInfo) -> bool {
+    pub(crate) fn owner_incarnation_is(&self, info: &xen::DomainInfo) -> bool {
         match (self.owner_uid, info.unique_id) {
             (Some(recorded), Some(now)) => recorded == now,
             _ => self.owner_handle.is_none_or(|h| h == info.handle),

@@ -9,7 +9,7 @@ use engine::doctor::{
     diagnose, dying_domains, extra_guest_irqs, reconcile, xen_view, Finding, Severity,
 };
 use engine::xen_dump::{self, DumpOwner};
-use engine::Platform;
+use engine::{Liveness, Platform};
 use pci::sysfs::SysfsHost;
 use pci::Sbdf;
 use xen::DomId;
@@ -99,7 +99,7 @@ fn live_xen_view(
     domains.extend_from_slice(known_domains);
     for d in domains {
         if let Ok(Some(info)) = hv.domain_info(d) {
-            life.insert(d, !info.dying);
+            life.insert(d, Liveness::of(Some(&info)));
         }
     }
     let sizes = table_sizes_live(pci, &q);
@@ -158,10 +158,11 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 )),
             }
             let hv = ctx.platform.hypervisor();
-            let alive = |d: DomId| {
+            let owner_life = |r: &engine::DeviceRecord| {
+                let d = r.owner?;
                 hv.domain_info(d)
                     .ok()
-                    .map(|i| i.is_some_and(|i| !i.dying && !i.shutdown))
+                    .map(|i| Liveness::of_owner(r, i.as_ref()))
             };
             let held = |s: Sbdf| {
                 engine::engine::held_by_guest(hv, s)
@@ -172,14 +173,16 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
             // nodes of a guest long gone say nothing about the device now.
             let backends: Vec<(DomId, Sbdf)> = engine::companion::toolstack_backends(&mut ctx.xs)
                 .into_iter()
-                .filter(|(d, _)| matches!(hv.domain_info(*d), Ok(Some(i)) if !i.dying))
+                .filter(|(d, _)| {
+                    Liveness::ask(hv, *d).is_ok_and(|l| l.exists() && l != Liveness::Dying)
+                })
                 .collect();
             let pci: &dyn pci::PciHost = if ctx.sim.is_some() {
                 ctx.platform.pci()
             } else {
                 &sysfs
             };
-            findings.append(&mut diagnose(pci, &records, &alive));
+            findings.append(&mut diagnose(pci, &records, &owner_life));
             findings.append(&mut reconcile(pci, &records, &held, &backends));
             // Doctor's own Xenstore is a dry-run copy of ptguard's subtrees on a real host:
             // the domains are listed from the real one.
@@ -251,7 +254,9 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
     }
     // Domains alive per Xenstore (`/local/domain/N` present); a domain Xen still shows but
     // Xenstore has forgotten is dying.
-    let xs_domains: Option<BTreeMap<DomId, bool>> = xenstore.map(|x| {
+    // A report says only which domains Xenstore lists: each is taken as running (a
+    // zombie's Q line still names it; a gone one is absent).
+    let xs_domains: Option<BTreeMap<DomId, Liveness>> = xenstore.map(|x| {
         x.lines()
             .filter_map(|l| {
                 l.strip_prefix("/local/domain/")?
@@ -260,7 +265,7 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
                     .parse()
                     .ok()
             })
-            .map(|d: u16| (DomId(d), true))
+            .map(|d: u16| (DomId(d), Liveness::Running))
             .collect()
     });
     match dmesg {
@@ -669,17 +674,16 @@ pub fn preflight(
                 ));
             }
         }
-        (None, Some(d)) => match hv.domain_info(DomId(d)) {
-            Ok(Some(i)) if !i.dying => {}
+        (None, Some(d)) => match Liveness::ask(hv, DomId(d)) {
+            Ok(l) if l.may_run() => {}
             other => findings.push(Finding::new(
                 "guest-missing",
                 Some(s),
                 format!(
                     "d{d} is {}",
-                    if matches!(other, Ok(Some(_))) {
-                        "dying"
-                    } else {
-                        "not running"
+                    match other {
+                        Ok(Liveness::Gone) | Err(_) => "not running".to_string(),
+                        Ok(l) => l.to_string(),
                     }
                 ),
                 vec![format!("Xen: getdomaininfo d{d}")],

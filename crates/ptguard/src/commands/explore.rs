@@ -1,5 +1,5 @@
 //! `ptguard explore`: every crash point of ptguard × every device-model behaviour × the
-//! lifecycle scenarios, with DESIGN.md §5's invariants checked after each step and the end
+//! lifecycle scenarios, with the invariants of docs/design.md checked after each step and the end
 //! state compared with the run without a crash.
 
 use std::io::{IsTerminal, Write};
