@@ -179,7 +179,7 @@ impl Engine<'_> {
             if self.protected_domain(domid) {
                 continue;
             }
-            match self.record(sbdf)? {
+            match read_head(self.xs, TxId::NONE, sbdf)? {
                 None => {}
                 Some(r) if r.state == DeviceState::Assignable => {}
                 Some(_) => continue,
@@ -322,8 +322,7 @@ impl Engine<'_> {
             if !cap.function_mask && !cap.enabled {
                 continue;
             }
-            if self
-                .record(sbdf)?
+            if read_head(self.xs, TxId::NONE, sbdf)?
                 .is_some_and(|r| r.state != DeviceState::Assignable)
             {
                 continue;

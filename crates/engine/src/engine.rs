@@ -267,6 +267,8 @@ impl<'a> Engine<'a> {
             .set_perms(TxId::NONE, ROOT, &perm_list(&[(Access::None, 0)]))?;
         if read_opt(self.xs, TxId::NONE, DEVICES)?.is_none() {
             self.xs.mkdir(TxId::NONE, DEVICES)?;
+            // A new ledger: every record it will hold is indexed by owner from the start.
+            write(self.xs, TxId::NONE, OWNERS, OWNERS_INDEXED)?;
         }
         Ok(())
     }
@@ -282,10 +284,55 @@ impl<'a> Engine<'a> {
 
     /// Every managed device (entries that fail to parse are returned as errors in place).
     pub fn list(&mut self) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
+        self.list_with(read_record)
+    }
+
+    /// Every managed device's head — state, step, owner and its incarnation, epoch — without
+    /// its bindings: what a decision about which device to act on needs, one request per
+    /// device however many vectors each has.
+    pub fn list_heads(&mut self) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
+        self.list_with(read_head)
+    }
+
+    /// The heads of the devices the ledger records for `domid`, through the owner index;
+    /// a ledger not yet wholly indexed is listed whole once, and indexed.
+    pub fn owned_heads(
+        &mut self,
+        domid: DomId,
+    ) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
+        if let Some(names) = indexed_devices(self.xs, domid)? {
+            let mut out = Vec::new();
+            for n in names {
+                let Ok(sbdf) = Sbdf::from_xs_key(&n) else {
+                    continue;
+                };
+                match read_head(self.xs, TxId::NONE, sbdf) {
+                    Ok(Some(r)) if r.owner == Some(domid) => out.push(Ok(r)),
+                    // A note the record no longer backs (edited by hand): dropped.
+                    Ok(_) => rm(self.xs, TxId::NONE, &owner_index_path(domid, sbdf))?,
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            return Ok(out);
+        }
+        let heads = self.list_heads()?;
+        // Each note is idempotent; the marker is written last, so a crash here only
+        // means the next release indexes again.
+        for r in heads.iter().flatten() {
+            index_owner(self.xs, TxId::NONE, r)?;
+        }
+        write(self.xs, TxId::NONE, OWNERS, OWNERS_INDEXED)?;
+        Ok(heads)
+    }
+
+    fn list_with(
+        &mut self,
+        read: fn(&mut XsClient, TxId, Sbdf) -> Result<Option<DeviceRecord>>,
+    ) -> Result<Vec<std::result::Result<DeviceRecord, EngineError>>> {
         let mut out = Vec::new();
         for n in device_names(self.xs)? {
             match Sbdf::from_xs_key(&n) {
-                Ok(sbdf) => match read_record(self.xs, TxId::NONE, sbdf) {
+                Ok(sbdf) => match read(self.xs, TxId::NONE, sbdf) {
                     Ok(Some(r)) => out.push(Ok(r)),
                     Ok(None) => {}
                     Err(e) => out.push(Err(e)),

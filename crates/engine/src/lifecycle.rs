@@ -157,6 +157,7 @@ impl Engine<'_> {
             };
             attached_to(&mut rec, &info, epoch);
             write_head(xs, tx, &rec)?;
+            index_owner(xs, tx, &rec)?;
             Ok(epoch)
         })
     }
@@ -281,6 +282,7 @@ impl Engine<'_> {
             rec.credential = token.map(|t| t.digest());
             rec.step = Some(Step::Attach);
             write_head(xs, tx, &rec)?;
+            index_owner(xs, tx, &rec)?;
             Ok(rec)
         })?;
         let epoch = rec.epoch;

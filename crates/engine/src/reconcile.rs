@@ -95,16 +95,18 @@ impl Engine<'_> {
                 self.refuse_protected_owner(sbdf)?;
                 return Ok(vec![(sbdf, self.teardown(sbdf, reason)?)]);
             }
+            // The heads decide; a teardown reads its own device's bindings, so a release
+            // costs the same however many other devices the ledger holds.
             Trigger::DomainReleased(domid) => {
                 self.refuse_protected(domid, "tear down the devices of")?;
-                self.list()?
+                self.owned_heads(domid)?
             }
-            Trigger::Resume(sbdf) => match self.record(sbdf) {
+            Trigger::Resume(sbdf) => match read_head(self.xs, TxId::NONE, sbdf) {
                 Ok(Some(r)) => vec![Ok(r)],
                 Ok(None) => Vec::new(),
                 Err(e) => vec![Err(e)],
             },
-            Trigger::Recover => self.list()?,
+            Trigger::Recover => self.list_heads()?,
         };
         let hv = self.platform.hypervisor();
         let mut out = Vec::new();
@@ -129,7 +131,12 @@ impl Engine<'_> {
                 Decision::Leave => continue,
                 Decision::Report(o) => Ok(o),
                 Decision::Start(reason) => self.teardown(sbdf, reason),
-                Decision::Resume => self.run_teardown(sbdf),
+                // The head just read, and its bindings.
+                Decision::Resume => {
+                    let mut rec = rec;
+                    read_bindings(self.xs, TxId::NONE, &mut rec)
+                        .and_then(|()| self.run_teardown(rec))
+                }
             };
             let outcome = match outcome {
                 Ok(o) => o,

@@ -165,6 +165,13 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
     let Some(mut rec) = read_head(xs, tx, sbdf)? else {
         return Ok(None);
     };
+    read_bindings(xs, tx, &mut rec)?;
+    Ok(Some(rec))
+}
+
+/// Fills a head's bindings and lost-maps count from the ledger.
+pub(crate) fn read_bindings(xs: &mut XsClient, tx: TxId, rec: &mut DeviceRecord) -> Result<()> {
+    let sbdf = rec.sbdf;
     let msix_size = rec.msix_size;
     let mut bindings = Vec::new();
     let dir = bindings_path(sbdf);
@@ -187,7 +194,7 @@ pub fn read_record(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Option<Dev
         bindings.push(Binding::decode(key, &text).map_err(|r| corrupt(path, &text, r))?);
     }
     rec.bindings = bindings;
-    Ok(Some(rec))
+    Ok(())
 }
 
 pub(crate) fn write(xs: &mut XsClient, tx: TxId, path: &str, v: &str) -> Result<()> {
@@ -226,11 +233,50 @@ pub(crate) fn next_epoch(sbdf: Sbdf, epoch: u64) -> Result<u64> {
         .ok_or(EngineError::EpochExhausted { sbdf, epoch })
 }
 
+/// Notes in the owner index that `rec`'s owner holds it (inside the transaction that
+/// writes the head naming the owner).
+pub(crate) fn index_owner(xs: &mut XsClient, tx: TxId, rec: &DeviceRecord) -> Result<()> {
+    match rec.owner {
+        Some(d) => write(xs, tx, &owner_index_path(d, rec.sbdf), ""),
+        None => Ok(()),
+    }
+}
+
+/// Removes `rec`'s owner's note (inside the transaction that clears the owner), and the
+/// owner's directory once it is empty.
+pub(crate) fn unindex_owner(xs: &mut XsClient, tx: TxId, rec: &DeviceRecord) -> Result<()> {
+    let Some(d) = rec.owner else {
+        return Ok(());
+    };
+    rm(xs, tx, &owner_index_path(d, rec.sbdf))?;
+    let dir = format!("{OWNERS}/{}", d.0);
+    match xs.directory(tx, &dir) {
+        Ok(n) if n.is_empty() => rm(xs, tx, &dir),
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The devices the owner index lists for `domid`; `None` when the ledger is not (yet)
+/// wholly indexed.
+pub(crate) fn indexed_devices(xs: &mut XsClient, domid: DomId) -> Result<Option<Vec<String>>> {
+    if read_opt(xs, TxId::NONE, OWNERS)?.as_deref() != Some(OWNERS_INDEXED) {
+        return Ok(None);
+    }
+    match xs.directory(TxId::NONE, &format!("{OWNERS}/{}", domid.0)) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Some(Vec::new())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Forgets `rec` (its head and bindings), keeping its epoch as the floor a new record of
 /// the device starts from: one transaction.
 pub(crate) fn forget_record(xs: &mut XsClient, rec: &DeviceRecord) -> Result<()> {
     xs.transaction(|xs, tx| -> Result<()> {
         rm(xs, tx, &device_path(rec.sbdf))?;
+        unindex_owner(xs, tx, rec)?;
         write(
             xs,
             tx,

@@ -33,24 +33,33 @@ impl Engine<'_> {
     /// read and, if attached, marked `tearing-down` in one transaction ([`decide`] for a
     /// named device).
     pub(crate) fn teardown(&mut self, sbdf: Sbdf, reason: &'static str) -> Result<Outcome> {
-        let start = self.xs.transaction(|xs, tx| -> Result<Option<Outcome>> {
-            let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
-            match decide(&rec, None, &Trigger::Unplug(sbdf, reason)) {
-                Decision::Report(o) => Ok(Some(o)),
-                Decision::Start(reason) => {
-                    rec.state = DeviceState::TearingDown;
-                    rec.step = Some(Step::Revoke);
-                    rec.reason = Some(reason.to_string());
-                    write_head(xs, tx, &rec)?;
-                    Ok(None)
+        let start = self.xs.transaction(
+            |xs, tx| -> Result<std::result::Result<DeviceRecord, Outcome>> {
+                let mut rec =
+                    read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+                match decide(&rec, None, &Trigger::Unplug(sbdf, reason)) {
+                    Decision::Report(o) => Ok(Err(o)),
+                    Decision::Start(reason) => {
+                        rec.state = DeviceState::TearingDown;
+                        rec.step = Some(Step::Revoke);
+                        rec.reason = Some(reason.to_string());
+                        write_head(xs, tx, &rec)?;
+                        Ok(Ok(rec))
+                    }
+                    Decision::Resume | Decision::Leave => Ok(Ok(rec)),
                 }
-                Decision::Resume | Decision::Leave => Ok(None),
+            },
+        )?;
+        match start {
+            Err(o) => Ok(o),
+            // The head as the transaction left it; the bindings read once, here (outside
+            // the transaction: a device's thousands of bindings would make it one of
+            // thousands of nodes).
+            Ok(mut rec) => {
+                read_bindings(self.xs, TxId::NONE, &mut rec)?;
+                self.run_teardown(rec)
             }
-        })?;
-        if let Some(o) = start {
-            return Ok(o);
         }
-        self.run_teardown(sbdf)
     }
 
     /// Journals the step the teardown resumes from.
@@ -122,11 +131,12 @@ impl Engine<'_> {
     }
 
     /// Runs a teardown from its journaled step to the end: each step's work as planned
-    /// ([`step_work`]), the next step journaled after it.
-    pub(crate) fn run_teardown(&mut self, sbdf: Sbdf) -> Result<Outcome> {
+    /// ([`step_work`]), the next step journaled after it. `rec` is the record just read,
+    /// bindings included.
+    pub(crate) fn run_teardown(&mut self, mut rec: DeviceRecord) -> Result<Outcome> {
         // Read once; each step journals its successor and updates this copy (the broker
         // refuses a tearing-down device, so nobody else changes the record meanwhile).
-        let mut rec = self.require(sbdf)?;
+        let sbdf = rec.sbdf;
         // A domain that reused the owner's domid is another guest: none of the owner-directed
         // calls (permissions, backend, unbind/unmap, deassign) may touch it. Xen already
         // freed everything of the owner when it destroyed it.
@@ -542,6 +552,7 @@ impl Engine<'_> {
         };
         self.xs.transaction(|xs, tx| -> Result<()> {
             write_head(xs, tx, &clean)?;
+            unindex_owner(xs, tx, rec)?;
             rm(xs, tx, &bindings_path(sbdf))
         })?;
         Ok(Outcome::Assignable { epoch })

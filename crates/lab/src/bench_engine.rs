@@ -309,6 +309,90 @@ pub fn scale(devices: usize, vectors: u16) -> Result<ScaleRow> {
     })
 }
 
+/// What one guest's release costs beside a ledger of other devices, against the same
+/// release with the ledger holding only its own device: the reads must not grow with the
+/// rest of the ledger.
+#[derive(Debug, Serialize)]
+pub struct ReleaseScaling {
+    pub vectors_per_device: u16,
+    /// Devices of other, running guests in the ledger beside the released one.
+    pub other_devices: usize,
+    /// `release-domain` (Trigger::DomainReleased): Xenstore requests alone, beside the
+    /// others, and their ratio (goal ≤ 1.1).
+    pub release_requests_alone: u64,
+    pub release_requests_beside_others: u64,
+    pub release_ratio: f64,
+    /// The daemon's round after `@releaseDomain` (Trigger::Recover), the same way.
+    pub round_requests_alone: u64,
+    pub round_requests_beside_others: u64,
+    pub round_ratio: f64,
+    pub release_ms_alone: f64,
+    pub release_ms_beside_others: f64,
+}
+
+/// Xenstore requests and milliseconds of releasing two guests (one by `release-domain`,
+/// one by the daemon's round), each with one `vectors`-vector device, beside `others`
+/// devices of running guests with as many vectors each.
+fn release_costs(others: usize, vectors: u16) -> Result<(u64, u64, f64)> {
+    let xs = LocalXenstore::new(Quotas::default());
+    let host = SimHost::new(profile()).with_sink(Arc::new(xs.clone()));
+    for i in 0..others + 2 {
+        host.add_device(DeviceSpec::nic(dev(i), vectors));
+    }
+    let platform = SimPlatform::new(host.clone(), xs.connect(0))?;
+    let mut c = xs.connect(0);
+    let (a, b) = (host.create_domain("a", true), host.create_domain("b", true));
+    {
+        let mut e = Engine::new(&mut c, &platform);
+        bound_device(&mut e, &host, dev(0), a, vectors)?;
+        bound_device(&mut e, &host, dev(1), b, vectors)?;
+        // One device per running guest: a 2048-vector device fills half a guest's pirqs.
+        for i in 0..others {
+            let g = host.create_domain(&format!("g{i}"), true);
+            bound_device(&mut e, &host, dev(i + 2), g, vectors)?;
+        }
+    }
+    for d in [a, b] {
+        host.shutdown(d)
+            .map_err(|e| LabError::Host(e.to_string()))?;
+    }
+    let ended = |out: &[(Sbdf, Outcome)], what: &str| -> Result<()> {
+        match out {
+            [(_, Outcome::Assignable { .. })] => Ok(()),
+            _ => Err(LabError::Unexpected(format!(
+                "{what} beside {others} devices: {out:?}"
+            ))),
+        }
+    };
+    let r0 = c.stats().requests;
+    let t = Instant::now();
+    let out = Engine::new(&mut c, &platform).reconcile(engine::Trigger::DomainReleased(a))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    ended(&out, "release-domain")?;
+    let r1 = c.stats().requests;
+    let out = Engine::new(&mut c, &platform).reconcile(engine::Trigger::Recover)?;
+    ended(&out, "the daemon's round")?;
+    let r2 = c.stats().requests;
+    Ok((r1 - r0, r2 - r1, ms))
+}
+
+pub fn release_scaling(others: usize, vectors: u16) -> Result<ReleaseScaling> {
+    let (release_alone, round_alone, ms_alone) = release_costs(0, vectors)?;
+    let (release_beside, round_beside, ms_beside) = release_costs(others, vectors)?;
+    Ok(ReleaseScaling {
+        vectors_per_device: vectors,
+        other_devices: others,
+        release_requests_alone: release_alone,
+        release_requests_beside_others: release_beside,
+        release_ratio: release_beside as f64 / release_alone.max(1) as f64,
+        round_requests_alone: round_alone,
+        round_requests_beside_others: round_beside,
+        round_ratio: round_beside as f64 / round_alone.max(1) as f64,
+        release_ms_alone: ms_alone,
+        release_ms_beside_others: ms_beside,
+    })
+}
+
 #[derive(Debug, Serialize)]
 pub struct StormReport {
     pub guests: usize,
@@ -408,6 +492,7 @@ pub struct EngineReport {
     /// wake-ups of an idle VM's other vCPU, which dominate the unpinned figure.
     pub bind_one_cpu: Option<BindReport>,
     pub scale: Vec<ScaleRow>,
+    pub release_scaling: ReleaseScaling,
     pub storm: StormReport,
 }
 
@@ -446,6 +531,11 @@ pub fn run_all(quick: bool) -> Result<EngineReport> {
         bind: bind_overhead(bind_count(quick))?,
         bind_one_cpu: None,
         scale: sizes.iter().map(|d| scale(*d, 64)).collect::<Result<_>>()?,
+        release_scaling: if quick {
+            release_scaling(31, 256)?
+        } else {
+            release_scaling(255, 2048)?
+        },
         storm: if quick {
             reboot_storm(8, 4, 2, 3)?
         } else {
@@ -527,6 +617,26 @@ pub fn print(r: &EngineReport, out: &mut dyn Write) -> Result<()> {
             s.recover_xenstore_requests
         )?;
     }
+    let x = &r.release_scaling;
+    writeln!(
+        out,
+        "\none guest's release ({} vectors) beside {} other such devices in the ledger, against the same release alone:",
+        x.vectors_per_device, x.other_devices
+    )?;
+    writeln!(
+        out,
+        "  release-domain: {} Xenstore requests vs {} alone = {:.3}x ({:.1} ms vs {:.1} ms)",
+        x.release_requests_beside_others,
+        x.release_requests_alone,
+        x.release_ratio,
+        x.release_ms_beside_others,
+        x.release_ms_alone
+    )?;
+    writeln!(
+        out,
+        "  the daemon's round: {} Xenstore requests vs {} alone = {:.3}x",
+        x.round_requests_beside_others, x.round_requests_alone, x.round_ratio
+    )?;
     let s = &r.storm;
     writeln!(
         out,

@@ -1,10 +1,10 @@
 //! The benchmarks' operation counts, asserted exactly (times are never asserted).
 
-use ptguard::bench_engine::{bind_overhead, reboot_storm, teardown};
+use ptguard::bench_engine::{bind_overhead, reboot_storm, release_scaling, teardown};
 
 #[test]
 fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
-    for n in [1u16, 8, 64] {
+    for n in [1u16, 8, 64, 300] {
         let t = teardown(n).unwrap();
         assert_eq!(t.bindings, u32::from(n) + 1);
         assert_eq!(
@@ -17,11 +17,13 @@ fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {
         // may hold the device before its reset).
         assert_eq!(t.bookkeeping_hypercalls, 5);
         assert_eq!(t.xenstore_transactions, 4, "{n} vectors");
-        // One read per binding node and one DIRECTORY listing them (paged past 4 KiB); the
-        // record's head is one node: one READ, then one WRITE per journaled step; the INTx
-        // line's index costs 4 (a DIRECTORY to decide the unmap, then RM, DIRECTORY and RM
-        // of the emptied line in the forget transaction).
-        assert_eq!(t.xenstore_requests, 34 + 2 * u64::from(n), "{n} vectors");
+        // The release reads the owner index (its marker, the owner's DIRECTORY) and the
+        // head it lists, the teardown's transaction reads that head again, then one
+        // DIRECTORY of the bindings (paged past 4 KiB) and one READ per binding node, once;
+        // one WRITE of the head per journaled step; the INTx line's index costs 4 (a
+        // DIRECTORY to decide the unmap, then RM, DIRECTORY and RM of the emptied line in
+        // the forget transaction), the owner's note 3 at the end (RM, DIRECTORY, RM).
+        assert_eq!(t.xenstore_requests, 35 + u64::from(n), "{n} vectors");
         assert_eq!(t.sysfs_writes, 2);
     }
 }
@@ -46,4 +48,22 @@ fn a_bind_costs_four_xenstore_requests_and_three_hypercalls() {
         // getdomaininfo for the requester's incarnation, map_pirq, bind_pt_irq.
         assert_eq!(b.hypercalls_per_bind, 3.0, "{n} binds");
     }
+}
+
+/// Issue 26: a guest's release reads only its own devices (the owner index), and the
+/// daemon's round only the other devices' heads, never their bindings (a release once read
+/// every binding of every device: O(D²·V) to release D guests).
+#[test]
+fn a_release_reads_no_other_devices_records() {
+    let x = release_scaling(15, 64).unwrap();
+    assert_eq!(
+        x.release_requests_beside_others, x.release_requests_alone,
+        "{x:?}"
+    );
+    assert_eq!(x.release_ratio, 1.0);
+    assert_eq!(
+        x.round_requests_beside_others,
+        x.round_requests_alone + 15,
+        "one head per other device: {x:?}"
+    );
 }

@@ -1214,6 +1214,70 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
     );
 }
 
+/// The owner index (`/ptguard/owner/<domid>/<device>`) lets a release read only its own
+/// devices. A ledger written before the index (no index, no marker) is released correctly
+/// by a full scan, which indexes it; later releases go through the index, and a device's
+/// note goes with its teardown.
+#[test]
+fn a_ledger_without_the_owner_index_is_indexed_by_its_first_release() {
+    let mut f = fixture();
+    let other: Sbdf = "0000:04:00.0".parse().unwrap();
+    let (a, b) = (
+        f.host.create_domain("A", true),
+        f.host.create_domain("B", true),
+    );
+    {
+        let mut e = Engine::new(&mut f.client, &f.platform);
+        for (s, d) in [(dev(), a), (other, b)] {
+            e.assignable_add(s).unwrap();
+            e.attach(s, d).unwrap();
+        }
+    }
+    let note = |d: DomId, s: Sbdf| format!("/ptguard/owner/{}/{}", d.0, s.xs_key());
+    assert_eq!(
+        f.client
+            .read(xenstore::TxId::NONE, "/ptguard/owner")
+            .unwrap(),
+        b"indexed"
+    );
+    assert!(f.client.read(xenstore::TxId::NONE, &note(b, other)).is_ok());
+    // As an older ptguard left it.
+    f.client.rm(xenstore::TxId::NONE, "/ptguard/owner").unwrap();
+    f.host.destroy_domain(a).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let out = e.reconcile(engine::Trigger::DomainReleased(a)).unwrap();
+    assert!(
+        matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == dev()),
+        "{out:?}"
+    );
+    drop(e);
+    assert_eq!(
+        f.client
+            .read(xenstore::TxId::NONE, "/ptguard/owner")
+            .unwrap(),
+        b"indexed"
+    );
+    assert!(f.client.read(xenstore::TxId::NONE, &note(b, other)).is_ok());
+    assert!(f
+        .client
+        .read(xenstore::TxId::NONE, &note(a, dev()))
+        .is_err());
+    f.host.destroy_domain(b).unwrap();
+    let mut e = Engine::new(&mut f.client, &f.platform);
+    let out = e.reconcile(engine::Trigger::DomainReleased(b)).unwrap();
+    assert!(
+        matches!(out.as_slice(), [(s, Outcome::Assignable { .. })] if *s == other),
+        "{out:?}"
+    );
+    drop(e);
+    assert!(
+        f.client
+            .read(xenstore::TxId::NONE, &format!("/ptguard/owner/{}", b.0))
+            .is_err(),
+        "the owner's empty directory goes with its last device"
+    );
+}
+
 /// The broker's side of "may the owner still run?": a suspended or soft-reset guest's
 /// device model may still bind (the guest resumes with its device); once the guest is shut
 /// down for good its model gets no new interrupt (`requester-finished`) but may still

@@ -99,6 +99,11 @@ pub struct Domain {
     /// taken until the domain is destroyed (4.17 `unmap_domain_pirq`, `pirq_guest_unbind`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub forced_unbound: BTreeSet<i32>,
+    /// The pirqs `get_free_pirq` may still hand out in the MSI range (`nr_irqs_gsi` up to
+    /// the domain's `nr_pirqs`): neither mapped nor force-unbound. An index beside `pirqs`
+    /// so that choosing one costs O(log n), kept by [`Domain::map`] and [`Domain::unmap`].
+    #[serde(skip)]
+    msi_free: BTreeSet<i32>,
 }
 
 /// Xen's per-MSI-X-vector descriptor (`struct msi_desc`).
@@ -242,12 +247,12 @@ fn msix_setup_failed(dev: &mut DeviceState, errno: Errno) -> Errno {
 
 impl World {
     pub fn new(profile: Profile) -> World {
-        let mut dom0 = Domain::new(DomId::DOM0, "Domain-0", false);
+        let mut dom0 = Domain::new(DomId::DOM0, "Domain-0", false, NR_PIRQS);
         dom0.state = DomainState::Running;
         dom0.has_memory = true;
         // dom0's GSIs are identity-mapped at boot (pirq == GSI).
         for gsi in 1..NR_IRQS_GSI {
-            dom0.pirqs.insert(
+            dom0.map(
                 gsi,
                 PirqEntry {
                     irq: gsi as u32,
@@ -399,7 +404,7 @@ impl World {
             }
         };
         self.created += 1;
-        let mut d = Domain::new(domid, name, hvm);
+        let mut d = Domain::new(domid, name, hvm, self.nr_pirqs(domid));
         d.iommu = passthrough;
         d.handle = handle.unwrap_or_else(|| sim_handle(self.created));
         d.unique_id = self.created;
@@ -626,9 +631,12 @@ impl World {
                 return Ok(p);
             }
         }
-        (NR_IRQS_GSI..nr_pirqs)
-            .rev()
-            .find(|p| !d.pirqs.contains_key(p) && !d.forced_unbound.contains(p))
+        // The highest free one at or above nr_irqs_gsi (4.17 get_free_pirq, MSI: counting
+        // down from nr_pirqs - 1).
+        d.msi_free
+            .range(NR_IRQS_GSI..nr_pirqs)
+            .next_back()
+            .copied()
             .ok_or(Errno::ENOSPC)
     }
 
@@ -665,7 +673,7 @@ impl World {
                     return Ok(Pirq(pirq));
                 }
                 let d = self.domain_mut(req.domid)?;
-                d.pirqs.insert(
+                d.map(
                     pirq,
                     PirqEntry {
                         irq: gsi,
@@ -703,7 +711,7 @@ impl World {
                     // Plain MSI: no table bookkeeping.
                     let irq = self.alloc_irq();
                     let d = self.domain_mut(req.domid)?;
-                    d.pirqs.insert(
+                    d.map(
                         pirq,
                         PirqEntry {
                             irq,
@@ -773,7 +781,7 @@ impl World {
                     },
                 );
                 let d = self.domain_mut(domid)?;
-                d.pirqs.insert(
+                d.map(
                     pirq,
                     PirqEntry {
                         irq,
@@ -831,10 +839,8 @@ impl World {
             self.descs.remove(&entry.irq);
         }
         let d = self.domain_mut(domid)?;
-        d.pirqs.remove(&pirq);
-        if forced && !d.dying {
-            d.forced_unbound.insert(pirq);
-        }
+        let keep = forced && !d.dying;
+        d.unmap(pirq, keep);
         if !matches!(entry.source, PirqSource::Gsi { .. }) || domid != DomId::DOM0 {
             d.irq_access.remove(&entry.irq);
         }
@@ -1262,7 +1268,7 @@ impl World {
 }
 
 impl Domain {
-    fn new(domid: DomId, name: &str, hvm: bool) -> Domain {
+    fn new(domid: DomId, name: &str, hvm: bool, nr_pirqs: i32) -> Domain {
         Domain {
             domid,
             name: name.to_string(),
@@ -1282,6 +1288,24 @@ impl Domain {
             unique_id: 0,
             shutdown_reason: 0,
             forced_unbound: BTreeSet::new(),
+            msi_free: (NR_IRQS_GSI..nr_pirqs).collect(),
+        }
+    }
+
+    /// Records `pirq` as mapped.
+    fn map(&mut self, pirq: i32, entry: PirqEntry) {
+        self.msi_free.remove(&pirq);
+        self.pirqs.insert(pirq, entry);
+    }
+
+    /// Forgets the mapping of `pirq`; `forced`: Xen keeps it taken (`arch.irq = -irq`)
+    /// until the domain goes.
+    fn unmap(&mut self, pirq: i32, forced: bool) {
+        self.pirqs.remove(&pirq);
+        if forced {
+            self.forced_unbound.insert(pirq);
+        } else if pirq >= NR_IRQS_GSI && !self.forced_unbound.contains(&pirq) {
+            self.msi_free.insert(pirq);
         }
     }
 }

@@ -94,6 +94,35 @@ fn bad_arguments_get_xens_error_codes() {
     );
 }
 
+/// `get_free_pirq` for an MSI: the highest pirq below `nr_pirqs` that is neither mapped
+/// nor force-unbound (4.17 arch/x86/irq.c), found through the simulator's free index.
+#[test]
+fn an_msi_map_gets_the_highest_free_pirq() {
+    let host = SimHost::new(Profile::default());
+    host.add_device(DeviceSpec::nic(f(), 4));
+    sim::libxl::assignable_add(&host, f()).unwrap();
+    let tb = host.with_world(|w| w.device(f()).unwrap().hw.table_base());
+    let a = host.create_domain("A", true);
+    host.assign_device(a, f(), 0).unwrap();
+    let got: Vec<i32> = (0..3)
+        .map(|e| host.map_pirq(&msix(a, e, tb)).unwrap().0)
+        .collect();
+    assert_eq!(got, [79, 78, 77], "nr_irqs_gsi 48 + 32 extra");
+    // A pirq unmapped cleanly is free again, and the highest free.
+    host.unmap_pirq(a, Pirq(78)).unwrap();
+    assert_eq!(host.map_pirq(&msix(a, 1, tb)).unwrap(), Pirq(78));
+    // One still bound by the guest's dpci when unmapped stays taken until the domain goes.
+    let bind = PtIrq::Msi {
+        pirq: Pirq(78),
+        gvec: 0x40,
+        gflags: 0,
+        gtable: 0,
+    };
+    host.bind_pt_irq(a, &bind).unwrap();
+    host.unmap_pirq(a, Pirq(78)).unwrap();
+    assert_eq!(host.map_pirq(&msix(a, 1, tb)).unwrap(), Pirq(76));
+}
+
 #[test]
 fn domain_lifecycle_fires_introduce_and_release() {
     use std::sync::{Arc, Mutex};

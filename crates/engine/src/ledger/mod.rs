@@ -33,6 +33,19 @@ pub const RETIRED_EPOCHS: &str = "/ptguard/retired-epoch";
 /// ([`UnplugMarker`]): the daemon tells from them an unplug that never finished.
 pub const UNPLUGS: &str = "/ptguard/unplug";
 
+/// Which devices the ledger records for each owner: an empty node
+/// `/ptguard/owner/<domid>/<SSSS-BB-DD-F>` per record that names an owner, written and
+/// removed in the transactions that set and clear it, so a domain's release reads only its
+/// own devices. Its own value is [`OWNERS_INDEXED`] once every record is indexed (a ledger
+/// written before the index is indexed by the first release that finds it so).
+pub const OWNERS: &str = "/ptguard/owner";
+pub const OWNERS_INDEXED: &str = "indexed";
+
+/// Where the index notes that `domid` owns `sbdf` ([`OWNERS`]).
+pub fn owner_index_path(domid: xen::DomId, sbdf: Sbdf) -> String {
+    format!("{OWNERS}/{}/{}", domid.0, sbdf.xs_key())
+}
+
 /// Devices are keyed by libxl's Xenstore form of the address, `SSSS-BB-DD-F`.
 pub fn device_path(sbdf: Sbdf) -> String {
     format!("{DEVICES}/{}", sbdf.xs_key())
