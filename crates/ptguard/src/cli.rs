@@ -365,7 +365,8 @@ pub struct XenstoredArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure; without one, the engine benchmarks (teardown, bind, scale, storm).
+    /// What to measure; without one, the engine benchmarks (teardown, bind, scale, one
+    /// release beside a large ledger, reboot storm).
     #[command(subcommand)]
     pub what: Option<BenchWhat>,
 

@@ -675,23 +675,17 @@ impl HostCtx {
         Ok(())
     }
 
-    /// Logs every Xenstore request that changes something, interleaved with the hypercalls
-    /// and sysfs writes.
+    /// Logs every Xenstore request, reads included, interleaved with the hypercalls and
+    /// sysfs writes: what a command costs is all there.
     fn trace_xenstore(&mut self) {
         let log = self.log.clone();
         self.xs.set_trace(Some(Box::new(move |op, tx, path| {
-            use xenstore::Op::*;
-            if matches!(
-                op,
-                Write | Mkdir | Rm | SetPerms | TransactionStart | TransactionEnd
-            ) {
-                let tx = if tx == TxId::NONE {
-                    String::new()
-                } else {
-                    format!(" (tx {})", tx.0)
-                };
-                log.push(format!("xenstore  {op} {path}{tx}"));
-            }
+            let tx = if tx == TxId::NONE {
+                String::new()
+            } else {
+                format!(" (tx {})", tx.0)
+            };
+            log.push(format!("xenstore  {op} {path}{tx}"));
         })));
     }
 

@@ -306,6 +306,11 @@ fn trace_is_printed_when_the_command_fails() {
         out.contains("XEN_DOMCTL_assign_device d1 0000:03:00.0 flags 1 -> -EOPNOTSUPP"),
         "{out}"
     );
+    // Every Xenstore request is listed, reads too (issue 26): the attach read the head.
+    assert!(
+        out.contains("xenstore  READ /ptguard/device/0000-03-00-0"),
+        "{out}"
+    );
 }
 
 fn edit_xenstore(dir: &Path, f: impl FnOnce(&mut xenstore::XsClient)) {

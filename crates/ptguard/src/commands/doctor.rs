@@ -60,9 +60,16 @@ fn missing(what: &str, unknown: &str, fix: &str) -> Finding {
     )
 }
 
+/// How long a real Xen is given to finish its dumps in the console ring before it is read
+/// back; the simulated host writes them before `debug_keys` returns.
+fn console_settle(sim: bool) -> std::time::Duration {
+    std::time::Duration::from_millis(if sim { 0 } else { 200 })
+}
+
 /// Xen's dumps on this host: `Q` and `i` through `XEN_SYSCTL_debug_keys`, read back from
 /// the console ring; the newest dump of each kind counts.
 fn live_xen_view(
+    settle: std::time::Duration,
     hv: &dyn xen::Hypervisor,
     pci: &dyn pci::PciHost,
     known_domains: &[DomId],
@@ -71,7 +78,7 @@ fn live_xen_view(
     findings: &mut Vec<Finding>,
 ) {
     let dumped = hv.debug_keys("Qi").and_then(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(settle);
         hv.read_console()
     });
     let text = match dumped {
@@ -193,7 +200,15 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 HostSpec::Sim(_) => xenstore_domains(&mut ctx.xs),
             };
             known.extend(records.iter().filter_map(|r| r.owner));
-            live_xen_view(hv, pci, &known, &records, &backends, &mut findings);
+            live_xen_view(
+                console_settle(ctx.sim.is_some()),
+                hv,
+                pci,
+                &known,
+                &records,
+                &backends,
+                &mut findings,
+            );
         }
         Err(e) if cli.host == HostSpec::Real => {
             findings.push(missing(
@@ -510,7 +525,7 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
         ),
     );
     hv.debug_keys("QiM")?;
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(console_settle(ctx.sim.is_some()));
     section("xl dmesg", hv.read_console()?);
     let mut nodes = String::new();
     match &cli.host {
