@@ -36,11 +36,17 @@ pub fn reconcile(
     }
     candidates.sort();
     candidates.dedup();
+    // Looked up per candidate: maps, not scans (a host with hundreds of devices).
+    let by_sbdf: BTreeMap<Sbdf, &DeviceRecord> = ledger.iter().map(|r| (r.sbdf, r)).collect();
+    let mut backend_of: BTreeMap<Sbdf, DomId> = BTreeMap::new();
+    for (d, b) in backends {
+        backend_of.entry(*b).or_insert(*d);
+    }
     let mut out = Vec::new();
     for s in candidates {
-        let rec = ledger.iter().find(|r| r.sbdf == s);
+        let rec = by_sbdf.get(&s).copied();
         let held = held_by_guest(s);
-        let toolstack_owner = backends.iter().find(|(_, b)| *b == s).map(|(d, _)| *d);
+        let toolstack_owner = backend_of.get(&s).copied();
         let holder = toolstack_owner.map_or("a guest".to_string(), |d| d.to_string());
         let adopt = match toolstack_owner {
             Some(d) => format!("`ptguard adopt {s} {}`: the ledger records it again (its bindings unknown, so its teardown waits for the owner to be gone)", d.0),
@@ -190,6 +196,10 @@ pub fn xen_view(
     let state = |d: DomId| life.get(&d).copied().unwrap_or(Liveness::Gone);
     // Still itself, not on its way out: what it maps is its own business.
     let holds_on = |d: &DomId| life.get(d).is_some_and(|l| *l != Liveness::Dying);
+    let mut irq_by_number: BTreeMap<u32, &IrqBinding> = BTreeMap::new();
+    for b in irq_dump {
+        irq_by_number.entry(b.irq).or_insert(b);
+    }
     for e in pci_dump {
         let s = e.sbdf;
         let owner_line = format!(
@@ -236,7 +246,7 @@ pub fn xen_view(
             ));
         }
         for irq in &e.msi_irqs {
-            let Some(b) = irq_dump.iter().find(|b| b.irq == *irq) else {
+            let Some(b) = irq_by_number.get(irq) else {
                 continue;
             };
             for (d, pirq) in &b.guests {

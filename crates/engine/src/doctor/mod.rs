@@ -196,6 +196,8 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], owner_life: OwnerLif
             ));
         }
     }
+    let by_sbdf: std::collections::BTreeMap<Sbdf, &DeviceRecord> =
+        ledger.iter().map(|r| (r.sbdf, r)).collect();
     for s in pci.list_devices().unwrap_or_default() {
         let Some(msix) = pci
             .read_config(s)
@@ -208,7 +210,7 @@ pub fn diagnose(pci: &dyn PciHost, ledger: &[DeviceRecord], owner_life: OwnerLif
         };
         let driver = pci.driver(s).ok().flatten();
         let msi_irqs = pci.msi_irqs(s).unwrap_or_default();
-        let managed = ledger.iter().find(|r| r.sbdf == s);
+        let managed = by_sbdf.get(&s).copied();
         let drv = format!("sysfs: driver {}", driver.as_deref().unwrap_or("none"));
         if msix.enabled && msix.function_mask && !msi_irqs.is_empty() {
             out.push(Finding::new(
