@@ -12,6 +12,8 @@
 //! before any step. It must not reach around those traits (no direct file, device or socket
 //! I/O of its own).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod bind;
 mod calls;
 pub mod companion;

@@ -8,6 +8,8 @@
 //! (that is the engine's) nor parse command lines or print for people beyond report tables
 //! (that is the `ptguard` crate's). Nothing here runs on a real dom0.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bench_engine;
 pub mod explore_devices;
 pub mod platform;

@@ -7,6 +7,8 @@
 //! [`fixture`] tree), and the pciback seize/release sequences ([`pciback`]). It must not call
 //! Xen or hold passthrough policy: it does exactly the reads and writes it is asked for.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod builder;
 pub mod config;
 pub mod fixture;

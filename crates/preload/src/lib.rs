@@ -11,6 +11,8 @@
 //! hypercalls of its own; everything else qemu calls goes to libxenctrl untouched. Its
 //! `unsafe` is the FFI boundary: raw pointers from C and the `dlsym` lookups.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::collections::BTreeSet;
 use std::ffi::{c_int, c_void, CStr};
 use std::io::{BufRead, BufReader, ErrorKind, Write};

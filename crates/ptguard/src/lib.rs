@@ -3,6 +3,8 @@
 //! them to a terminal and must stay thin enough that every command is reachable from tests
 //! through [`run`].
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bench;
 pub mod broker;
 pub mod broker_load;

@@ -626,7 +626,7 @@ fn a_suspended_or_soft_reset_guest_keeps_its_device() {
                 h.host.domain_info(r.owner?).unwrap().as_ref(),
             ))
         };
-        let findings = engine::doctor::diagnose(&h.host, &[rec.clone()], &owner_life);
+        let findings = engine::doctor::diagnose(&h.host, std::slice::from_ref(&rec), &owner_life);
         assert!(
             findings.iter().all(|f| f.code != "owner-gone"),
             "reason {reason}: {findings:#?}"

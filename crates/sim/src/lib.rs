@@ -10,6 +10,8 @@
 //! host is reached through the same `Hypervisor` and `PciHost` traits as a real one
 //! ([`SimHost`]). It must not depend on ptguard's engine: the engine is what it tests.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod device;
 pub mod dm;
 pub mod dump;

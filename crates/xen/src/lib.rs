@@ -9,6 +9,8 @@
 //! errors naming the operation, the domain and the device. It holds no policy: it makes
 //! exactly the calls it is asked to make.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod abi;
 pub mod hypervisor;
 pub mod privcmd;

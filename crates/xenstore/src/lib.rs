@@ -8,6 +8,8 @@
 //! `xenstore-*` tools can talk to it. It knows nothing about PCI, Xen hypercalls or ptguard's
 //! ledger, and must not: it is a general Xenstore.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod client;
 pub mod instance;
 pub mod local;
