@@ -20,13 +20,19 @@ bad() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
 expect() { local n=$1 w=$2; shift 2; if "$@"; then ok "$n" "$w"; else bad "$n" "$w"; fi; }
 has() { grep -qE -- "$2" <<<"$1"; }
 want_groups=$(sed -n 's/.*ptguard\.checks=\([^ ]*\).*/\1/p' /proc/cmdline)
+# The Xen line the bed booted (ptguard.xen=4.17|4.20), and its libxenctrl.
+XEN_LINE=$(sed -n 's/.*ptguard\.xen=\([0-9.]*\).*/\1/p' /proc/cmdline); XEN_LINE=${XEN_LINE:-4.17}
+export XENCTRL=libxenctrl.so.$XEN_LINE
 # `all` is every group but guests, paths and ptpaths, whose guests and teardowns the soak's
 # chain covers (they run when named).
+# A group that runs says so first (CHECKS-GROUP NAME): the host tells from the last such
+# line which group a stalled machine was in.
 group() {
     case "${want_groups:-all}" in
-        all) case $1 in guests | paths | ptpaths) return 1 ;; *) return 0 ;; esac ;;
-        *) grep -q "+$1+" <<<"+$want_groups+" ;;
+        all) case $1 in guests | paths | ptpaths) return 1 ;; esac ;;
+        *) grep -q "+$1+" <<<"+$want_groups+" || return 1 ;;
     esac
+    echo "CHECKS-GROUP $1"
 }
 driver() { basename "$(readlink "/sys/bus/pci/devices/$SBDF/driver" 2>/dev/null)" 2>/dev/null; }
 msix() { lspci -vv -s "$BDF" 2>/dev/null | sed -n 's/.*MSI-X: \(.*\)/\1/p'; }
@@ -163,8 +169,8 @@ fi
 if group core; then
     capture clean-boot
     v=$(xl info | sed -n 's/^xen_version *: //p')
-    expect xen-4.17 "xen_version $v, privcmd $(ls /dev/xen/privcmd 2>&1)" \
-        bash -c "[[ '$v' == 4.17.* && -c /dev/xen/privcmd ]]"
+    expect "xen-$XEN_LINE" "xen_version $v, privcmd $(ls /dev/xen/privcmd 2>&1)" \
+        bash -c "[[ '$v' == $XEN_LINE.* && -c /dev/xen/privcmd ]]"
     out=$(ptguard assignable-add $SBDF 2>&1); rc=$?
     expect assignable-add "rc=$rc driver=$(driver) ledger=$(ledger state): $out" \
         test $rc = 0 -a "$(driver)" = pciback -a "$(ledger state)" = assignable
@@ -451,7 +457,7 @@ if group companion; then
     expect companion-sweep-refuses-a-running-guest "rc=$rc $out" has "rc=$rc $out" "rc=1 .*may still run"
     dm=$(xenstore-read "/local/domain/$d/image/device-model-pid" 2>/dev/null)
     setpci -s $BDF COMMAND=0000
-    sd=$(python3 -c "import ctypes; xc = ctypes.CDLL('libxenctrl.so.4.17'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_shutdown(poweroff) rc', xc.xc_domain_shutdown(h, ctypes.c_uint32($d), ctypes.c_int(0)))" 2>&1)
+    sd=$(python3 -c "import ctypes; xc = ctypes.CDLL('$XENCTRL'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_shutdown(poweroff) rc', xc.xc_domain_shutdown(h, ctypes.c_uint32($d), ctypes.c_int(0)))" 2>&1)
     kill -9 "$dm" 2>/dev/null
     # A companion record lives while a guest holds the device: gone once it is clean.
     wait_for 30 test -z "$(ledger state)"
@@ -749,7 +755,7 @@ if group zombie; then
     cfg pvhold pv yes $SBDF "hold=1"
     live=$(start_hold pvhold pv)
     d=$(domid_of pvhold)
-    python3 -c "import ctypes; xc = ctypes.CDLL('libxenctrl.so.4.17'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_destroy rc', xc.xc_domain_destroy(h, ctypes.c_uint32($d)))"
+    python3 -c "import ctypes; xc = ctypes.CDLL('$XENCTRL'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); print('xc_domain_destroy rc', xc.xc_domain_destroy(h, ctypes.c_uint32($d)))"
     sleep 2
     capture zombie-holds-the-device
     out=$(ptguard doctor $SBDF --json 2>/dev/null); rc=$?

@@ -6,11 +6,13 @@ With map-only the entry is mapped and never bound: Xen's `i` dump then says only
 "mapped, unbound" and names no pirq for it.
 """
 import ctypes
+import os
 import sys
 
 domid, sbdf, entry, table_base = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4], 0)
 bus, dev, fn = int(sbdf[5:7], 16), int(sbdf[8:10], 16), int(sbdf[11], 16)
-xc = ctypes.CDLL("libxenctrl.so.4.17", use_errno=True)
+# The bed's Xen line names it (checks.sh exports XENCTRL, e.g. libxenctrl.so.4.20).
+xc = ctypes.CDLL(os.environ.get("XENCTRL", "libxenctrl.so.4.17"), use_errno=True)
 xc.xc_interface_open.restype = ctypes.c_void_p
 handle = ctypes.c_void_p(xc.xc_interface_open(None, None, 0))
 pirq = ctypes.c_int(-1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The dom0 root tree: Debian 12 with Xen 4.17, its tools, qemu-xen and pciutils, made by
-# debootstrap from the archive this machine uses, then configured for an unattended boot.
+# The dom0 root tree of the Xen line under test (common.sh: Debian 12 with Xen 4.17, or
+# Debian 13 with Xen 4.20), its tools, qemu-xen and pciutils, made by debootstrap from the
+# archive this machine uses, then configured for an unattended boot.
 # Cached in $BASE_TREE; rebuilt when BASE_TREE_VERSION changes. Nothing of ptguard goes in
 # here (image.sh adds it per run), so the tree survives source changes.
 set -euo pipefail
@@ -11,11 +12,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$BASE_TREE_VERSION" ]; then
     log "dom0 tree cached ($BASE_TREE)"; exit 0
 fi
 mirror=$(apt_mirror)
-log "debootstrap of the dom0 tree (about 2 minutes)"
+log "debootstrap of the $DOM0_SUITE dom0 tree for Xen $XEN_LINE (about 2 minutes)"
 rm -rf "$BASE_TREE"
 t0=$SECONDS
 # The archive's host name stays out of logs and the image.
-debootstrap --variant=minbase --include="$DOM0_PACKAGES" bookworm "$BASE_TREE" "$mirror" 2>&1 |
+debootstrap --variant=minbase --include="$DOM0_PACKAGES" "$DOM0_SUITE" "$BASE_TREE" "$mirror" 2>&1 |
     sed -u "s#$mirror#<archive>#g" | grep -E '^(E|W):|Base system installed' >&2 || true
 [ -x "$BASE_TREE/usr/sbin/xl" ] || die "debootstrap did not install xl (see above)"
 log "debootstrap took $((SECONDS - t0)) s"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Boots Xen 4.17 and the dom0 image under QEMU (TCG) and waits for the check runner's
-# summary on the console. Always kills its QEMU; exits 0 only when the summary says
-# "M failed" with M = 0. Usage: boot.sh CONSOLE-LOG [TIMEOUT-SECONDS]
+# Boots the Xen line's hypervisor (common.sh) and the dom0 image under QEMU (TCG) and waits
+# for the check runner's summary on the console. Always kills its QEMU; exits 0 only when
+# the summary says "M failed" with M = 0, 3 when the whole machine stalled (no output from
+# Xen, dom0 or the checks for REALXEN_STALL seconds, default 420), 1 otherwise.
+# Usage: boot.sh CONSOLE-LOG [TIMEOUT-SECONDS]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -12,14 +14,15 @@ W=$REALXEN_WORK
 # (QEMU's multiboot module list is comma-separated). ptguard.checks= selects check groups,
 # ptguard.soak= the soak's length, ptguard.soak_baseline=1 adds the toolstack-alone chain (=only: that chain alone).
 xen_args="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglvl=all guest_loglvl=all iommu=verbose noreboot"
-dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.checks=${REALXEN_CHECKS:-all} ptguard.soak=${REALXEN_SOAK:-15} ptguard.soak_baseline=${REALXEN_SOAK_BASELINE:-0}"
+dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.xen=$XEN_LINE ptguard.checks=${REALXEN_CHECKS:-all} ptguard.soak=${REALXEN_SOAK:-15} ptguard.soak_baseline=${REALXEN_SOAK_BASELINE:-0}"
 : > "$console"
 # The dom0 writes what it captured (a tar) to a second disk.
 rm -f "$W/out.img"; truncate -s 64M "$W/out.img"
-# -cpu qemu64: -cpu max crashes the PV dom0 under TCG. intel-iommu with interrupt
+# -cpu qemu64 ($QEMU_CPU; +npt on a line without shadow paging): -cpu max crashes the PV
+# dom0 under TCG. intel-iommu with interrupt
 # remapping: Xen refuses device assignment without an IOMMU. e1000e at 00:05.0 is the
 # MSI-X device under test (5 vectors, table in BAR3).
-"$QEMU_BIN" -accel tcg,thread=multi -machine q35 -cpu qemu64 -smp 2 -m 3072 \
+"$QEMU_BIN" -accel tcg,thread=multi -machine q35 -cpu "$QEMU_CPU" -smp 2 -m 3072 \
     -L "$QEMU_FW" -display none -monitor none -serial "file:$console" -no-reboot \
     -kernel "$W/xen.elf" -append "$xen_args" \
     -initrd "$W/vmlinuz $dom0_args,$W/initrd.img" \
@@ -30,8 +33,18 @@ rm -f "$W/out.img"; truncate -s 64M "$W/out.img"
     -device e1000e,addr=05.0,mac=52:54:00:12:34:56 -nic none &
 qemu=$!
 trap 'kill -9 $qemu 2>/dev/null' EXIT INT TERM
-SECONDS=0; booted=0
+SECONDS=0; booted=0 stalled=0
+stall_s=${REALXEN_STALL:-420} size=0 quiet_since=0
 while kill -0 $qemu 2>/dev/null; do
+    # Every check, guest and Xen itself writes to this console: a machine with nothing to
+    # say for minutes has stalled (once: an HVM guest at SeaBIOS, QEMU idle on a futex).
+    now=$(stat -c %s "$console" 2>/dev/null || echo 0)
+    if [ "$now" != "$size" ]; then size=$now quiet_since=$SECONDS; fi
+    if [ $((SECONDS - quiet_since)) -ge "$stall_s" ]; then
+        stalled=1
+        log "the emulated machine stalled: no output for $stall_s s (last group: $(tr -d '\r' < "$console" | sed -n 's/^CHECKS-GROUP //p' | tail -1))"
+        break
+    fi
     if [ $booted = 0 ] && grep -aq "CHECKS-START" "$console"; then
         booted=1; log "dom0 up after ${SECONDS} s"
     fi
@@ -49,6 +62,7 @@ done
 kill -9 $qemu 2>/dev/null; wait $qemu 2>/dev/null
 summary=$(tr -d '\r' < "$console" | grep -aE "^realxen: [0-9]+ passed, [0-9]+ failed" | tail -1)
 log "QEMU gone after ${SECONDS} s"
+[ $stalled = 1 ] && exit 3
 [ -n "$summary" ] || { log "no summary line on the console ($console)"; exit 1; }
 echo "$summary"
 case $summary in *" 0 failed"*) exit 0 ;; *) exit 1 ;; esac

@@ -6,11 +6,24 @@ REALXEN_WORK=${REALXEN_WORK:-$REALXEN_CACHE/work}
 QEMU_ROOT=$REALXEN_CACHE/qemu-root
 QEMU_FW=$REALXEN_CACHE/fw
 QEMU_BIN=${QEMU_BIN:-$QEMU_ROOT/usr/bin/qemu-system-x86_64}
-BASE_TREE=$REALXEN_CACHE/rootfs
+# The Xen line under test (`run --xen`): 4.17 is Debian 12's (Xen 4.17, Linux 6.1,
+# qemu-xen 7.2), 4.20 Debian 13's (Xen 4.20, Linux 6.12, qemu-xen 10.0). Each has its own
+# cached dom0 tree.
+XEN_LINE=${REALXEN_XEN:-4.17}
+case $XEN_LINE in
+    4.17) DOM0_SUITE=bookworm BASE_TREE=$REALXEN_CACHE/rootfs
+        # Xen 4.17 can shadow-page: HVM guests run on a CPU model without NPT.
+        QEMU_CPU=qemu64 ;;
+    4.20) DOM0_SUITE=trixie BASE_TREE=$REALXEN_CACHE/rootfs-4.20
+        # Debian's 4.20 is built without shadow paging (CONFIG_SHADOW_PAGING unset): HVM
+        # guests need HAP, so the emulated CPU offers NPT.
+        QEMU_CPU=qemu64,+npt ;;
+    *) printf 'realxen: no Xen line %s (4.17 or 4.20)\n' "$XEN_LINE" >&2; exit 2 ;;
+esac
 # Bump when the package list below changes, so a stale cached tree is rebuilt.
 BASE_TREE_VERSION=3
 DOM0_PACKAGES=systemd-sysv,udev,kmod,procps,iproute2,pciutils,linux-image-amd64,initramfs-tools,\
-xen-utils-4.17,xen-utils-common,xenstore-utils,xen-hypervisor-4.17-amd64,qemu-system-xen,\
+xen-utils-$XEN_LINE,xen-utils-common,xenstore-utils,xen-hypervisor-$XEN_LINE-amd64,qemu-system-xen,\
 busybox
 
 log() { printf '[realxen %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -64,7 +64,8 @@ chroot "$R" systemctl enable ptguard-checks.service >/dev/null 2>&1
 
 cp "$R/boot/vmlinuz-$K" "$REALXEN_WORK/vmlinuz"
 cp "$R/boot/initrd.img-$K" "$REALXEN_WORK/initrd.img"
-zcat "$R/boot/xen-4.17-amd64.gz" > "$REALXEN_WORK/xen.elf"
+zcat "$R/boot/xen-$XEN_LINE-amd64.gz" > "$REALXEN_WORK/xen.elf" ||
+    die "the dom0 tree has no /boot/xen-$XEN_LINE-amd64.gz: $(ls "$R/boot" | tr '\n' ' ')"
 rm -f "$REALXEN_WORK/dom0.img"
 mkfs.ext4 -q -F -L dom0 -d "$R" "$REALXEN_WORK/dom0.img" 3G
 log "image ready: $(du -h "$REALXEN_WORK/dom0.img" | cut -f1) allocated"
