@@ -17,8 +17,15 @@ K=$(ls "$R/lib/modules" | head -1)
 I=$(mktemp -d); trap 'rm -rf "$I"' EXIT
 mkdir -p "$I"/{bin,dev,proc,sys,lib/modules}
 cp /bin/busybox "$I/bin/busybox"
-cp "$R/lib/modules/$K/kernel/drivers/pci/xen-pcifront.ko" \
-   "$R/lib/modules/$K/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko" "$I/lib/modules/"
+# Debian 13 ships its modules xz-compressed; the guest's busybox insmod takes plain ones.
+for m in drivers/pci/xen-pcifront drivers/net/ethernet/intel/e1000e/e1000e; do
+    f=$R/lib/modules/$K/kernel/$m.ko
+    if [ -f "$f" ]; then cp "$f" "$I/lib/modules/"
+    elif [ -f "$f.xz" ]; then xz -dc "$f.xz" > "$I/lib/modules/$(basename "$m").ko"
+    elif [ -f "$f.zst" ]; then zstd -qdc "$f.zst" > "$I/lib/modules/$(basename "$m").ko"
+    else die "the dom0 tree has no $m module for the guest"
+    fi
+done
 install -m 755 "$HERE/../guest/init" "$I/init"
 mknod -m 600 "$I/dev/console" c 5 1; mknod -m 666 "$I/dev/null" c 1 3
 

@@ -14,7 +14,7 @@ use engine::{BindKind, BindRequest, Engine, Outcome};
 use pci::Sbdf;
 use serde::Serialize;
 use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, XenProfile};
-use xen::{DomId, Hypervisor, MapPirq, MapSource, PtIrq};
+use xen::{DomId, HypercallOp, Hypervisor, MapPirq, MapSource, PtIrq};
 use xenstore::local::LocalXenstore;
 use xenstore::store::Quotas;
 use xenstore::XsClient;
@@ -48,10 +48,13 @@ fn table_base(host: &SimHost, s: Sbdf) -> u64 {
     host.with_world(|w| w.device(s).map_or(0, |d| d.hw.table_base()))
 }
 
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+fn delta(
+    after: &BTreeMap<HypercallOp, u64>,
+    before: &BTreeMap<HypercallOp, u64>,
+) -> BTreeMap<HypercallOp, u64> {
     after
         .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .map(|(k, v)| (*k, v - before.get(k).copied().unwrap_or(0)))
         .filter(|(_, v)| *v > 0)
         .collect()
 }
@@ -121,12 +124,12 @@ pub fn teardown(vectors: u16) -> Result<TeardownRow> {
     let hc1 = host.counters();
     let xs1 = c.stats();
     let hypercalls = delta(&hc1.hypercalls, &hc0.hypercalls);
-    let get = |k: &str| hypercalls.get(k).copied().unwrap_or(0);
+    let get = |op: HypercallOp| hypercalls.get(&op).copied().unwrap_or(0);
     let bindings = u32::from(vectors) + 1;
-    let cleanup = get("XEN_DOMCTL_unbind_pt_irq")
-        + get("PHYSDEVOP_unmap_pirq")
-        + get("PHYSDEVOP_release_msix")
-        + get("PHYSDEVOP_prepare_msix");
+    let cleanup = get(HypercallOp::UnbindPtIrq)
+        + get(HypercallOp::UnmapPirq)
+        + get(HypercallOp::ReleaseMsix)
+        + get(HypercallOp::PrepareMsix);
     // Per vector an unbind and an unmap; attach's INTx pirq, mapped but never bound by a
     // device model, only an unmap (Xen 4.17.5 answers its unbind with -EINVAL and logs);
     // then release and prepare.
@@ -135,8 +138,11 @@ pub fn teardown(vectors: u16) -> Result<TeardownRow> {
     Ok(TeardownRow {
         msix_vectors: vectors,
         bindings,
-        bookkeeping_hypercalls: total - cleanup - get("XEN_DOMCTL_getdomaininfo"),
-        hypercalls,
+        bookkeeping_hypercalls: total - cleanup - get(HypercallOp::GetDomainInfo),
+        hypercalls: hypercalls
+            .iter()
+            .map(|(op, n)| (op.name().to_string(), *n))
+            .collect(),
         cleanup_hypercalls: cleanup,
         minimum_hypercalls: minimum,
         ratio: cleanup as f64 / minimum as f64,

@@ -907,7 +907,7 @@ fn a_pv_guests_vectors_are_mapped_without_bind_pt_irq() {
     let epoch = e.attach(dev(), pv).unwrap();
     let binds = || {
         let c = f.host.counters();
-        let n = |op: xen::HypercallOp| c.hypercalls.get(op.name()).copied().unwrap_or(0);
+        let n = |op: xen::HypercallOp| c.calls(op);
         (n(xen::HypercallOp::MapPirq), n(xen::HypercallOp::BindPtIrq))
     };
     let (maps, binds_before) = binds();
@@ -1431,7 +1431,7 @@ fn a_device_without_msix_never_gets_msix_hypercalls() {
     assert!(done[0].contains("no MSI-X"), "{done:?}");
     e.assignable_remove(plain).unwrap();
     let c = f.host.counters();
-    let n = |op: xen::HypercallOp| c.hypercalls.get(op.name()).copied().unwrap_or(0);
+    let n = |op: xen::HypercallOp| c.calls(op);
     assert_eq!(n(xen::HypercallOp::PrepareMsix), 0);
     assert_eq!(n(xen::HypercallOp::ReleaseMsix), 0);
     assert_eq!(c.fatal, 0);

@@ -172,7 +172,9 @@ pub struct PcibackState {
 /// Counts of every operation, for benchmarks and reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Counters {
-    pub hypercalls: BTreeMap<String, u64>,
+    /// Calls made, by operation (serialized under the names Xen's headers give them).
+    #[serde(serialize_with = "by_xen_name")]
+    pub hypercalls: BTreeMap<HypercallOp, u64>,
     pub sysfs_writes: u64,
     pub config_writes: u64,
     /// Calls real Xen would not survive: `prepare_msix`/`release_msix` on a device without
@@ -185,6 +187,31 @@ impl Counters {
     pub fn total_hypercalls(&self) -> u64 {
         self.hypercalls.values().sum()
     }
+
+    /// How many `op` calls were made.
+    pub fn calls(&self, op: HypercallOp) -> u64 {
+        self.hypercalls.get(&op).copied().unwrap_or(0)
+    }
+
+    /// The counts under Xen's names (`PHYSDEVOP_map_pirq`, ...), for reports.
+    pub fn by_name(&self) -> BTreeMap<&'static str, u64> {
+        self.hypercalls
+            .iter()
+            .map(|(op, n)| (op.name(), *n))
+            .collect()
+    }
+}
+
+fn by_xen_name<S: serde::Serializer>(
+    calls: &BTreeMap<HypercallOp, u64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(calls.len()))?;
+    for (op, n) in calls {
+        m.serialize_entry(op.name(), n)?;
+    }
+    m.end()
 }
 
 /// Domain events for xenstored (`@introduceDomain` / `@releaseDomain`).
@@ -309,11 +336,7 @@ impl World {
     }
 
     pub(crate) fn count(&mut self, op: HypercallOp) {
-        *self
-            .counters
-            .hypercalls
-            .entry(op.name().to_string())
-            .or_insert(0) += 1;
+        *self.counters.hypercalls.entry(op).or_insert(0) += 1;
     }
 
     /// Adds a device as Linux finds it at boot and reports it to Xen (`pci_device_add`).
