@@ -16,12 +16,13 @@ ENVIRONMENT:
     PTGUARD_LOG        log filter, e.g. info, debug, xenstored=debug (default warn)
     PTGUARD_PROTECT    comma-separated domain ids never to touch (as --protect)";
 
-/// The version, the commit it was built from and the Xen ABI it speaks.
+/// The version, the commit it was built from and the Xen releases it speaks (the ABI is
+/// picked at run time from the hypervisor's version: `xen::abi::RELEASE_ABIS`).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("PTGUARD_GIT_COMMIT"),
-    "; Xen 4.17 ABI: domctl interface 0x15, sysctl interface 0x15)"
+    "; Xen 4.11 to 4.22: domctl interface 0x10 to 0x18, sysctl 0x11 to 0x16)"
 );
 
 /// ptguard keeps Xen PCI passthrough devices usable across guest reboot,

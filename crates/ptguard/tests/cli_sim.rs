@@ -678,7 +678,29 @@ fn logs_fit_journald_and_version_names_the_abi() {
         .unwrap();
     let v = String::from_utf8_lossy(&v.stdout);
     assert!(v.starts_with("ptguard 0.1.0 (commit "), "{v}");
-    assert!(v.contains("Xen 4.17 ABI: domctl interface 0x15"), "{v}");
+    // The releases it names are the table's ends.
+    let (old, new) = (
+        xen::abi::ReleaseAbi::oldest(),
+        xen::abi::ReleaseAbi::newest(),
+    );
+    let want = format!(
+        "Xen 4.{} to 4.{}: domctl interface {:#x} to {:#x}, sysctl {:#x} to {:#x}",
+        old.minor,
+        new.minor,
+        old.domctl_version,
+        new.domctl_version,
+        xen::abi::RELEASE_ABIS
+            .iter()
+            .map(|a| a.sysctl_version)
+            .min()
+            .unwrap(),
+        xen::abi::RELEASE_ABIS
+            .iter()
+            .map(|a| a.sysctl_version)
+            .max()
+            .unwrap(),
+    );
+    assert!(v.contains(&want), "{v} lacks {want}");
 }
 
 /// Issue 13: a command finishes only its own device's interrupted work; another device's
