@@ -23,7 +23,9 @@ if [ "$mode" = real ]; then
 else
     SBDF=0000:03:00.0
     pt() { "${PTGUARD:-ptguard}" --host "sim:$simdir" "$@"; }
-    pt sim init --xen 4.17.5 --pciback new >/dev/null
+    # The simulator's profile of the line the bed ran (run --xen; common.sh exports it).
+    case ${REALXEN_XEN:-4.17} in 4.20) sim_xen=4.20.0 ;; *) sim_xen=4.17.5 ;; esac
+    pt sim init --xen "$sim_xen" --pciback new >/dev/null
     new_domain() {
         local flags=()
         [ "$2" = pv ] && flags+=(--pv)

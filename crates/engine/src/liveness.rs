@@ -186,35 +186,18 @@ mod tests {
             (info(false, false, 0, true), Liveness::Paused, true),
             (info(false, true, 2, false), Liveness::Suspended, true),
             (info(false, true, 5, false), Liveness::SoftReset, true),
-            (
-                info(false, true, 0, false),
-                Liveness::ShutDown { reason: 0 },
-                false,
-            ),
-            (
-                info(false, true, 1, false),
-                Liveness::ShutDown { reason: 1 },
-                false,
-            ),
-            (
-                info(false, true, 3, false),
-                Liveness::ShutDown { reason: 3 },
-                false,
-            ),
-            (
-                info(false, true, 4, false),
-                Liveness::ShutDown { reason: 4 },
-                false,
-            ),
-            (
-                info(false, true, 9, false),
-                Liveness::ShutDown { reason: 9 },
-                false,
-            ),
             // Dying wins over a shutdown code a suspended domain carried into destroy.
             (info(true, true, 2, false), Liveness::Dying, false),
         ];
-        for (i, want, may_run) in cases {
+        // Shut down for good, with every code but suspend and soft reset.
+        let for_good = [0u8, 1, 3, 4, 9].map(|r| {
+            (
+                info(false, true, r, false),
+                Liveness::ShutDown { reason: r },
+                false,
+            )
+        });
+        for (i, want, may_run) in cases.into_iter().chain(for_good) {
             let got = Liveness::of(Some(&i));
             assert_eq!(got, want, "{i:?}");
             assert_eq!(got.may_run(), may_run, "{got}");
