@@ -439,11 +439,7 @@ impl Engine<'_> {
 
     /// The devices' keys under [`UNPLUGS`] (none when the directory was never made).
     pub(crate) fn unplug_names(&mut self) -> Result<Vec<String>> {
-        match self.xs.directory(TxId::NONE, UNPLUGS) {
-            Ok(n) => Ok(n),
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+        children(self.xs, TxId::NONE, UNPLUGS)
     }
 
     /// Every marker, with whether its unplug is still pending: the guest lives and its

@@ -26,13 +26,19 @@ pub(crate) fn read_opt(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Option
     }
 }
 
-/// The entries under `/ptguard/device`, as named there (none before the first device).
-pub(crate) fn device_names(xs: &mut XsClient) -> Result<Vec<String>> {
-    match xs.directory(TxId::NONE, DEVICES) {
+/// The children of `path`; none when the node does not exist (a directory the ledger has
+/// not made yet, or removed with its last child).
+pub(crate) fn children(xs: &mut XsClient, tx: TxId, path: &str) -> Result<Vec<String>> {
+    match xs.directory(tx, path) {
         Ok(n) => Ok(n),
         Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The entries under `/ptguard/device`, as named there (none before the first device).
+pub(crate) fn device_names(xs: &mut XsClient) -> Result<Vec<String>> {
+    children(xs, TxId::NONE, DEVICES)
 }
 
 /// The record head of every device named as an address under `/ptguard/device`.
@@ -49,11 +55,7 @@ pub(crate) fn heads(xs: &mut XsClient) -> Result<Vec<DeviceRecord>> {
 
 /// The nodes under a device's `binding/` (none before its first binding).
 fn binding_names(xs: &mut XsClient, tx: TxId, sbdf: Sbdf) -> Result<Vec<String>> {
-    match xs.directory(tx, &bindings_path(sbdf)) {
-        Ok(n) => Ok(n),
-        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
+    children(xs, tx, &bindings_path(sbdf))
 }
 
 /// Every MSI-X binding holding a pirq of the devices the ledger has attached to `domid`
@@ -250,12 +252,10 @@ pub(crate) fn unindex_owner(xs: &mut XsClient, tx: TxId, rec: &DeviceRecord) -> 
     };
     rm(xs, tx, &owner_index_path(d, rec.sbdf))?;
     let dir = format!("{OWNERS}/{}", d.0);
-    match xs.directory(tx, &dir) {
-        Ok(n) if n.is_empty() => rm(xs, tx, &dir),
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(()),
-        Err(e) => Err(e.into()),
+    if children(xs, tx, &dir)?.is_empty() {
+        rm(xs, tx, &dir)?;
     }
+    Ok(())
 }
 
 /// The devices the owner index lists for `domid`; `None` when the ledger is not (yet)
@@ -264,11 +264,7 @@ pub(crate) fn indexed_devices(xs: &mut XsClient, domid: DomId) -> Result<Option<
     if read_opt(xs, TxId::NONE, OWNERS)?.as_deref() != Some(OWNERS_INDEXED) {
         return Ok(None);
     }
-    match xs.directory(TxId::NONE, &format!("{OWNERS}/{}", domid.0)) {
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Ok(Some(Vec::new())),
-        Err(e) => Err(e.into()),
-    }
+    children(xs, TxId::NONE, &format!("{OWNERS}/{}", domid.0)).map(Some)
 }
 
 /// Forgets `rec` (its head and bindings), keeping its epoch as the floor a new record of

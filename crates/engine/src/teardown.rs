@@ -87,14 +87,11 @@ impl Engine<'_> {
             unless_gone(hv.unbind_pt_irq(owner, &b.pt_irq(pirq, sbdf)))?;
         }
         let own = sbdf.xs_key();
-        let others: Vec<String> = match self
-            .xs
-            .directory(TxId::NONE, &intx_line_path(owner, b.gsi, None))
-        {
-            Ok(n) => n.into_iter().filter(|n| *n != own).collect(),
-            Err(e) if e.code() == Some(xenstore::ErrorCode::Enoent) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let others: Vec<String> =
+            children(self.xs, TxId::NONE, &intx_line_path(owner, b.gsi, None))?
+                .into_iter()
+                .filter(|n| *n != own)
+                .collect();
         if others.is_empty() {
             unless_gone(hv.unmap_pirq(owner, pirq))?;
             unless_gone(hv.irq_permission(owner, Pirq(b.gsi as i32), false))?;
