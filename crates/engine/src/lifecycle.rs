@@ -95,16 +95,7 @@ impl Engine<'_> {
         if !pci.exists(sbdf)? {
             return Err(EngineError::NoSuchDevice { sbdf });
         }
-        let info = match hv.domain_info(domid)? {
-            None => return Err(EngineError::UnknownDomain { domid }),
-            Some(i) if Liveness::of(Some(&i)).finished() => {
-                return Err(EngineError::DomainFinished {
-                    domid,
-                    liveness: Liveness::of(Some(&i)),
-                })
-            }
-            Some(i) => i,
-        };
+        let info = may_run(hv, domid)?;
         // Only what Xen says a guest holds: anything else is assignable-add/attach's.
         if held_by_guest(hv, sbdf)?.is_none() {
             return Err(EngineError::NotHeld { sbdf });
@@ -252,16 +243,7 @@ impl Engine<'_> {
     ) -> Result<u64> {
         self.refuse_protected(domid, "attach a device to")?;
         let hv = self.platform.hypervisor();
-        let info = match hv.domain_info(domid)? {
-            None => return Err(EngineError::UnknownDomain { domid }),
-            Some(i) if Liveness::of(Some(&i)).finished() => {
-                return Err(EngineError::DomainFinished {
-                    domid,
-                    liveness: Liveness::of(Some(&i)),
-                })
-            }
-            Some(i) => i,
-        };
+        let info = may_run(hv, domid)?;
         let rec = self.xs.transaction(|xs, tx| -> Result<DeviceRecord> {
             let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match (rec.state, rec.owner) {
@@ -465,5 +447,17 @@ impl Engine<'_> {
             write(xs, tx, &format!("{be}/num_devs"), &devs.len().to_string())?;
             Ok(false)
         })
+    }
+}
+
+/// What Xen says of `domid`, a domain a device may be given to: refused when Xen does not
+/// know it, or it will never run again (dying, shut down for good).
+fn may_run(hv: &dyn xen::Hypervisor, domid: DomId) -> Result<xen::DomainInfo> {
+    let info = hv
+        .domain_info(domid)?
+        .ok_or(EngineError::UnknownDomain { domid })?;
+    match Liveness::of(Some(&info)) {
+        l if l.finished() => Err(EngineError::DomainFinished { domid, liveness: l }),
+        _ => Ok(info),
     }
 }
