@@ -2,7 +2,6 @@
 # REALXEN_CACHE keeps what is slow to make and does not depend on ptguard's sources: the
 # unpacked QEMU and the debootstrapped dom0 tree. Deleting it only costs time.
 REALXEN_CACHE=${REALXEN_CACHE:-/var/cache/ptguard-realxen}
-REALXEN_WORK=${REALXEN_WORK:-$REALXEN_CACHE/work}
 QEMU_ROOT=$REALXEN_CACHE/qemu-root
 QEMU_FW=$REALXEN_CACHE/fw
 QEMU_BIN=${QEMU_BIN:-$QEMU_ROOT/usr/bin/qemu-system-x86_64}
@@ -20,6 +19,9 @@ case $XEN_LINE in
         QEMU_CPU=qemu64,+npt ;;
     *) printf 'realxen: no Xen line %s (4.17 or 4.20)\n' "$XEN_LINE" >&2; exit 2 ;;
 esac
+# Each line boots from its own work directory (image, console, output disk), so the two
+# lines' beds can run side by side.
+REALXEN_WORK=${REALXEN_WORK:-$REALXEN_CACHE/work-$XEN_LINE}
 # Bump when the package list below changes, so a stale cached tree is rebuilt.
 BASE_TREE_VERSION=3
 DOM0_PACKAGES=systemd-sysv,udev,kmod,procps,iproute2,pciutils,linux-image-amd64,initramfs-tools,\

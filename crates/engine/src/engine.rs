@@ -89,21 +89,19 @@ impl Serialize for Notice {
 /// What a device model asks the broker to bind: its INTx line or one MSI-X entry.
 pub type BindKind = xen::IrqSource;
 
-/// A broker request (in-process API; the unix-socket protocol carries the same fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct BindRequest {
-    pub domid: DomId,
-    pub sbdf: Sbdf,
-    /// The epoch the device model was started with.
-    pub epoch: u64,
-    pub kind: BindKind,
-    pub gvec: u8,
-    pub gflags: u32,
-    pub gtable: u64,
+/// A broker request: the protocol's own type (`crates/wire`), served in-process as it is
+/// on the socket.
+pub use wire::BindRequest;
+
+/// What the engine reads off a bind request: its ledger key, record and map argument.
+pub(crate) trait BindRequestExt {
+    fn key(&self) -> BindingKey;
+    fn binding(&self, state: BindingState, pirq: Option<Pirq>) -> Binding;
+    fn map_request(&self) -> MapPirq;
 }
 
-impl BindRequest {
-    pub(crate) fn key(&self) -> BindingKey {
+impl BindRequestExt for BindRequest {
+    fn key(&self) -> BindingKey {
         match self.kind {
             BindKind::Intx { .. } => BindingKey::Intx,
             BindKind::Msix { entry, .. } => BindingKey::Msix(entry),
@@ -111,7 +109,7 @@ impl BindRequest {
     }
 
     /// The ledger record of this request in `state`.
-    pub(crate) fn binding(&self, state: BindingState, pirq: Option<Pirq>) -> Binding {
+    fn binding(&self, state: BindingState, pirq: Option<Pirq>) -> Binding {
         Binding {
             key: self.key(),
             state,
@@ -131,7 +129,7 @@ impl BindRequest {
     }
 
     /// `PHYSDEVOP_map_pirq`'s argument.
-    pub(crate) fn map_request(&self) -> MapPirq {
+    fn map_request(&self) -> MapPirq {
         self.kind.map_request(self.domid, self.sbdf)
     }
 }

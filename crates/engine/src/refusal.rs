@@ -7,6 +7,7 @@
 use std::fmt;
 
 use serde::Serialize;
+use wire::ReplyCode;
 use xen::DomId;
 
 use crate::ledger::{BindingKey, DeviceState};
@@ -73,29 +74,29 @@ pub enum Refusal {
 
 impl Refusal {
     /// The stable reason code, as sent in the broker's `code` field.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ReplyCode {
         match self {
-            Refusal::NotManaged => "not-managed",
-            Refusal::NotAttached { .. } => "not-attached",
-            Refusal::AttachInProgress => "attach-in-progress",
-            Refusal::TearingDown => "tearing-down",
-            Refusal::WrongDomain { .. } => "wrong-domain",
-            Refusal::StaleIncarnation { .. } => "stale-incarnation",
-            Refusal::RequesterFinished { .. } => "requester-finished",
-            Refusal::StaleEpoch { .. } => "stale-epoch",
-            Refusal::EntryBeyondTable { .. } => "entry-beyond-table",
-            Refusal::WrongTableBase { .. } => "wrong-table-base",
-            Refusal::NotDeviceGsi { .. } => "not-device-gsi",
-            Refusal::BadGuestIntx { .. } => "bad-guest-intx",
-            Refusal::AlreadyBound { .. } => "already-bound",
-            Refusal::NoSuchBinding { .. } => "no-such-binding",
-            Refusal::ProtectedDomain { .. } => "protected-domain",
-            Refusal::NotDeviceModel { .. } => "not-device-model",
-            Refusal::CredentialRequired => "credential-required",
-            Refusal::CredentialRejected => "credential-rejected",
-            Refusal::PirqInUse { .. } => "pirq-in-use",
-            Refusal::Malformed { .. } => "malformed",
-            Refusal::TooLong { .. } => "too-long",
+            Refusal::NotManaged => ReplyCode::NotManaged,
+            Refusal::NotAttached { .. } => ReplyCode::NotAttached,
+            Refusal::AttachInProgress => ReplyCode::AttachInProgress,
+            Refusal::TearingDown => ReplyCode::TearingDown,
+            Refusal::WrongDomain { .. } => ReplyCode::WrongDomain,
+            Refusal::StaleIncarnation { .. } => ReplyCode::StaleIncarnation,
+            Refusal::RequesterFinished { .. } => ReplyCode::RequesterFinished,
+            Refusal::StaleEpoch { .. } => ReplyCode::StaleEpoch,
+            Refusal::EntryBeyondTable { .. } => ReplyCode::EntryBeyondTable,
+            Refusal::WrongTableBase { .. } => ReplyCode::WrongTableBase,
+            Refusal::NotDeviceGsi { .. } => ReplyCode::NotDeviceGsi,
+            Refusal::BadGuestIntx { .. } => ReplyCode::BadGuestIntx,
+            Refusal::AlreadyBound { .. } => ReplyCode::AlreadyBound,
+            Refusal::NoSuchBinding { .. } => ReplyCode::NoSuchBinding,
+            Refusal::ProtectedDomain { .. } => ReplyCode::ProtectedDomain,
+            Refusal::NotDeviceModel { .. } => ReplyCode::NotDeviceModel,
+            Refusal::CredentialRequired => ReplyCode::CredentialRequired,
+            Refusal::CredentialRejected => ReplyCode::CredentialRejected,
+            Refusal::PirqInUse { .. } => ReplyCode::PirqInUse,
+            Refusal::Malformed { .. } => ReplyCode::Malformed,
+            Refusal::TooLong { .. } => ReplyCode::TooLong,
         }
     }
 

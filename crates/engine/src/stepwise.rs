@@ -15,6 +15,7 @@ use xen::{DomId, Pirq};
 use xenstore::TxId;
 
 use crate::credential::Credential;
+use crate::engine::BindRequestExt;
 use crate::engine::{
     attached_msix_bindings, heads, read_head, release_msix_pirq, rm, unless_gone, write, BindKind,
     BindRequest,

@@ -20,7 +20,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use wire::{Reply, ReplyCode, Request};
+use xen::DomId;
 
 /// Where `ptguard watch` serves the broker on a real dom0.
 const DEFAULT_SOCKET: &str = "/run/ptguard/broker.sock";
@@ -73,14 +74,17 @@ fn socket_path() -> String {
 /// The request as sent: with the assignment token `ptguard attach` printed, when whoever
 /// started the device model passed it in `PTGUARD_TOKEN` (without one, the broker serves
 /// only the process the toolstack recorded as the domain's device model).
-fn with_token(request: &Value) -> Value {
-    let mut request = request.clone();
-    if let Ok(token) = std::env::var("PTGUARD_TOKEN") {
-        if !token.is_empty() {
-            request["token"] = Value::String(token);
-        }
-    }
-    request
+fn with_token(request: Request) -> Request {
+    let token = std::env::var("PTGUARD_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    request.with_token(token)
+}
+
+/// libxenctrl's `uint32_t domid` as the broker names domains; `None` for an id no domain
+/// can have, which is not the broker's to serve.
+fn domain(domid: u32) -> Option<DomId> {
+    u16::try_from(domid).ok().map(DomId)
 }
 
 /// One request, one reply line. `Ok(None)`: the broker closed the connection before a byte
@@ -110,10 +114,9 @@ fn exchange(mut stream: UnixStream, line: &str) -> std::io::Result<Option<String
 /// How many times a request is sent when the broker closes the connection unread.
 const ATTEMPTS: usize = 3;
 
-fn ask(request: &Value) -> Answer {
+fn ask(request: Request) -> Answer {
     let path = socket_path();
-    let mut line = with_token(request).to_string();
-    line.push('\n');
+    let line = with_token(request).to_line();
     let mut reply = None;
     for _ in 0..ATTEMPTS {
         let stream = match UnixStream::connect(&path) {
@@ -139,27 +142,22 @@ fn ask(request: &Value) -> Answer {
             format!("broker at {path} closed the connection unread {ATTEMPTS} times"),
         );
     };
-    let reply: Value = match serde_json::from_str(&reply) {
-        Ok(v) => v,
+    let reply = match Reply::parse_line(&reply) {
+        Ok(r) => r,
         Err(e) => return Answer::Failed(libc::EIO, format!("unreadable broker reply: {e}")),
     };
-    if reply["ok"] == Value::Bool(true) {
-        let pirq = reply["pirq"].as_i64().and_then(|p| i32::try_from(p).ok());
-        return Answer::Done(pirq);
-    }
-    let code = reply["code"].as_str().unwrap_or("error");
-    let why = format!("{code}: {}", reply["error"].as_str().unwrap_or(""));
+    let Some(code) = reply.failure_code() else {
+        return Answer::Done(reply.pirq);
+    };
+    let why = format!("{code}: {}", reply.error.as_deref().unwrap_or(""));
     match code {
-        "not-managed" => Answer::FallThrough(why),
-        "pirq-budget" => Answer::Failed(libc::ENOSPC, why),
-        "error" => {
-            let errno = reply["errno"]
-                .as_i64()
-                .and_then(|e| c_int::try_from(e).ok())
-                .filter(|e| *e > 0)
-                .unwrap_or(libc::EIO);
+        ReplyCode::NotManaged => Answer::FallThrough(why),
+        ReplyCode::PirqBudget => Answer::Failed(libc::ENOSPC, why),
+        ReplyCode::Error => {
+            let errno = reply.errno.filter(|e| *e > 0).unwrap_or(libc::EIO);
             Answer::Failed(errno, why)
         }
+        // Every refusal, and a code this build does not know: the call fails, closed.
         _ => Answer::Failed(libc::EPERM, why),
     }
 }
@@ -239,7 +237,7 @@ const UNMAP_PIRQ: &CStr = c"xc_physdev_unmap_pirq";
 
 /// Sends one call of a pirq this process mapped through the broker: `Some(rc)` is the
 /// call's return value (0, or -1 with errno set), `None` sends it to libxenctrl.
-fn brokered_call(what: &str, request: &Value, done: impl FnOnce()) -> Option<c_int> {
+fn brokered_call(what: &str, request: Request, done: impl FnOnce()) -> Option<c_int> {
     match ask(request) {
         Answer::Done(_) => {
             done();
@@ -305,16 +303,22 @@ pub unsafe extern "C" fn xc_physdev_map_pirq_msi(
     }
     // SAFETY: checked non-null above; libxenctrl's contract makes it a valid int.
     let requested = unsafe { *pirq };
-    let sbdf = format!("{seg:04x}:{bus8:02x}:{:02x}.{}", devfn8 >> 3, devfn8 & 7);
-    let mut request = json!({
-        "op": "map-pirq-msi", "domid": domid, "sbdf": sbdf,
-        "entry": entry, "table_base": table_base,
-    });
-    if requested >= 0 {
-        request["pirq"] = json!(requested);
-    }
+    let (Some(dom), Ok(sbdf)) = (
+        domain(domid),
+        pci::Sbdf::new(seg, bus8, devfn8 >> 3, devfn8 & 7),
+    ) else {
+        return fall_through("");
+    };
+    let request = Request::MapPirqMsi {
+        domid: dom,
+        sbdf,
+        entry,
+        table_base,
+        pirq: (requested >= 0).then_some(requested),
+        token: None,
+    };
     let what = format!("map_pirq_msi d{domid} {sbdf} entry {entry}");
-    match ask(&request) {
+    match ask(request) {
         Answer::Done(Some(p)) => {
             remember(domid, p, true);
             log(format_args!("{what}: pirq {p} (ledger)"));
@@ -350,15 +354,19 @@ pub unsafe extern "C" fn xc_domain_update_msi_irq(
     gtable: u64,
 ) -> c_int {
     let pirq_i = pirq as c_int;
-    if brokered(domid, pirq_i) {
+    if let Some(dom) = domain(domid).filter(|_| brokered(domid, pirq_i)) {
         // libxenctrl stores gvec in the uint8_t of xen_domctl_bind_pt_irq: the same cut.
-        let request = json!({
-            "op": "update-msi-irq", "domid": domid, "pirq": pirq_i,
-            "gvec": gvec & 0xff, "gflags": gflags, "gtable": gtable,
-        });
+        let request = Request::UpdateMsiIrq {
+            domid: dom,
+            pirq: pirq_i,
+            gvec: (gvec & 0xff) as u8,
+            gflags,
+            gtable,
+            token: None,
+        };
         let what = format!("update_msi_irq d{domid} pirq {pirq_i}");
         let done = || log(format_args!("{what}: vector {:#x} (ledger)", gvec & 0xff));
-        if let Some(rc) = brokered_call(&what, &request, done) {
+        if let Some(rc) = brokered_call(&what, request, done) {
             return rc;
         }
     }
@@ -385,11 +393,15 @@ pub unsafe extern "C" fn xc_domain_unbind_msi_irq(
     gflags: u32,
 ) -> c_int {
     let pirq_i = pirq as c_int;
-    if brokered(domid, pirq_i) {
-        let request = json!({"op": "unbind-msi-irq", "domid": domid, "pirq": pirq_i});
+    if let Some(dom) = domain(domid).filter(|_| brokered(domid, pirq_i)) {
+        let request = Request::UnbindMsiIrq {
+            domid: dom,
+            pirq: pirq_i,
+            token: None,
+        };
         let what = format!("unbind_msi_irq d{domid} pirq {pirq_i}");
         let done = || log(format_args!("{what}: unbound (ledger)"));
-        if let Some(rc) = brokered_call(&what, &request, done) {
+        if let Some(rc) = brokered_call(&what, request, done) {
             return rc;
         }
     }
@@ -409,14 +421,18 @@ pub unsafe extern "C" fn xc_domain_unbind_msi_irq(
 /// As libxenctrl's.
 #[no_mangle]
 pub unsafe extern "C" fn xc_physdev_unmap_pirq(xch: *mut c_void, domid: u32, pirq: c_int) -> c_int {
-    if brokered(domid, pirq) {
-        let request = json!({"op": "unmap-pirq", "domid": domid, "pirq": pirq});
+    if let Some(dom) = domain(domid).filter(|_| brokered(domid, pirq)) {
+        let request = Request::UnmapPirq {
+            domid: dom,
+            pirq,
+            token: None,
+        };
         let what = format!("unmap_pirq d{domid} pirq {pirq}");
         let done = || {
             remember(domid, pirq, false);
             log(format_args!("{what}: unmapped (ledger)"));
         };
-        if let Some(rc) = brokered_call(&what, &request, done) {
+        if let Some(rc) = brokered_call(&what, request, done) {
             return rc;
         }
     }

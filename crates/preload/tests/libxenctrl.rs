@@ -9,9 +9,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use daemon::broker::{serve_broker, BrokerLimits, DaemonHost};
+use daemon::host::sim_open;
 use engine::{BindingKey, BindingState, Outcome};
-use ptguard::broker::{serve_broker, BrokerLimits, DaemonHost};
-use ptguard::hostctx::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 use xen::{DomId, PtIrq};
 
@@ -113,7 +113,7 @@ struct Bed {
     host: sim::SimHost,
     daemon: Arc<DaemonHost>,
     stop: Arc<AtomicBool>,
-    server: Option<ptguard::broker::BrokerHandle>,
+    server: Option<daemon::broker::BrokerHandle>,
     dm: DeviceModel,
     dev: pci::Sbdf,
     domid: DomId,

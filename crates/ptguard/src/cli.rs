@@ -39,7 +39,7 @@ pub struct Cli {
     /// `sim:DIR` (a simulated Xen host whose state is kept in DIR; create it with
     /// `ptguard --host sim:DIR sim init`).
     #[arg(long, global = true, value_name = "HOST", default_value = "real")]
-    pub host: crate::hostctx::HostSpec,
+    pub host: daemon::host::HostSpec,
 
     /// Print the hypercalls and sysfs writes a mutating command would make, in order,
     /// without making them (nothing is written to Xenstore either).
@@ -72,6 +72,14 @@ impl Cli {
     pub fn protected(&self) -> engine::ProtectedDomains {
         let extra: Vec<xen::DomId> = self.protect.iter().map(|d| xen::DomId(*d)).collect();
         engine::ProtectedDomains::new(&extra)
+    }
+
+    /// Opens the host this command line names (`--host`, `--dry-run`), with its protected
+    /// domains.
+    pub fn open_host(&self) -> Result<daemon::host::HostCtx, daemon::DaemonError> {
+        let mut ctx = daemon::host::HostCtx::open(&self.host, self.dry_run)?;
+        ctx.protected = self.protected();
+        Ok(ctx)
     }
 }
 

@@ -1,16 +1,16 @@
-//! The `ptguard` command line: argument parsing, output (text and `--json`), the daemons
-//! and the benchmarks' entry points. Logic lives in the library crates; this crate wires
-//! them to a terminal and must stay thin enough that every command is reachable from tests
-//! through [`run`].
+//! The `ptguard` command line: argument parsing, output (text and `--json`), and the
+//! entry points of the daemon (`watch`, `xenstored`) and the benchmarks. Logic lives in
+//! the library crates (the engine decides, `daemon` opens hosts and runs the rounds and the
+//! broker, `lab` proves); this crate wires them to a terminal, is the only one that uses
+//! `anyhow`, and must stay thin enough that every command is reachable from tests through
+//! [`run`].
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
-pub mod broker;
 pub mod broker_load;
 pub mod cli;
 pub mod commands;
-pub mod hostctx;
 pub mod journal;
 pub mod output;
 
@@ -36,7 +36,7 @@ pub fn run(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let trace = cli.trace && !cli.dry_run;
     let r = dispatch(cli, out);
     if r.is_err() && trace {
-        let lines = hostctx::last_op_log();
+        let lines = daemon::host::last_op_log();
         if !lines.is_empty() {
             use std::io::Write as _;
             let mut err = std::io::stderr().lock();

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 mod common;
 
-use ptguard::broker::{serve_broker, BrokerLimits, BrokerReply, DaemonHost};
-use ptguard::hostctx::sim_open;
+use daemon::broker::{serve_broker, BrokerLimits, DaemonHost};
+use daemon::host::sim_open;
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
 #[test]
@@ -49,7 +49,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
 
     let mut s = UnixStream::connect(&sock).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut ask = |line: String| -> BrokerReply {
+    let mut ask = |line: String| -> wire::Reply {
         writeln!(s, "{line}").unwrap();
         let mut reply = String::new();
         r.read_line(&mut reply).unwrap();
@@ -66,7 +66,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
     // Knowing the numbers is not enough: no device-model pid is recorded and no token given.
     let anyone = ask(bind_with(a.0, epoch, 0, ""));
     assert_eq!(
-        anyone.code.as_deref(),
+        anyone.code.map(wire::ReplyCode::as_str),
         Some("credential-required"),
         "{anyone:?}"
     );
@@ -77,7 +77,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
         &format!(r#","token":"{}""#, "00".repeat(32)),
     ));
     assert_eq!(
-        wrong.code.as_deref(),
+        wrong.code.map(wire::ReplyCode::as_str),
         Some("credential-rejected"),
         "{wrong:?}"
     );
@@ -87,7 +87,11 @@ fn bind_unbind_and_refusals_over_the_socket() {
     // The top of a guest's pirq space: nr_irqs_gsi (48) + extra_guest_irqs (32) - 1.
     assert_eq!(pirq, 79);
     let stale = ask(bind(a.0, epoch + 5, 1));
-    assert_eq!(stale.code.as_deref(), Some("stale-epoch"), "{stale:?}");
+    assert_eq!(
+        stale.code.map(wire::ReplyCode::as_str),
+        Some("stale-epoch"),
+        "{stale:?}"
+    );
     let text = stale.error.unwrap();
     assert!(
         !text.contains(&epoch.to_string()),
@@ -97,15 +101,23 @@ fn bind_unbind_and_refusals_over_the_socket() {
     // does not say who holds the device.
     let other = ask(bind(7, epoch, 1));
     assert_eq!(
-        other.code.as_deref(),
+        other.code.map(wire::ReplyCode::as_str),
         Some("credential-rejected"),
         "{other:?}"
     );
     assert!(!other.error.unwrap().contains("d1"));
     let garbage = ask("{\"op\":\"format-disk\"}".into());
-    assert_eq!(garbage.code.as_deref(), Some("malformed"), "{garbage:?}");
+    assert_eq!(
+        garbage.code.map(wire::ReplyCode::as_str),
+        Some("malformed"),
+        "{garbage:?}"
+    );
     let dom0 = ask(bind(0, epoch, 1));
-    assert_eq!(dom0.code.as_deref(), Some("protected-domain"), "{dom0:?}");
+    assert_eq!(
+        dom0.code.map(wire::ReplyCode::as_str),
+        Some("protected-domain"),
+        "{dom0:?}"
+    );
     let unbind = ask(format!(
         r#"{{"op":"unbind","pirq":{pirq},"domid":{},"sbdf":"0000:03:00.0","epoch":{epoch},"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":65536,"gtable":4043309056{t}}}"#,
         a.0
@@ -125,7 +137,10 @@ fn bind_unbind_and_refusals_over_the_socket() {
     write_dm_pid("999999".into());
     let impostor = ask(bind_with(a.0, epoch, 1, ""));
     assert!(!impostor.ok);
-    assert_eq!(impostor.code.as_deref(), Some("not-device-model"));
+    assert_eq!(
+        impostor.code.map(wire::ReplyCode::as_str),
+        Some("not-device-model")
+    );
     let text = impostor.error.unwrap();
     assert!(
         !text.contains("999999") && !text.contains(&std::process::id().to_string()),
@@ -144,7 +159,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
 /// and Xen keep only what the genuine device models mapped.
 #[test]
 fn hostile_device_model_calls_are_refused() {
-    use ptguard::broker::handle_line;
+    use daemon::broker::handle_line;
     let tmp = tempfile::tempdir().unwrap();
     let (a_dev, b_dev): (pci::Sbdf, pci::Sbdf) = (
         "0000:03:00.0".parse().unwrap(),
@@ -176,7 +191,10 @@ fn hostile_device_model_calls_are_refused() {
             r#"{{"op":"map-pirq-msi","domid":{domid},"sbdf":"{s}","entry":{entry},"table_base":{table_base}}}"#
         )
     };
-    let code = |r: BrokerReply| r.code.unwrap_or_else(|| format!("ok {:?}", r.pirq));
+    let code = |r: wire::Reply| {
+        r.code
+            .map_or_else(|| format!("ok {:?}", r.pirq), |c| c.to_string())
+    };
 
     // The genuine device models map one vector each.
     let ra = handle_line(&mut ctx, &map(a.0, a_dev, 0, tb(a_dev)), Some(100));
@@ -324,7 +342,7 @@ fn hostile_device_model_calls_are_refused() {
     );
 
     // Nothing the hostile requests asked for exists, in the ledger or in Xen.
-    let msix = |ctx: &mut ptguard::hostctx::HostCtx, s| {
+    let msix = |ctx: &mut daemon::host::HostCtx, s| {
         ctx.engine()
             .record(s)
             .unwrap()
@@ -359,7 +377,7 @@ fn one_attached_device(
     token: Option<&engine::AssignmentToken>,
 ) -> (
     tempfile::TempDir,
-    ptguard::hostctx::HostCtx,
+    daemon::host::HostCtx,
     sim::SimHost,
     xen::DomId,
     pci::Sbdf,
@@ -389,7 +407,7 @@ fn served(
     tempfile::TempDir,
     std::path::PathBuf,
     Arc<AtomicBool>,
-    ptguard::broker::BrokerHandle,
+    daemon::broker::BrokerHandle,
 ) {
     let (tmp, ctx, _, _, _) = one_attached_device(None);
     let stop = Arc::new(AtomicBool::new(false));
@@ -422,12 +440,15 @@ fn every_request_executed_gets_its_reply() {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut all = String::new();
     s.read_to_string(&mut all).unwrap();
-    let replies: Vec<BrokerReply> = all
+    let replies: Vec<wire::Reply> = all
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(replies.len(), 1, "{all}");
-    assert_eq!(replies[0].code.as_deref(), Some("credential-required"));
+    assert_eq!(
+        replies[0].code.map(wire::ReplyCode::as_str),
+        Some("credential-required")
+    );
 
     // 1,000 requests in one go from a client that reads only when it has sent them all.
     let n = 1000;
@@ -559,9 +580,9 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
         serde_json::from_str(&pt(&["attach", "0000:03:00.0", "1", "--json"])).unwrap();
     let token = attached["token"].as_str().unwrap().to_string();
     pt(&["sim", "start", "1", "0000:03:00.0"]);
-    let spec = ptguard::hostctx::HostSpec::Sim(dir.clone());
+    let spec = daemon::host::HostSpec::Sim(dir.clone());
     let (recorded, tb) = {
-        let mut ctx = ptguard::hostctx::HostCtx::open(&spec, true).unwrap();
+        let mut ctx = daemon::host::HostCtx::open(&spec, true).unwrap();
         let pid = ctx
             .xs
             .read(
@@ -580,7 +601,7 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
     };
     assert_eq!(
         recorded,
-        ptguard::hostctx::simulated_device_model_pid(xen::DomId(1)).to_string()
+        daemon::host::simulated_device_model_pid(xen::DomId(1)).to_string()
     );
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_ptguard"))
         .arg("--host")
@@ -595,7 +616,7 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
         assert!(std::time::Instant::now() < deadline, "watch did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let ask = |extra: &str| -> BrokerReply {
+    let ask = |extra: &str| -> wire::Reply {
         let mut s = UnixStream::connect(&sock).unwrap();
         writeln!(
             s,
@@ -608,7 +629,7 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
     };
     let impostor = ask("");
     assert_eq!(
-        impostor.code.as_deref(),
+        impostor.code.map(wire::ReplyCode::as_str),
         Some("not-device-model"),
         "{impostor:?}"
     );
@@ -631,7 +652,7 @@ proptest::proptest! {
         token in proptest::option::of("[0-9a-f]{64}"),
         peer in proptest::option::of(1i32..1_000_000),
     ) {
-        use ptguard::broker::handle_line;
+        use daemon::broker::handle_line;
         let real = engine::AssignmentToken::from_entropy([0x11; 32]);
         let (_tmp, mut ctx, host, a, dev) = one_attached_device(Some(&real));
         let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());

@@ -244,11 +244,11 @@ fn concurrent_commands_on_one_simulated_host_take_turns() {
 #[test]
 fn a_simulated_host_directory_is_locked_for_the_whole_command() {
     let tmp = tempfile::tempdir().unwrap();
-    let held = ptguard::hostctx::lock_dir(tmp.path()).unwrap();
+    let held = daemon::host::lock_dir(tmp.path()).unwrap();
     let dir = tmp.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
-        let l = ptguard::hostctx::lock_dir(&dir);
+        let l = daemon::host::lock_dir(&dir);
         tx.send(l.is_ok()).unwrap();
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -314,8 +314,8 @@ fn trace_is_printed_when_the_command_fails() {
 }
 
 fn edit_xenstore(dir: &Path, f: impl FnOnce(&mut xenstore::XsClient)) {
-    let spec = ptguard::hostctx::HostSpec::Sim(dir.to_path_buf());
-    let mut ctx = ptguard::hostctx::HostCtx::open(&spec, false).unwrap();
+    let spec = daemon::host::HostSpec::Sim(dir.to_path_buf());
+    let mut ctx = daemon::host::HostCtx::open(&spec, false).unwrap();
     f(&mut ctx.xs);
     ctx.save().unwrap();
 }
@@ -524,8 +524,8 @@ fn doctor_finds_a_forced_mask_and_repair_cures_it() {
     ok(&d, &["sim", "init", "--xen", "4.17", "--pciback", "new"]);
     ok(&d, &["assignable-add", "0000:03:00.0"]);
     {
-        let spec = ptguard::hostctx::HostSpec::Sim(d.clone());
-        let mut ctx = ptguard::hostctx::HostCtx::open(&spec, false).unwrap();
+        let spec = daemon::host::HostSpec::Sim(d.clone());
+        let mut ctx = daemon::host::HostCtx::open(&spec, false).unwrap();
         let host = ctx.sim.as_ref().map(|(h, _, _)| h.clone()).unwrap();
         use pci::PciHost;
         use xen::Hypervisor;

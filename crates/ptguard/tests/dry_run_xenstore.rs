@@ -1,7 +1,7 @@
 //! A dry run on a real host works on an in-process copy of the ledger: the real xenstored
 //! (here the embedded one over its socket) is read, never written.
 
-use ptguard::hostctx::copy_to_local;
+use daemon::host::copy_to_local;
 use xenstore::server::{start, ServerConfig};
 use xenstore::{Access, Perm, PermList, TxId, XsClient};
 

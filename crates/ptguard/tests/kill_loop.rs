@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use daemon::host::{HostCtx, HostSpec};
 use engine::DeviceState;
-use ptguard::hostctx::{HostCtx, HostSpec};
 use xen::DomId;
 
 fn ptguard(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -88,6 +88,14 @@ fn random_kills_never_split_the_hypervisor_from_the_ledger() {
     let host = format!("sim:{}", d.display());
     let rounds = 120;
     let mut killed_mid_run = 0;
+    // Kills are timed against how long a command takes on this machine (the last round's
+    // `watch --once`), not a fixed span: on a fast machine a fixed span would let most
+    // commands finish before the kill, on a slow one it would kill them all at start.
+    let mut span = {
+        let t = std::time::Instant::now();
+        assert!(ptguard(&d, &["watch", "--once"]).status.success());
+        t.elapsed()
+    };
     for round in 0..rounds {
         let cmd = commands[rng.next(commands.len() as u64) as usize];
         let mut child = Command::new(env!("CARGO_BIN_EXE_ptguard"))
@@ -98,7 +106,8 @@ fn random_kills_never_split_the_hypervisor_from_the_ledger() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.next(25_000)));
+        let span_us = u64::try_from(span.as_micros()).unwrap_or(u64::MAX).max(1);
+        std::thread::sleep(Duration::from_micros(rng.next(span_us)));
         if child.try_wait().unwrap().is_none() {
             killed_mid_run += 1;
         }
@@ -108,7 +117,9 @@ fn random_kills_never_split_the_hypervisor_from_the_ledger() {
         if let Err(e) = agree(&d) {
             panic!("{}", why(e));
         }
+        let t = std::time::Instant::now();
         let w = ptguard(&d, &["watch", "--once"]);
+        span = t.elapsed();
         assert!(
             w.status.success(),
             "{}",

@@ -277,9 +277,12 @@ fn broker_checks_owner_epoch_entry_and_state() {
         entry: 0,
         table_base: 0xdead_0000,
     };
-    assert_eq!(refused(e.bind(&lying)).code(), "wrong-table-base");
+    assert_eq!(refused(e.bind(&lying)).code().as_str(), "wrong-table-base");
     let p = e.bind(&req(a, epoch, 0)).unwrap();
-    assert_eq!(refused(e.bind(&req(a, epoch, 0))).code(), "already-bound");
+    assert_eq!(
+        refused(e.bind(&req(a, epoch, 0))).code().as_str(),
+        "already-bound"
+    );
     let rec = e.record(dev()).unwrap().unwrap();
     let bnd = rec
         .bindings
@@ -393,7 +396,7 @@ fn broker_unbind_checks_like_bind() {
         }
     );
     assert_eq!(
-        refusal(e.unbind(&req(a, epoch, 5), p)).code(),
+        refusal(e.unbind(&req(a, epoch, 5), p)).code().as_str(),
         "no-such-binding"
     );
     let other = BindRequest {
@@ -1100,7 +1103,8 @@ fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
             },
             ..intx(a_dev, epochs[0], 4)
         }))
-        .code(),
+        .code()
+        .as_str(),
         "bad-guest-intx"
     );
 
@@ -1310,7 +1314,7 @@ fn the_broker_and_attach_ask_whether_the_domain_may_run() {
     f.host.shutdown_for(g, 0).unwrap();
     let mut e = Engine::new(&mut f.client, &f.platform);
     let r = refusal(e.bind(&req(g, epoch, 1)));
-    assert_eq!(r.code(), "requester-finished", "{r}");
+    assert_eq!(r.code().as_str(), "requester-finished", "{r}");
     assert!(r.to_string().contains("powered off"), "{r}");
     // Its model's unmap of what it bound is still taken.
     e.unbind(&req(g, epoch, 0), p0).unwrap();
@@ -1380,7 +1384,7 @@ fn a_reused_domid_is_not_the_owner() {
 
     let mut e = Engine::new(&mut f.client, &f.platform);
     assert_eq!(
-        refusal(e.bind(&req(a2, epoch, 4))).code(),
+        refusal(e.bind(&req(a2, epoch, 4))).code().as_str(),
         "stale-incarnation"
     );
     let out = e.reconcile(engine::Trigger::Recover).unwrap();

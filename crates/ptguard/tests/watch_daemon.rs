@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use engine::{BindKind, BindRequest, DeviceState};
 mod common;
 
-use ptguard::broker::DaemonHost;
-use ptguard::commands::watch::{watch_loop, RoundPolicy};
-use ptguard::hostctx::sim_open;
+use daemon::broker::DaemonHost;
+use daemon::host::sim_open;
+use daemon::watch::{watch_loop, RoundPolicy};
 use sim::{DeviceSpec, PcibackProfile, XenProfile};
 
 /// The daemon as the package runs it: companion mode, cures on.
@@ -219,7 +219,7 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
 /// Gives `dev` to `a` with ptguard and binds three MSI-X vectors through the broker, the
 /// guest's driver having turned memory decoding on first.
 fn attach_with_three_vectors(
-    ctx: &mut ptguard::hostctx::HostCtx,
+    ctx: &mut daemon::host::HostCtx,
     host: &sim::SimHost,
     dev: pci::Sbdf,
     a: xen::DomId,
@@ -255,7 +255,7 @@ fn running_guest(
     xen: XenProfile,
 ) -> (
     tempfile::TempDir,
-    ptguard::hostctx::HostCtx,
+    daemon::host::HostCtx,
     sim::SimHost,
     xenstore::local::LocalXenstore,
     pci::Sbdf,

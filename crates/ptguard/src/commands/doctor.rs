@@ -15,8 +15,8 @@ use pci::Sbdf;
 use xen::DomId;
 
 use crate::cli::{Cli, DoctorArgs, ReportArgs};
-use crate::hostctx::{HostCtx, HostSpec};
 use crate::output::emit;
+use daemon::host::{HostCtx, HostSpec};
 use serde::Serialize;
 
 /// The device a corrupt ledger entry is about, from its path.
@@ -156,7 +156,7 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     match HostCtx::open(&cli.host, true) {
         Ok(mut ctx) => {
             let records = ledger_findings(&mut ctx, &mut findings)?;
-            match ctx.engine().pending_unplugs(super::lifecycle::unix_now()) {
+            match ctx.engine().pending_unplugs(daemon::watch::unix_now()) {
                 Ok(p) => findings.append(&mut engine::doctor::unplug_findings(&p)),
                 Err(e) => findings.push(missing(
                     &format!("the announced unplugs ({e})"),
@@ -218,7 +218,7 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
             ));
             findings.append(&mut diagnose(&sysfs, &[], &|_| None));
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     Ok(findings)
 }

@@ -10,14 +10,14 @@ use serde::Serialize;
 use xen::DomId;
 
 use crate::cli::Cli;
-use crate::hostctx::HostCtx;
 use crate::output::emit;
+use daemon::host::HostCtx;
 
 /// Opens the host and, unless this is a dry run, finishes what a crash left undone on the
 /// device the command is about to act on (`device`): its interrupted attach or teardown.
 /// Other devices' unfinished work is the daemon's (`ptguard watch`), or their own commands'.
 pub fn open(cli: &Cli, device: Option<Sbdf>) -> anyhow::Result<HostCtx> {
-    let mut ctx = HostCtx::for_cli(cli)?;
+    let mut ctx = cli.open_host()?;
     if let (Some(s), false) = (device, cli.dry_run) {
         for (s, o) in ctx.engine().reconcile(engine::Trigger::Resume(s))? {
             tracing::warn!(
@@ -286,7 +286,7 @@ fn print_record(out: &mut dyn Write, r: &DeviceRecord) -> std::io::Result<()> {
 }
 
 pub fn list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::for_cli(cli)?;
+    let mut ctx = cli.open_host()?;
     let recs = records(&mut ctx)?;
     if json {
         let v: Vec<serde_json::Value> = recs
@@ -315,7 +315,7 @@ pub fn list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::for_cli(cli)?;
+    let mut ctx = cli.open_host()?;
     let slots = engine::Platform::pci(&ctx.platform)
         .pciback_slots()
         .unwrap_or_default();
@@ -349,7 +349,7 @@ pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Re
 }
 
 pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let mut ctx = HostCtx::for_cli(cli)?;
+    let mut ctx = cli.open_host()?;
     let rec = ctx
         .engine()
         .record(s)
@@ -476,17 +476,10 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
     finish(cli, &mut ctx, out)
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `ptguard hook pre-unplug SBDF`.
 pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let done = ctx.engine().pre_unplug(s, unix_now())?;
+    let done = ctx.engine().pre_unplug(s, daemon::watch::unix_now())?;
     emit(out, json, &done, |out| {
         writeln!(
             out,

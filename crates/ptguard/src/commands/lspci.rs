@@ -7,7 +7,7 @@ use pci::config::regs;
 use pci::host::PciHost;
 use pci::sysfs::SysfsHost;
 
-use crate::hostctx::{HostCtx, HostSpec};
+use daemon::host::{HostCtx, HostSpec};
 use pci::{ConfigSpace, DeviceConfig, Sbdf};
 use serde::Serialize;
 

@@ -14,9 +14,9 @@ use xen::{DomId, Hypervisor};
 
 use crate::cli::{Cli, SimCommand};
 use crate::commands::lifecycle::{open, print_log};
-use crate::hostctx::{sim_init, HostCtx, HostSpec};
 use crate::output::emit;
 use crate::platform::{EngineAccess, EngineBroker};
+use daemon::host::{sim_init, HostCtx, HostSpec};
 
 /// A command's host context serving a device model started from the command line.
 struct CtxAccess<'c>(&'c RefCell<&'c mut HostCtx>);
@@ -42,8 +42,8 @@ fn sim_host(ctx: &HostCtx) -> anyhow::Result<SimHost> {
 fn record_device_model_pid(ctx: &mut HostCtx, domid: DomId) -> anyhow::Result<()> {
     ctx.xs.write(
         xenstore::TxId::NONE,
-        &crate::broker::device_model_pid_path(domid),
-        crate::hostctx::simulated_device_model_pid(domid)
+        &daemon::broker::device_model_pid_path(domid),
+        daemon::host::simulated_device_model_pid(domid)
             .to_string()
             .as_bytes(),
     )?;

@@ -1,261 +1,21 @@
-//! `ptguard watch`: the daemon. Follows `@releaseDomain`, finishes interrupted teardowns and
-//! quarantines whose owner is gone, and serves the broker protocol (docs/broker.md) on a
-//! unix socket ([`crate::broker`]).
+//! `ptguard watch`: the daemon's command line. The rounds themselves are
+//! [`daemon::watch`]; the broker's socket is [`daemon::broker`].
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use engine::Outcome;
 use pci::Sbdf;
 use serde::Serialize;
 
-use crate::broker::{serve_broker, BrokerLimits, DaemonHost};
+use daemon::broker::{serve_broker, BrokerLimits, DaemonHost};
+use daemon::host::HostSpec;
+use daemon::watch::{recover_pending, unless_busy, watch_loop, RoundPolicy, ADOPT_TOKEN};
+use engine::Outcome;
+
 use crate::cli::{Cli, WatchArgs};
-use crate::hostctx::{HostBusy, HostCtx, HostSpec};
 use crate::output::emit;
-
-/// How often a simulated host's daemon looks for work (it has no event to wait on: other
-/// commands change the directory from other processes).
-const SIM_POLL: Duration = Duration::from_millis(500);
-
-/// Teardowns finished, and the notices raised on the way.
-type Recovered = (Vec<(Sbdf, Outcome)>, Vec<engine::Notice>);
-
-/// The watch token of the toolstack's PCI backends: its events adopt and follow
-/// devices that left a guest.
-const ADOPT_TOKEN: &str = "ptguard-adopt";
-
-/// How often quarantined or unfinished teardowns are retried when no domain event comes
-/// (a PV guest's pciback letting go of its vectors raises none).
-const RETRY_UNFINISHED: Duration = Duration::from_secs(3);
-
-/// What one round of the daemon does.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Round {
-    /// Nothing happened.
-    Idle,
-    /// A backend changed: follow devices that left a running guest, adopt what the
-    /// toolstack gave, cure unrecorded devices. No recovery of unfinished teardowns here:
-    /// ptguard's own attach and detach write backends too, and must not see their work
-    /// in progress taken for an interrupted one.
-    Adopt,
-    /// `@releaseDomain` (or a simulated host's poll, or the retry timer): all of the
-    /// above, then finish teardowns.
-    Recover,
-}
-
-/// What the daemon's rounds may do.
-#[derive(Clone, Copy, Debug)]
-pub struct RoundPolicy {
-    /// Adopt the toolstack's devices (companion mode).
-    pub adopt: bool,
-    /// Report, do not cure, devices that left a running guest or that no guest holds
-    /// unclean.
-    pub report_only: bool,
-}
-
-/// One round: devices that left a running guest are followed (cleaned, or handed over to
-/// the guest the toolstack gave them to), the toolstack's new devices adopted, and with
-/// `recover` every unfinished teardown and gone owner finished; then devices no guest
-/// holds that Xen left masked are cured. Each part's failure is logged and the rest runs.
-fn recover_pending(
-    ctx: &mut HostCtx,
-    policy: RoundPolicy,
-    recover: bool,
-) -> anyhow::Result<Recovered> {
-    let mut e = ctx.engine();
-    let mut done = Vec::new();
-    match e.follow_departures(policy.report_only) {
-        Ok(d) => done.extend(d.into_iter().filter_map(|d| Some((d.sbdf, d.outcome?)))),
-        Err(err) => tracing::warn!("following devices that left a running guest: {err}"),
-    }
-    if policy.adopt {
-        // Companion mode: devices the toolstack gave since the last round. A failure here
-        // (Xenstore, the hypervisor) must not stop the teardowns below.
-        if let Err(err) = e.adopt_from_toolstack() {
-            tracing::warn!("adoption from the toolstack's backends: {err}");
-        }
-    }
-    if recover {
-        done.extend(e.reconcile(engine::Trigger::Recover)?);
-    }
-    if let Err(err) = e.cure_unrecorded(policy.report_only) {
-        tracing::warn!("checking the devices no guest holds: {err}");
-    }
-    if let Err(err) = e.check_unplugs(super::lifecycle::unix_now()) {
-        tracing::warn!("checking the unplugs toolstack hooks announced: {err}");
-    }
-    let notices = std::mem::take(&mut e.notices);
-    Ok((done, notices))
-}
-
-/// Logs a notice at its level: once, INFO for routine steps, WARN for cures and
-/// quarantines.
-fn log_notice(n: &engine::Notice) {
-    match n.level {
-        engine::NoticeLevel::Info => tracing::info!("{n}"),
-        engine::NoticeLevel::Warn => tracing::warn!("{n}"),
-    }
-}
-
-/// How often the daemon checks that the device models of guests the ledger has devices
-/// attached to are still alive.
-const DEVICE_MODEL_CHECK: Duration = Duration::from_secs(1);
-
-/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
-fn process_alive(pid: i32) -> bool {
-    // /proc/PID/stat is "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, None | Some('Z' | 'X'))
-        }
-        Err(_) => false,
-    }
-}
-
-/// A guest and the pid of its device model, as libxl recorded it.
-type DeviceModelOf = (xen::DomId, i32);
-
-/// Guests the ledger has devices attached to whose device model (libxl's
-/// `device-model-pid`) is no longer alive.
-fn dead_device_models(ctx: &mut HostCtx) -> Vec<DeviceModelOf> {
-    let Ok(owners) = ctx.engine().attached_owners() else {
-        return Vec::new();
-    };
-    let recorded: Vec<DeviceModelOf> = owners
-        .into_iter()
-        .filter_map(|d| crate::broker::device_model_pid(ctx, d).map(|p| (d, p)))
-        .collect();
-    recorded
-        .into_iter()
-        .filter(|(d, p)| !device_model_alive(ctx, *d, *p))
-        .collect()
-}
-
-/// Whether the device model recorded for `domid` as `pid` still runs: a live process; or,
-/// for the pid a simulated host recorded for the model it started, that simulated model
-/// (it crashes, or the toolstack kills it, in the simulation).
-fn device_model_alive(ctx: &HostCtx, domid: xen::DomId, pid: i32) -> bool {
-    match &ctx.sim {
-        Some((_, _, state)) if pid == crate::hostctx::simulated_device_model_pid(domid) => {
-            state.device_models.get(&domid.0).is_some_and(|dm| dm.alive)
-        }
-        _ => process_alive(pid),
-    }
-}
-
-/// Unbinds what dead device models of running guests left bound (engine `orphaned`), once
-/// per dead model: `released` remembers them (and forgets guests the ledger no longer has).
-fn release_orphans(
-    ctx: &mut HostCtx,
-    released: &mut BTreeSet<DeviceModelOf>,
-) -> Vec<engine::Notice> {
-    let dead = dead_device_models(ctx);
-    released.retain(|d| dead.contains(d));
-    let mut said = Vec::new();
-    for (domid, pid) in dead {
-        if released.contains(&(domid, pid)) {
-            continue;
-        }
-        let mut e = ctx.engine();
-        match e.release_orphaned_bindings(domid) {
-            Ok(_) => {
-                released.insert((domid, pid));
-            }
-            Err(err) => said.push(engine::Notice {
-                level: engine::NoticeLevel::Warn,
-                text: format!(
-                    "{domid}: its device model is gone, but unbinding what it left failed: {err}"
-                ),
-            }),
-        }
-        said.append(&mut e.notices);
-    }
-    said
-}
-
-/// The daemon's loop: on every `@releaseDomain` seen by `watcher` (or every
-/// `SIM_POLL` (500 ms) without one), finish the teardowns of devices whose owner is gone and retry
-/// quarantines; on every change of the toolstack's backends, follow and adopt devices;
-/// every `RETRY_UNFINISHED` while a teardown is quarantined or unfinished, retry it.
-/// `on_done` sees each outcome. Returns when `stop` is set.
-pub fn watch_loop(
-    host: &DaemonHost,
-    mut watcher: Option<&mut xenstore::XsClient>,
-    stop: &AtomicBool,
-    policy: RoundPolicy,
-    mut on_done: impl FnMut(&(Sbdf, Outcome)),
-) -> anyhow::Result<()> {
-    let mut last_dm_check = std::time::Instant::now();
-    let mut last_retry = std::time::Instant::now();
-    // Whether the last recovery left a teardown to retry (quarantined, unfinished).
-    let mut unfinished = true;
-    let mut released = BTreeSet::new();
-    // A round another process's lock kept from running, run as soon as the lock is free.
-    let mut owed: Option<Round> = None;
-    while !stop.load(Ordering::Relaxed) {
-        if last_dm_check.elapsed() >= DEVICE_MODEL_CHECK {
-            last_dm_check = std::time::Instant::now();
-            if let Some(said) = unless_busy(host.with(|c| Ok(release_orphans(c, &mut released))))? {
-                said.iter().for_each(log_notice);
-            }
-        }
-        let round = match watcher.as_deref_mut() {
-            Some(w) => match w.next_event(Some(Duration::from_millis(500)))? {
-                None => Round::Idle,
-                Some(ev) if ev.token == ADOPT_TOKEN => Round::Adopt,
-                Some(_) => Round::Recover,
-            },
-            None => {
-                std::thread::sleep(SIM_POLL);
-                Round::Recover
-            }
-        };
-        let retry = unfinished && last_retry.elapsed() >= RETRY_UNFINISHED;
-        let round = match (owed.take(), round) {
-            (Some(Round::Recover), _) | (_, Round::Recover) => Round::Recover,
-            _ if retry => Round::Recover,
-            (Some(Round::Adopt), _) | (_, Round::Adopt) => Round::Adopt,
-            _ => Round::Idle,
-        };
-        if round == Round::Idle {
-            // An in-process watcher returns at once when nothing is queued.
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        let recover = round == Round::Recover;
-        let Some((done, notices)) =
-            unless_busy(host.with(|c| recover_pending(c, policy, recover)))?
-        else {
-            owed = Some(round);
-            continue;
-        };
-        notices.iter().for_each(log_notice);
-        for d in &done {
-            match &d.1 {
-                Outcome::Assignable { .. } | Outcome::HandedOver { .. } => {
-                    tracing::info!("{}: {}", d.0, d.1)
-                }
-                // The quarantine's own notice said it (WARN), once: a retried round that
-                // finds the same reason logs nothing.
-                Outcome::Quarantined { .. } => {}
-            }
-            on_done(d);
-        }
-        if recover {
-            last_retry = std::time::Instant::now();
-        }
-        unfinished = unless_busy(host.with(|c| Ok(c.engine().has_unfinished()?)))?.unwrap_or(true);
-    }
-    Ok(())
-}
 
 /// What `watch --once` (and the start of `watch`) did.
 #[derive(Serialize)]
@@ -282,24 +42,10 @@ fn broker_socket(cli: &Cli, args: &WatchArgs) -> PathBuf {
     }
 }
 
-/// One piece of the daemon's work: `None` when another ptguard process held the host's
-/// lock for longer than the daemon waits (a long command, a stuck one). The daemon never
-/// stops for that: it says so and tries again on its next round.
-fn unless_busy<T>(r: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.downcast_ref::<HostBusy>().is_some() => {
-            tracing::warn!("{e:#}; the daemon keeps serving and tries again");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // At start too: another command's long hold delays the daemon, never stops it.
     let mut ctx = loop {
-        if let Some(ctx) = unless_busy(HostCtx::for_cli(cli))? {
+        if let Some(ctx) = unless_busy(cli.open_host())? {
             break ctx;
         }
     };
@@ -388,5 +134,5 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     let r = watch_loop(&host, watcher.as_mut(), &stop, policy, |_| {});
     stop.store(true, Ordering::Relaxed);
     broker.join();
-    r
+    Ok(r?)
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
 use engine::{Platform, ProtectedDomains};
 use pci::host::{PciHost, Resource};
 use pci::sysfs::SysfsHost;
@@ -20,7 +19,8 @@ use xenstore::local::LocalXenstore;
 use xenstore::store::Quotas;
 use xenstore::{PermList, TxId, XsClient};
 
-use crate::platform::SimPlatform;
+use crate::sim_platform::SimPlatform;
+use crate::DaemonError;
 
 /// `--host`: `real` or `sim:DIR`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,7 +298,7 @@ pub const REAL_LEDGER_LOCK: &str = "/run/ptguard/ledger.lock";
 /// Takes [`REAL_LEDGER_LOCK`], waiting up to 60 s (a teardown may wait 10 s for pciback);
 /// `None` when `/run/ptguard` cannot be made (a warning says the commands are not
 /// serialised then).
-pub fn lock_real_ledger() -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+pub fn lock_real_ledger() -> Result<Option<nix::fcntl::Flock<std::fs::File>>, DaemonError> {
     let path = Path::new(REAL_LEDGER_LOCK);
     if let Some(dir) = path.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -313,7 +313,7 @@ pub fn lock_real_ledger() -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::Fi
 }
 
 /// Takes `DIR/lock`, waiting up to 10 s for another command to finish.
-pub fn lock_dir(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     lock_file(&dir.join("lock"), std::time::Duration::from_secs(10))
 }
 
@@ -335,7 +335,7 @@ pub struct HostBusy {
 fn lock_file(
     path: &Path,
     wait: std::time::Duration,
-) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     use nix::fcntl::{Flock, FlockArg};
     use std::io::{Seek, Write};
     use std::os::unix::fs::MetadataExt;
@@ -348,7 +348,7 @@ fn lock_file(
             .read(true)
             .write(true)
             .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .map_err(DaemonError::io("open", &path))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut l) => {
                 let same = match (l.metadata(), std::fs::metadata(&path)) {
@@ -379,7 +379,7 @@ fn lock_file(
                 }
                 .into());
             }
-            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+            Err((_, source)) => return Err(DaemonError::Lock { path, source }),
         }
     }
 }
@@ -398,8 +398,6 @@ struct SimFile {
     xenstore: Vec<XsNode>,
 }
 
-/// Creates a simulated host directory. Two concurrent `sim init`s of one directory: one
-/// wins, the other fails (the state file is created under the directory's lock).
 /// A new simulated host in `dir` (see [`sim_init`]), opened: the context a daemon or a
 /// test works on, with the simulated host and its in-process xenstored for direct access.
 pub fn sim_open(
@@ -407,31 +405,34 @@ pub fn sim_open(
     xen: XenProfile,
     pciback: PcibackProfile,
     devices: &[DeviceSpec],
-) -> anyhow::Result<(HostCtx, SimHost, LocalXenstore)> {
+) -> Result<(HostCtx, SimHost, LocalXenstore), DaemonError> {
     sim_init(dir, xen, pciback, devices)?;
     let ctx = HostCtx::open(&HostSpec::Sim(dir.to_path_buf()), false)?;
     let (host, xs) = ctx
         .sim
         .as_ref()
         .map(|(h, x, _)| (h.clone(), x.clone()))
-        .ok_or_else(|| anyhow::anyhow!("{} opened without its simulated host", dir.display()))?;
+        .ok_or_else(|| DaemonError::NoSimHost {
+            dir: dir.to_path_buf(),
+        })?;
     Ok((ctx, host, xs))
 }
 
+/// Creates a simulated host directory. Two concurrent `sim init`s of one directory: one
+/// wins, the other fails (the state file is created under the directory's lock).
 pub fn sim_init(
     dir: &Path,
     xen: XenProfile,
     pciback: PcibackProfile,
     devices: &[DeviceSpec],
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(dir).map_err(DaemonError::io("create", dir))?;
     let _lock = lock_dir(dir)?;
     let state_file = sim_state_path(dir);
     if state_file.exists() {
-        bail!(
-            "{} already holds a simulated host (remove the directory to start over)",
-            dir.display()
-        );
+        return Err(DaemonError::SimHostExists {
+            dir: dir.to_path_buf(),
+        });
     }
     let host = SimHost::new(Profile::new(xen, pciback));
     for d in devices {
@@ -449,7 +450,7 @@ pub fn sim_init(
     write_atomically(&state_file, &text)
 }
 
-fn sim_file_text(sim: &SimState, xs: &LocalXenstore) -> anyhow::Result<String> {
+fn sim_file_text(sim: &SimState, xs: &LocalXenstore) -> Result<String, DaemonError> {
     #[derive(Serialize)]
     struct SimFileRef<'a> {
         sim: &'a SimState,
@@ -457,21 +458,20 @@ fn sim_file_text(sim: &SimState, xs: &LocalXenstore) -> anyhow::Result<String> {
     }
     let mut xenstore = Vec::new();
     walk(&mut xs.connect(0), "/", &mut xenstore)?;
-    Ok(serde_json::to_string_pretty(&SimFileRef { sim, xenstore })?)
+    serde_json::to_string_pretty(&SimFileRef { sim, xenstore }).map_err(DaemonError::SimStateEncode)
 }
 
 /// Replaces `path` with `text` so that a reader (or a kill) sees either the old or the new
 /// content: a temporary file, fsync, rename, fsync of the directory.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+fn write_atomically(path: &Path, text: &str) -> Result<(), DaemonError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(DaemonError::io("write", &tmp))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        .map_err(DaemonError::io("write", &tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(DaemonError::io("replace", path))?;
     if let Some(dir) = path.parent() {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -481,7 +481,7 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// An in-process xenstored holding a copy of the subtrees `roots` of `real`.
-pub fn copy_to_local(real: &mut XsClient, roots: &[&str]) -> anyhow::Result<XsClient> {
+pub fn copy_to_local(real: &mut XsClient, roots: &[&str]) -> Result<XsClient, DaemonError> {
     let local = LocalXenstore::new(Quotas::default());
     let mut c = local.connect(0);
     for root in roots {
@@ -499,7 +499,7 @@ pub fn copy_to_local(real: &mut XsClient, roots: &[&str]) -> anyhow::Result<XsCl
     Ok(c)
 }
 
-fn restore(c: &mut XsClient, nodes: &[XsNode]) -> anyhow::Result<()> {
+fn restore(c: &mut XsClient, nodes: &[XsNode]) -> Result<(), DaemonError> {
     for n in nodes {
         c.write(TxId::NONE, &n.path, n.value.as_bytes())?;
         if let Ok(p) = PermList::parse_all(n.perms.split(',').map(str::as_bytes)) {
@@ -509,7 +509,7 @@ fn restore(c: &mut XsClient, nodes: &[XsNode]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn walk(c: &mut XsClient, path: &str, out: &mut Vec<XsNode>) -> anyhow::Result<()> {
+fn walk(c: &mut XsClient, path: &str, out: &mut Vec<XsNode>) -> Result<(), DaemonError> {
     for child in c.directory(TxId::NONE, path)? {
         let p = if path == "/" {
             format!("/{child}")
@@ -531,20 +531,13 @@ fn walk(c: &mut XsClient, path: &str, out: &mut Vec<XsNode>) -> anyhow::Result<(
 impl HostCtx {
     /// Opens the host. A real host needs privcmd and xenstored; a missing one fails here,
     /// before anything is written.
-    pub fn open(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
+    pub fn open(spec: &HostSpec, dry_run: bool) -> Result<HostCtx, DaemonError> {
         let mut ctx = HostCtx::open_untraced(spec, dry_run)?;
         ctx.trace_xenstore();
         Ok(ctx)
     }
 
-    /// Opens the host a command line names, with its protected domains.
-    pub fn for_cli(cli: &crate::Cli) -> anyhow::Result<HostCtx> {
-        let mut ctx = HostCtx::open(&cli.host, cli.dry_run)?;
-        ctx.protected = cli.protected();
-        Ok(ctx)
-    }
-
-    fn open_untraced(spec: &HostSpec, dry_run: bool) -> anyhow::Result<HostCtx> {
+    fn open_untraced(spec: &HostSpec, dry_run: bool) -> Result<HostCtx, DaemonError> {
         let log = OpLog::default();
         if let Ok(mut last) = LAST_OP_LOG.lock() {
             *last = Some(log.clone());
@@ -579,21 +572,19 @@ impl HostCtx {
             }
             HostSpec::Sim(dir) => {
                 let state_file = sim_state_path(dir);
-                let missing = || {
-                    format!(
-                        "{} holds no simulated host; create one with `ptguard --host sim:{} sim init`",
-                        dir.display(),
-                        dir.display()
-                    )
+                let missing = || DaemonError::NoSimHost {
+                    dir: dir.to_path_buf(),
                 };
                 if !state_file.exists() {
-                    bail!(missing());
+                    return Err(missing());
                 }
                 let lock = lock_dir(dir)?;
-                let text = std::fs::read_to_string(&state_file).with_context(missing)?;
-                let file: SimFile = serde_json::from_str(&text).with_context(|| {
-                    format!("{} is not a simulated host state", state_file.display())
-                })?;
+                let text = std::fs::read_to_string(&state_file).map_err(|_| missing())?;
+                let file: SimFile =
+                    serde_json::from_str(&text).map_err(|source| DaemonError::SimStateCorrupt {
+                        path: state_file.clone(),
+                        source,
+                    })?;
                 let state = file.sim;
                 let host = SimHost::replay(state.profile, &state.journal);
                 let xs = LocalXenstore::new(Quotas::default());
@@ -631,7 +622,7 @@ impl HostCtx {
     }
 
     /// Takes a real dom0's ledger lock again for one piece of the daemon's work.
-    pub fn relock_real(&mut self) -> anyhow::Result<()> {
+    pub fn relock_real(&mut self) -> Result<(), DaemonError> {
         if matches!(self.spec, HostSpec::Real) && !self.dry_run && self._lock.is_none() {
             self._lock = lock_real_ledger()?;
         }
@@ -640,7 +631,7 @@ impl HostCtx {
 
     /// Takes a simulated host directory's lock again; `false` (lock released) when another
     /// command changed the state meanwhile, so this context is stale and must be reopened.
-    pub fn relock_if_unchanged(&mut self) -> anyhow::Result<bool> {
+    pub fn relock_if_unchanged(&mut self) -> Result<bool, DaemonError> {
         let HostSpec::Sim(dir) = &self.spec else {
             return Ok(true);
         };
@@ -656,7 +647,7 @@ impl HostCtx {
 
     /// Saves a simulated host's state when it changed (nothing to do for a real host or a
     /// dry run).
-    pub fn save(&mut self) -> anyhow::Result<()> {
+    pub fn save(&mut self) -> Result<(), DaemonError> {
         if self.dry_run {
             return Ok(());
         }

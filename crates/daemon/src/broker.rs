@@ -13,21 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use engine::{
     AssignmentToken, BindRequest, Credential, DeviceModelCall, EngineError, ProtectedDomains,
     Refusal,
 };
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-use serde::{Deserialize, Serialize};
-use xen::{DomId, Pirq};
+use serde::Serialize;
+use wire::{LineError, Reply, ReplyCode, Request, MAX_LINE};
+use xen::Pirq;
 use xenstore::instance::SocketClaim;
 
-use crate::hostctx::{HostCtx, HostSpec};
-
-/// The protocol's longest request line (without its newline).
-pub const MAX_LINE: usize = 4096;
+use crate::host::{HostCtx, HostSpec};
+use crate::DaemonError;
 
 /// The loop's bounds.
 #[derive(Clone, Copy, Debug)]
@@ -51,63 +49,6 @@ impl Default for BrokerLimits {
     }
 }
 
-/// One broker request line. Every request may carry the `token` `ptguard attach` printed
-/// for the device's assignment; without one, only the domain's recorded device model is
-/// served (docs/broker.md).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum BrokerRequest {
-    Bind {
-        #[serde(flatten)]
-        req: BindRequest,
-        #[serde(default)]
-        token: Option<String>,
-    },
-    Unbind {
-        #[serde(flatten)]
-        req: BindRequest,
-        pirq: i32,
-        #[serde(default)]
-        token: Option<String>,
-    },
-    /// `xc_physdev_map_pirq_msi` of a stock device model (the preload library).
-    MapPirqMsi {
-        domid: DomId,
-        sbdf: pci::Sbdf,
-        entry: u16,
-        table_base: u64,
-        /// The pirq the guest chose (pirq routing); absent: Xen chooses.
-        #[serde(default)]
-        pirq: Option<i32>,
-        #[serde(default)]
-        token: Option<String>,
-    },
-    /// `xc_domain_update_msi_irq`.
-    UpdateMsiIrq {
-        domid: DomId,
-        pirq: i32,
-        gvec: u8,
-        gflags: u32,
-        gtable: u64,
-        #[serde(default)]
-        token: Option<String>,
-    },
-    /// `xc_domain_unbind_msi_irq`.
-    UnbindMsiIrq {
-        domid: DomId,
-        pirq: i32,
-        #[serde(default)]
-        token: Option<String>,
-    },
-    /// `xc_physdev_unmap_pirq`.
-    UnmapPirq {
-        domid: DomId,
-        pirq: i32,
-        #[serde(default)]
-        token: Option<String>,
-    },
-}
-
 /// A broker request as the engine serves it.
 enum Operation<'r> {
     Bind(&'r BindRequest),
@@ -116,69 +57,44 @@ enum Operation<'r> {
     DeviceModelCall(DeviceModelCall),
 }
 
-impl BrokerRequest {
-    /// The domain the request speaks for.
-    fn domid(&self) -> DomId {
-        match self {
-            BrokerRequest::Bind { req, .. } | BrokerRequest::Unbind { req, .. } => req.domid,
-            BrokerRequest::MapPirqMsi { domid, .. }
-            | BrokerRequest::UpdateMsiIrq { domid, .. }
-            | BrokerRequest::UnbindMsiIrq { domid, .. }
-            | BrokerRequest::UnmapPirq { domid, .. } => *domid,
-        }
-    }
+/// What `req` asks the engine for.
+fn operation(req: &Request) -> Operation<'_> {
+    Operation::DeviceModelCall(match *req {
+        Request::Bind { ref req, .. } => return Operation::Bind(req),
+        Request::Unbind { ref req, pirq, .. } => return Operation::Unbind(req, Pirq(pirq)),
+        Request::MapPirqMsi {
+            sbdf,
+            entry,
+            table_base,
+            pirq,
+            ..
+        } => DeviceModelCall::MapPirqMsi {
+            sbdf,
+            entry,
+            table_base,
+            pirq: pirq.filter(|p| *p >= 0).map(Pirq),
+        },
+        Request::UpdateMsiIrq {
+            pirq,
+            gvec,
+            gflags,
+            gtable,
+            ..
+        } => DeviceModelCall::UpdateMsiIrq {
+            pirq: Pirq(pirq),
+            gvec,
+            gflags,
+            gtable,
+        },
+        Request::UnbindMsiIrq { pirq, .. } => DeviceModelCall::UnbindMsiIrq { pirq: Pirq(pirq) },
+        Request::UnmapPirq { pirq, .. } => DeviceModelCall::UnmapPirq { pirq: Pirq(pirq) },
+    })
+}
 
-    /// The token the request carries, if any.
-    fn token(&self) -> Option<&str> {
-        match self {
-            BrokerRequest::Bind { token, .. }
-            | BrokerRequest::Unbind { token, .. }
-            | BrokerRequest::MapPirqMsi { token, .. }
-            | BrokerRequest::UpdateMsiIrq { token, .. }
-            | BrokerRequest::UnbindMsiIrq { token, .. }
-            | BrokerRequest::UnmapPirq { token, .. } => token.as_deref(),
-        }
-    }
-
-    /// What the request asks the engine for.
-    fn operation(&self) -> Operation<'_> {
-        Operation::DeviceModelCall(match *self {
-            BrokerRequest::Bind { ref req, .. } => return Operation::Bind(req),
-            BrokerRequest::Unbind { ref req, pirq, .. } => {
-                return Operation::Unbind(req, Pirq(pirq))
-            }
-            BrokerRequest::MapPirqMsi {
-                sbdf,
-                entry,
-                table_base,
-                pirq,
-                ..
-            } => DeviceModelCall::MapPirqMsi {
-                sbdf,
-                entry,
-                table_base,
-                pirq: pirq.filter(|p| *p >= 0).map(Pirq),
-            },
-            BrokerRequest::UpdateMsiIrq {
-                pirq,
-                gvec,
-                gflags,
-                gtable,
-                ..
-            } => DeviceModelCall::UpdateMsiIrq {
-                pirq: Pirq(pirq),
-                gvec,
-                gflags,
-                gtable,
-            },
-            BrokerRequest::UnbindMsiIrq { pirq, .. } => {
-                DeviceModelCall::UnbindMsiIrq { pirq: Pirq(pirq) }
-            }
-            BrokerRequest::UnmapPirq { pirq, .. } => {
-                DeviceModelCall::UnmapPirq { pirq: Pirq(pirq) }
-            }
-        })
-    }
+/// The reply to a refused request: its code and the sentence that discloses nothing of
+/// the ledger ([`Refusal::public_text`]).
+fn refused(r: &Refusal) -> Reply {
+    Reply::failed(r.code(), r.public_text(), None)
 }
 
 /// Who the broker takes a request's sender to be, from what the socket and the toolstack
@@ -203,36 +119,6 @@ pub fn credential_for(
             dm_pid: dm,
         }),
         (None, _, _) => Err(Refusal::CredentialRequired),
-    }
-}
-
-/// One broker reply line.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BrokerReply {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pirq: Option<i32>,
-    /// The refusal's stable reason code (docs/broker.md), or `error` for a failure of the
-    /// host (a hypercall, Xenstore).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// For `code` `error` (and `pirq-budget`): the errno Xen answered, when a hypercall
-    /// failed, so a library standing in for libxenctrl can return it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub errno: Option<i32>,
-}
-
-impl BrokerReply {
-    /// The reply to a refused request: its code and the sentence that discloses nothing
-    /// of the ledger ([`Refusal::public_text`]).
-    fn refused(r: &Refusal) -> BrokerReply {
-        BrokerReply {
-            code: Some(r.code().into()),
-            error: Some(r.public_text()),
-            ..BrokerReply::default()
-        }
     }
 }
 
@@ -261,14 +147,15 @@ impl DaemonHost {
     }
 
     /// Runs `f` on the host and saves what changed.
-    pub fn with<T>(&self, f: impl FnOnce(&mut HostCtx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut HostCtx) -> Result<T, DaemonError>,
+    ) -> Result<T, DaemonError> {
         match self {
             DaemonHost::Held(m) => {
-                let mut ctx = m
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("host state lock poisoned"))?;
+                let mut ctx = m.lock().map_err(|_| DaemonError::Poisoned)?;
                 // A real dom0: commands and the daemon take turns on the ledger, one piece
-                // of work at a time (hostctx::REAL_LEDGER_LOCK).
+                // of work at a time (host::REAL_LEDGER_LOCK).
                 ctx.relock_real()?;
                 let r = f(&mut ctx);
                 let saved = ctx.save();
@@ -283,9 +170,7 @@ impl DaemonHost {
                 protected,
                 cached,
             } => {
-                let mut slot = cached
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("host state lock poisoned"))?;
+                let mut slot = cached.lock().map_err(|_| DaemonError::Poisoned)?;
                 let fresh = match slot.as_mut() {
                     Some(ctx) => ctx.relock_if_unchanged()?,
                     None => false,
@@ -296,7 +181,7 @@ impl DaemonHost {
                     *slot = Some(Box::new(ctx));
                 }
                 let Some(ctx) = slot.as_mut() else {
-                    anyhow::bail!("simulated host not loaded");
+                    return Err(DaemonError::Poisoned);
                 };
                 let r = f(ctx);
                 let saved = ctx.save();
@@ -314,7 +199,7 @@ pub fn device_model_pid_path(domid: xen::DomId) -> String {
 }
 
 /// The pid libxl records for a domain's device model, if any.
-pub(crate) fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
+pub fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
     let path = device_model_pid_path(domid);
     let v = ctx
         .xs
@@ -325,23 +210,17 @@ pub(crate) fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i
 }
 
 /// Answers one request line from a peer whose pid the socket reported (`None`: unknown).
-pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> BrokerReply {
-    if line.len() > MAX_LINE {
-        return BrokerReply::refused(&Refusal::TooLong { limit: MAX_LINE });
-    }
-    let req: BrokerRequest = match serde_json::from_str(line) {
+pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Reply {
+    let req = match Request::parse_line(line) {
         Ok(r) => r,
-        Err(e) => {
-            return BrokerReply::refused(&Refusal::Malformed {
-                detail: e.to_string(),
-            })
-        }
+        Err(LineError::TooLong { limit }) => return refused(&Refusal::TooLong { limit }),
+        Err(LineError::Malformed { detail }) => return refused(&Refusal::Malformed { detail }),
     };
     let claimed = req.domid();
     // Nothing speaks for a protected domain, proven or not (and saying so discloses
     // nothing: the list is the operator's, and dom0's is fixed).
     if ctx.protected.contains(claimed) {
-        return BrokerReply::refused(&Refusal::ProtectedDomain { domid: claimed });
+        return refused(&Refusal::ProtectedDomain { domid: claimed });
     }
     // A device model may only speak for its own domain: it is the process the toolstack
     // recorded, or it holds the token of the device's assignment.
@@ -350,10 +229,10 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
         Ok(c) => c,
         Err(refusal) => {
             tracing::info!(domid = claimed.0, "broker refused a request: {refusal}");
-            return BrokerReply::refused(&refusal);
+            return refused(&refusal);
         }
     };
-    let r = match req.operation() {
+    let r = match operation(&req) {
         Operation::Bind(b) => ctx.engine().broker_bind(b, &credential).map(|p| Some(p.0)),
         Operation::Unbind(b, pirq) => ctx
             .engine()
@@ -365,30 +244,23 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Brok
             .map(|p| p.map(|p| p.0)),
     };
     match r {
-        Ok(pirq) => BrokerReply {
-            ok: true,
-            pirq,
-            ..BrokerReply::default()
-        },
+        Ok(pirq) => Reply::done(pirq),
         Err(EngineError::Refused { refusal, .. } | EngineError::RefusedPirq { refusal, .. }) => {
             tracing::info!(domid = claimed.0, "broker refused a request: {refusal}");
-            BrokerReply::refused(&refusal)
+            refused(&refusal)
         }
-        Err(e @ EngineError::PirqBudgetExhausted { .. }) => BrokerReply {
-            code: Some("pirq-budget".into()),
-            error: Some(e.to_string()),
-            errno: Some(xen::Errno::ENOSPC.0),
-            ..BrokerReply::default()
-        },
-        Err(e) => BrokerReply {
-            code: Some("error".into()),
-            errno: match &e {
+        Err(e @ EngineError::PirqBudgetExhausted { .. }) => Reply::failed(
+            ReplyCode::PirqBudget,
+            e.to_string(),
+            Some(xen::Errno::ENOSPC.0),
+        ),
+        Err(e) => {
+            let errno = match &e {
                 EngineError::Xen(x) => x.errno().map(|n| n.0),
                 _ => None,
-            },
-            error: Some(e.to_string()),
-            ..BrokerReply::default()
-        },
+            };
+            Reply::failed(ReplyCode::Error, e.to_string(), errno)
+        }
     }
 }
 
@@ -443,20 +315,22 @@ pub fn serve_broker(
     path: &Path,
     stop: Arc<AtomicBool>,
     limits: BrokerLimits,
-) -> anyhow::Result<BrokerHandle> {
+) -> Result<BrokerHandle, DaemonError> {
     let mut claim = SocketClaim::acquire(path)?;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove stale {}", path.display()))
+            return Err(DaemonError::io("remove stale", path)(e))
         }
         _ => {}
     }
-    let mut listener = xenstore::instance::bind_owner_only(path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let mut listener =
+        xenstore::instance::bind_owner_only(path).map_err(DaemonError::io("listen on", path))?;
     claim.bound();
-    let poll = Poll::new().context("cannot create the broker's poll")?;
+    let start = |what| move |source| DaemonError::BrokerStart { what, source };
+    let poll = Poll::new().map_err(start("its poll"))?;
     poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(start("its listener's registration"))?;
     let thread = std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -473,7 +347,7 @@ pub fn serve_broker(
             drop(claim);
             lp.stats
         })
-        .context("cannot start the broker thread")?;
+        .map_err(start("its thread"))?;
     Ok(BrokerHandle { thread })
 }
 
@@ -637,10 +511,7 @@ impl BrokerLoop {
                         c.input = Vec::new();
                         c.read_closed = true;
                         self.stats.too_long += 1;
-                        queue(
-                            &mut c,
-                            &BrokerReply::refused(&Refusal::TooLong { limit: MAX_LINE }),
-                        );
+                        queue(&mut c, &refused(&Refusal::TooLong { limit: MAX_LINE }));
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -672,17 +543,13 @@ impl BrokerLoop {
         self.conns.insert(t, c);
     }
 
-    fn answer(&mut self, peer_pid: Option<i32>, line: &[u8]) -> BrokerReply {
+    fn answer(&mut self, peer_pid: Option<i32>, line: &[u8]) -> Reply {
         self.stats.requests += 1;
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
         match self.host.with(|ctx| Ok(handle_line(ctx, text, peer_pid))) {
             Ok(r) => r,
-            Err(e) => BrokerReply {
-                code: Some("error".into()),
-                error: Some(format!("{e:#}")),
-                ..BrokerReply::default()
-            },
+            Err(e) => Reply::failed(ReplyCode::Error, e.to_string(), None),
         }
     }
 }
@@ -706,11 +573,8 @@ fn eviction_victim<T: Copy>(
 }
 
 /// Queues one reply line.
-fn queue(c: &mut Conn, reply: &BrokerReply) {
-    if let Ok(mut v) = serde_json::to_vec(reply) {
-        v.push(b'\n');
-        c.output.extend_from_slice(&v);
-    }
+fn queue(c: &mut Conn, reply: &Reply) {
+    c.output.extend_from_slice(reply.to_line().as_bytes());
 }
 
 /// Writes what the socket takes now.
