@@ -33,6 +33,7 @@ group() {
         *) grep -q "+$1+" <<<"+$want_groups+" || return 1 ;;
     esac
     echo "CHECKS-GROUP $1"
+    echo "CHECKS-TIME $1 $(up)"
 }
 driver() { basename "$(readlink "/sys/bus/pci/devices/$SBDF/driver" 2>/dev/null)" 2>/dev/null; }
 msix() { lspci -vv -s "$BDF" 2>/dev/null | sed -n 's/.*MSI-X: \(.*\)/\1/p'; }
