@@ -166,12 +166,9 @@ fn release_orphans(
             Ok(_) => {
                 released.insert((domid, pid));
             }
-            Err(err) => said.push(engine::Notice {
-                level: engine::NoticeLevel::Warn,
-                text: format!(
-                    "{domid}: its device model is gone, but unbinding what it left failed: {err}"
-                ),
-            }),
+            Err(err) => tracing::warn!(
+                "{domid}: its device model is gone, but unbinding what it left failed: {err}"
+            ),
         }
         said.append(&mut e.notices);
     }

@@ -214,7 +214,7 @@ impl Engine<'_> {
         requested: Option<Pirq>,
     ) -> Result<Pirq> {
         let key = req.key();
-        self.checkpoint(|| format!("{} bind {key}: map_pirq", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::BindMapPirq(key))?;
         let mut map = req.map_request();
         if requested.is_some() {
             map.pirq = requested;
@@ -250,7 +250,7 @@ impl Engine<'_> {
         let pirq = self.map_intent(req, requested)?;
         // Xen chose the pirq and offers no way to list a domain's pirqs, so this write is
         // what lets a teardown find it (docs/ledger.md).
-        self.checkpoint(|| format!("{} map {}: record pirq", req.sbdf, req.key()))?;
+        self.checkpoint(req.sbdf, CrashStep::MapRecordPirq(req.key()))?;
         let record = req.binding(BindingState::Mapped, Some(pirq));
         write(
             self.xs,
@@ -275,7 +275,7 @@ impl Engine<'_> {
         // XEN_DOMCTL_bind_pt_irq is for HVM guests only (a PV guest binds the pirq to an
         // event channel itself; Xen 4.17 answers -EINVAL for a PV domain).
         let hvm = requester.is_none_or(|i| i.hvm);
-        self.checkpoint(|| format!("{} bind {key}: bind_pt_irq", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::BindPtIrq(key))?;
         if hvm {
             if let Err(e) = hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf)) {
                 let _ = hv.unmap_pirq(req.domid, pirq);
@@ -283,7 +283,7 @@ impl Engine<'_> {
                 return Err(e.into());
             }
         }
-        self.checkpoint(|| format!("{} bind {key}: confirm", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::BindConfirm(key))?;
         record.state = BindingState::Bound;
         write(self.xs, TxId::NONE, &path, &record.encode())
     }
@@ -296,13 +296,13 @@ impl Engine<'_> {
         let path = binding_path(req.sbdf, &key);
         let (_, b) = self.held_binding(req, pirq, |s| s != BindingState::Intent, true)?;
         let hv = self.platform.hypervisor();
-        self.checkpoint(|| format!("{} unbind {key}", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::Unbind(key))?;
         if key == BindingKey::Intx {
             self.release_intx_line(req.sbdf, req.domid, &b, pirq)?;
         } else {
             unbind_and_unmap(hv, req.domid, &b.pt_irq(pirq, req.sbdf))?;
         }
-        self.checkpoint(|| format!("{} unbind {key}: forget", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::UnbindForget(key))?;
         if key == BindingKey::Intx {
             return self.xs.transaction(|xs, tx| -> Result<()> {
                 forget_intx_line(xs, tx, req.domid, b.gsi, req.sbdf)?;

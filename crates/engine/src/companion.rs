@@ -15,7 +15,7 @@ use crate::engine::*;
 use crate::ledger::*;
 use crate::sweep::SweepReport;
 use crate::xen_dump::DumpOwner;
-use crate::{EngineError, Liveness};
+use crate::{CureResult, EngineError, Liveness, NoticeKind};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -186,9 +186,7 @@ impl Engine<'_> {
             }
             match self.adopt(sbdf, domid) {
                 Ok(epoch) => {
-                    self.notice(format!(
-                        "{sbdf}: adopted from the toolstack as attached to {domid} (companion mode)"
-                    ));
+                    self.say(NoticeKind::Adopted { sbdf, domid });
                     done.push(Adopted { sbdf, domid, epoch });
                 }
                 // A domain that is going or gone, or a device Xen says nobody holds (the
@@ -240,7 +238,7 @@ impl Engine<'_> {
             // vectors down when it reacts; with decoding on, Xen masks them in the table
             // instead of forcing the Function Mask.
             if entry.is_some() && !report_only && self.ensure_memory_decoding(sbdf)? {
-                self.notice(format!("{sbdf}: the toolstack is unplugging it from {owner}; memory decoding turned on before its vectors are torn down"));
+                self.say(NoticeKind::UnplugDecodingOn { sbdf, owner });
             }
             let hv = self.platform.hypervisor();
             // A gone owner is the recovery round's (its @releaseDomain teardown).
@@ -264,12 +262,12 @@ impl Engine<'_> {
                 Some(DumpOwner::Domain(d)) if d == owner => continue,
                 None => continue,
                 _ if report_only => {
-                    self.warn(format!("{sbdf}: left {owner} while {owner} runs; report-only: not cleaned (`ptguard detach {sbdf}` cleans it)"));
+                    self.say(NoticeKind::LeftRunningOwnerNotCleaned { sbdf, owner });
                     None
                 }
                 Some(DumpOwner::Domain(to)) => Some(self.hand_over(&rec, owner, to)?),
                 Some(DumpOwner::Io | DumpOwner::Xen) => {
-                    self.notice(format!("{sbdf}: left {owner} before {owner} was gone (an unplug, or a destroy that takes the devices first); cleaning it before any guest gets it"));
+                    self.say(NoticeKind::LeftOwnerCleaning { sbdf, owner });
                     Some(self.teardown(sbdf, "hot-unplug")?)
                 }
             };
@@ -298,7 +296,7 @@ impl Engine<'_> {
         if info.as_ref().is_some_and(|i| i.hvm) && Liveness::of_owner(rec, info.as_ref()).exists() {
             self.unmap_device_vectors(sbdf, from)?;
         }
-        self.warn(format!("{sbdf}: the toolstack moved it from {from} to {to} before ptguard could clean it; {to} may have received {from}'s MSI-X state; nothing is reset under {to}"));
+        self.say(NoticeKind::HandedOver { sbdf, from, to });
         forget_record(self.xs, rec)?;
         let epoch = self.adopt(sbdf, to)?;
         Ok(Outcome::HandedOver { to, epoch })
@@ -336,7 +334,11 @@ impl Engine<'_> {
                 _ => "MSI-X still enabled",
             };
             if report_only {
-                self.warn(format!("{sbdf}: no guest holds it but {found}; report-only: not cured (`ptguard repair {sbdf}` cures it)"));
+                self.say(NoticeKind::Dirty {
+                    sbdf,
+                    found,
+                    cure: CureResult::NotTried,
+                });
                 out.push(Cure {
                     sbdf,
                     found,
@@ -346,10 +348,11 @@ impl Engine<'_> {
             }
             match self.repair(sbdf) {
                 Ok(done) => {
-                    self.warn(format!(
-                        "{sbdf}: no guest held it but {found}; cured: {}",
-                        done.join(", ")
-                    ));
+                    self.say(NoticeKind::Dirty {
+                        sbdf,
+                        found,
+                        cure: CureResult::Cured { done: done.clone() },
+                    });
                     out.push(Cure {
                         sbdf,
                         found,
@@ -357,9 +360,13 @@ impl Engine<'_> {
                     });
                 }
                 Err(e) => {
-                    self.warn(format!(
-                        "{sbdf}: no guest holds it but {found}, and the cure failed: {e}"
-                    ));
+                    self.say(NoticeKind::Dirty {
+                        sbdf,
+                        found,
+                        cure: CureResult::Failed {
+                            error: e.to_string(),
+                        },
+                    });
                     out.push(Cure {
                         sbdf,
                         found,
@@ -428,7 +435,11 @@ impl Engine<'_> {
             let p = pending_of(&m, now);
             if p.stalled && !m.reported {
                 let (s, d) = (m.sbdf, m.owner);
-                self.warn(format!("{s}: the toolstack's unplug from {d} has not finished {} s after `hook pre-unplug`: {d} still has it (libxl gives an HVM guest's device model 10 s, then gives up and leaves the device with the guest; a guest that does not eject it, e.g. with memory decoding off, does this). Nothing is torn down while {d} holds it; to finish: `xl pci-detach -f {} {s}`, or shut {d} down", p.waited, d.0));
+                self.say(NoticeKind::UnplugStalled {
+                    sbdf: s,
+                    owner: d,
+                    waited: p.waited,
+                });
                 m.reported = true;
                 write(self.xs, TxId::NONE, &unplug_path(s), &m.encode())?;
             }
@@ -455,7 +466,10 @@ impl Engine<'_> {
         for name in names {
             let path = format!("{UNPLUGS}/{name}");
             let Ok(sbdf) = Sbdf::from_xs_key(&name) else {
-                self.warn(format!("{path}: not a device's key; dropped"));
+                self.say(NoticeKind::MalformedDropped {
+                    path: path.clone(),
+                    why: "not a device's key".into(),
+                });
                 rm(self.xs, TxId::NONE, &path)?;
                 continue;
             };
@@ -463,7 +477,10 @@ impl Engine<'_> {
             let m = match UnplugMarker::decode(sbdf, &text) {
                 Ok(m) => m,
                 Err(why) => {
-                    self.warn(format!("{path} = {text:?}: {why}; dropped"));
+                    self.say(NoticeKind::MalformedDropped {
+                        path: format!("{path} = {text:?}"),
+                        why: why.to_string(),
+                    });
                     rm(self.xs, TxId::NONE, &path)?;
                     continue;
                 }

@@ -15,7 +15,10 @@ use xenstore::{Access, TxId, XsClient};
 pub(crate) use crate::bind::refused;
 pub use crate::calls::held_by_guest;
 pub(crate) use crate::calls::*;
+pub use crate::crash::{CrashPoint, CrashPoints, CrashStep};
 use crate::ledger::*;
+use crate::notice::{Notice, NoticeKind, NoticeSink};
+use crate::quarantine::QuarantineReason;
 use crate::refusal::{ProtectedDomains, Refusal};
 pub(crate) use crate::store::*;
 pub use crate::store::{read_head, read_record};
@@ -25,16 +28,47 @@ type Result<T> = std::result::Result<T, EngineError>;
 
 /// How a teardown ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case")]
+#[serde(into = "OutcomeJson")]
 pub enum Outcome {
     /// Clean, reset and prepared; ready for the next guest.
     Assignable { epoch: u64 },
     /// Not provably clean; kept away from guests until the reason goes away.
-    Quarantined { reason: String },
+    Quarantined { reason: QuarantineReason },
     /// The toolstack gave the device to another guest before its teardown could reset
     /// it: the old owner's record ended (its pirqs of the device unmapped) and the device
     /// was adopted as `to`'s at `epoch`; nothing was reset under `to`.
     HandedOver { to: DomId, epoch: u64 },
+}
+
+/// An outcome as `--json` prints it: a quarantine's reason as its text, with its cause's
+/// code beside it.
+#[derive(Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+enum OutcomeJson {
+    Assignable {
+        epoch: u64,
+    },
+    Quarantined {
+        reason: QuarantineReason,
+        cause: &'static str,
+    },
+    HandedOver {
+        to: DomId,
+        epoch: u64,
+    },
+}
+
+impl From<Outcome> for OutcomeJson {
+    fn from(o: Outcome) -> OutcomeJson {
+        match o {
+            Outcome::Assignable { epoch } => OutcomeJson::Assignable { epoch },
+            Outcome::Quarantined { reason } => OutcomeJson::Quarantined {
+                cause: reason.code(),
+                reason,
+            },
+            Outcome::HandedOver { to, epoch } => OutcomeJson::HandedOver { to, epoch },
+        }
+    }
 }
 
 /// As an operator reads it in a log line.
@@ -48,41 +82,6 @@ impl std::fmt::Display for Outcome {
                 "handed over to {to} (epoch {epoch}) before it could be reset: the toolstack gave it on; nothing was reset under {to}"
             ),
         }
-    }
-}
-
-/// How loud a notice is: routine, or something an operator should look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NoticeLevel {
-    Info,
-    Warn,
-}
-
-/// One thing the engine tells the operator. Reads as its text (`Deref<Target = str>`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    pub level: NoticeLevel,
-    pub text: String,
-}
-
-impl std::ops::Deref for Notice {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.text
-    }
-}
-
-impl std::fmt::Display for Notice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// As its text: JSON readers of `notices` see strings.
-impl Serialize for Notice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
     }
 }
 
@@ -134,53 +133,16 @@ impl BindRequestExt for BindRequest {
     }
 }
 
-/// The crash points a run passes, counted across every engine of the run, with an
-/// injected crash at one of them: the explorer's one counter. The engine consults it only
-/// when given one ([`Engine::counting`]); a real ptguard has none.
-#[derive(Debug, Default)]
-pub struct CrashPoints {
-    passed: std::cell::Cell<u64>,
-    crash_at: std::cell::Cell<Option<u64>>,
-}
-
-impl CrashPoints {
-    /// Counts without crashing.
-    pub fn new() -> CrashPoints {
-        CrashPoints::default()
-    }
-
-    /// Crashes at crash point `n` (0: the first), once.
-    pub fn crashing_at(n: u64) -> CrashPoints {
-        let c = CrashPoints::default();
-        c.crash_at.set(Some(n));
-        c
-    }
-
-    /// Crash points passed so far.
-    pub fn passed(&self) -> u64 {
-        self.passed.get()
-    }
-
-    /// Passes one crash point: `Crashed` (naming it) if this is the planned one.
-    fn pass(&self, at: impl FnOnce() -> String) -> Result<()> {
-        let n = self.passed.get();
-        self.passed.set(n + 1);
-        if self.crash_at.get() == Some(n) {
-            self.crash_at.set(None);
-            return Err(EngineError::Crashed { at: at() });
-        }
-        Ok(())
-    }
-}
-
 /// ptguard's engine over one Xenstore connection and one platform.
 pub struct Engine<'a> {
     pub(crate) xs: &'a mut XsClient,
     pub(crate) platform: &'a dyn Platform,
     crash_points: Option<&'a CrashPoints>,
     /// What the engine found and did that the operator must hear of (quarantines, cures,
-    /// swept or unmapped pirqs), for the caller to print or log, each once.
+    /// swept or unmapped pirqs), for the caller to print or log, each once: here unless the
+    /// caller gave a sink of its own ([`Engine::reporting_to`]).
     pub notices: Vec<Notice>,
+    sink: Option<&'a mut dyn NoticeSink>,
     pub(crate) protected: ProtectedDomains,
 }
 
@@ -195,6 +157,7 @@ impl<'a> Engine<'a> {
             platform,
             crash_points: None,
             notices: Vec::new(),
+            sink: None,
             protected: ProtectedDomains::default(),
         }
     }
@@ -232,28 +195,31 @@ impl<'a> Engine<'a> {
         self
     }
 
-    pub(crate) fn checkpoint(&mut self, at: impl FnOnce() -> String) -> Result<()> {
+    /// A crash point: the explorer's planned crash may stop the run here.
+    pub(crate) fn checkpoint(&mut self, sbdf: Sbdf, step: CrashStep) -> Result<()> {
         match self.crash_points {
-            Some(c) => c.pass(at),
-            None => Ok(()),
+            Some(c) if c.pass() => Err(EngineError::Crashed {
+                at: CrashPoint { sbdf, step },
+            }),
+            _ => Ok(()),
         }
     }
 
-    /// A routine finding (INFO in the daemon's log). The caller prints or logs it; the
-    /// engine does not, so each lands once.
-    pub(crate) fn notice(&mut self, msg: String) {
-        self.notices.push(Notice {
-            level: NoticeLevel::Info,
-            text: msg,
-        });
+    /// Sends every notice to `sink` as it happens (the daemon logs and counts each at
+    /// once), instead of keeping it in [`Engine::notices`].
+    pub fn reporting_to(mut self, sink: &'a mut dyn NoticeSink) -> Engine<'a> {
+        self.sink = Some(sink);
+        self
     }
 
-    /// A cure, a quarantine or anything else done behind someone's back (WARN).
-    pub(crate) fn warn(&mut self, msg: String) {
-        self.notices.push(Notice {
-            level: NoticeLevel::Warn,
-            text: msg,
-        });
+    /// Tells the operator, through the caller's sink: the engine itself never prints, so
+    /// each notice lands once.
+    pub(crate) fn say(&mut self, kind: NoticeKind) {
+        let n = Notice::new(kind);
+        match self.sink.as_mut() {
+            Some(s) => s.notice(n),
+            None => self.notices.push(n),
+        }
     }
 
     /// Creates `/ptguard` readable and writable by dom0 only (`n0`).

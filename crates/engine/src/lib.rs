@@ -17,14 +17,17 @@
 mod bind;
 mod calls;
 pub mod companion;
+pub mod crash;
 pub mod credential;
 pub mod doctor;
 pub mod engine;
 pub mod ledger;
 mod lifecycle;
 pub mod liveness;
+pub mod notice;
 pub mod orphaned;
 pub mod plan;
+pub mod quarantine;
 pub mod reconcile;
 pub mod refusal;
 pub mod stepwise;
@@ -37,10 +40,13 @@ use pci::{PciError, PciHost, Sbdf};
 use xen::{DomId, Hypervisor, XenError};
 use xenstore::XenstoreError;
 
+pub use crash::{CrashPoint, CrashPoints, CrashStep};
 pub use credential::{AssignmentToken, Credential, TokenDigest};
-pub use engine::{BindKind, BindRequest, CrashPoints, Engine, Notice, NoticeLevel, Outcome};
+pub use engine::{BindKind, BindRequest, Engine, Outcome};
 pub use ledger::{Binding, BindingKey, BindingState, DeviceRecord, DeviceState, Step};
 pub use liveness::Liveness;
+pub use notice::{CureResult, Notice, NoticeKind, NoticeLevel, NoticeSink};
+pub use quarantine::{QuarantineReason, VerifyProblem};
 pub use reconcile::{Decision, Trigger};
 pub use refusal::{ProtectedDomains, Refusal};
 pub use stepwise::{Acting, DeviceModelCall};
@@ -139,7 +145,7 @@ pub enum EngineError {
     EpochExhausted { sbdf: Sbdf, epoch: u64 },
     /// Injected by the explorer: the process "died" here.
     #[error("crash injected at {at}")]
-    Crashed { at: String },
+    Crashed { at: CrashPoint },
 }
 
 impl EngineError {

@@ -9,7 +9,7 @@ use xenstore::{Access, TxId};
 
 use crate::ledger::*;
 use crate::xen_dump::DumpOwner;
-use crate::{EngineError, Liveness};
+use crate::{EngineError, Liveness, NoticeKind};
 
 use crate::engine::*;
 
@@ -30,9 +30,9 @@ impl Engine<'_> {
         }
         self.init_ledger()?;
         let (msix_size, table_base) = msix_layout(pci, sbdf)?;
-        self.checkpoint(|| format!("{sbdf} assignable-add: seize"))?;
+        self.checkpoint(sbdf, CrashStep::AddSeize)?;
         let seized = pciback::seize(pci, sbdf)?;
-        self.checkpoint(|| format!("{sbdf} assignable-add: assign dom_io"))?;
+        self.checkpoint(sbdf, CrashStep::AddAssignDomIo)?;
         match self
             .platform
             .hypervisor()
@@ -45,7 +45,7 @@ impl Engine<'_> {
             }
             r => r?,
         }
-        self.checkpoint(|| format!("{sbdf} assignable-add: record"))?;
+        self.checkpoint(sbdf, CrashStep::AddRecord)?;
         let floor = epoch_floor(self.xs, TxId::NONE, sbdf)?;
         let rec = DeviceRecord {
             driver: seized.original_driver,
@@ -80,7 +80,7 @@ impl Engine<'_> {
         }
         // -ENODEV here: not in dom_io, i.e. already dom0's (test_assign said it is free).
         unless_gone(hv.deassign_device(DomId::IO, sbdf))?;
-        self.checkpoint(|| format!("{sbdf} assignable-remove: release"))?;
+        self.checkpoint(sbdf, CrashStep::RemoveRelease)?;
         pciback::release(self.platform.pci(), sbdf, rec.driver.as_deref())?;
         forget_record(self.xs, &rec)
     }
@@ -274,9 +274,11 @@ impl Engine<'_> {
             Err(e) => {
                 // Roll back through the teardown: it is idempotent and leaves the device
                 // assignable (or quarantined if something is off).
-                self.notice(format!(
-                    "{sbdf}: attach to {domid} failed ({e}); rolling back"
-                ));
+                self.say(NoticeKind::AttachRolledBack {
+                    sbdf,
+                    domid,
+                    error: e.to_string(),
+                });
                 self.teardown(sbdf, "attach-failed")?;
                 Err(e)
             }
@@ -291,21 +293,21 @@ impl Engine<'_> {
             .ok_or_else(|| corrupt(device_path(sbdf), "", "attach without an owner"))?;
         let hv = self.platform.hypervisor();
         let pci = self.platform.pci();
-        self.checkpoint(|| format!("{sbdf} attach: test_assign"))?;
+        self.checkpoint(sbdf, CrashStep::AttachTestAssign)?;
         hv.test_assign_device(sbdf)?;
         if pci.can_reset(sbdf)? {
-            self.checkpoint(|| format!("{sbdf} attach: reset"))?;
+            self.checkpoint(sbdf, CrashStep::AttachReset)?;
             pci.reset(sbdf)?;
         }
         // Assign first: a domain created without an IOMMU context (no `passthrough=` in
         // its xl config) is refused here, before it was given any permission or pirq.
-        self.checkpoint(|| format!("{sbdf} attach: assign_device"))?;
+        self.checkpoint(sbdf, CrashStep::AttachAssignDevice)?;
         hv.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)
             .map_err(|e| match e.errno() {
                 Some(Errno::EOPNOTSUPP) => EngineError::NoIommuContext { sbdf, domid },
                 _ => e.into(),
             })?;
-        self.checkpoint(|| format!("{sbdf} attach: permissions"))?;
+        self.checkpoint(sbdf, CrashStep::AttachPermissions)?;
         bar_permissions(hv, pci, domid, sbdf, true, |r| r.map_err(Into::into))?;
         let irq = pci.irq(sbdf)?;
         if irq > 0 && irq < 0xff {
@@ -328,16 +330,16 @@ impl Engine<'_> {
                 write(xs, tx, &path, &intent.encode())?;
                 write(xs, tx, &intx_line_path(domid, irq, Some(sbdf)), "")
             })?;
-            self.checkpoint(|| format!("{sbdf} attach: map INTx"))?;
+            self.checkpoint(sbdf, CrashStep::AttachMapIntx)?;
             let pirq = hv.map_pirq(&intx.map_request())?;
             let mapped = intx.binding(BindingState::Mapped, Some(pirq));
             write(self.xs, TxId::NONE, &path, &mapped.encode())?;
-            self.checkpoint(|| format!("{sbdf} attach: irq_permission"))?;
+            self.checkpoint(sbdf, CrashStep::AttachIrqPermission)?;
             hv.irq_permission(domid, Pirq(irq as i32), true)?;
         }
-        self.checkpoint(|| format!("{sbdf} attach: backend"))?;
+        self.checkpoint(sbdf, CrashStep::AttachBackend)?;
         self.write_backend(sbdf, domid)?;
-        self.checkpoint(|| format!("{sbdf} attach: done"))?;
+        self.checkpoint(sbdf, CrashStep::AttachDone)?;
         rec.step = None;
         write_head(self.xs, TxId::NONE, &rec)
     }

@@ -11,6 +11,7 @@
 //! Nothing else of the guest is touched: not its INTx (a machine line may be shared),
 //! not pirqs the ledger does not know (no sweep of a live domain), not the assignment.
 
+use crate::CrashStep;
 use std::collections::BTreeSet;
 
 use pci::Sbdf;
@@ -20,7 +21,7 @@ use xenstore::TxId;
 
 use crate::engine::{attached_msix_bindings, heads, release_msix_pirq, rm, write, Engine};
 use crate::ledger::{binding_path, Binding, BindingState, DeviceRecord, DeviceState};
-use crate::{EngineError, Liveness};
+use crate::{EngineError, Liveness, NoticeKind};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -70,16 +71,11 @@ impl Engine<'_> {
             }
         }
         for o in &out {
-            self.notice(format!(
-                "{}: the device model of {domid} is gone; unbound and unmapped its {} vector(s) (pirqs {}) so that the domain's end finds nothing mapped",
-                o.sbdf,
-                o.pirqs.len(),
-                o.pirqs
-                    .iter()
-                    .map(|p| p.0.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            self.say(NoticeKind::OrphansReleased {
+                sbdf: o.sbdf,
+                domid,
+                pirqs: o.pirqs.clone(),
+            });
         }
         Ok(out)
     }
@@ -101,9 +97,9 @@ impl Engine<'_> {
             ..b
         };
         write(self.xs, TxId::NONE, &path, &unbinding.encode())?;
-        self.checkpoint(|| format!("{sbdf} orphaned {}: unbind and unmap", b.key))?;
+        self.checkpoint(sbdf, CrashStep::OrphanedUnbind(b.key))?;
         release_msix_pirq(self.platform.hypervisor(), domid, sbdf, &b, pirq)?;
-        self.checkpoint(|| format!("{sbdf} orphaned {}: forget", b.key))?;
+        self.checkpoint(sbdf, CrashStep::OrphanedForget(b.key))?;
         rm(self.xs, TxId::NONE, &path)
     }
 }

@@ -10,7 +10,7 @@ use xenstore::TxId;
 
 use crate::engine::*;
 use crate::ledger::*;
-use crate::{EngineError, Liveness};
+use crate::{EngineError, Liveness, NoticeKind, QuarantineReason};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -115,7 +115,9 @@ impl Engine<'_> {
                 Ok(r) => r,
                 Err(e) if trigger.explicit() => return Err(e),
                 Err(e) => {
-                    self.notice(format!("recover: skipping a corrupt ledger entry: {e}"));
+                    self.say(NoticeKind::CorruptEntrySkipped {
+                        error: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -147,8 +149,10 @@ impl Engine<'_> {
                     let Some(mut rec) = read_head(self.xs, TxId::NONE, sbdf)? else {
                         continue;
                     };
-                    let step = rec.step.map_or("its first step", |s| s.as_str());
-                    let why = format!("teardown stopped at {step}: {e}; retried on the next domain event or command");
+                    let why = QuarantineReason::StepFailed {
+                        step: rec.step.map_or("its first step", |s| s.as_str()),
+                        error: e.to_string(),
+                    };
                     self.quarantine(&mut rec, why)?
                 }
             };

@@ -10,6 +10,7 @@
 //! Only the map names the device; the others name a pirq, which the ledger maps back to
 //! the device and entry.
 
+use crate::CrashStep;
 use pci::Sbdf;
 use xen::{DomId, Pirq};
 use xenstore::TxId;
@@ -126,7 +127,7 @@ impl Engine<'_> {
                     return Ok(None); // unbound already (a repeated call)
                 }
                 self.held_binding(&req, pirq, |_| true, true)?;
-                self.checkpoint(|| format!("{} unbind_msi_irq pirq {}", req.sbdf, pirq.0))?;
+                self.checkpoint(req.sbdf, CrashStep::DmUnbindMsi(pirq))?;
                 let hv = self.platform.hypervisor();
                 unless_gone(hv.unbind_pt_irq(domid, &b.pt_irq(pirq, req.sbdf)))?;
                 let mapped = Binding {
@@ -140,11 +141,11 @@ impl Engine<'_> {
                 let (req, b) = self.pirq_request(domid, pirq)?;
                 let path = binding_path(req.sbdf, &req.key());
                 self.held_binding(&req, pirq, |_| true, true)?;
-                self.checkpoint(|| format!("{} unmap_pirq pirq {}", req.sbdf, pirq.0))?;
+                self.checkpoint(req.sbdf, CrashStep::DmUnmapPirq(pirq))?;
                 // Xen's unmap force-unbinds too; unbinding a bound pirq first keeps the order
                 // qemu's own disable path has.
                 release_msix_pirq(self.platform.hypervisor(), domid, req.sbdf, &b, pirq)?;
-                self.checkpoint(|| format!("{} unmap_pirq pirq {}: forget", req.sbdf, pirq.0))?;
+                self.checkpoint(req.sbdf, CrashStep::DmUnmapForget(pirq))?;
                 rm(self.xs, TxId::NONE, &path)?;
                 Ok(None)
             }
@@ -280,7 +281,7 @@ impl Engine<'_> {
         let (requester, _) = self.held_binding(req, pirq, |s| s == BindingState::Bound, false)?;
         let key = req.key();
         let record = req.binding(BindingState::Bound, Some(pirq));
-        self.checkpoint(|| format!("{} rebind {key}: bind_pt_irq", req.sbdf))?;
+        self.checkpoint(req.sbdf, CrashStep::Rebind(key))?;
         let hv = self.platform.hypervisor();
         if requester.is_none_or(|i| i.hvm) {
             hv.bind_pt_irq(req.domid, &record.pt_irq(pirq, req.sbdf))?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use xen::{DomId, Errno, Hypervisor, Pirq};
 
 use crate::engine::Engine;
-use crate::{EngineError, Liveness};
+use crate::{EngineError, Liveness, NoticeKind};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -112,9 +112,7 @@ impl Engine<'_> {
             // unmaps them itself when it lets go of the device; unmapping them first makes
             // dom0's unmap fail (-EINVAL) and Linux then never frees those IRQs.
             Some(i) if !i.hvm => {
-                self.notice(format!(
-                    "{domid}: a PV guest: its pirqs are dom0's pciback's, nothing swept"
-                ));
+                self.say(NoticeKind::SweepSkippedPv { domid });
                 return Ok(SweepReport {
                     domid,
                     range,
@@ -137,15 +135,10 @@ impl Engine<'_> {
             }
         }
         if !unmapped.is_empty() {
-            self.warn(format!(
-                "{domid}: swept {} pirq(s) its device model left mapped: {}",
-                unmapped.len(),
-                unmapped
-                    .iter()
-                    .map(|p| p.0.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            self.say(NoticeKind::Swept {
+                domid,
+                pirqs: unmapped.clone(),
+            });
         }
         Ok(SweepReport {
             domid,

@@ -10,7 +10,7 @@ use xenstore::TxId;
 
 use crate::ledger::*;
 use crate::xen_dump::DumpOwner;
-use crate::{EngineError, Liveness};
+use crate::{EngineError, Liveness, NoticeKind, QuarantineReason, VerifyProblem};
 
 use crate::engine::*;
 use crate::plan::{step_work, StepWork, TeardownFacts};
@@ -102,11 +102,18 @@ impl Engine<'_> {
     }
 
     /// Keeps the device from every guest, saying why; the teardown resumes from its step.
-    pub(crate) fn quarantine(&mut self, rec: &mut DeviceRecord, reason: String) -> Result<Outcome> {
+    pub(crate) fn quarantine(
+        &mut self,
+        rec: &mut DeviceRecord,
+        reason: QuarantineReason,
+    ) -> Result<Outcome> {
         rec.state = DeviceState::Quarantined;
-        rec.reason = Some(reason.clone());
+        rec.reason = Some(reason.to_string());
         write_head(self.xs, TxId::NONE, rec)?;
-        self.warn(format!("{}: QUARANTINED: {reason}", rec.sbdf));
+        self.say(NoticeKind::Quarantined {
+            sbdf: rec.sbdf,
+            reason: reason.clone(),
+        });
         Ok(Outcome::Quarantined { reason })
     }
 
@@ -140,7 +147,7 @@ impl Engine<'_> {
         let owner_life =
             Liveness::ask_owner(self.platform.hypervisor(), &rec)?.unwrap_or(Liveness::Gone);
         if owner_life == Liveness::Replaced {
-            self.notice(format!("{sbdf}: its owner was destroyed and its domid reused by another domain; nothing of that domain is touched"));
+            self.say(NoticeKind::DomidReused { sbdf });
         }
         let facts = TeardownFacts::of(&rec, owner_life);
         let mut swept = false;
@@ -153,14 +160,10 @@ impl Engine<'_> {
             if self.protected.contains(owner) {
                 // Only a hand-edited ledger (or a domain protected after the attach) gets
                 // here: revoking or unbinding would strip a protected domain.
-                let why = format!("the ledger names protected domain {owner} as the owner; nothing was revoked, unbound or reset (check the ledger by hand)");
-                if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
-                    return Ok(Outcome::Quarantined { reason: why });
-                }
-                return self.quarantine(&mut rec, why);
+                return self.requarantine(&mut rec, QuarantineReason::ProtectedOwner { owner });
             }
             let step = rec.step.unwrap_or(Step::Revoke);
-            self.checkpoint(|| format!("{sbdf} teardown: {}", step.as_str()))?;
+            self.checkpoint(sbdf, CrashStep::Teardown(step))?;
             match step_work(step, &facts) {
                 StepWork::Skip { .. } => {}
                 StepWork::Revoke => self.revoke(sbdf, owner)?,
@@ -189,16 +192,8 @@ impl Engine<'_> {
                     // behind ptguard's back), and the reset and prepare that follow would
                     // act under it.
                     if let Some(errno) = held_by_guest(hv, sbdf)? {
-                        let why = format!(
-                            "after deassigning it from {owner}, Xen says a guest still holds it (test_assign_device -{}): another domain has it, and nothing is reset under it; `ptguard doctor` names the holder",
-                            errno.name()
-                        );
-                        if rec.state == DeviceState::Quarantined
-                            && rec.reason.as_deref() == Some(&why)
-                        {
-                            return Ok(Outcome::Quarantined { reason: why });
-                        }
-                        return self.quarantine(&mut rec, why);
+                        let why = QuarantineReason::HeldAfterDeassign { owner, errno };
+                        return self.requarantine(&mut rec, why);
                     }
                 }
                 StepWork::CheckHolder => {
@@ -211,7 +206,7 @@ impl Engine<'_> {
                     if pci.can_reset(sbdf)? {
                         pci.reset(sbdf)?;
                     } else {
-                        self.notice(format!("{sbdf}: no reset method; relying on prepare and a cleared Message Control"));
+                        self.say(NoticeKind::NoResetMethod { sbdf });
                     }
                 }
                 StepWork::PrepareMsix => {
@@ -265,14 +260,14 @@ impl Engine<'_> {
             .collect();
         for b in known.iter().filter(|_| unbind) {
             let Some(pirq) = b.pirq else { continue };
-            self.checkpoint(|| format!("{sbdf} teardown: force-unbind {}", b.key))?;
+            self.checkpoint(sbdf, CrashStep::ForceUnbind(b.key))?;
             if b.key == BindingKey::Intx {
                 self.release_intx_line(sbdf, owner, b, pirq)?;
             } else {
                 release_msix_pirq(hv, owner, sbdf, b, pirq)?;
             }
         }
-        self.checkpoint(|| format!("{sbdf} teardown: forget bindings"))?;
+        self.checkpoint(sbdf, CrashStep::ForgetBindings)?;
         // The lost-maps count stays until the teardown ends: Release needs it.
         let all_known = known.len() == rec.bindings.len() && rec.lost_maps == 0;
         let intx_gsi = known
@@ -342,10 +337,10 @@ impl Engine<'_> {
                 // of the device: unmapping them here makes dom0's own unmap fail (-EINVAL)
                 // and Linux then leaks the IRQs. Wait for pciback instead.
                 if info.as_ref().is_some_and(|i| !i.hvm) {
-                    let why = format!(
-                        "release_msix answered -EBUSY: {owner} is a PV guest, whose vectors are dom0's pciback's; pciback unmaps them when it lets go of the device ({}); retried on the next round",
-                        if life.finished() { "its domain is being torn down" } else { "the backend is closing" }
-                    );
+                    let why = QuarantineReason::PvVectorsArePciback {
+                        owner,
+                        finished: life.finished(),
+                    };
                     return Ok(Released::Ended(self.requarantine(rec, why)?));
                 }
                 // Bindings the ledger does not know (a stock device model's) of an owner
@@ -354,7 +349,7 @@ impl Engine<'_> {
                 if !*swept && life.exists() && life.finished() {
                     *swept = true;
                     self.ensure_memory_decoding(sbdf)?;
-                    self.checkpoint(|| format!("{sbdf} teardown: sweep {owner}"))?;
+                    self.checkpoint(sbdf, CrashStep::Sweep(owner))?;
                     if !self.sweep(owner)?.unmapped.is_empty() {
                         return Ok(Released::SweptRetry);
                     }
@@ -364,7 +359,7 @@ impl Engine<'_> {
                 // device's vectors for the owner, and nothing else of it.
                 if targeted.is_none() && info.is_some() {
                     self.ensure_memory_decoding(sbdf)?;
-                    self.checkpoint(|| format!("{sbdf} teardown: unmap {owner}'s vectors"))?;
+                    self.checkpoint(sbdf, CrashStep::UnmapOwnerVectors(owner))?;
                     let (unmapped, left) = self.unmap_device_vectors(sbdf, owner)?;
                     *targeted = Some(left);
                     if unmapped > 0 {
@@ -376,19 +371,19 @@ impl Engine<'_> {
                 let unconfirmed = rec.bindings.len();
                 let lost = rec.lost_maps as usize + unconfirmed;
                 let why = match info {
-                    Some(_) if life.may_run() && lost > 0 => format!(
-                        "release_msix answered -EBUSY while {owner} still runs: {lost} bind(s) were interrupted by a crash between map_pirq and recording the pirq Xen chose, so a mapping nobody can name may remain; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
-                    ),
-                    Some(_) if life.may_run() && unnamed > 0 => format!(
-                        "release_msix answered -EBUSY while {owner} still runs: Xen shows {unnamed} vector(s) of the device mapped but bound to no guest, and does not name their pirqs; kept from every guest until {owner} is gone (Xen then frees its pirqs)"
-                    ),
-                    Some(_) if life.may_run() => format!(
-                        "release_msix answered -EBUSY while {owner} still runs: it holds bindings the ledger does not know — its device model bypassed the broker; kept from every guest until {owner} is gone"
-                    ),
-                    Some(_) => format!(
-                        "release_msix answered -EBUSY: {owner} ({life}) holds bindings the ledger does not know ({unconfirmed} unconfirmed intents); waiting for {owner} to be destroyed"
-                    ),
-                    None => "release_msix answered -EBUSY although the owner is gone: another domain still maps the device".to_string(),
+                    Some(_) if life.may_run() && lost > 0 => {
+                        QuarantineReason::LostMappings { owner, lost }
+                    }
+                    Some(_) if life.may_run() && unnamed > 0 => {
+                        QuarantineReason::UnnamedVectors { owner, unnamed }
+                    }
+                    Some(_) if life.may_run() => QuarantineReason::UnknownBindings { owner },
+                    Some(_) => QuarantineReason::FinishedOwnerBindings {
+                        owner,
+                        liveness: life,
+                        unconfirmed,
+                    },
+                    None => QuarantineReason::MappedByAnotherDomain,
                 };
                 Ok(Released::Ended(self.requarantine(rec, why)?))
             }
@@ -398,8 +393,10 @@ impl Engine<'_> {
 
     /// Quarantines with `why`, or only reports it when the record already says so (a
     /// retried round must not log the same quarantine again).
-    fn requarantine(&mut self, rec: &mut DeviceRecord, why: String) -> Result<Outcome> {
-        if rec.state == DeviceState::Quarantined && rec.reason.as_deref() == Some(&why) {
+    fn requarantine(&mut self, rec: &mut DeviceRecord, why: QuarantineReason) -> Result<Outcome> {
+        if rec.state == DeviceState::Quarantined
+            && rec.reason.as_deref() == Some(why.to_string().as_str())
+        {
             return Ok(Outcome::Quarantined { reason: why });
         }
         self.quarantine(rec, why)
@@ -432,7 +429,7 @@ impl Engine<'_> {
             };
             unless_gone(hv.unbind_pt_irq(*d, &bind))?;
             match hv.unmap_pirq(*d, *pirq) {
-                Ok(()) => unmapped.push(pirq.0.to_string()),
+                Ok(()) => unmapped.push(*pirq),
                 // Unmapped meanwhile (its device model after all), or the domain went.
                 Err(e) if matches!(e.errno(), Some(Errno::EINVAL) | Some(Errno::ESRCH)) => {}
                 Err(e) => return Err(e.into()),
@@ -440,15 +437,18 @@ impl Engine<'_> {
         }
         let others = v.bound.iter().filter(|(_, d, _)| *d != owner).count();
         if !unmapped.is_empty() {
-            self.warn(format!(
-                "{sbdf}: unmapped pirq(s) {} that {owner} still had bound to the device's vectors (its device model left them; Xen's Q and i dumps name them)",
-                unmapped.join(" ")
-            ));
+            self.say(NoticeKind::OwnerVectorsUnmapped {
+                sbdf,
+                owner,
+                pirqs: unmapped.clone(),
+            });
         }
         if others > 0 {
-            self.warn(format!(
-                "{sbdf}: {others} of the device's vectors are bound to a domain other than its owner {owner}; left alone"
-            ));
+            self.say(NoticeKind::ForeignVectorsLeft {
+                sbdf,
+                owner,
+                count: others,
+            });
         }
         Ok((unmapped.len(), v.unbound.len() + others))
     }
@@ -471,14 +471,13 @@ impl Engine<'_> {
                 if Liveness::ask(hv, owner)?.finished() {
                     return Ok(None);
                 }
-                let why = format!("the toolstack has not taken the device from {owner} yet (Xen still shows it assigned there); nothing is reset under a running guest; retried on the next round");
+                let why = QuarantineReason::NotYetDeassigned { owner };
                 self.requarantine(rec, why).map(Some)
             }
             Some(DumpOwner::Domain(h)) => self.hand_over(rec, owner, h).map(Some),
-            None => {
-                let why = "Xen says a guest holds it but its Q dump has no line for it: the holder is unproven, so nothing is reset; retried on the next round".to_string();
-                self.requarantine(rec, why).map(Some)
-            }
+            None => self
+                .requarantine(rec, QuarantineReason::HolderUnproven)
+                .map(Some),
         }
     }
 
@@ -498,8 +497,9 @@ impl Engine<'_> {
             // Already prepared: a resumed teardown that crashed after this call.
             Err(e) if e.errno() == Some(Errno::EBUSY) && self.prepared_by_us(sbdf)? => {}
             Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                let why = "prepare_msix answered -EBUSY: a vector was mapped after release";
-                return self.quarantine(rec, why.into()).map(Some);
+                return self
+                    .quarantine(rec, QuarantineReason::PrepareBusy)
+                    .map(Some);
             }
             Err(e) => return Err(e.into()),
         }
@@ -519,14 +519,14 @@ impl Engine<'_> {
         let cfg = ConfigSpace::new(self.platform.pci().read_config(sbdf)?).and_then(|c| c.parse());
         let problem = match cfg {
             Ok(c) => match c.msix {
-                Some(m) if m.function_mask => Some("MSI-X Function Mask still set".to_string()),
-                Some(m) if m.enabled => Some("MSI-X still enabled".to_string()),
+                Some(m) if m.function_mask => Some(VerifyProblem::FunctionMaskSet),
+                Some(m) if m.enabled => Some(VerifyProblem::MsixStillEnabled),
                 _ => None,
             },
-            Err(e) => Some(format!("config space unreadable: {e}")),
+            Err(e) => Some(VerifyProblem::ConfigUnreadable(e.to_string())),
         };
-        if let Some(p) = problem {
-            return self.quarantine(rec, format!("verification failed: {p}"));
+        if let Some(problem) = problem {
+            return self.quarantine(rec, QuarantineReason::VerificationFailed { problem });
         }
         let epoch = next_epoch(sbdf, rec.epoch)?;
         if forget {

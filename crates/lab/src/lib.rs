@@ -1,8 +1,9 @@
 //! ptguard's proving harness: the engine wired to the simulated host ([`platform`]: its
 //! `Platform`, crash injection at the engine's crash points, the broker as simulated device
 //! models reach it), the scenario runner with the invariants of docs/design.md checked on the
-//! simulated host itself ([`rig`]), the multi-device crash exploration
-//! ([`explore_devices`]) and the engine side of the benchmarks ([`bench_engine`]).
+//! simulated host itself ([`rig`]), the crash explorer's loop and invariant 4
+//! ([`explore`]), the multi-device crash exploration ([`explore_devices`]) and the engine
+//! side of the benchmarks ([`bench_engine`]).
 //!
 //! It owns how ptguard is proved, not what ptguard does: it must not hold product logic
 //! (that is the engine's) nor parse command lines or print for people beyond report tables
@@ -11,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench_engine;
+pub mod explore;
 pub mod explore_devices;
 pub mod platform;
 pub mod rig;
@@ -34,6 +36,8 @@ pub enum LabError {
     Sim(#[from] sim::SimError),
     #[error("no guest {name} in this scenario")]
     NoGuest { name: String },
+    #[error("replay seed {seed:?}: {why}")]
+    BadSeed { seed: String, why: String },
     #[error("{0}")]
     Unexpected(String),
 }

@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 
 pub use daemon::sim_platform::SimPlatform;
-use engine::{BindRequest, CrashPoints, Engine, EngineError};
+use engine::{
+    BindRequest, CrashPoint, CrashPoints, Engine, EngineError, NoticeKind, QuarantineReason,
+};
 use sim::dm::{VectorBroker, VectorRequest};
 use sim::SimError;
 use xen::Pirq;
@@ -19,8 +21,10 @@ pub struct Ctl {
     /// The run's crash points, with the injected crash if one is planned.
     pub crash_points: CrashPoints,
     /// Where the injected crash happened.
-    pub crashed_at: Option<String>,
+    pub crashed_at: Option<CrashPoint>,
     pub notices: Vec<String>,
+    /// Every quarantine the engine reported, with its reason, in order.
+    pub quarantines: Vec<QuarantineReason>,
 }
 
 impl Ctl {
@@ -31,6 +35,7 @@ impl Ctl {
             crash_points: CrashPoints::new(),
             crashed_at: None,
             notices: Vec::new(),
+            quarantines: Vec::new(),
         }
     }
 
@@ -43,19 +48,32 @@ impl Ctl {
         let platform = self.platform.clone();
         let mut e = Engine::new(&mut self.xs, &platform).counting(&self.crash_points);
         let r = f(&mut e);
-        self.notices.extend(e.notices.drain(..).map(|n| n.text));
+        let said = std::mem::take(&mut e.notices);
         drop(e);
+        self.hear(said);
         if let Err(EngineError::Crashed { at }) = &r {
-            self.crashed_at = Some(at.clone());
+            self.crashed_at = Some(*at);
             let mut e = Engine::new(&mut self.xs, &platform);
             let rec = e.reconcile(engine::Trigger::Recover);
-            self.notices.extend(e.notices.drain(..).map(|n| n.text));
+            let said = std::mem::take(&mut e.notices);
+            drop(e);
+            self.hear(said);
             if let Err(err) = rec {
                 self.notices
                     .push(format!("recovery after the crash failed: {err}"));
             }
         }
         r
+    }
+
+    /// Keeps what the engine said: its text for the report, its quarantines by reason.
+    fn hear(&mut self, said: Vec<engine::Notice>) {
+        for n in said {
+            if let NoticeKind::Quarantined { reason, .. } = &n.kind {
+                self.quarantines.push(reason.clone());
+            }
+            self.notices.push(n.text);
+        }
     }
 }
 

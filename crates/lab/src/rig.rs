@@ -165,8 +165,10 @@ pub struct RunReport {
     pub xenstore_requests: u64,
     pub xenstore_transactions: u64,
     pub notices: Vec<String>,
+    /// Every quarantine the engine reported during the run, with its reason.
+    pub quarantines: Vec<engine::QuarantineReason>,
     pub violations: Vec<String>,
-    pub crashed_at: Option<String>,
+    pub crashed_at: Option<engine::CrashPoint>,
     pub checkpoints: u64,
     /// Comparable end state for the crash explorer.
     pub end_state: String,
@@ -328,7 +330,8 @@ impl Rig {
         r.xenstore_requests = stats.requests;
         r.xenstore_transactions = stats.transactions_started;
         r.notices.extend(ctl.notices.iter().cloned());
-        r.crashed_at = ctl.crashed_at.clone();
+        r.quarantines.extend(ctl.quarantines.iter().cloned());
+        r.crashed_at = ctl.crashed_at;
         r.trace = self.host.take_trace();
         r.checkpoints = ctl.crash_points.passed();
         drop(ctl);

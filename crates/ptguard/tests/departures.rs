@@ -4,7 +4,7 @@
 //! `cure_unrecorded`) must leave a device no guest holds clean before the next guest gets
 //! it, never touch another device's pirqs, and leave a PV guest's vectors to pciback.
 
-use engine::{DeviceState, Engine, NoticeLevel, Outcome, Trigger};
+use engine::{DeviceState, Engine, NoticeLevel, Outcome, QuarantineReason, Trigger};
 use pci::{PciHost, Sbdf};
 use ptguard::platform::SimPlatform;
 use sim::dm::{check_interrupts, DeviceModel, DirectBroker, DmBehaviour};
@@ -225,7 +225,7 @@ fn a_pv_guests_vectors_are_left_to_pciback() {
     let notices = std::mem::take(&mut e.notices);
     drop(e);
     assert!(
-        matches!(&done[..], [(_, Outcome::Quarantined { reason })] if reason.contains("pciback")),
+        matches!(&done[..], [(_, Outcome::Quarantined { reason })] if matches!(reason, QuarantineReason::PvVectorsArePciback { .. })),
         "{done:?}"
     );
     assert!(!notices.iter().any(|n| n.contains("swept")), "{notices:?}");
@@ -476,7 +476,7 @@ fn a_waiting_teardown_follows_the_device_to_its_new_holder() {
     assert!(!done.is_empty());
     for (_, o) in &done {
         assert!(
-            matches!(o, Outcome::Quarantined { reason } if reason.contains("bound to no guest")),
+            matches!(o, Outcome::Quarantined { reason } if matches!(reason, QuarantineReason::UnnamedVectors { .. })),
             "{done:?}"
         );
     }
