@@ -232,14 +232,14 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Repl
             return refused(&refusal);
         }
     };
+    let mut e = match ctx.engine() {
+        Ok(e) => e,
+        Err(err) => return Reply::failed(ReplyCode::Error, err.to_string(), None),
+    };
     let r = match operation(&req) {
-        Operation::Bind(b) => ctx.engine().broker_bind(b, &credential).map(|p| Some(p.0)),
-        Operation::Unbind(b, pirq) => ctx
-            .engine()
-            .broker_unbind(b, pirq, &credential)
-            .map(|_| None),
-        Operation::DeviceModelCall(call) => ctx
-            .engine()
+        Operation::Bind(b) => e.broker_bind(b, &credential).map(|p| Some(p.0)),
+        Operation::Unbind(b, pirq) => e.broker_unbind(b, pirq, &credential).map(|_| None),
+        Operation::DeviceModelCall(call) => e
             .device_model_call(claimed, &credential, &call)
             .map(|p| p.map(|p| p.0)),
     };

@@ -285,9 +285,32 @@ pub struct HostCtx {
     /// A simulated host's state file as last read or written: saving an unchanged host
     /// writes nothing.
     saved: Option<String>,
-    /// Exclusive lock on a simulated host's directory for the whole command: its state is
-    /// loaded, changed and saved as a unit, so concurrent commands take turns.
-    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// The host's lock: a simulated host's directory for the whole command (its state is
+    /// loaded, changed and saved as a unit, so concurrent commands take turns), or a real
+    /// dom0's ledger lock. [`HostCtx::engine`] requires it held.
+    lock: LedgerLock,
+}
+
+/// Whether this process may change the ledger now.
+enum LedgerLock {
+    /// Held: the lock file's flock, let go when dropped.
+    Held {
+        _flock: nix::fcntl::Flock<std::fs::File>,
+    },
+    /// A real dom0 whose `/run/ptguard` cannot be made: not serialised (warned once), the
+    /// way ptguard behaved before the lock existed.
+    Unserialised,
+    /// A dry run: nothing is written, so there is nothing to serialise.
+    DryRun,
+    /// Let go between pieces of a daemon's work ([`HostCtx::unlock`]); no engine until it
+    /// is taken again.
+    Released,
+}
+
+impl LedgerLock {
+    fn real(lock: Option<nix::fcntl::Flock<std::fs::File>>) -> LedgerLock {
+        lock.map_or(LedgerLock::Unserialised, |f| LedgerLock::Held { _flock: f })
+    }
 }
 
 /// Where a real dom0's ptguard commands and daemon take turns on the ledger: each command,
@@ -567,7 +590,11 @@ impl HostCtx {
                     dry_run,
                     protected: ProtectedDomains::default(),
                     saved: None,
-                    _lock: lock,
+                    lock: if dry_run {
+                        LedgerLock::DryRun
+                    } else {
+                        LedgerLock::real(lock)
+                    },
                 })
             }
             HostSpec::Sim(dir) => {
@@ -609,7 +636,7 @@ impl HostCtx {
                     dry_run,
                     protected: ProtectedDomains::default(),
                     saved: Some(text),
-                    _lock: Some(lock),
+                    lock: LedgerLock::Held { _flock: lock },
                 })
             }
         }
@@ -618,13 +645,17 @@ impl HostCtx {
     /// Lets go of the host's lock (a simulated host's directory, a real dom0's ledger lock)
     /// between pieces of work (a daemon).
     pub fn unlock(&mut self) {
-        self._lock = None;
+        self.lock = LedgerLock::Released;
     }
 
     /// Takes a real dom0's ledger lock again for one piece of the daemon's work.
     pub fn relock_real(&mut self) -> Result<(), DaemonError> {
-        if matches!(self.spec, HostSpec::Real) && !self.dry_run && self._lock.is_none() {
-            self._lock = lock_real_ledger()?;
+        if matches!(self.spec, HostSpec::Real) && matches!(self.lock, LedgerLock::Released) {
+            self.lock = if self.dry_run {
+                LedgerLock::DryRun
+            } else {
+                LedgerLock::real(lock_real_ledger()?)
+            };
         }
         Ok(())
     }
@@ -638,7 +669,7 @@ impl HostCtx {
         let lock = lock_dir(dir)?;
         let now = std::fs::read_to_string(sim_state_path(dir)).ok();
         if now.is_some() && now == self.saved {
-            self._lock = Some(lock);
+            self.lock = LedgerLock::Held { _flock: lock };
             Ok(true)
         } else {
             Ok(false)
@@ -680,8 +711,13 @@ impl HostCtx {
         })));
     }
 
-    pub fn engine(&mut self) -> engine::Engine<'_> {
-        engine::Engine::new(&mut self.xs, &self.platform).protecting(self.protected.clone())
+    /// The engine over this host, only while the host's lock is held: a daemon that let
+    /// go of it between rounds cannot act on the ledger until it takes it again.
+    pub fn engine(&mut self) -> Result<engine::Engine<'_>, DaemonError> {
+        if matches!(self.lock, LedgerLock::Released) {
+            return Err(DaemonError::LedgerNotLocked);
+        }
+        Ok(engine::Engine::new(&mut self.xs, &self.platform).protecting(self.protected.clone()))
     }
 }
 

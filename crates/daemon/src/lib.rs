@@ -47,6 +47,9 @@ pub enum DaemonError {
     },
     #[error("cannot encode the simulated host's state: {0}")]
     SimStateEncode(serde_json::Error),
+    /// A bug: the daemon asked for the engine between rounds, without the host's lock.
+    #[error("internal error: the ledger was about to be changed without the host's lock (ptguard let go of it between rounds); nothing was changed")]
+    LedgerNotLocked,
     #[error("the host's state lock is poisoned (a thread panicked holding it)")]
     Poisoned,
     #[error("cannot start the broker: {what}: {source}")]

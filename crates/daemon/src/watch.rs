@@ -64,7 +64,7 @@ pub fn recover_pending(
     policy: RoundPolicy,
     recover: bool,
 ) -> Result<Recovered, DaemonError> {
-    let mut e = ctx.engine();
+    let mut e = ctx.engine()?;
     let mut done = Vec::new();
     match e.follow_departures(policy.report_only) {
         Ok(d) => done.extend(d.into_iter().filter_map(|d| Some((d.sbdf, d.outcome?)))),
@@ -123,7 +123,7 @@ type DeviceModelOf = (xen::DomId, i32);
 /// Guests the ledger has devices attached to whose device model (libxl's
 /// `device-model-pid`) is no longer alive.
 fn dead_device_models(ctx: &mut HostCtx) -> Vec<DeviceModelOf> {
-    let Ok(owners) = ctx.engine().attached_owners() else {
+    let Ok(owners) = ctx.engine().and_then(|mut e| Ok(e.attached_owners()?)) else {
         return Vec::new();
     };
     let recorded: Vec<DeviceModelOf> = owners
@@ -161,7 +161,15 @@ fn release_orphans(
         if released.contains(&(domid, pid)) {
             continue;
         }
-        let mut e = ctx.engine();
+        let mut e = match ctx.engine() {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(
+                    "{domid}: its device model is gone, but the ledger cannot be reached: {err}"
+                );
+                continue;
+            }
+        };
         match e.release_orphaned_bindings(domid) {
             Ok(_) => {
                 released.insert((domid, pid));
@@ -246,7 +254,7 @@ pub fn watch_loop(
         if recover {
             last_retry = std::time::Instant::now();
         }
-        unfinished = unless_busy(host.with(|c| Ok(c.engine().has_unfinished()?)))?.unwrap_or(true);
+        unfinished = unless_busy(host.with(|c| Ok(c.engine()?.has_unfinished()?)))?.unwrap_or(true);
     }
     Ok(())
 }

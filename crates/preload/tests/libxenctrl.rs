@@ -143,7 +143,7 @@ impl Bed {
         .unwrap();
         let domid = host.create_domain("hvm", true);
         {
-            let mut e = ctx.engine();
+            let mut e = ctx.engine().unwrap();
             e.assignable_add(dev).unwrap();
             e.attach(dev, domid).unwrap();
         }
@@ -201,7 +201,7 @@ impl Bed {
     fn binding(&self, entry: u16) -> Option<engine::Binding> {
         let dev = self.dev;
         self.daemon
-            .with(|c| Ok(c.engine().record(dev)?))
+            .with(|c| Ok(c.engine()?.record(dev)?))
             .unwrap()
             .unwrap()
             .bindings
@@ -343,7 +343,7 @@ fn a_killed_device_model_leaves_nothing_the_ledger_does_not_know() {
     // qemu dies with its three vectors bound; the guest is hot-unplugged from while it runs.
     bed.dm.child.kill().unwrap();
     let dev = bed.dev;
-    let outcome = bed.daemon.with(|c| Ok(c.engine().detach(dev)?)).unwrap();
+    let outcome = bed.daemon.with(|c| Ok(c.engine()?.detach(dev)?)).unwrap();
     // The ledger knew every binding: the teardown unbinds them, release_msix answers 0,
     // and the device is clean without waiting for the guest to go.
     assert!(matches!(outcome, Outcome::Assignable { .. }), "{outcome:?}");

@@ -27,7 +27,7 @@ fn bind_unbind_and_refusals_over_the_socket() {
     let a = host.create_domain("A", true);
     let token = engine::AssignmentToken::from_entropy([0x5a; 32]);
     let epoch = {
-        let mut e = ctx.engine();
+        let mut e = ctx.engine().unwrap();
         e.assignable_add(dev).unwrap();
         e.attach_with_token(dev, a, Some(&token)).unwrap()
     };
@@ -176,7 +176,7 @@ fn hostile_device_model_calls_are_refused() {
     // C's device model was not started by libxl: no pid is recorded for it.
     let c = host.create_domain("C", true);
     for (s, d, pid) in [(a_dev, a, "100"), (b_dev, b, "200")] {
-        let mut e = ctx.engine();
+        let mut e = ctx.engine().unwrap();
         e.assignable_add(s).unwrap();
         e.attach(s, d).unwrap();
         drop(e);
@@ -204,6 +204,7 @@ fn hostile_device_model_calls_are_refused() {
     let (pa, pb) = (ra.pirq.unwrap(), rb.pirq.unwrap());
     let intx_a = ctx
         .engine()
+        .unwrap()
         .record(a_dev)
         .unwrap()
         .unwrap()
@@ -344,6 +345,7 @@ fn hostile_device_model_calls_are_refused() {
     // Nothing the hostile requests asked for exists, in the ledger or in Xen.
     let msix = |ctx: &mut daemon::host::HostCtx, s| {
         ctx.engine()
+            .unwrap()
             .record(s)
             .unwrap()
             .unwrap()
@@ -357,6 +359,7 @@ fn hostile_device_model_calls_are_refused() {
     // A's INTx is still mapped and bound as attach left it.
     let intx = ctx
         .engine()
+        .unwrap()
         .record(a_dev)
         .unwrap()
         .unwrap()
@@ -393,7 +396,7 @@ fn one_attached_device(
     .unwrap();
     let a = host.create_domain("A", true);
     {
-        let mut e = ctx.engine();
+        let mut e = ctx.engine().unwrap();
         e.assignable_add(dev).unwrap();
         e.attach_with_token(dev, a, token).unwrap();
     }
@@ -592,6 +595,7 @@ fn the_simulated_host_records_device_model_pids_as_libxl_does() {
             .unwrap();
         let tb = ctx
             .engine()
+            .unwrap()
             .record("0000:03:00.0".parse().unwrap())
             .unwrap()
             .unwrap()
@@ -656,14 +660,14 @@ proptest::proptest! {
         let real = engine::AssignmentToken::from_entropy([0x11; 32]);
         let (_tmp, mut ctx, host, a, dev) = one_attached_device(Some(&real));
         let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
-        let before = (ctx.engine().record(dev).unwrap(), host.with_world(|w| format!("{:?}", w.domains[&a].pirqs)));
+        let before = (ctx.engine().unwrap().record(dev).unwrap(), host.with_world(|w| format!("{:?}", w.domains[&a].pirqs)));
         let t = token.map(|t| format!(r#","token":"{t}""#)).unwrap_or_default();
         let line = format!(
             r#"{{"op":"{op}","domid":{domid},"sbdf":"{dev}","epoch":1,"entry":{entry},"table_base":{tb},"pirq":{pirq},"gvec":64,"gflags":0,"gtable":0,"kind":{{"kind":"msix","entry":{entry},"table_base":{tb}}}{t}}}"#
         );
         let reply = handle_line(&mut ctx, &line, peer);
         proptest::prop_assert!(!reply.ok, "{line} -> {reply:?}");
-        let after = (ctx.engine().record(dev).unwrap(), host.with_world(|w| format!("{:?}", w.domains[&a].pirqs)));
+        let after = (ctx.engine().unwrap().record(dev).unwrap(), host.with_world(|w| format!("{:?}", w.domains[&a].pirqs)));
         proptest::prop_assert_eq!(before, after);
     }
 }

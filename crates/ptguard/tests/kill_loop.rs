@@ -37,7 +37,11 @@ impl Lcg {
 fn agree(dir: &Path) -> Result<(), String> {
     let mut ctx =
         HostCtx::open(&HostSpec::Sim(dir.to_path_buf()), true).map_err(|e| e.to_string())?;
-    let recs = ctx.engine().list().map_err(|e| e.to_string())?;
+    let recs = ctx
+        .engine()
+        .map_err(|e| e.to_string())?
+        .list()
+        .map_err(|e| e.to_string())?;
     let host = ctx
         .sim
         .as_ref()

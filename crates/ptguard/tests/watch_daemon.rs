@@ -42,7 +42,7 @@ fn release_domain_event_triggers_the_teardown() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = ctx
-            .with(|c| Ok(c.engine().record(dev)?.map(|r| r.state)))
+            .with(|c| Ok(c.engine()?.record(dev)?.map(|r| r.state)))
             .unwrap();
         if state == Some(DeviceState::Assignable) {
             break;
@@ -81,11 +81,11 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     )
     .unwrap();
     let a = host.create_domain("A", true);
-    ctx.engine().assignable_add(dev).unwrap();
+    ctx.engine().unwrap().assignable_add(dev).unwrap();
     // An attach in progress in another process: the journal says `attach` and the backend
     // nodes are being written.
     let mut other = xs.connect(0);
-    let mut rec = ctx.engine().record(dev).unwrap().unwrap();
+    let mut rec = ctx.engine().unwrap().record(dev).unwrap().unwrap();
     rec.state = DeviceState::Attached;
     rec.owner = Some(a);
     rec.epoch = 1;
@@ -119,7 +119,7 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     daemon.join().unwrap();
-    let rec = ctx.with(|c| Ok(c.engine().record(dev)?)).unwrap().unwrap();
+    let rec = ctx.with(|c| Ok(c.engine()?.record(dev)?)).unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.step.map(|s| s.as_str())),
         (DeviceState::Attached, Some("attach")),
@@ -164,7 +164,7 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
     };
     let bindings = || {
         ctx.with(|c| {
-            Ok(c.engine().record(dev)?.map(|r| {
+            Ok(c.engine()?.record(dev)?.map(|r| {
                 r.bindings
                     .iter()
                     .filter(|b| matches!(b.key, engine::BindingKey::Msix(_)))
@@ -201,7 +201,7 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
         assert!(w.memory_decoded(dev), "unbound with decoding on");
     });
     let state = ctx
-        .with(|c| Ok(c.engine().record(dev)?.map(|r| r.state)))
+        .with(|c| Ok(c.engine()?.record(dev)?.map(|r| r.state)))
         .unwrap();
     assert_eq!(state, Some(DeviceState::Attached));
     // Now the toolstack destroys the guest with decoding off (xl destroy, the seed recipe):
@@ -225,12 +225,12 @@ fn attach_with_three_vectors(
     a: xen::DomId,
 ) {
     let tb = host.with_world(|w| w.device(dev).unwrap().hw.table_base());
-    let mut e = ctx.engine();
+    let mut e = ctx.engine().unwrap();
     e.assignable_add(dev).unwrap();
     let epoch = e.attach(dev, a).unwrap();
     drop(e);
     pci::PciHost::write_config(host, dev, 4, &0x0006u16.to_le_bytes()).unwrap();
-    let mut e = ctx.engine();
+    let mut e = ctx.engine().unwrap();
     for entry in 0..3 {
         e.bind(&BindRequest {
             domid: a,
@@ -340,4 +340,42 @@ fn watch_outlives_another_process_holding_the_lock() {
     assert!(said.contains("keeps serving"), "{said}");
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// The ledger lock is a guard the engine requires: a daemon that let go of its host
+/// between rounds gets no engine until it holds the lock again, and another command gets
+/// the host meanwhile.
+#[test]
+fn no_engine_without_the_hosts_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let dev: pci::Sbdf = "0000:03:00.0".parse().unwrap();
+    let (mut ctx, _host, _xs) = sim_open(
+        &dir,
+        XenProfile::Xen4_17_5,
+        PcibackProfile::AfterCommandFix,
+        &[DeviceSpec::nic(dev, 4)],
+    )
+    .unwrap();
+    ctx.engine().unwrap().assignable_add(dev).unwrap();
+    ctx.save().unwrap();
+    ctx.unlock();
+    match ctx.engine() {
+        Err(daemon::DaemonError::LedgerNotLocked) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an engine without the host's lock"),
+    }
+    // Meanwhile another command has the host, and changes it.
+    {
+        let spec = daemon::host::HostSpec::Sim(dir.clone());
+        let mut other = daemon::host::HostCtx::open(&spec, false).unwrap();
+        other.engine().unwrap().assignable_remove(dev).unwrap();
+        other.save().unwrap();
+    }
+    // The daemon sees the host changed under it: it does not take the stale state back.
+    assert!(!ctx.relock_if_unchanged().unwrap());
+    assert!(matches!(
+        ctx.engine(),
+        Err(daemon::DaemonError::LedgerNotLocked)
+    ));
 }

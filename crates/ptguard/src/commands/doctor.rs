@@ -35,7 +35,7 @@ fn ledger_findings(
     findings: &mut Vec<Finding>,
 ) -> anyhow::Result<Vec<engine::DeviceRecord>> {
     let mut recs = Vec::new();
-    for r in ctx.engine().list()? {
+    for r in ctx.engine()?.list()? {
         match r {
             Ok(r) => recs.push(r),
             Err(e) => findings.push(Finding::new(
@@ -156,7 +156,7 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
     match HostCtx::open(&cli.host, true) {
         Ok(mut ctx) => {
             let records = ledger_findings(&mut ctx, &mut findings)?;
-            match ctx.engine().pending_unplugs(daemon::watch::unix_now()) {
+            match ctx.engine()?.pending_unplugs(daemon::watch::unix_now()) {
                 Ok(p) => findings.append(&mut engine::doctor::unplug_findings(&p)),
                 Err(e) => findings.push(missing(
                     &format!("the announced unplugs ({e})"),

@@ -19,7 +19,7 @@ use daemon::host::HostCtx;
 pub fn open(cli: &Cli, device: Option<Sbdf>) -> anyhow::Result<HostCtx> {
     let mut ctx = cli.open_host()?;
     if let (Some(s), false) = (device, cli.dry_run) {
-        for (s, o) in ctx.engine().reconcile(engine::Trigger::Resume(s))? {
+        for (s, o) in ctx.engine()?.reconcile(engine::Trigger::Resume(s))? {
             tracing::warn!(
                 "finished the pending teardown of {s} (owner gone or teardown interrupted): {o}"
             );
@@ -65,7 +65,7 @@ struct Done<'a, T: Serialize> {
 
 pub fn assignable_add(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, Some(s))?;
-    let rec = ctx.engine().assignable_add(s)?;
+    let rec = ctx.engine()?.assignable_add(s)?;
     emit(out, json, &rec, |out| {
         writeln!(
             out,
@@ -84,7 +84,7 @@ pub fn assignable_remove(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli, Some(s))?;
-    ctx.engine().assignable_remove(s)?;
+    ctx.engine()?.assignable_remove(s)?;
     emit(
         out,
         json,
@@ -111,7 +111,7 @@ pub fn attach(
     let mut ctx = open(cli, Some(s))?;
     let token = fresh_token()?;
     let epoch = ctx
-        .engine()
+        .engine()?
         .attach_with_token(s, DomId(domid), Some(&token))?;
     #[derive(Serialize)]
     struct R {
@@ -156,7 +156,7 @@ fn fresh_token() -> anyhow::Result<engine::AssignmentToken> {
 
 pub fn repair(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, Some(s))?;
-    let done = ctx.engine().repair(s)?;
+    let done = ctx.engine()?.repair(s)?;
     let v = serde_json::json!({ "sbdf": s, "action": "repair", "done": done });
     emit(out, json, &v, |out| {
         for d in &done {
@@ -176,7 +176,7 @@ pub fn adopt(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli, Some(s))?;
-    let epoch = ctx.engine().adopt(s, DomId(domid))?;
+    let epoch = ctx.engine()?.adopt(s, DomId(domid))?;
     let v = serde_json::json!({ "sbdf": s, "action": "adopt", "domid": domid, "epoch": epoch });
     emit(out, json, &v, |out| {
         writeln!(
@@ -199,7 +199,7 @@ fn print_outcome(out: &mut dyn Write, s: Sbdf, o: &Outcome) -> std::io::Result<(
 
 pub fn detach(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let mut e = ctx.engine();
+    let mut e = ctx.engine()?;
     let o = e.detach(s)?;
     let mut n = std::mem::take(&mut e.notices);
     drop(e);
@@ -237,7 +237,7 @@ pub fn release_domain(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let mut e = ctx.engine();
+    let mut e = ctx.engine()?;
     let done = e.reconcile(engine::Trigger::DomainReleased(DomId(domid)))?;
     let n = std::mem::take(&mut e.notices);
     drop(e);
@@ -261,7 +261,7 @@ pub fn release_domain(
 
 fn records(ctx: &mut HostCtx) -> anyhow::Result<Vec<Result<DeviceRecord, String>>> {
     Ok(ctx
-        .engine()
+        .engine()?
         .list()?
         .into_iter()
         .map(|r| r.map_err(|e| e.to_string()))
@@ -351,7 +351,7 @@ pub fn assignable_list(cli: &Cli, json: bool, out: &mut dyn Write) -> anyhow::Re
 pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = cli.open_host()?;
     let rec = ctx
-        .engine()
+        .engine()?
         .record(s)
         .with_context(|| format!("cannot read the ledger entry of {s}"))?;
     let pci = engine::Platform::pci(&ctx.platform);
@@ -436,7 +436,7 @@ pub fn show(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Resu
 /// `ptguard sweep DOMID`.
 pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let report = ctx.engine().sweep(DomId(domid))?;
+    let report = ctx.engine()?.sweep(DomId(domid))?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
@@ -479,7 +479,7 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
 /// `ptguard hook pre-unplug SBDF`.
 pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut ctx = open(cli, None)?;
-    let done = ctx.engine().pre_unplug(s, daemon::watch::unix_now())?;
+    let done = ctx.engine()?.pre_unplug(s, daemon::watch::unix_now())?;
     emit(out, json, &done, |out| {
         writeln!(
             out,
@@ -506,7 +506,7 @@ pub fn hook_pre_unplug(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> a
 pub fn hook_pre_reset(cli: &Cli, s: Sbdf, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     use engine::companion::PreReset;
     let mut ctx = open(cli, None)?;
-    let done = ctx.engine().pre_reset(s)?;
+    let done = ctx.engine()?.pre_reset(s)?;
     emit(out, json, &done, |out| {
         match &done {
             PreReset::NoOwner => writeln!(out, "{s}: no guest holds it; nothing to do")?,

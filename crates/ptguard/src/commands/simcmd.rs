@@ -19,14 +19,14 @@ use crate::platform::{EngineAccess, EngineBroker};
 use daemon::host::{sim_init, HostCtx, HostSpec};
 
 /// A command's host context serving a device model started from the command line.
-struct CtxAccess<'c>(&'c RefCell<&'c mut HostCtx>);
+struct CtxAccess<'e, 'a>(RefCell<&'e mut engine::Engine<'a>>);
 
-impl EngineAccess for CtxAccess<'_> {
+impl EngineAccess for CtxAccess<'_, '_> {
     fn with_engine<T>(
         &self,
         f: impl Fn(&mut engine::Engine) -> Result<T, engine::EngineError>,
     ) -> Result<T, engine::EngineError> {
-        f(&mut self.0.borrow_mut().engine())
+        f(&mut self.0.borrow_mut())
     }
 }
 
@@ -133,12 +133,16 @@ fn with_device_model(
             .as_ref()
             .and_then(|(_, _, s)| s.dm_epochs.get(&domid.0).copied())
             .unwrap_or(0);
-        let cell = RefCell::new(&mut *ctx);
-        let broker = EngineBroker {
-            access: CtxAccess(&cell),
-            epoch,
-        };
-        f(&mut dm, &broker, host);
+        match ctx.engine() {
+            Ok(mut e) => {
+                let broker = EngineBroker {
+                    access: CtxAccess(RefCell::new(&mut e)),
+                    epoch,
+                };
+                f(&mut dm, &broker, host);
+            }
+            Err(err) => tracing::warn!("{domid}'s device model cannot reach the broker: {err}"),
+        }
     }
     if let Some((_, _, s)) = &mut ctx.sim {
         s.device_models.insert(domid.0, dm);
@@ -209,16 +213,16 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             let starting = matches!(what, SimCommand::Start(_));
             if starting {
                 let epoch = ctx
-                    .engine()
+                    .engine()?
                     .record(sbdf)?
                     .filter(|r| r.owner == Some(domid))
                     .map(|r| r.epoch)
                     .with_context(|| format!("{sbdf} is not attached to {domid}; run `ptguard attach {sbdf} {}` first", domid.0))?;
                 let mut dm = DeviceModel::new(domid, a.dm);
                 {
-                    let cell = RefCell::new(&mut ctx);
+                    let mut e = ctx.engine()?;
                     let broker = EngineBroker {
-                        access: CtxAccess(&cell),
+                        access: CtxAccess(RefCell::new(&mut e)),
                         epoch,
                     };
                     dm.plug(&host, &broker, sbdf)
@@ -261,9 +265,9 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     .collect()
             });
             if let Some(dm) = &mut dm {
-                let cell = RefCell::new(&mut ctx);
+                let mut e = ctx.engine()?;
                 let broker = EngineBroker {
-                    access: CtxAccess(&cell),
+                    access: CtxAccess(RefCell::new(&mut e)),
                     epoch,
                 };
                 for s in &devices {

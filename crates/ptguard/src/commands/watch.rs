@@ -64,7 +64,7 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
             .map(|(sbdf, outcome)| Finished { sbdf, outcome })
             .collect(),
         ledger_devices: if args.once {
-            ctx.engine().list()?.len()
+            ctx.engine()?.list()?.len()
         } else {
             0
         },
