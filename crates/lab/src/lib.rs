@@ -2,8 +2,9 @@
 //! `Platform`, crash injection at the engine's crash points, the broker as simulated device
 //! models reach it), the scenario runner with the invariants of docs/design.md checked on the
 //! simulated host itself ([`rig`]), the crash explorer's loop and invariant 4
-//! ([`explore`]), the multi-device crash exploration ([`explore_devices`]) and the engine
-//! side of the benchmarks ([`bench_engine`]).
+//! ([`explore`]), the multi-device crash exploration ([`explore_devices`]) and the
+//! benchmarks: the engine's ([`bench_engine`]), Xenstore's ([`bench_xenstore`]) and the
+//! broker under attack over its real socket ([`broker_load`]).
 //!
 //! It owns how ptguard is proved, not what ptguard does: it must not hold product logic
 //! (that is the engine's) nor parse command lines or print for people beyond report tables
@@ -12,6 +13,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench_engine;
+pub mod bench_xenstore;
+pub mod broker_load;
 pub mod explore;
 pub mod explore_devices;
 pub mod platform;
@@ -36,6 +39,13 @@ pub enum LabError {
     Sim(#[from] sim::SimError),
     #[error("no guest {name} in this scenario")]
     NoGuest { name: String },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("cannot {what}: {source}")]
+    System {
+        what: &'static str,
+        source: nix::errno::Errno,
+    },
     #[error("replay seed {seed:?}: {why}")]
     BadSeed { seed: String, why: String },
     #[error("{0}")]

@@ -1,5 +1,5 @@
 //! The `ptguard` command line: argument parsing, output (text and `--json`), and the
-//! entry points of the daemon (`watch`, `xenstored`) and the benchmarks. Logic lives in
+//! entry points of the daemon (`watch`, `xenstored`), the explorer and the benchmarks. Logic lives in
 //! the library crates (the engine decides, `daemon` opens hosts and runs the rounds and the
 //! broker, `lab` proves); this crate wires them to a terminal, is the only one that uses
 //! `anyhow`, and must stay thin enough that every command is reachable from tests through
@@ -8,14 +8,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
-pub mod broker_load;
 pub mod cli;
 pub mod commands;
 pub mod journal;
 pub mod output;
 
 // The proving harness lives in crates/lab; these paths stay for the commands and tests.
-pub use lab::{bench_engine, platform, rig};
+pub use lab::{bench_engine, broker_load, platform, rig};
 
 pub use cli::{Cli, Command};
 

@@ -12,8 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use serde::Serialize;
+use wire::{BindRequest, Reply, Request};
+
+use crate::LabError;
+
+type Result<T> = std::result::Result<T, LabError>;
 
 /// How hard to push.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -48,19 +52,19 @@ pub struct LoadReport {
     pub clean_exit: bool,
 }
 
-fn cmd(exe: &Path, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+fn cmd(exe: &Path, dir: &Path, args: &[&str]) -> Result<String> {
     let o = Command::new(exe)
         .arg("--host")
         .arg(format!("sim:{}", dir.display()))
         .args(args)
         .env("PTGUARD_LOG", "error")
         .output()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
+        .map_err(|e| LabError::Unexpected(format!("cannot run {}: {e}", exe.display())))?;
     if !o.status.success() {
-        bail!(
+        return Err(LabError::Unexpected(format!(
             "ptguard {args:?} failed: {}",
             String::from_utf8_lossy(&o.stderr)
-        );
+        )));
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -99,7 +103,7 @@ struct DeviceModelConn {
 }
 
 impl DeviceModelConn {
-    fn connect(sock: &Path) -> anyhow::Result<DeviceModelConn> {
+    fn connect(sock: &Path) -> Result<DeviceModelConn> {
         let w = UnixStream::connect(sock)?;
         w.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(DeviceModelConn {
@@ -109,10 +113,11 @@ impl DeviceModelConn {
         })
     }
 
-    fn ask(&mut self, line: &str) -> anyhow::Result<serde_json::Value> {
+    fn ask(&mut self, req: &Request) -> Result<Reply> {
+        let line = req.to_line();
         for _ in 0..3 {
             let mut reply = String::new();
-            let sent = writeln!(self.w, "{line}");
+            let sent = self.w.write_all(line.as_bytes());
             if sent.is_ok() {
                 self.r.read_line(&mut reply)?;
             }
@@ -120,9 +125,12 @@ impl DeviceModelConn {
                 *self = DeviceModelConn::connect(&self.sock)?;
                 continue;
             }
-            return serde_json::from_str(&reply).with_context(|| format!("not a reply: {reply:?}"));
+            return Reply::parse_line(&reply)
+                .map_err(|e| LabError::Unexpected(format!("not a reply: {reply:?}: {e}")));
         }
-        bail!("the broker closed the connection unread three times")
+        Err(LabError::Unexpected(
+            "the broker closed the connection unread three times".into(),
+        ))
     }
 }
 
@@ -132,32 +140,49 @@ fn cycle(
     cycles: usize,
     table_base: u64,
     token: &str,
-) -> anyhow::Result<(usize, Option<String>)> {
-    let req = |op: &str, extra: &str| {
-        format!(
-            r#"{{"op":"{op}","domid":1,"sbdf":"0000:03:00.0","epoch":1,"token":"{token}","kind":{{"kind":"msix","entry":0,"table_base":{table_base}}},"gvec":64,"gflags":65536,"gtable":0{extra}}}"#
-        )
+) -> Result<(usize, Option<String>)> {
+    let req = BindRequest {
+        domid: xen::DomId(1),
+        sbdf: pci::Sbdf::new(0, 3, 0, 0).map_err(|e| LabError::Unexpected(e.to_string()))?,
+        epoch: 1,
+        kind: xen::IrqSource::Msix {
+            entry: 0,
+            table_base,
+        },
+        gvec: 64,
+        gflags: 0x10000,
+        gtable: 0,
+    };
+    let token = Some(token.to_string());
+    let bind = Request::Bind {
+        req,
+        token: token.clone(),
     };
     let mut failures = 0;
     let mut first = None;
     for _ in 0..cycles {
-        let b = dm.ask(&req("bind", ""))?;
-        let Some(pirq) = b["pirq"].as_i64().filter(|_| b["ok"] == true) else {
+        let b = dm.ask(&bind)?;
+        let Some(pirq) = b.pirq.filter(|_| b.ok) else {
             failures += 1;
-            first.get_or_insert_with(|| b.to_string());
+            first.get_or_insert_with(|| b.to_line().trim_end().to_string());
             continue;
         };
-        let u = dm.ask(&req("unbind", &format!(r#","pirq":{pirq}"#)))?;
-        if u["ok"] != true {
+        let unbind = Request::Unbind {
+            req,
+            pirq,
+            token: token.clone(),
+        };
+        let u = dm.ask(&unbind)?;
+        if !u.ok {
             failures += 1;
-            first.get_or_insert_with(|| u.to_string());
+            first.get_or_insert_with(|| u.to_line().trim_end().to_string());
         }
     }
     Ok((failures, first))
 }
 
 /// Runs the attack with the `ptguard` executable `exe`.
-pub fn run(exe: &Path, sizes: LoadSizes) -> anyhow::Result<LoadReport> {
+pub fn run(exe: &Path, sizes: LoadSizes) -> Result<LoadReport> {
     let t0 = Instant::now();
     let dir: PathBuf = std::env::temp_dir().join(format!(
         "ptguard-broker-load-{}-{}",
@@ -170,7 +195,7 @@ pub fn run(exe: &Path, sizes: LoadSizes) -> anyhow::Result<LoadReport> {
     result
 }
 
-fn run_in(exe: &Path, dir: &Path, sizes: LoadSizes, t0: Instant) -> anyhow::Result<LoadReport> {
+fn run_in(exe: &Path, dir: &Path, sizes: LoadSizes, t0: Instant) -> Result<LoadReport> {
     cmd(
         exe,
         dir,
@@ -182,13 +207,13 @@ fn run_in(exe: &Path, dir: &Path, sizes: LoadSizes, t0: Instant) -> anyhow::Resu
         serde_json::from_str(&cmd(exe, dir, &["attach", "0000:03:00.0", "1", "--json"])?)?;
     let token = attached["token"]
         .as_str()
-        .context("attach printed no token")?
+        .ok_or_else(|| LabError::Unexpected("attach printed no token".into()))?
         .to_string();
     let show: serde_json::Value =
         serde_json::from_str(&cmd(exe, dir, &["show", "0000:03:00.0", "--json"])?)?;
     let table_base = show["ledger"]["table_base"]
         .as_u64()
-        .context("no table_base in the ledger")?;
+        .ok_or_else(|| LabError::Unexpected("no table_base in the ledger".into()))?;
     let sock = dir.join("broker.sock");
     let mut daemon = Daemon {
         child: Command::new(exe)
@@ -199,13 +224,16 @@ fn run_in(exe: &Path, dir: &Path, sizes: LoadSizes, t0: Instant) -> anyhow::Resu
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start ptguard watch")?,
+            .map_err(|e| LabError::Unexpected(format!("cannot start ptguard watch: {e}")))?,
     };
     let pid = daemon.child.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         if Instant::now() > deadline {
-            bail!("ptguard watch did not open {}", sock.display());
+            return Err(LabError::Unexpected(format!(
+                "ptguard watch did not open {}",
+                sock.display()
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
