@@ -46,6 +46,8 @@ case $ptguard in
     *) install -m 755 "$ptguard" "$R/usr/local/bin/ptguard" ;;
 esac
 install -m 755 "$HERE/../dom0/checks.sh" "$T/checks.sh"
+install -m 644 "$HERE/../dom0/lib.sh" "$T/lib.sh"
+mkdir -p "$T/groups"; install -m 644 "$HERE"/../dom0/groups/*.sh "$T/groups/"
 install -m 644 "$HERE/../dom0/broker_client.py" "$T/broker_client.py"
 install -m 644 "$HERE/../dom0/rogue_dm.py" "$T/rogue_dm.py"
 mkdir -p "$T/differential"; install -m 755 "$HERE/../differential/lifecycle.sh" "$T/differential/"
