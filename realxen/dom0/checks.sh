@@ -6,7 +6,7 @@
 # joined by '+'; `all`, the default, is every group but guests, paths and ptpaths)
 # chooses what runs; ptguard.soak=N the soak's length.
 # The library (lib.sh) and one file per group (groups/NAME.sh), run in this order:
-GROUPS="diff core guests seed paths ptpaths companion preload soak zombie"
+CHECK_GROUPS="diff core guests seed paths ptpaths companion preload soak zombie"
 T=/opt/ptguard-test
 . "$T/lib.sh"
 
@@ -14,7 +14,7 @@ echo "CHECKS-START dom0 uptime $(up)s"
 xl info | grep -E '^(xen_version|xen_commandline|virt_caps)'
 uname -r
 
-for g in $GROUPS; do
+for g in $CHECK_GROUPS; do
     . "$T/groups/$g.sh"
 done
 

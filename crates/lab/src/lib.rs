@@ -1,7 +1,8 @@
 //! ptguard's proving harness: the engine wired to the simulated host ([`platform`]: its
 //! `Platform`, crash injection at the engine's crash points, the broker as simulated device
-//! models reach it), the scenario runner with the invariants of docs/design.md checked on the
-//! simulated host itself ([`rig`]), the crash explorer's loop and invariant 4
+//! models reach it), the scenario runner with the invariants of docs/design.md checked on
+//! the simulated host itself ([`rig`]) and its matrix of policies ([`matrix`]), the crash
+//! explorer's loop and invariant 4
 //! ([`explore`]), the multi-device crash exploration ([`explore_devices`]) and the
 //! benchmarks: the engine's ([`bench_engine`]), Xenstore's ([`bench_xenstore`]) and the
 //! broker under attack over its real socket ([`broker_load`]).
@@ -17,6 +18,7 @@ pub mod bench_xenstore;
 pub mod broker_load;
 pub mod explore;
 pub mod explore_devices;
+pub mod matrix;
 pub mod platform;
 pub mod rig;
 
@@ -46,6 +48,8 @@ pub enum LabError {
         what: &'static str,
         source: nix::errno::Errno,
     },
+    #[error("scenario {what}")]
+    BadScenario { what: String },
     #[error("replay seed {seed:?}: {why}")]
     BadSeed { seed: String, why: String },
     #[error("{0}")]

@@ -1,108 +1,19 @@
-//! `ptguard scenario`: lifecycle scenarios × device-model behaviours × teardown policies on
-//! the simulated host, side by side.
+//! `ptguard scenario`: the command line of the scenario matrix (`lab::matrix`): lifecycle
+//! scenarios × device-model behaviours × teardown policies on the simulated host, side by
+//! side.
 
 use std::io::Write;
 
-use serde::Serialize;
 use sim::dm::DmBehaviour;
 
 use crate::cli::{ScenarioArgs, SimProfileArgs};
-use crate::rig::{Policy, Rig, RunReport, Scenario, BUILTIN_SCENARIOS};
+use crate::rig::{Policy, Scenario};
 
-/// Loads the scenarios named on the command line (built-in names or files), or all built-ins.
+pub use lab::matrix::{run_matrix, run_matrix_traced, sweep_worse_than_legacy, Row};
+
+/// The scenarios named on the command line (built-in names or files), or all built-ins.
 pub fn load_scenarios(names: &[String]) -> anyhow::Result<Vec<Scenario>> {
-    let builtin = || {
-        BUILTIN_SCENARIOS
-            .iter()
-            .map(|(f, t)| Scenario::parse(t).map_err(|e| anyhow::anyhow!("built-in {f}: {e}")))
-    };
-    if names.is_empty() {
-        return builtin().collect();
-    }
-    let mut out = Vec::new();
-    for n in names {
-        if let Some(s) = builtin().filter_map(Result::ok).find(|s| s.name == *n) {
-            out.push(s);
-            continue;
-        }
-        let text = std::fs::read_to_string(n).map_err(|e| {
-            anyhow::anyhow!("{n}: not a built-in scenario (reboot, reassign, hot-unplug) and not a readable file: {e}")
-        })?;
-        out.push(Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{n}: {e}"))?);
-    }
-    Ok(out)
-}
-
-#[derive(Serialize)]
-pub struct Row {
-    /// `xen-4.11.0/pciback-old` etc.
-    pub profile: String,
-    pub scenario: String,
-    pub device_model: DmBehaviour,
-    pub policy: Policy,
-    pub works: bool,
-    #[serde(flatten)]
-    pub report: RunReport,
-}
-
-/// The `sweep` rows that do worse than the `legacy` row of the same profile, scenario and
-/// device model: the next guest broken where legacy's works, or more bindings leaked to an
-/// old guest. Companion mode must never be worse than the toolstack alone.
-pub fn sweep_worse_than_legacy(rows: &[Row]) -> Vec<&Row> {
-    rows.iter()
-        .filter(|r| r.policy == Policy::Sweep)
-        .filter(|s| {
-            rows.iter()
-                .find(|l| {
-                    l.policy == Policy::Legacy
-                        && l.profile == s.profile
-                        && l.scenario == s.scenario
-                        && l.device_model == s.device_model
-                })
-                .is_some_and(|l| {
-                    (l.works && !s.works) || s.report.leaked_bindings > l.report.leaked_bindings
-                })
-        })
-        .collect()
-}
-
-pub fn run_matrix(
-    scenarios: &[Scenario],
-    behaviours: &[DmBehaviour],
-    policies: &[Policy],
-    profile: &SimProfileArgs,
-) -> Vec<Row> {
-    run_matrix_traced(scenarios, behaviours, policies, profile, false)
-}
-
-pub fn run_matrix_traced(
-    scenarios: &[Scenario],
-    behaviours: &[DmBehaviour],
-    policies: &[Policy],
-    profile: &SimProfileArgs,
-    trace: bool,
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for s in scenarios {
-        for b in behaviours {
-            for p in policies {
-                let mut rig = Rig::new(*p, *b, profile.xen(), profile.pciback(), s.vectors);
-                if trace {
-                    rig.trace();
-                }
-                let report = rig.run(s);
-                rows.push(Row {
-                    profile: format!("{}/{}", profile.xen().name(), profile.pciback().name()),
-                    scenario: s.name.clone(),
-                    device_model: *b,
-                    policy: *p,
-                    works: report.works(),
-                    report,
-                });
-            }
-        }
-    }
-    rows
+    Ok(lab::matrix::load_scenarios(names)?)
 }
 
 pub fn run(args: ScenarioArgs, trace: bool, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -124,7 +35,15 @@ pub fn run(args: ScenarioArgs, trace: bool, out: &mut dyn Write) -> anyhow::Resu
     };
     let rows: Vec<Row> = profiles
         .iter()
-        .flat_map(|p| run_matrix_traced(&scenarios, &behaviours, &policies, p, trace))
+        .flat_map(|p| {
+            run_matrix_traced(
+                &scenarios,
+                &behaviours,
+                &policies,
+                (p.xen(), p.pciback()),
+                trace,
+            )
+        })
         .collect();
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &rows)?;

@@ -6,25 +6,17 @@ use engine::{
     ProtectedDomains, Refusal,
 };
 use lab::explore::lost_map_by_design;
+use lab::matrix::{load_scenarios, run_matrix};
+use lab::platform::SimPlatform;
+use lab::rig::{Policy, Rig};
 use pci::PciHost;
 use pci::Sbdf;
-use ptguard::cli::SimProfileArgs;
-use ptguard::commands::scenario::{load_scenarios, run_matrix};
-use ptguard::platform::SimPlatform;
-use ptguard::rig::{Policy, Rig};
 use sim::dm::DmBehaviour;
 use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, XenProfile};
 use xen::{DomId, Hypervisor};
 use xenstore::local::LocalXenstore;
 use xenstore::store::Quotas;
 use xenstore::{ErrorCode, TxId, XsClient};
-
-fn profile(xen: &str, pciback: &str) -> SimProfileArgs {
-    SimProfileArgs {
-        xen: xen.into(),
-        pciback: pciback.into(),
-    }
-}
 
 #[test]
 fn legacy_fails_the_seed_scenario_and_ptguard_does_not() {
@@ -33,7 +25,7 @@ fn legacy_fails_the_seed_scenario_and_ptguard_does_not() {
         &scenarios,
         &DmBehaviour::ALL,
         &Policy::ALL,
-        &profile("4.11.0", "old"),
+        (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix),
     );
     assert_eq!(rows.len(), 3 * 4 * Policy::ALL.len());
     let get = |s: &str, b: DmBehaviour, p: Policy| {
@@ -862,13 +854,13 @@ fn teardown_resumes_from_the_journal_and_is_idempotent() {
 #[test]
 fn every_profile_combination_matches_xens_outcome() {
     let scenarios = load_scenarios(&["reboot".into()]).unwrap();
-    for p in SimProfileArgs::all() {
-        let rows = run_matrix(&scenarios, &[DmBehaviour::Crashes], &Policy::ALL, &p);
+    for p in lab::matrix::all_profiles() {
+        let rows = run_matrix(&scenarios, &[DmBehaviour::Crashes], &Policy::ALL, p);
         let legacy = rows.iter().find(|r| r.policy == Policy::Legacy).unwrap();
         // Only the seed's era fails: Xen 4.11.0 without assign's flag reset, with a pciback
         // that leaves decoding off (scenario 2); 4.17 (scenario 3) or a new pciback
         // (scenario 4) hand over a working device.
-        let seed_era = p.xen == "4.11.0" && p.pciback == "old";
+        let seed_era = p == (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix);
         assert_eq!(legacy.works, !seed_era, "{}", legacy.profile);
         let ours = rows.iter().find(|r| r.policy == Policy::Ptguard).unwrap();
         assert!(
@@ -1153,7 +1145,7 @@ fn a_shared_intx_line_keeps_working_for_the_device_that_stays() {
 /// A device model's requests, served by one engine (what `ptguard watch`'s broker does).
 struct InProcess<'e, 'a>(std::cell::RefCell<&'e mut Engine<'a>>);
 
-impl ptguard::platform::EngineAccess for InProcess<'_, '_> {
+impl lab::platform::EngineAccess for InProcess<'_, '_> {
     fn with_engine<T>(
         &self,
         f: impl Fn(&mut Engine) -> Result<T, EngineError>,
@@ -1190,7 +1182,7 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
         let g = host.create_domain(name, true);
         let epoch = e.attach(vf, g).unwrap();
         host.unpause(g).unwrap();
-        let broker = ptguard::platform::EngineBroker {
+        let broker = lab::platform::EngineBroker {
             access: InProcess(std::cell::RefCell::new(e)),
             epoch,
         };
@@ -1459,8 +1451,8 @@ fn companion_sweep_cures_reboot_and_reassign_on_every_profile() {
         .collect();
     let dms = [DmBehaviour::Crashes, DmBehaviour::KilledEarly];
     let mut rows = 0;
-    for p in SimProfileArgs::all() {
-        let sweep = run_matrix(&scenarios, &dms, &[Policy::Sweep], &p);
+    for p in lab::matrix::all_profiles() {
+        let sweep = run_matrix(&scenarios, &dms, &[Policy::Sweep], p);
         for r in &sweep {
             rows += 1;
             assert!(
@@ -1476,8 +1468,8 @@ fn companion_sweep_cures_reboot_and_reassign_on_every_profile() {
                 r.report.notices
             );
         }
-        if p.xen == "4.11.0" && p.pciback == "old" {
-            let legacy = run_matrix(&scenarios, &dms, &[Policy::Legacy], &p);
+        if p == (XenProfile::Xen4_11_0, PcibackProfile::BeforeCommandFix) {
+            let legacy = run_matrix(&scenarios, &dms, &[Policy::Legacy], p);
             assert!(
                 legacy.iter().all(|r| !r.works),
                 "the seed's failure without ptguard"

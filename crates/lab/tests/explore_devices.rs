@@ -1,7 +1,7 @@
 //! Issue 14: `explore` over the lifecycles with several devices or domains — a shared INTx
 //! line, a VF whose PF stops decoding, a reused domid — crashing ptguard at every point.
 
-use ptguard::commands::explore_devices::{explore, SCENARIOS};
+use lab::explore_devices::{explore, SCENARIOS};
 use sim::{PcibackProfile, XenProfile};
 
 #[test]

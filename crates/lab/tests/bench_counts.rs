@@ -1,6 +1,6 @@
 //! The benchmarks' operation counts, asserted exactly (times are never asserted).
 
-use ptguard::bench_engine::{bind_overhead, reboot_storm, release_scaling, teardown};
+use lab::bench_engine::{bind_overhead, reboot_storm, release_scaling, teardown};
 
 #[test]
 fn teardown_makes_exactly_the_minimum_hypercalls_and_constant_transactions() {

@@ -5,8 +5,8 @@
 //! it, never touch another device's pirqs, and leave a PV guest's vectors to pciback.
 
 use engine::{DeviceState, Engine, NoticeLevel, Outcome, QuarantineReason, Trigger};
+use lab::platform::SimPlatform;
 use pci::{PciHost, Sbdf};
-use ptguard::platform::SimPlatform;
 use sim::dm::{check_interrupts, DeviceModel, DirectBroker, DmBehaviour};
 use sim::{DeviceSpec, PcibackProfile, Profile, SimHost, XenProfile};
 use xen::{DomId, Hypervisor};
@@ -325,9 +325,8 @@ fn a_masked_device_no_guest_holds_is_cured_or_reported() {
 /// as the crash-free run does, with no invariant broken.
 #[test]
 fn companion_hot_unplug_is_never_worse_than_legacy_and_survives_every_crash_point() {
-    use ptguard::cli::SimProfileArgs;
-    use ptguard::commands::scenario::{load_scenarios, run_matrix, sweep_worse_than_legacy};
-    use ptguard::rig::{Policy, Rig};
+    use lab::matrix::{load_scenarios, run_matrix, sweep_worse_than_legacy};
+    use lab::rig::{Policy, Rig};
     let scenarios = load_scenarios(&[]).unwrap();
     let unplug: Vec<_> = scenarios
         .iter()
@@ -336,18 +335,18 @@ fn companion_hot_unplug_is_never_worse_than_legacy_and_survives_every_crash_poin
         .collect();
     assert_eq!(unplug.len(), 1);
     let mut rows = 0;
-    for p in SimProfileArgs::all() {
+    for p in lab::matrix::all_profiles() {
         let all = run_matrix(
             &scenarios,
             &DmBehaviour::ALL,
             &[Policy::Legacy, Policy::Sweep],
-            &p,
+            p,
         );
         let worse = sweep_worse_than_legacy(&all);
         assert!(
             worse.is_empty(),
             "{}: {:?}",
-            p.xen,
+            p.0.name(),
             worse
                 .iter()
                 .map(|r| (&r.scenario, r.device_model))
