@@ -190,7 +190,7 @@ pub fn explore(
             summary.crash_points += d.crash_points;
             for v in &d.violations {
                 summary.violations.push(Violation {
-                    seed: format!("{name} (tests/explore_devices.rs)"),
+                    seed: format!("{name} (crates/lab/tests/explore_devices.rs)"),
                     what: v.clone(),
                 });
             }
