@@ -25,6 +25,7 @@ use xen::Pirq;
 use xenstore::instance::SocketClaim;
 
 use crate::host::{HostCtx, HostSpec};
+use crate::metrics::Metrics;
 use crate::DaemonError;
 
 /// The loop's bounds.
@@ -211,11 +212,22 @@ pub fn device_model_pid(ctx: &mut HostCtx, domid: xen::DomId) -> Option<i32> {
 
 /// Answers one request line from a peer whose pid the socket reported (`None`: unknown).
 pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Reply {
-    let req = match Request::parse_line(line) {
-        Ok(r) => r,
-        Err(LineError::TooLong { limit }) => return refused(&Refusal::TooLong { limit }),
-        Err(LineError::Malformed { detail }) => return refused(&Refusal::Malformed { detail }),
-    };
+    match parse_request(line) {
+        Ok(req) => handle_request(ctx, &req, peer_pid),
+        Err(reply) => reply,
+    }
+}
+
+/// A request line as a request, or the refusal it gets.
+fn parse_request(line: &str) -> Result<Request, Reply> {
+    Request::parse_line(line).map_err(|e| match e {
+        LineError::TooLong { limit } => refused(&Refusal::TooLong { limit }),
+        LineError::Malformed { detail } => refused(&Refusal::Malformed { detail }),
+    })
+}
+
+/// Answers one request from a peer whose pid the socket reported (`None`: unknown).
+pub fn handle_request(ctx: &mut HostCtx, req: &Request, peer_pid: Option<i32>) -> Reply {
     let claimed = req.domid();
     // Nothing speaks for a protected domain, proven or not (and saying so discloses
     // nothing: the list is the operator's, and dom0's is fixed).
@@ -236,7 +248,7 @@ pub fn handle_line(ctx: &mut HostCtx, line: &str, peer_pid: Option<i32>) -> Repl
         Ok(e) => e,
         Err(err) => return Reply::failed(ReplyCode::Error, err.to_string(), None),
     };
-    let r = match operation(&req) {
+    let r = match operation(req) {
         Operation::Bind(b) => e.broker_bind(b, &credential).map(|p| Some(p.0)),
         Operation::Unbind(b, pirq) => e.broker_unbind(b, pirq, &credential).map(|_| None),
         Operation::DeviceModelCall(call) => e
@@ -315,6 +327,7 @@ pub fn serve_broker(
     path: &Path,
     stop: Arc<AtomicBool>,
     limits: BrokerLimits,
+    metrics: Arc<Metrics>,
 ) -> Result<BrokerHandle, DaemonError> {
     let mut claim = SocketClaim::acquire(path)?;
     match std::fs::remove_file(path) {
@@ -342,6 +355,7 @@ pub fn serve_broker(
                 host,
                 limits,
                 stats: BrokerStats::default(),
+                metrics,
             };
             lp.run(&stop);
             drop(claim);
@@ -359,6 +373,7 @@ struct BrokerLoop {
     host: Arc<DaemonHost>,
     limits: BrokerLimits,
     stats: BrokerStats,
+    metrics: Arc<Metrics>,
 }
 
 impl BrokerLoop {
@@ -511,6 +526,8 @@ impl BrokerLoop {
                         c.input = Vec::new();
                         c.read_closed = true;
                         self.stats.too_long += 1;
+                        self.metrics
+                            .broker("oversized", Some(ReplyCode::TooLong.as_str()));
                         queue(&mut c, &refused(&Refusal::TooLong { limit: MAX_LINE }));
                     }
                 }
@@ -547,10 +564,22 @@ impl BrokerLoop {
         self.stats.requests += 1;
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
-        match self.host.with(|ctx| Ok(handle_line(ctx, text, peer_pid))) {
-            Ok(r) => r,
-            Err(e) => Reply::failed(ReplyCode::Error, e.to_string(), None),
-        }
+        let (op, reply) = match parse_request(text) {
+            Err(reply) => ("malformed", reply),
+            Ok(req) => match self
+                .host
+                .with(|ctx| Ok(handle_request(ctx, &req, peer_pid)))
+            {
+                Ok(r) => (req.op(), r),
+                Err(e) => (
+                    req.op(),
+                    Reply::failed(ReplyCode::Error, e.to_string(), None),
+                ),
+            },
+        };
+        self.metrics
+            .broker(op, reply.failure_code().map(ReplyCode::as_str));
+        reply
     }
 }
 

@@ -13,6 +13,7 @@ use pci::Sbdf;
 
 use crate::broker::DaemonHost;
 use crate::host::HostCtx;
+use crate::metrics::{Metrics, MetricsFile, TeardownTrigger};
 use crate::DaemonError;
 
 /// How often a simulated host's daemon looks for work (it has no event to wait on: other
@@ -58,36 +59,88 @@ pub struct RoundPolicy {
 /// One round: devices that left a running guest are followed (cleaned, or handed over to
 /// the guest the toolstack gave them to), the toolstack's new devices adopted, and with
 /// `recover` every unfinished teardown and gone owner finished; then devices no guest
-/// holds that Xen left masked are cured. Each part's failure is logged and the rest runs.
+/// holds that Xen left masked are cured. Each part's failure is logged (and counted in
+/// `metrics`) and the rest runs; each teardown is counted by what started it.
 pub fn recover_pending(
     ctx: &mut HostCtx,
     policy: RoundPolicy,
     recover: bool,
+    metrics: &Metrics,
 ) -> Result<Recovered, DaemonError> {
+    let failed = |what: &str, err: &dyn std::fmt::Display| {
+        tracing::warn!("{what}: {err}");
+        metrics.error(&format!("{what}: {err}"), unix_now());
+    };
     let mut e = ctx.engine()?;
     let mut done = Vec::new();
     match e.follow_departures(policy.report_only) {
-        Ok(d) => done.extend(d.into_iter().filter_map(|d| Some((d.sbdf, d.outcome?)))),
-        Err(err) => tracing::warn!("following devices that left a running guest: {err}"),
+        Ok(d) => {
+            for (sbdf, outcome) in d.into_iter().filter_map(|d| Some((d.sbdf, d.outcome?))) {
+                metrics.teardown(TeardownTrigger::Departure, &outcome);
+                done.push((sbdf, outcome));
+            }
+        }
+        Err(err) => failed("following devices that left a running guest", &err),
     }
     if policy.adopt {
         // Companion mode: devices the toolstack gave since the last round. A failure here
         // (Xenstore, the hypervisor) must not stop the teardowns below.
         if let Err(err) = e.adopt_from_toolstack() {
-            tracing::warn!("adoption from the toolstack's backends: {err}");
+            failed("adoption from the toolstack's backends", &err);
         }
     }
     if recover {
-        done.extend(e.reconcile(engine::Trigger::Recover)?);
+        for (sbdf, outcome) in e.reconcile(engine::Trigger::Recover)? {
+            metrics.teardown(TeardownTrigger::Recover, &outcome);
+            done.push((sbdf, outcome));
+        }
     }
     if let Err(err) = e.cure_unrecorded(policy.report_only) {
-        tracing::warn!("checking the devices no guest holds: {err}");
+        failed("checking the devices no guest holds", &err);
     }
     if let Err(err) = e.check_unplugs(unix_now()) {
-        tracing::warn!("checking the unplugs toolstack hooks announced: {err}");
+        failed("checking the unplugs toolstack hooks announced", &err);
     }
     let notices = std::mem::take(&mut e.notices);
+    notices.iter().for_each(|n| metrics.notice(n));
     Ok((done, notices))
+}
+
+/// The daemon's metrics, and where it keeps them as a textfile (none: counted only).
+#[derive(Debug, Default)]
+pub struct WatchMetrics {
+    pub metrics: std::sync::Arc<Metrics>,
+    pub file: Option<MetricsFile>,
+}
+
+impl WatchMetrics {
+    /// Rewrites the textfile, with the ledger's devices by state read now. A failure is
+    /// logged and counted; the daemon goes on.
+    pub fn publish(&self, host: &DaemonHost) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let states = host.with(|c| {
+            Ok(c.engine()?
+                .list_heads()?
+                .into_iter()
+                .flatten()
+                .map(|r| r.state)
+                .collect::<Vec<_>>())
+        });
+        match states {
+            Ok(s) => self.metrics.devices(s),
+            // Busy: the last count stands until the next round.
+            Err(e) if e.is_busy() => {}
+            Err(e) => self
+                .metrics
+                .error(&format!("reading the ledger for metrics: {e}"), unix_now()),
+        }
+        if let Err(e) = file.write(&self.metrics.render()) {
+            tracing::warn!("metrics: {e}");
+            self.metrics.error(&format!("metrics: {e}"), unix_now());
+        }
+    }
 }
 
 /// Logs a notice at its level: once, INFO for routine steps, WARN for cures and
@@ -193,8 +246,10 @@ pub fn watch_loop(
     mut watcher: Option<&mut xenstore::XsClient>,
     stop: &AtomicBool,
     policy: RoundPolicy,
+    metrics: &WatchMetrics,
     mut on_done: impl FnMut(&(Sbdf, Outcome)),
 ) -> Result<(), DaemonError> {
+    let m = &metrics.metrics;
     let mut last_dm_check = std::time::Instant::now();
     let mut last_retry = std::time::Instant::now();
     // Whether the last recovery left a teardown to retry (quarantined, unfinished).
@@ -207,6 +262,7 @@ pub fn watch_loop(
             last_dm_check = std::time::Instant::now();
             if let Some(said) = unless_busy(host.with(|c| Ok(release_orphans(c, &mut released))))? {
                 said.iter().for_each(log_notice);
+                said.iter().for_each(|n| m.notice(n));
             }
         }
         let round = match watcher.as_deref_mut() {
@@ -234,11 +290,12 @@ pub fn watch_loop(
         }
         let recover = round == Round::Recover;
         let Some((done, notices)) =
-            unless_busy(host.with(|c| recover_pending(c, policy, recover)))?
+            unless_busy(host.with(|c| recover_pending(c, policy, recover, m)))?
         else {
             owed = Some(round);
             continue;
         };
+        m.round(if recover { "recover" } else { "adopt" }, unix_now());
         notices.iter().for_each(log_notice);
         for d in &done {
             match &d.1 {
@@ -255,6 +312,7 @@ pub fn watch_loop(
             last_retry = std::time::Instant::now();
         }
         unfinished = unless_busy(host.with(|c| Ok(c.engine()?.has_unfinished()?)))?.unwrap_or(true);
+        metrics.publish(host);
     }
     Ok(())
 }

@@ -151,8 +151,14 @@ impl Bed {
         let daemon = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
         let stop = Arc::new(AtomicBool::new(false));
         let sock = tmp.path().join("broker.sock");
-        let server =
-            serve_broker(daemon.clone(), &sock, stop.clone(), BrokerLimits::default()).unwrap();
+        let server = serve_broker(
+            daemon.clone(),
+            &sock,
+            stop.clone(),
+            BrokerLimits::default(),
+            Default::default(),
+        )
+        .unwrap();
         let bin = dm_calls_program(tmp.path(), lib);
         let mut child = Command::new(bin)
             .args([

@@ -587,6 +587,14 @@ pub struct WatchArgs {
     /// Also PTGUARD_REPORT_ONLY=1 (the Debian package's /etc/default/ptguard).
     #[arg(long, env = "PTGUARD_REPORT_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
     pub report_only: bool,
+    /// Keep Prometheus metrics in PATH, a textfile for node_exporter's textfile collector
+    /// (e.g. /var/lib/prometheus/node-exporter/ptguard.prom), rewritten atomically after
+    /// every round: devices by state, teardowns by trigger and outcome, quarantines by
+    /// reason, sweeps and pirqs swept, cures, adoptions, broker requests and refusals by
+    /// code, errors and the last one (docs/metrics.md). With --once, written once. Also
+    /// PTGUARD_METRICS_FILE (the Debian package's /etc/default/ptguard).
+    #[arg(long, value_name = "PATH", env = "PTGUARD_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -32,7 +32,17 @@ fn main() {
         if broken_pipe {
             std::process::exit(ptguard::exit::OK);
         }
-        eprintln!("ptguard: {e:#}");
+        // The chain of causes, each said once: most messages already carry their cause's
+        // text (`cannot write F: No such file or directory`).
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let text = cause.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(": ");
+                msg.push_str(&text);
+            }
+        }
+        eprintln!("ptguard: {msg}");
         std::process::exit(ptguard::exit::FAILURE);
     }
 }

@@ -34,11 +34,13 @@ fn bind_unbind_and_refusals_over_the_socket() {
     let host_ctx = Arc::new(DaemonHost::Held(Box::new(Mutex::new(ctx))));
     let stop = Arc::new(AtomicBool::new(false));
     let sock = tmp.path().join("broker.sock");
+    let metrics = Arc::new(daemon::metrics::Metrics::default());
     let server = serve_broker(
         host_ctx.clone(),
         &sock,
         stop.clone(),
         BrokerLimits::default(),
+        metrics.clone(),
     )
     .unwrap();
     let mode = std::fs::metadata(&sock).unwrap();
@@ -152,6 +154,30 @@ fn bind_unbind_and_refusals_over_the_socket() {
     stop.store(true, Ordering::Relaxed);
     server.join();
     assert!(!sock.exists(), "the broker removes its own socket");
+    // Every request counted by its operation, every refusal by its code.
+    let text = metrics.render();
+    let sample = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(sample(r#"ptguard_broker_requests_total{op="bind"}"#), 8);
+    assert_eq!(sample(r#"ptguard_broker_requests_total{op="unbind"}"#), 1);
+    assert_eq!(
+        sample(r#"ptguard_broker_requests_total{op="malformed"}"#),
+        1
+    );
+    for (code, n) in [
+        ("credential-required", 1),
+        ("credential-rejected", 2),
+        ("stale-epoch", 1),
+        ("malformed", 1),
+        ("protected-domain", 1),
+        ("not-device-model", 1),
+    ] {
+        let series = format!(r#"ptguard_broker_refusals_total{{code="{code}"}}"#);
+        assert_eq!(sample(&series), n, "{code}");
+    }
 }
 
 /// The four libxenctrl calls of a stock device model (the preload library's requests)
@@ -420,6 +446,7 @@ fn served(
         &sock,
         stop.clone(),
         limits,
+        Default::default(),
     )
     .unwrap();
     (tmp, sock, stop, server)

@@ -31,9 +31,14 @@ fn release_domain_event_triggers_the_teardown() {
     let daemon = {
         let (ctx, stop, done) = (ctx.clone(), stop.clone(), done.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |d| {
-                done.lock().unwrap().push(d.clone())
-            })
+            watch_loop(
+                &ctx,
+                Some(&mut watcher),
+                &stop,
+                COMPANION,
+                &Default::default(),
+                |d| done.lock().unwrap().push(d.clone()),
+            )
             .unwrap()
         })
     };
@@ -106,7 +111,15 @@ fn a_backend_event_during_an_attach_does_not_tear_it_down() {
     let daemon = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |_| {}).unwrap()
+            watch_loop(
+                &ctx,
+                Some(&mut watcher),
+                &stop,
+                COMPANION,
+                &Default::default(),
+                |_| {},
+            )
+            .unwrap()
         })
     };
     other
@@ -159,7 +172,15 @@ fn a_dead_device_models_bindings_are_released_while_its_guest_runs() {
     let daemon = {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         std::thread::spawn(move || {
-            watch_loop(&ctx, Some(&mut watcher), &stop, COMPANION, |_| {}).unwrap()
+            watch_loop(
+                &ctx,
+                Some(&mut watcher),
+                &stop,
+                COMPANION,
+                &Default::default(),
+                |_| {},
+            )
+            .unwrap()
         })
     };
     let bindings = || {

@@ -126,6 +126,18 @@ impl Request {
         line_of(self)
     }
 
+    /// The request's `op`, as on the wire (metrics label it so).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Bind { .. } => "bind",
+            Request::Unbind { .. } => "unbind",
+            Request::MapPirqMsi { .. } => "map-pirq-msi",
+            Request::UpdateMsiIrq { .. } => "update-msi-irq",
+            Request::UnbindMsiIrq { .. } => "unbind-msi-irq",
+            Request::UnmapPirq { .. } => "unmap-pirq",
+        }
+    }
+
     /// The domain the request speaks for.
     pub fn domid(&self) -> DomId {
         match self {
@@ -378,6 +390,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reply.failure_code(), Some(ReplyCode::StaleEpoch));
+    }
+
+    #[test]
+    fn op_names_are_the_wire_tags() {
+        let bind = r#"{"op":"bind","domid":5,"sbdf":"0000:03:00.0","epoch":3,"kind":{"kind":"msix","entry":2,"table_base":4026531840},"gvec":64,"gflags":0,"gtable":0}"#;
+        let lines = [
+            bind.to_string(),
+            bind.replace(r#""op":"bind""#, r#""op":"unbind","pirq":7"#),
+            r#"{"op":"map-pirq-msi","domid":5,"sbdf":"0000:03:00.0","entry":0,"table_base":0}"#
+                .into(),
+            r#"{"op":"update-msi-irq","domid":5,"gvec":64,"pirq":7,"gflags":0,"gtable":0}"#.into(),
+            r#"{"op":"unbind-msi-irq","domid":5,"pirq":7}"#.into(),
+            r#"{"op":"unmap-pirq","domid":5,"pirq":7}"#.into(),
+        ];
+        for l in &lines {
+            let r = Request::parse_line(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let v: serde_json::Value = serde_json::from_str(r.to_line().trim_end()).unwrap();
+            assert_eq!(v["op"], r.op(), "{l}");
+        }
     }
 
     #[test]

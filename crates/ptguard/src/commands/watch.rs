@@ -11,7 +11,10 @@ use serde::Serialize;
 
 use daemon::broker::{serve_broker, BrokerLimits, DaemonHost};
 use daemon::host::HostSpec;
-use daemon::watch::{recover_pending, unless_busy, watch_loop, RoundPolicy, ADOPT_TOKEN};
+use daemon::metrics::MetricsFile;
+use daemon::watch::{
+    recover_pending, unless_busy, watch_loop, RoundPolicy, WatchMetrics, ADOPT_TOKEN,
+};
 use engine::Outcome;
 
 use crate::cli::{Cli, WatchArgs};
@@ -55,7 +58,12 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         adopt: !args.no_adopt,
         report_only: args.report_only,
     };
-    let (done, notices) = recover_pending(&mut ctx, policy, true)?;
+    let metrics = WatchMetrics {
+        file: args.metrics_file.clone().map(|path| MetricsFile { path }),
+        ..WatchMetrics::default()
+    };
+    let (done, notices) = recover_pending(&mut ctx, policy, true, &metrics.metrics)?;
+    metrics.metrics.round("recover", daemon::watch::unix_now());
     ctx.save()?;
     let pending = Pending {
         notices,
@@ -92,6 +100,11 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         Ok(())
     })?;
     if args.once {
+        if let Some(file) = &metrics.file {
+            let states = ctx.engine()?.list_heads()?.into_iter().flatten();
+            metrics.metrics.devices(states.map(|r| r.state));
+            file.write(&metrics.metrics.render())?;
+        }
         return crate::commands::lifecycle::print_log(cli, &ctx, out);
     }
     out.flush()?;
@@ -121,7 +134,13 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    let broker = serve_broker(host.clone(), &socket, stop.clone(), BrokerLimits::default())?;
+    let broker = serve_broker(
+        host.clone(),
+        &socket,
+        stop.clone(),
+        BrokerLimits::default(),
+        metrics.metrics.clone(),
+    )?;
     tracing::info!(
         "watching @releaseDomain{}; broker on {}",
         if args.no_adopt {
@@ -131,7 +150,8 @@ pub fn run(cli: &Cli, args: &WatchArgs, out: &mut dyn Write) -> anyhow::Result<(
         },
         socket.display()
     );
-    let r = watch_loop(&host, watcher.as_mut(), &stop, policy, |_| {});
+    metrics.publish(&host);
+    let r = watch_loop(&host, watcher.as_mut(), &stop, policy, &metrics, |_| {});
     stop.store(true, Ordering::Relaxed);
     broker.join();
     Ok(r?)
