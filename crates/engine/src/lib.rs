@@ -139,7 +139,7 @@ pub enum EngineError {
     VectorsStillMapped { sbdf: Sbdf },
     #[error("{sbdf}: MSI-X Function Mask is still set after {}; unbind it from pciback and bind it again (`ptguard assignable-remove {sbdf}` then `ptguard assignable-add {sbdf}`)", done.join(", "))]
     StillMasked { sbdf: Sbdf, done: Vec<String> },
-    #[error("{sbdf}: {domid} has no pirq left for another MSI vector (PHYSDEVOP_map_pirq: -ENOSPC): a guest gets nr_irqs_gsi + extra_guest_irqs pirqs, 32 for MSI by default; raise `extra_guest_irqs=` on Xen's command line, or enable fewer vectors")]
+    #[error("{sbdf}: {domid} has no pirq left for another MSI vector (PHYSDEVOP_map_pirq: -ENOSPC): a guest gets nr_irqs_gsi + extra_guest_irqs pirqs, 32 for MSI by default; raise `extra_guest_irqs=` on Xen's command line (Xen 4.19 and later bound it to 32768 pirqs in all), or enable fewer vectors")]
     PirqBudgetExhausted { sbdf: Sbdf, domid: DomId },
     #[error("{sbdf}: the epoch in the ledger ({epoch}) cannot grow any further; the entry was edited by hand — check it with `ptguard show {sbdf}`")]
     EpochExhausted { sbdf: Sbdf, epoch: u64 },

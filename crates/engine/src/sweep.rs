@@ -16,8 +16,56 @@ use crate::{EngineError, Liveness, NoticeKind};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
-/// `DEFAULT_EXTRA_DOMU_IRQS` (Xen 4.17 xen/common/domain.c).
+/// `DEFAULT_EXTRA_DOMU_IRQS` (xen/common/domain.c, the same from 4.11 to 4.22).
 pub const DEFAULT_EXTRA_GUEST_IRQS: u32 = 32;
+/// Since Xen 4.19 (commit 17f6d398f7, xen/common/domain.c at RELEASE-4.19.0)
+/// `extra_guest_irqs=` is bounded: a domU's pirqs stop at `min(nr_irqs, PAGE_SIZE * 8)`,
+/// the capacity of the pirq EOI bitmap, and Xen logs `domU IRQs bounded to N` when it cuts
+/// a larger value. Earlier releases take any value.
+pub const PIRQ_CAP_SINCE_4_19: u32 = 4096 * 8;
+
+/// A guest's MSI pirq budget on the running Xen: `extra_guest_irqs=` (default 32), and
+/// how far that option may be raised on this release.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PirqBudget {
+    /// `extra_guest_irqs=` from Xen's command line, `None` when not set.
+    pub extra_guest_irqs: Option<u32>,
+    /// The running Xen, when known (`XENVER_version`, or `xl info` in a report).
+    pub xen: Option<xen::XenVersion>,
+}
+
+impl PirqBudget {
+    /// A guest's MSI pirqs.
+    pub fn budget(&self) -> u32 {
+        self.extra_guest_irqs.unwrap_or(DEFAULT_EXTRA_GUEST_IRQS)
+    }
+
+    /// The most pirqs a domU can have in all on this release: `Some` from 4.19 on.
+    pub fn cap(&self) -> Option<u32> {
+        let v = self.xen?;
+        ((v.major, v.minor) >= (4, 19)).then_some(PIRQ_CAP_SINCE_4_19)
+    }
+
+    /// What to tell an operator whose guest needs `want` MSI pirqs.
+    pub fn advice(&self, want: u32) -> String {
+        let raise = format!(
+            "add `extra_guest_irqs={want}` (at least the total of a guest's vectors) to Xen's command line"
+        );
+        match (self.xen, self.cap()) {
+            (Some(v), Some(cap)) if want > cap => format!(
+                "enable fewer vectors: Xen {v} gives a guest at most {cap} pirqs in all (extra_guest_irqs= is bounded there since 4.19, by nr_irqs and the pirq EOI bitmap's {cap} bits)"
+            ),
+            (Some(v), Some(cap)) => format!(
+                "{raise}; Xen {v} bounds it (since 4.19) to {cap} pirqs in all, fewer on a host with fewer IRQs, and says `domU IRQs bounded to N` when it cuts it"
+            ),
+            (Some(v), None) => format!("{raise} (Xen {v} takes any value)"),
+            (None, _) => format!(
+                "{raise}; Xen 4.19 and later bound it to {PIRQ_CAP_SINCE_4_19} pirqs in all"
+            ),
+        }
+    }
+}
+
 /// When Xen's "IRQ limits" line has left the console ring: the sweep starts at pirq 0
 /// (unmapping a finished domain's GSI pirqs is harmless) and covers this many GSIs, more
 /// than any IO-APIC layout gives.

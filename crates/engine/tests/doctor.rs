@@ -1,6 +1,7 @@
 //! Doctor's checks on fixture sysfs trees, each with its fix.
 
 use engine::doctor::{diagnose, holder_checks, reconcile, xen_view, Severity, CODES};
+use engine::sweep::PirqBudget;
 use engine::{DeviceRecord, DeviceState, Liveness, Step};
 use pci::builder::ConfigBuilder;
 use pci::config::regs::*;
@@ -173,11 +174,11 @@ fn xen_view_on_real_dumps() {
     let nic = sbdf("0000:00:05.0");
     let alive: BTreeMap<DomId, Liveness> =
         [(DomId(0), Liveness::Running), (DomId(4), Liveness::Running)].into();
-    let f = xen_view(&q, &i, &alive, &[(nic, 5)], None);
+    let f = xen_view(&q, &i, &alive, &[(nic, 5)], &Default::default());
     assert!(f.is_empty(), "{f:#?}");
     let dying: BTreeMap<DomId, Liveness> =
         [(DomId(0), Liveness::Running), (DomId(4), Liveness::Dying)].into();
-    let f = xen_view(&q, &i, &dying, &[(nic, 5)], None);
+    let f = xen_view(&q, &i, &dying, &[(nic, 5)], &Default::default());
     let codes: Vec<&str> = f.iter().map(|f| f.code).collect();
     assert_eq!(
         codes,
@@ -196,11 +197,41 @@ fn xen_view_on_real_dumps() {
         f[1]
     );
     // A 64-vector device against the default budget of 32; enough when raised.
-    let f = xen_view(&q, &i, &alive, &[(nic, 64)], None);
+    let f = xen_view(&q, &i, &alive, &[(nic, 64)], &Default::default());
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].code, "pirq-budget");
     assert!(f[0].fix.contains("extra_guest_irqs=64"));
-    assert!(xen_view(&q, &i, &alive, &[(nic, 64)], Some(64)).is_empty());
+    let raised = PirqBudget {
+        extra_guest_irqs: Some(64),
+        xen: None,
+    };
+    assert!(xen_view(&q, &i, &alive, &[(nic, 64)], &raised).is_empty());
+    // The advice states the bound of the running release: none before 4.19, 32768
+    // pirqs in all from 4.19 on (a device needing more cannot be helped by the option).
+    let on = |major, minor| PirqBudget {
+        extra_guest_irqs: None,
+        xen: Some(xen::XenVersion { major, minor }),
+    };
+    let fix = |b: &PirqBudget, n| xen_view(&q, &i, &alive, &[(nic, n)], b)[0].fix.clone();
+    assert!(
+        fix(&on(4, 17), 64).contains("Xen 4.17 takes any value"),
+        "{}",
+        fix(&on(4, 17), 64)
+    );
+    let f420 = fix(&on(4, 20), 64);
+    assert!(
+        f420.contains("extra_guest_irqs=64") && f420.contains("32768"),
+        "{f420}"
+    );
+    let f_over = fix(&on(4, 19), 2048);
+    assert!(
+        f_over.contains("extra_guest_irqs=2048"),
+        "2048 fits under the bound: {f_over}"
+    );
+    assert_eq!(PirqBudget::default().cap(), None);
+    assert_eq!(on(4, 18).cap(), None);
+    assert_eq!(on(4, 19).cap(), Some(32768));
+    assert!(on(4, 22).advice(40_000).starts_with("enable fewer vectors"));
     assert_eq!(
         engine::doctor::extra_guest_irqs("loglvl=all extra_guest_irqs=96,512"),
         Some(96)
@@ -274,7 +305,7 @@ fn every_finding_code_has_a_check() {
     let q = engine::xen_dump::pci_devices(&dmesg);
     let i = engine::xen_dump::irq_bindings(&dmesg);
     seen.extend(
-        xen_view(&q, &i, &BTreeMap::new(), &[(a, 2048)], None)
+        xen_view(&q, &i, &BTreeMap::new(), &[(a, 2048)], &Default::default())
             .iter()
             .map(|f| f.code),
     );
@@ -400,7 +431,7 @@ fn xen_view_names_vectors_a_zombie_left_on_a_quarantined_device() {
     let dmesg = report_dmesg("zombie-holds-the-device");
     let q = engine::xen_dump::pci_devices(&dmesg);
     let i = engine::xen_dump::irq_bindings(&dmesg);
-    let f = xen_view(&q, &i, &BTreeMap::new(), &[], None);
+    let f = xen_view(&q, &i, &BTreeMap::new(), &[], &Default::default());
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].code, "leftover-pirqs");
     assert_eq!(f[0].sbdf, Some(sbdf("0000:00:05.0")));

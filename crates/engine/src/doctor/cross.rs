@@ -190,7 +190,7 @@ pub fn xen_view(
     irq_dump: &[IrqBinding],
     life: &BTreeMap<DomId, Liveness>,
     table_sizes: &[(Sbdf, u16)],
-    extra_guest_irqs: Option<u32>,
+    pirqs: &crate::sweep::PirqBudget,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let state = |d: DomId| life.get(&d).copied().unwrap_or(Liveness::Gone);
@@ -281,21 +281,28 @@ pub fn xen_view(
             }
         }
     }
-    let budget = extra_guest_irqs.unwrap_or(DEFAULT_EXTRA_GUEST_IRQS);
+    let budget = pirqs.budget();
     for (s, n) in table_sizes {
         if u32::from(*n) > budget {
+            let mut evidence = vec![
+                format!("config space: MSI-X Count={n}"),
+                format!(
+                    "Xen: extra_guest_irqs {}",
+                    pirqs.extra_guest_irqs.map_or(
+                        format!("not set (default {DEFAULT_EXTRA_GUEST_IRQS})"),
+                        |v| v.to_string()
+                    )
+                ),
+            ];
+            if let Some(v) = pirqs.xen {
+                evidence.push(format!("Xen {v}"));
+            }
             out.push(Finding::new(
                 "pirq-budget",
                 Some(*s),
                 format!("its MSI-X table has {n} entries, more than a guest's {budget} MSI pirqs"),
-                vec![
-                    format!("config space: MSI-X Count={n}"),
-                    format!(
-                        "Xen: extra_guest_irqs {}",
-                        extra_guest_irqs.map_or(format!("not set (default {DEFAULT_EXTRA_GUEST_IRQS})"), |v| v.to_string())
-                    ),
-                ],
-                format!("add `extra_guest_irqs={n}` (at least the total of a guest's vectors) to Xen's command line"),
+                evidence,
+                pirqs.advice(u32::from(*n)),
             ));
         }
     }

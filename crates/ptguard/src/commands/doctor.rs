@@ -110,10 +110,21 @@ fn live_xen_view(
         }
     }
     let sizes = table_sizes_live(pci, &q);
-    let extra = hv.command_line().ok().and_then(|c| extra_guest_irqs(&c));
-    findings.append(&mut xen_view(&q, &i, &life, &sizes, extra));
+    let pirqs = engine::sweep::PirqBudget {
+        extra_guest_irqs: hv.command_line().ok().and_then(|c| extra_guest_irqs(&c)),
+        xen: hv.version().ok(),
+    };
+    findings.append(&mut xen_view(&q, &i, &life, &sizes, &pirqs));
     findings.append(&mut engine::doctor::holder_checks(&q, records, backends));
     findings.append(&mut dying_domains(&life));
+}
+
+/// The Xen release `xl info` names (`xen_major`, `xen_minor`).
+fn xen_version_of(major: Option<String>, minor: Option<String>) -> Option<xen::XenVersion> {
+    Some(xen::XenVersion {
+        major: major?.parse().ok()?,
+        minor: minor?.parse().ok()?,
+    })
 }
 
 /// Domain ids Xenstore knows (`/local/domain/N`).
@@ -300,12 +311,18 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
                 })
                 .map(|(s, (_, n, _))| (*s, *n))
                 .collect();
-            let extra = info.and_then(|i| {
-                i.lines()
-                    .find(|l| l.starts_with("xen_commandline"))
-                    .and_then(|l| l.split_once(':'))
-                    .and_then(|(_, c)| extra_guest_irqs(c))
-            });
+            let info_field = |name: &str| {
+                info.and_then(|i| {
+                    i.lines()
+                        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                        .and_then(|l| l.split_once(':'))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+            };
+            let pirqs = engine::sweep::PirqBudget {
+                extra_guest_irqs: info_field("xen_commandline").and_then(|c| extra_guest_irqs(&c)),
+                xen: xen_version_of(info_field("xen_major"), info_field("xen_minor")),
+            };
             if xs_domains.is_none() {
                 out.push(missing(
                     "`xenstore-ls -f`",
@@ -313,7 +330,7 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
                     "add `### xenstore-ls -f`",
                 ));
             } else {
-                out.append(&mut xen_view(&q, &i, &life, &guestish, extra));
+                out.append(&mut xen_view(&q, &i, &life, &guestish, &pirqs));
             }
             if let Some(x) = xenstore {
                 out.append(&mut report_ledger_findings(x, &q));
