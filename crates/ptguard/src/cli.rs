@@ -14,7 +14,10 @@ ENVIRONMENT:
     XENSTORED_RUNDIR   directory of the xenstored socket (default /run/xenstored)
     XENSTORED_PATH     full path of the xenstored socket (overrides XENSTORED_RUNDIR)
     PTGUARD_LOG        log filter, e.g. info, debug, xenstored=debug (default warn)
-    PTGUARD_PROTECT    comma-separated domain ids never to touch (as --protect)";
+    PTGUARD_PROTECT    comma-separated domain ids never to touch (as --protect)
+    PTGUARD_HOST       the host to act on (as --host), e.g. for a toolstack hook run
+                       against a simulated host
+    PTGUARD_METRICS_FILE  watch's Prometheus textfile (as watch --metrics-file)";
 
 /// The version, the commit it was built from and the Xen releases it speaks (the ABI is
 /// picked at run time from the hypervisor's version: `xen::abi::RELEASE_ABIS`).
@@ -38,7 +41,13 @@ pub struct Cli {
     /// The host to act on: `real` (this dom0: /dev/xen/privcmd, /sys, xenstored) or
     /// `sim:DIR` (a simulated Xen host whose state is kept in DIR; create it with
     /// `ptguard --host sim:DIR sim init`).
-    #[arg(long, global = true, value_name = "HOST", default_value = "real")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST",
+        default_value = "real",
+        env = "PTGUARD_HOST"
+    )]
     pub host: daemon::host::HostSpec,
 
     /// Print the hypercalls and sysfs writes a mutating command would make, in order,
@@ -473,6 +482,31 @@ pub enum HookCommand {
     /// device once it has left the guest. Safe to run twice.
     #[command(name = "pre-unplug")]
     PreUnplug(SbdfArg),
+    /// libvirt's libxl hook (installed as /etc/libvirt/hooks/libxl.d/ptguard, which libvirt
+    /// 6.5 and later runs with these arguments and the domain's XML on stdin). On
+    /// `prepare begin` (before libvirt detaches and resets the guest's devices) and
+    /// `stopped end` (the guest is off; libvirt resets and reattaches its devices next),
+    /// runs `hook pre-reset` for every PCI <hostdev> of the domain; every other operation
+    /// is left alone. Always exits 0: a failure is said on stderr (libvirt logs it) and
+    /// never stops the domain's start or cleanup.
+    Libvirt(LibvirtHookArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LibvirtHookArgs {
+    /// The domain's name.
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+    /// libvirt's operation: prepare, start, started, stopped, release, migrate, restore,
+    /// reconnect, attach.
+    #[arg(value_name = "OPERATION")]
+    pub operation: String,
+    /// Its sub-operation: begin, end or -.
+    #[arg(value_name = "SUB-OPERATION", default_value = "-")]
+    pub sub_operation: String,
+    /// libvirt's extra argument (unused).
+    #[arg(value_name = "EXTRA", default_value = "-")]
+    pub extra: String,
 }
 
 #[derive(Debug, Args)]

@@ -65,6 +65,7 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::Hook(h) => match &h.what {
             crate::cli::HookCommand::PreReset(a) => lc::hook_pre_reset(&cli, a.sbdf, a.json, out),
             crate::cli::HookCommand::PreUnplug(a) => lc::hook_pre_unplug(&cli, a.sbdf, a.json, out),
+            crate::cli::HookCommand::Libvirt(a) => commands::adapters::libvirt(&cli, a, out),
         },
         Command::Doctor(a) => commands::doctor::run(&cli, a, out),
         Command::Preflight(a) => commands::doctor::preflight(&cli, a, out),

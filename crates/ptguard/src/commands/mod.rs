@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod adapters;
 pub mod doctor;
 pub mod explore;
 pub use lab::explore_devices;
