@@ -394,6 +394,15 @@ fn every_finding_code_has_a_check() {
     // A guest's line is not Xen's.
     assert!(engine::xen_dump::pci_devices("(d5) (XEN) 0000:0c:00.0 - d3 - node -1 \n").is_empty());
     seen.extend(codes);
+    // The toolstacks' logs.
+    for name in ["xl-web1.log", "qemu-dm-web1.log", "xl-dmesg.txt"] {
+        let (p, text) = log_fixture(name);
+        seen.extend(
+            engine::doctor::logs::log_findings(&p, &text)
+                .iter()
+                .map(|f| f.code),
+        );
+    }
     // An announced unplug: pending within libxl's wait, a finding after it.
     let pending = |waited| engine::companion::PendingUnplug {
         sbdf: held,
@@ -448,4 +457,127 @@ fn xen_view_names_vectors_a_zombie_left_on_a_quarantined_device() {
         (d[0].code, d[0].problem.as_str()),
         ("dying-domain", "d4 is dying and has not finished")
     );
+}
+
+fn log_fixture(name: &str) -> (String, String) {
+    let p = format!("{}/tests/fixtures/logs/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&p).unwrap();
+    (p, text)
+}
+
+/// Issue 27 (2): each known failure line of the toolstacks' logs is a named finding with
+/// its cause and fix, naming the device and the domain; unknown lines are ignored.
+#[test]
+fn the_toolstacks_logs_are_read_as_findings() {
+    use engine::doctor::logs::log_findings;
+    let nic = sbdf("0000:00:05.0");
+    let (p, xl) = log_fixture("xl-web1.log");
+    let f = log_findings(&p, &xl);
+    let codes: Vec<_> = f.iter().map(|f| (f.code, f.sbdf)).collect();
+    assert_eq!(
+        codes,
+        [
+            ("held-by-guest", Some(nic)),
+            ("toolstack-pci-add-failed", Some(nic)),
+            ("no-reset-method", Some(nic)),
+            ("not-assignable", Some(sbdf("0000:03:00.0"))),
+            ("toolstack-map-failed", None),
+        ],
+        "{f:#?}"
+    );
+    assert!(
+        f[1].problem.contains("d8") && f[1].problem.contains("rc -3"),
+        "{:?}",
+        f[1]
+    );
+    assert!(f[1].evidence[0].contains("xl-web1.log:3:"), "{:?}", f[1]);
+    assert!(
+        !f[2].problem.contains("d0"),
+        "libxl's reset names the segment, not a domain"
+    );
+    assert!(
+        f[3].fix.contains("xl pci-assignable-add 0000:03:00.0"),
+        "{:?}",
+        f[3]
+    );
+
+    let (p, qemu) = log_fixture("qemu-dm-web1.log");
+    let f = log_findings(&p, &qemu);
+    let codes: Vec<_> = f.iter().map(|f| f.code).collect();
+    assert_eq!(
+        codes,
+        ["dm-map-failed", "dm-bind-failed", "dm-unmap-failed"],
+        "{f:#?}"
+    );
+    assert!(
+        f.iter().all(|f| f.problem.contains("domain web1")),
+        "{f:#?}"
+    );
+    assert!(
+        f[2].problem.contains("pirq 53") && f[2].fix.contains("ptguard sweep"),
+        "{:?}",
+        f[2]
+    );
+
+    let (p, dmesg) = log_fixture("xl-dmesg.txt");
+    let f = log_findings(&p, &dmesg);
+    let codes: Vec<_> = f.iter().map(|f| (f.code, f.sbdf)).collect();
+    // The guest's line that imitates Xen's is not Xen's.
+    assert_eq!(
+        codes,
+        [
+            ("mask-forced-logged", Some(nic)),
+            ("assign-refused", Some(nic))
+        ],
+        "{f:#?}"
+    );
+    assert!(
+        f[0].fix.contains("ptguard repair 0000:00:05.0"),
+        "{:?}",
+        f[0]
+    );
+    assert!(
+        f[1].problem.contains("d8") && f[1].problem.contains("-EBUSY"),
+        "{:?}",
+        f[1]
+    );
+    // Every log finding's code is a known one.
+    for f in log_findings(&p, &format!("{xl}{qemu}{dmesg}")) {
+        assert!(CODES.iter().any(|(c, _, _)| *c == f.code), "{}", f.code);
+    }
+}
+
+/// On a live host Xen's console ring outlives what it describes: its lines are evidence for
+/// a finding the present state shows, and history otherwise.
+#[test]
+fn xens_console_lines_are_evidence_for_the_present_not_findings_of_their_own() {
+    use engine::doctor::logs::{log_findings, merge_evidence};
+    use engine::doctor::Finding;
+    let nic = sbdf("0000:00:05.0");
+    let (p, dmesg) = log_fixture("xl-dmesg.txt");
+    let present = Finding::new(
+        "function-mask-forced",
+        Some(nic),
+        "MSI-X Function Mask is set".into(),
+        vec!["config space: MSI-X Enable- Count=5 Masked+".into()],
+        "ptguard repair 0000:00:05.0".into(),
+    );
+    let mut now = vec![present];
+    merge_evidence(&mut now, log_findings(&p, &dmesg));
+    assert_eq!(now.len(), 1, "{now:#?}");
+    assert!(
+        now[0]
+            .evidence
+            .iter()
+            .any(|e| e.contains("cannot mask IRQ 28")),
+        "{now:#?}"
+    );
+    assert!(now[0]
+        .evidence
+        .iter()
+        .any(|e| e.contains("assign (0000:00:05.0) failed (-16)")));
+    // Repaired since: the same ring says nothing about the device now.
+    let mut repaired: Vec<Finding> = Vec::new();
+    merge_evidence(&mut repaired, log_findings(&p, &dmesg));
+    assert!(repaired.is_empty());
 }

@@ -561,6 +561,14 @@ pub struct DoctorArgs {
     /// missing.
     #[arg(long, value_name = "FILE")]
     pub from_report: Option<PathBuf>,
+    /// Read these toolstack logs for known failure lines, each a finding with its cause
+    /// and fix naming the device and the domain: xl's /var/log/xen/xl-NAME.log, qemu-xen's
+    /// /var/log/xen/qemu-dm-NAME.log, libvirt's /var/log/libvirt/libxl/libxl-driver.log,
+    /// `xl dmesg` saved to a file (docs/doctor.md, "From the toolstacks' logs"). Lines it
+    /// does not know are ignored. With --log, doctor reads the logs (and a report given
+    /// with --from-report), not this host. Repeatable, or several files after one --log.
+    #[arg(long = "log", value_name = "FILE", num_args = 1..)]
+    pub logs: Vec<PathBuf>,
     /// Root of the sysfs tree to inspect (real host).
     #[arg(long, value_name = "DIR", default_value = "/sys")]
     pub sysfs: PathBuf,
@@ -590,6 +598,11 @@ pub struct ReportArgs {
     /// Write the report to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Where the toolstack's logs are: the report captures the last lines of each
+    /// xl-NAME.log and qemu-dm-NAME.log there that names a PCI device (the guests that
+    /// held one), and libvirt's libxl-driver.log when present.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/xen")]
+    pub log_dir: PathBuf,
     /// Print the report as JSON: {"sections": [{"command", "output"}, ...]}.
     #[arg(long)]
     pub json: bool,

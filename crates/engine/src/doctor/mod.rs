@@ -54,6 +54,13 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("no-passthrough", Severity::Error, "a domain created without passthrough= has no IOMMU context: assigning it a device answers -EOPNOTSUPP"),
     ("pvh-guest", Severity::Error, "PVH guests cannot take PCI devices (libxl refuses: passthrough not yet supported for PVH)"),
     ("guest-missing", Severity::Error, "there is no live domain to give the device to"),
+    ("toolstack-pci-add-failed", Severity::Error, "the toolstack could not give the device to the guest: the guest started without it, or did not start"),
+    ("toolstack-map-failed", Severity::Error, "the device's legacy interrupt is not routed to the guest: a driver that uses INTx gets none"),
+    ("assign-refused", Severity::Error, "Xen would not assign the device to the guest: the guest's start failed"),
+    ("mask-forced-logged", Severity::Error, "Xen set the device's MSI-X Function Mask: until it is cleared no vector interrupts, and Xen 4.13+ refuses to assign the device (-EBUSY)"),
+    ("dm-map-failed", Severity::Error, "a vector the guest enabled was never mapped: the guest's driver waits for interrupts that do not come"),
+    ("dm-unmap-failed", Severity::Error, "a pirq the device model could not unmap keeps the device's MSI-X state busy: release_msix answers -EBUSY until the domain is gone"),
+    ("dm-bind-failed", Severity::Error, "a vector mapped but not bound delivers nothing to the guest, and one bound and never unbound stays so until the domain is destroyed"),
 ];
 
 /// One problem: what, the evidence (which view said what), why it matters, the fix.
@@ -329,4 +336,5 @@ fn forced_mask(s: Sbdf, evidence: Vec<String>) -> Finding {
 }
 
 mod cross;
+pub mod logs;
 pub use cross::{dying_domains, extra_guest_irqs, holder_checks, reconcile, xen_view, HeldByGuest};

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 
 use engine::doctor::{
     diagnose, dying_domains, extra_guest_irqs, reconcile, xen_view, Finding, Severity,
@@ -92,6 +93,7 @@ fn live_xen_view(
             return;
         }
     };
+    let logged = engine::doctor::logs::log_findings("xl dmesg", &text);
     let q = xen_dump::pci_devices(&text);
     let i = xen_dump::irq_bindings(&text);
     let mut life = BTreeMap::new();
@@ -117,6 +119,9 @@ fn live_xen_view(
     findings.append(&mut xen_view(&q, &i, &life, &sizes, &pirqs));
     findings.append(&mut engine::doctor::holder_checks(&q, records, backends));
     findings.append(&mut dying_domains(&life));
+    // Xen's own failure lines still in the ring (a refused assign, a forced mask), as
+    // evidence of what the host shows now.
+    engine::doctor::logs::merge_evidence(findings, logged);
 }
 
 /// The Xen release `xl info` names (`xen_major`, `xen_minor`).
@@ -250,6 +255,12 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
             .map(|(_, b)| b.as_str())
     };
     let mut out = Vec::new();
+    // The toolstack's logs the report captured, and Xen's own failure lines.
+    for (command, body) in &sections {
+        if let Some(path) = command.strip_prefix("log ") {
+            out.append(&mut engine::doctor::logs::log_findings(path, body));
+        }
+    }
     let lspci = get("lspci");
     let dmesg = get("xl dmesg");
     let info = get("xl info");
@@ -348,6 +359,12 @@ pub fn report_findings(text: &str) -> anyhow::Result<Vec<Finding>> {
             "the guests' pirq budget (extra_guest_irqs)",
             "add `### xl info`",
         ));
+    }
+    if let Some(d) = dmesg {
+        engine::doctor::logs::merge_evidence(
+            &mut out,
+            engine::doctor::logs::log_findings("xl dmesg", d),
+        );
     }
     Ok(out)
 }
@@ -486,8 +503,16 @@ pub fn run(cli: &Cli, args: &DoctorArgs, out: &mut dyn Write) -> anyhow::Result<
             let text = read_capped(path, MAX_REPORT, "a report")?;
             report_findings(&String::from_utf8_lossy(&text))?
         }
+        None if !args.logs.is_empty() => Vec::new(),
         None => live_findings(cli, args)?,
     };
+    for path in &args.logs {
+        let text = read_capped(path, MAX_REPORT, "a log")?;
+        findings.append(&mut engine::doctor::logs::log_findings(
+            &path.display().to_string(),
+            &String::from_utf8_lossy(&text),
+        ));
+    }
     if let Some(s) = args.sbdf {
         findings.retain(|f| f.sbdf.is_none_or(|x| x == s));
     }
@@ -534,11 +559,14 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
     let mut ctx = HostCtx::open(&cli.host, true)?;
     let hv = ctx.platform.hypervisor();
     let cmdline = hv.command_line().unwrap_or_default();
+    let version = hv.version().ok();
     section(
         "xl info",
         format!(
-            "xen_version            : {}\nxen_commandline        : {cmdline}\n",
-            hv.version().map(|v| v.to_string()).unwrap_or_default()
+            "xen_major              : {}\nxen_minor              : {}\nxen_version            : {}\nxen_commandline        : {cmdline}\n",
+            version.map(|v| v.major.to_string()).unwrap_or_default(),
+            version.map(|v| v.minor.to_string()).unwrap_or_default(),
+            version.map(|v| v.to_string()).unwrap_or_default()
         ),
     );
     hv.debug_keys("QiM")?;
@@ -552,6 +580,9 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
         HostSpec::Sim(_) => xenstore_ls(&mut ctx.xs, "/", &mut nodes),
     }
     section("xenstore-ls -f", nodes);
+    for (path, tail) in toolstack_logs(&args.log_dir) {
+        section(&format!("log {}", path.display()), tail);
+    }
     let report = Report { sections };
     let mut bytes = Vec::new();
     emit(&mut bytes, args.json, &report, |out| {
@@ -564,6 +595,52 @@ pub fn report(cli: &Cli, args: &ReportArgs, out: &mut dyn Write) -> anyhow::Resu
         None => out.write_all(&bytes)?,
     }
     Ok(())
+}
+
+/// The lines of a log a report keeps: its newest.
+const LOG_TAIL_LINES: usize = 400;
+
+/// The toolstack's logs worth a report: each `xl-NAME.log` and `qemu-dm-NAME.log` in `dir`
+/// that names a PCI device (libxl's `PCI device`, qemu-xen's passthrough lines), and
+/// libvirt's libxl driver log; the last [`LOG_TAIL_LINES`] of each, newest file first.
+fn toolstack_logs(dir: &std::path::Path) -> Vec<(PathBuf, String)> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                (n.starts_with("xl-") || n.starts_with("qemu-dm-")) && n.ends_with(".log")
+            })
+        })
+        .map(|p| {
+            let t = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (t, p)
+        })
+        .collect();
+    found.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    let libvirt = PathBuf::from("/var/log/libvirt/libxl/libxl-driver.log");
+    let mut out = Vec::new();
+    for p in found
+        .into_iter()
+        .map(|(_, p)| p)
+        .chain(libvirt.exists().then_some(libvirt))
+    {
+        let Ok(bytes) = read_capped(&p, MAX_REPORT, "a log") else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        if !(text.contains("PCI device") || text.contains("xen_pt") || text.contains("msi_msix")) {
+            continue;
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        out.push((p, tail + "\n"));
+    }
+    out
 }
 
 /// One command's output in a report.
@@ -627,6 +704,7 @@ pub fn preflight(
         json: args.json,
         prometheus: false,
         from_report: None,
+        logs: Vec::new(),
         sysfs: args.sysfs.clone(),
     };
     // What is wrong with the device itself (forced mask, leftovers, zombie owner, budget).
