@@ -25,8 +25,14 @@ pub const TOOLSTACK_BACKENDS: &str = "/local/domain/0/backend/pci";
 /// One device of a toolstack's PCI backend: `dev-N` (and its `state-N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendDevice {
+    /// The guest the device is given to.
     pub domid: DomId,
     pub sbdf: Sbdf,
+    /// The stubdomain whose backend this is, when the guest's device model runs in one:
+    /// libxl then writes the PCI backend for the stubdomain (its pcifront serves the
+    /// model) and none for the guest, and assigns the device to the guest
+    /// (tools/libs/light/libxl_pci.c, `do_pci_add` and `pci_add_dm_done`, 4.17 to 4.22).
+    pub stubdomain: Option<DomId>,
     /// `state-N` is Closing (5) or Closed (6): the toolstack is taking it away (libxl's
     /// `libxl__device_pci_remove_xenstore` writes Closing, then removes the nodes).
     pub leaving: bool,
@@ -48,6 +54,17 @@ pub fn toolstack_backend_devices(xs: &mut XsClient) -> Vec<BackendDevice> {
         let Ok(domid) = dom.parse::<u16>() else {
             continue;
         };
+        // A stubdomain names its guest in `/local/domain/<stubdom>/target`
+        // (`libxl_is_stubdom`): its backend gives the device to that guest.
+        let target = xs
+            .read_optional(TxId::NONE, &format!("/local/domain/{domid}/target"))
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8_lossy(&v).trim().parse::<u16>().ok());
+        let (guest, stubdomain) = match target {
+            Some(t) => (DomId(t), Some(DomId(domid))),
+            None => (DomId(domid), None),
+        };
         let be = format!("{TOOLSTACK_BACKENDS}/{dom}/0");
         for node in xs.directory(TxId::NONE, &be).unwrap_or_default() {
             let Some(n) = node.strip_prefix("dev-") else {
@@ -66,8 +83,9 @@ pub fn toolstack_backend_devices(xs: &mut XsClient) -> Vec<BackendDevice> {
             let leaving =
                 state.is_some_and(|s| LEAVING_STATES.contains(&String::from_utf8_lossy(&s).trim()));
             out.push(BackendDevice {
-                domid: DomId(domid),
+                domid: guest,
                 sbdf,
+                stubdomain,
                 leaving,
             });
         }
@@ -175,7 +193,17 @@ impl Engine<'_> {
     /// agree that a guest holds the device; anything refused is logged and left.
     pub fn adopt_from_toolstack(&mut self) -> Result<Vec<Adopted>> {
         let mut done = Vec::new();
-        for (domid, sbdf) in toolstack_backends(self.xs) {
+        let backends: Vec<BackendDevice> = toolstack_backend_devices(self.xs)
+            .into_iter()
+            .filter(|b| !b.leaving)
+            .collect();
+        for BackendDevice {
+            domid,
+            sbdf,
+            stubdomain,
+            ..
+        } in backends
+        {
             if self.protected_domain(domid) {
                 continue;
             }
@@ -184,9 +212,13 @@ impl Engine<'_> {
                 Some(r) if r.state == DeviceState::Assignable => {}
                 Some(_) => continue,
             }
-            match self.adopt(sbdf, domid) {
+            match self.adopt_with_model(sbdf, domid, stubdomain) {
                 Ok(epoch) => {
-                    self.say(NoticeKind::Adopted { sbdf, domid });
+                    self.say(NoticeKind::Adopted {
+                        sbdf,
+                        domid,
+                        stubdomain,
+                    });
                     done.push(Adopted { sbdf, domid, epoch });
                 }
                 // A domain that is going or gone, or a device Xen says nobody holds (the

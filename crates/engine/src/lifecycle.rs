@@ -89,6 +89,16 @@ impl Engine<'_> {
     /// was lost) as attached to `domid`, so that its teardown is ptguard's. Its bindings are
     /// unknown: that teardown keeps it quarantined until `domid` is gone.
     pub fn adopt(&mut self, sbdf: Sbdf, domid: DomId) -> Result<u64> {
+        self.adopt_with_model(sbdf, domid, None)
+    }
+
+    /// [`Engine::adopt`], recording the stubdomain that runs the guest's device model.
+    pub fn adopt_with_model(
+        &mut self,
+        sbdf: Sbdf,
+        domid: DomId,
+        dm_domain: Option<DomId>,
+    ) -> Result<u64> {
         self.refuse_protected(domid, "adopt a device of")?;
         let hv = self.platform.hypervisor();
         let pci = self.platform.pci();
@@ -144,6 +154,7 @@ impl Engine<'_> {
                 } else {
                     CompanionMode::Companion
                 }),
+                dm_domain,
                 ..DeviceRecord::new(sbdf, DeviceState::Attached, epoch)
             };
             attached_to(&mut rec, &info, epoch);

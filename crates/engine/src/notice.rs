@@ -59,8 +59,13 @@ pub enum NoticeKind {
         domid: DomId,
         error: String,
     },
-    /// Companion mode recorded a device the toolstack gave.
-    Adopted { sbdf: Sbdf, domid: DomId },
+    /// Companion mode recorded a device the toolstack gave (through the guest's
+    /// device-model stubdomain, when it has one).
+    Adopted {
+        sbdf: Sbdf,
+        domid: DomId,
+        stubdomain: Option<DomId>,
+    },
     /// The toolstack is unplugging the device: decoding turned on before its vectors go.
     UnplugDecodingOn { sbdf: Sbdf, owner: DomId },
     /// The device left a running owner; report-only mode did not clean it.
@@ -182,7 +187,8 @@ impl fmt::Display for NoticeKind {
             NoticeKind::OwnerVectorsUnmapped { sbdf, owner, pirqs } => write!(f, "{sbdf}: unmapped pirq(s) {} that {owner} still had bound to the device's vectors (its device model left them; Xen's Q and i dumps name them)", pirq_list(pirqs)),
             NoticeKind::ForeignVectorsLeft { sbdf, owner, count } => write!(f, "{sbdf}: {count} of the device's vectors are bound to a domain other than its owner {owner}; left alone"),
             NoticeKind::AttachRolledBack { sbdf, domid, error } => write!(f, "{sbdf}: attach to {domid} failed ({error}); rolling back"),
-            NoticeKind::Adopted { sbdf, domid } => write!(f, "{sbdf}: adopted from the toolstack as attached to {domid} (companion mode)"),
+            NoticeKind::Adopted { sbdf, domid, stubdomain: None } => write!(f, "{sbdf}: adopted from the toolstack as attached to {domid} (companion mode)"),
+            NoticeKind::Adopted { sbdf, domid, stubdomain: Some(s) } => write!(f, "{sbdf}: adopted from the toolstack as attached to {domid}, its device model in stubdomain {s} (companion mode)"),
             NoticeKind::UnplugDecodingOn { sbdf, owner } => write!(f, "{sbdf}: the toolstack is unplugging it from {owner}; memory decoding turned on before its vectors are torn down"),
             NoticeKind::LeftRunningOwnerNotCleaned { sbdf, owner } => write!(f, "{sbdf}: left {owner} while {owner} runs; report-only: not cleaned (`ptguard detach {sbdf}` cleans it)"),
             NoticeKind::LeftOwnerCleaning { sbdf, owner } => write!(f, "{sbdf}: left {owner} before {owner} was gone (an unplug, or a destroy that takes the devices first); cleaning it before any guest gets it"),

@@ -30,7 +30,12 @@ pub struct DeviceScenarioSummary {
 }
 
 /// The scenarios, by name.
-pub const SCENARIOS: [&str; 3] = ["shared-intx-line", "vf-pf-decoding", "reused-domid"];
+pub const SCENARIOS: [&str; 4] = [
+    "shared-intx-line",
+    "vf-pf-decoding",
+    "reused-domid",
+    "stubdomain",
+];
 
 struct Bed {
     host: SimHost,
@@ -304,11 +309,87 @@ fn reused_domid(bed: &Bed, problems: &mut Vec<String>) -> String {
     format!("device {:?}, newcomer's pirq kept {kept}", bed.state(dev))
 }
 
+fn stubdomain_devices() -> Vec<DeviceSpec> {
+    ["0000:03:00.0"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .map(|s| DeviceSpec::nic(s, 4))
+        .collect()
+}
+
+/// Companion mode beside a guest whose stock device model runs in a stubdomain: libxl
+/// writes the PCI backend for the stubdomain and assigns the device to the guest; the
+/// model maps the guest's pirqs. The daemon adopts the device as the guest's, the
+/// stubdomain dies first (its model never unmapped), then the guest powers off: the round
+/// sweeps the guest's pirqs and the device ends clean.
+fn stubdomain(bed: &Bed, problems: &mut Vec<String>) -> String {
+    let dev = stubdomain_devices()[0].sbdf;
+    let host = &bed.host;
+    let g = host.create_domain("g", true);
+    let stub = host.create_domain("g-dm", false);
+    let _ = pci::pciback::seize(host, dev);
+    let _ = host.assign_device(g, dev, 0);
+    let _ = host.write_config(dev, 4, &0x6u16.to_le_bytes());
+    if let Err(e) = sim::dm::bind_directly(host, g, dev, 3) {
+        problems.push(format!("the stubdomain's model could not bind: {e}"));
+    }
+    {
+        let mut ctl = bed.ctl.borrow_mut();
+        let xs = &mut ctl.xs;
+        let none = xenstore::TxId::NONE;
+        let _ = xs.write(
+            none,
+            &format!("/local/domain/{}/target", stub.0),
+            g.0.to_string().as_bytes(),
+        );
+        let _ = xs.write(
+            none,
+            &format!("/local/domain/{}/image/device-model-domid", g.0),
+            stub.0.to_string().as_bytes(),
+        );
+        if let Err(e) = sim::libxl::backend_add(xs, stub, dev) {
+            problems.push(format!("backend: {e}"));
+        }
+    }
+    let _ = bed.ask(|e| e.adopt_from_toolstack());
+    let adopted = bed.ask(|e| e.record(dev)).ok().flatten();
+    let as_guests = adopted
+        .as_ref()
+        .is_some_and(|r| r.owner == Some(g) && r.dm_domain == Some(stub));
+    if !as_guests {
+        problems.push(format!(
+            "not adopted as the guest's with its stubdomain: {:?}",
+            adopted.map(|r| (r.owner, r.dm_domain))
+        ));
+    }
+    // The stubdomain dies; the guest runs on, and keeps its device.
+    let _ = host.destroy_domain(stub);
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::Recover));
+    if bed.state(dev) != Some(DeviceState::Attached) {
+        problems.push(format!(
+            "torn down under a running guest: {:?}",
+            bed.state(dev)
+        ));
+    }
+    // The guest powers off: its pirqs (the dead model's) are swept, the device cleaned.
+    let _ = host.shutdown_for(g, 0);
+    let _ = bed.ask(|e| e.reconcile(engine::Trigger::Recover));
+    if bed.state(dev) == Some(DeviceState::Attached) {
+        problems.push("still attached to a guest that powered off".into());
+    }
+    if let Err(e) = host.with_world(|w| w.msix_clean(dev)) {
+        problems.push(format!("not clean for the next guest: {e}"));
+    }
+    let mapped = host.with_world(|w| w.device(dev).map(|d| d.xen.used_entries));
+    format!("device {:?}, entries still used {mapped:?}", bed.state(dev))
+}
+
 /// Explores one scenario on one release profile.
 pub fn explore(name: &str, xen: XenProfile, pciback: PcibackProfile) -> DeviceScenarioSummary {
     let (scenario, devices): (Scenario, Vec<DeviceSpec>) = match name {
         "shared-intx-line" => (shared_intx_line, shared_line_devices()),
         "vf-pf-decoding" => (vf_pf_decoding, vf_devices()),
+        "stubdomain" => (stubdomain, stubdomain_devices()),
         _ => (reused_domid, reuse_devices()),
     };
     let (base_end, base_problems, total) = run_one(xen, pciback, &devices, scenario, None);

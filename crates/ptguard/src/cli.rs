@@ -790,4 +790,10 @@ pub struct SimStartArgs {
     /// Print the interrupt report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// For `plug` of an HVM guest: run its device model in a stubdomain (created with the
+    /// first plug, as libxl's device_model_stubdomain_override=1 does): libxl writes the
+    /// PCI backend for the stubdomain, not the guest, and the model maps the guest's pirqs
+    /// from there. `kill-dm` then kills the stubdomain; `destroy` destroys both.
+    #[arg(long)]
+    pub stubdom: bool,
 }

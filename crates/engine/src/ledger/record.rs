@@ -41,6 +41,10 @@ pub struct DeviceRecord {
     /// SHA-256 of the token `ptguard attach` handed the device model of this assignment
     /// (`credential=`; none: only the toolstack's recorded device model may act).
     pub credential: Option<TokenDigest>,
+    /// The stubdomain running the owner's device model (`dm-domain=`), when the toolstack
+    /// gave the device through one (libxl writes the PCI backend for the stubdomain, not the
+    /// guest): the pirqs it maps are the owner's, and it dies before, with or after it.
+    pub dm_domain: Option<DomId>,
 }
 
 /// How ptguard holds a device a toolstack gave (`mode=` in the head).
@@ -81,6 +85,7 @@ impl DeviceRecord {
             bindings: Vec::new(),
             mode: None,
             credential: None,
+            dm_domain: None,
         }
     }
 
@@ -104,6 +109,9 @@ impl DeviceRecord {
             }
             if let Some(u) = self.owner_uid {
                 text.push_str(&format!(" uid={u}"));
+            }
+            if let Some(d) = self.dm_domain {
+                text.push_str(&format!(" dm-domain={}", d.0));
             }
         }
         if let Some(s) = self.step {
@@ -182,6 +190,15 @@ impl DeviceRecord {
                     .map_err(|_| format!("uid={u:?} is not a domain's unique id"))?,
             ),
         };
+        let dm_domain = match take("dm-domain") {
+            None => None,
+            Some(_) if owner.is_none() => return Err("dm-domain= without owner=".into()),
+            Some(d) => {
+                Some(DomId(d.parse().map_err(|_| {
+                    format!("dm-domain={d:?} is not a domain id")
+                })?))
+            }
+        };
         let step = match take("step") {
             None => None,
             Some(s) => Some(s.parse().map_err(|_| format!("unknown step {s:?}"))?),
@@ -239,6 +256,7 @@ impl DeviceRecord {
             bindings: Vec::new(),
             mode,
             credential,
+            dm_domain,
         })
     }
 }
@@ -279,6 +297,10 @@ mod tests {
                     DeviceRecord {
                         owner: owner.map(|(d, _, _, _)| DomId(d)),
                         owner_uid: owner.and_then(|(_, _, _, u)| u),
+                        // A stubdomain beside some owners (any domid a domain may have).
+                        dm_domain: owner
+                            .and_then(|(_, _, _, u)| u)
+                            .map(|u| DomId((u % 0x7ff0) as u16)),
                         credential: owner
                             .and_then(|(_, _, c, _)| c)
                             .map(|c| crate::credential::AssignmentToken::from_entropy(c).digest()),

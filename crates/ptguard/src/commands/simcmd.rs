@@ -108,6 +108,54 @@ fn toolstack_devices(ctx: &HostCtx, domid: DomId) -> Vec<Sbdf> {
         .unwrap_or_default()
 }
 
+/// The stubdomain running `guest`'s device model (`/local/domain/<guest>/image/
+/// device-model-domid`, as libxl's `libxl_get_stubdom_id` reads it).
+fn stubdomain_of(ctx: &mut HostCtx, guest: DomId) -> Option<DomId> {
+    let path = format!("/local/domain/{}/image/device-model-domid", guest.0);
+    let v = ctx.xs.read_optional(xenstore::TxId::NONE, &path).ok()??;
+    String::from_utf8_lossy(&v).trim().parse().ok().map(DomId)
+}
+
+/// Creates the device-model stubdomain of `guest` (a PV domain) and the nodes libxl
+/// writes for it: the guest's `image/device-model-domid` and the stubdomain's `target`.
+fn create_stubdomain(ctx: &mut HostCtx, host: &SimHost, guest: DomId) -> anyhow::Result<DomId> {
+    let name = host
+        .with_world(|w| w.domains.get(&guest).map(|d| d.name.clone()))
+        .unwrap_or_else(|| format!("d{}", guest.0));
+    let s = host.create_domain_with(&format!("{name}-dm"), false, true);
+    host.unpause(s)
+        .map_err(|e| anyhow::anyhow!("unpause {s}: {e}"))?;
+    let tx = xenstore::TxId::NONE;
+    ctx.xs.write(
+        tx,
+        &format!("/local/domain/{}/target", s.0),
+        guest.0.to_string().as_bytes(),
+    )?;
+    ctx.xs.write(
+        tx,
+        &format!("/local/domain/{}/image/device-model-domid", guest.0),
+        s.0.to_string().as_bytes(),
+    )?;
+    Ok(s)
+}
+
+/// The stubdomain dies (killed, crashed, or destroyed with its guest): its domain goes,
+/// its Xenstore directory with it; its PCI backend stays until the toolstack removes it.
+fn stubdomain_dies(ctx: &mut HostCtx, host: &SimHost, s: DomId) -> anyhow::Result<()> {
+    if host.domain_alive(s) {
+        let _ = host.pause(s);
+        host.destroy_domain(s)
+            .map_err(|e| anyhow::anyhow!("destroy stubdomain {s}: {e}"))?;
+    }
+    match ctx
+        .xs
+        .rm(xenstore::TxId::NONE, &format!("/local/domain/{}", s.0))
+    {
+        Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn take_device_model(ctx: &mut HostCtx, domid: DomId) -> Option<DeviceModel> {
     ctx.sim
         .as_mut()
@@ -328,13 +376,23 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 }
             }
             dm.kill();
+            // libxl__destroy_domid: the device model goes first (a stubdomain with it,
+            // its backend removed), then the guest.
+            let stubdomain = stubdomain_of(&mut ctx, domid);
+            if let Some(s) = stubdomain {
+                stubdomain_dies(&mut ctx, &host, s)?;
+            }
             let _ = host.pause(domid);
             host.destroy_domain(domid)
                 .map_err(|e| anyhow::anyhow!("destroy {domid}: {e}"))?;
-            for path in [
+            let mut paths = vec![
                 format!("/local/domain/{}", domid.0),
                 format!("{}/{}", engine::companion::TOOLSTACK_BACKENDS, domid.0),
-            ] {
+            ];
+            if let Some(s) = stubdomain {
+                paths.push(format!("{}/{}", engine::companion::TOOLSTACK_BACKENDS, s.0));
+            }
+            for path in paths {
                 match ctx.xs.rm(xenstore::TxId::NONE, &path) {
                     Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => return Err(e.into()),
                     _ => {}
@@ -352,12 +410,19 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             let hvm = host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm));
             let direct = sim::dm::DirectBroker(host.clone());
             if hvm {
+                // libxl with a device-model stubdomain: the PCI backend is the
+                // stubdomain's (its pcifront serves the model), the assignment the guest's.
+                let backend_of = match (a.stubdom, stubdomain_of(&mut ctx, domid)) {
+                    (_, Some(s)) => s,
+                    (true, None) => create_stubdomain(&mut ctx, &host, domid)?,
+                    (false, None) => domid,
+                };
                 let mut dm = take_device_model(&mut ctx, domid)
                     .unwrap_or_else(|| DeviceModel::new(domid, a.dm));
                 let r = sim::libxl::attach(&host, domid, sbdf, &mut dm, &direct)
                     .map_err(|e| anyhow::anyhow!("xl pci-attach {} {sbdf}: {e}", domid.0))
                     .and_then(|()| {
-                        sim::libxl::backend_add(&mut ctx.xs, domid, sbdf)?;
+                        sim::libxl::backend_add(&mut ctx.xs, backend_of, sbdf)?;
                         dm.guest_enable_msix(&host, &direct, sbdf, a.vectors)
                             .map_err(|e| anyhow::anyhow!("guest enable MSI-X: {e}"))
                     });
@@ -365,7 +430,9 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     st.device_models.insert(domid.0, dm);
                 }
                 r?;
-                record_device_model_pid(&mut ctx, domid)?;
+                if backend_of == domid {
+                    record_device_model_pid(&mut ctx, domid)?;
+                }
             } else {
                 // libxl's PV attach: no device model; assign, pciback export, backend;
                 // pcifront's enable_msix has dom0 map each vector for the guest.
@@ -417,7 +484,8 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 }
             }
             let forced = r.map_err(|e| anyhow::anyhow!("xl pci-detach {} {sbdf}: {e}", domid.0))?;
-            sim::libxl::backend_remove(&mut ctx.xs, domid, sbdf)?;
+            let backend_of = stubdomain_of(&mut ctx, domid).unwrap_or(domid);
+            sim::libxl::backend_remove(&mut ctx.xs, backend_of, sbdf)?;
             writeln!(out, "{sbdf} removed from {domid} by the toolstack{forced}")?;
         }
         SimCommand::KillDm(a) => {
@@ -429,10 +497,19 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                 Some(dm) => dm.crash(),
                 None => bail!("{domid} has no device model (an HVM guest gets one from `sim start` or `sim plug`)"),
             }
-            writeln!(
-                out,
-                "{domid}: device model killed (SIGKILL); what it mapped stays mapped"
-            )?;
+            match stubdomain_of(&mut ctx, domid) {
+                Some(s) => {
+                    stubdomain_dies(&mut ctx, &host, s)?;
+                    writeln!(
+                        out,
+                        "{domid}: device-model stubdomain {s} died; what it mapped for {domid} stays mapped"
+                    )?;
+                }
+                None => writeln!(
+                    out,
+                    "{domid}: device model killed (SIGKILL); what it mapped stays mapped"
+                )?,
+            }
         }
         SimCommand::Decoding(a) => {
             let sbdf = a.sbdf;
