@@ -13,6 +13,16 @@ fn fixture(name: &str) -> String {
     )
 }
 
+/// The codes of doctor's `--json` findings.
+fn codes(stdout: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn doctor_reads_the_toolstacks_logs_without_a_host() {
     let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
@@ -26,13 +36,7 @@ fn doctor_reads_the_toolstacks_logs_without_a_host() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "errors found: exit 1");
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let codes: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["code"].as_str().unwrap())
-        .collect();
+    let codes = codes(&o.stdout);
     for want in [
         "held-by-guest",
         "toolstack-pci-add-failed",
@@ -43,7 +47,7 @@ fn doctor_reads_the_toolstacks_logs_without_a_host() {
         "mask-forced-logged",
         "assign-refused",
     ] {
-        assert!(codes.contains(&want), "{want} in {codes:?}");
+        assert!(codes.iter().any(|c| c == want), "{want} in {codes:?}");
     }
     // Only this device's findings, and those about no device in particular.
     let o = Command::new(env!("CARGO_BIN_EXE_ptguard"))
@@ -114,12 +118,9 @@ fn a_report_captures_the_logs_of_guests_that_held_a_device() {
             report.to_str().unwrap(),
         ],
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let codes: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["code"].as_str().unwrap())
-        .collect();
-    assert!(codes.contains(&"toolstack-pci-add-failed"), "{codes:?}");
+    let codes = codes(&o.stdout);
+    assert!(
+        codes.contains(&"toolstack-pci-add-failed".to_string()),
+        "{codes:?}"
+    );
 }

@@ -58,6 +58,20 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// `watch --once` told to keep its metrics in a directory that does not exist.
+fn watch_into_a_missing_directory(d: &std::path::Path) -> std::process::Output {
+    ptguard_env(
+        d,
+        &[
+            "watch",
+            "--once",
+            "--metrics-file",
+            "/nonexistent/dir/ptguard.prom",
+        ],
+        &[],
+    )
+}
+
 #[test]
 fn the_daemons_textfile_counts_a_teardown_and_the_ledgers_devices() {
     let tmp = tempfile::tempdir().unwrap();
@@ -99,16 +113,7 @@ fn the_daemons_textfile_counts_a_teardown_and_the_ledgers_devices() {
     assert_eq!(files.len(), 2, "{files:?}");
 
     // A directory that is not there: a clear error, and nothing else is lost.
-    let o = ptguard_env(
-        &d,
-        &[
-            "watch",
-            "--once",
-            "--metrics-file",
-            "/nonexistent/dir/ptguard.prom",
-        ],
-        &[],
-    );
+    let o = watch_into_a_missing_directory(&d);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent/dir/ptguard.prom"), "{err}");
@@ -123,16 +128,7 @@ fn an_error_says_its_cause_once() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("host");
     ok(&d, &["sim", "init"]);
-    let o = ptguard_env(
-        &d,
-        &[
-            "watch",
-            "--once",
-            "--metrics-file",
-            "/nonexistent/dir/ptguard.prom",
-        ],
-        &[],
-    );
+    let o = watch_into_a_missing_directory(&d);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
