@@ -61,6 +61,12 @@ pub enum ScenarioStep {
     Attach(String),
     Destroy(String),
     Check(String),
+    /// The guest's device model runs in a stubdomain (declared before its `boot`): libxl
+    /// writes the PCI backend for the stubdomain, the model binds directly (no broker
+    /// reaches it), and the stubdomain goes with its guest.
+    Stubdom(String),
+    /// The guest's stubdomain dies while the guest runs (what it mapped stays mapped).
+    StubdomDies(String),
 }
 
 /// A lifecycle scenario (`scenarios/*.scn`).
@@ -74,7 +80,8 @@ pub struct Scenario {
 
 impl Scenario {
     /// Parses the line format: `name N`, `about TEXT`, `vectors N`, then one step per line
-    /// (`boot G`, `reboot G G2`, `unplug G`, `attach G`, `destroy G`, `check G`); `#` starts
+    /// (`boot G`, `reboot G G2`, `unplug G`, `attach G`, `destroy G`, `check G`, `stubdom G`
+    /// before G's boot, `stubdom-dies G`); `#` starts
     /// a comment.
     pub fn parse(text: &str) -> Result<Scenario, String> {
         let mut s = Scenario {
@@ -113,6 +120,8 @@ impl Scenario {
                 "attach" => s.steps.push(ScenarioStep::Attach(one()?)),
                 "destroy" => s.steps.push(ScenarioStep::Destroy(one()?)),
                 "check" => s.steps.push(ScenarioStep::Check(one()?)),
+                "stubdom" => s.steps.push(ScenarioStep::Stubdom(one()?)),
+                "stubdom-dies" => s.steps.push(ScenarioStep::StubdomDies(one()?)),
                 "reboot" => match args.as_slice() {
                     [a, b] => s.steps.push(ScenarioStep::Reboot(a.clone(), b.clone())),
                     _ => return Err(err("expected: reboot OLD NEW")),
@@ -147,6 +156,8 @@ struct Guest {
     domid: DomId,
     dm: DeviceModel,
     epoch: u64,
+    /// The stubdomain running its device model, if it has one.
+    stubdomain: Option<DomId>,
 }
 
 /// What one run saw.
@@ -195,6 +206,10 @@ pub struct Rig {
     pub sbdf: Sbdf,
     vectors: u16,
     guests: BTreeMap<String, Guest>,
+    /// Guests whose device model runs in a stubdomain once booted (`stubdom G`).
+    stubdomained: std::collections::BTreeSet<String>,
+    /// A guest being destroyed and its stubdomain, destroyed after it.
+    stubdomains_of: BTreeMap<String, DomId>,
     ctl: RefCell<Ctl>,
     report: RunReport,
 }
@@ -229,6 +244,8 @@ impl Rig {
             sbdf,
             vectors,
             guests: BTreeMap::new(),
+            stubdomained: Default::default(),
+            stubdomains_of: BTreeMap::new(),
             ctl: RefCell::new(ctl),
             report: RunReport::default(),
         }
@@ -299,6 +316,11 @@ impl Rig {
                     self.check(g);
                     Ok(())
                 }
+                ScenarioStep::Stubdom(g) => {
+                    self.stubdomained.insert(g.clone());
+                    Ok(())
+                }
+                ScenarioStep::StubdomDies(g) => self.stubdomain_dies(g),
             };
             if let Err(e) = r {
                 self.report.notices.push(format!("{step:?}: {e}"));
@@ -359,12 +381,18 @@ impl Rig {
 
     fn boot(&mut self, name: &str) -> Result<(), LabError> {
         let domid = self.host.create_domain(name, true);
+        let stubdomain = if self.stubdomained.contains(name) {
+            Some(self.create_stubdomain(name, domid)?)
+        } else {
+            None
+        };
         self.guests.insert(
             name.to_string(),
             Guest {
                 domid,
                 dm: DeviceModel::new(domid, self.behaviour),
                 epoch: 0,
+                stubdomain,
             },
         );
         let r = self.attach_to(name);
@@ -389,6 +417,12 @@ impl Rig {
             Policy::Ptguard => {
                 let domid = g.domid;
                 match self.engine_retry(|e| e.attach(sbdf, domid)) {
+                    Ok(epoch) if g.stubdomain.is_some() => {
+                        // No broker reaches a model in a stubdomain: it binds directly.
+                        g.epoch = epoch;
+                        g.dm.plug(&self.host, &self.direct(), sbdf)
+                            .map_err(LabError::from)
+                    }
                     Ok(epoch) => {
                         g.epoch = epoch;
                         let broker = EngineBroker {
@@ -411,11 +445,24 @@ impl Rig {
             }
             Policy::Sweep => {
                 let domid = g.domid;
+                let stubdomain = g.stubdomain;
                 libxl::attach(&self.host, domid, sbdf, &mut g.dm, &self.direct())
                     .map_err(LabError::from)
-                    .and_then(|()| {
+                    .and_then(|()| match stubdomain {
+                        // libxl writes the stubdomain's backend; the daemon's adoption
+                        // round reads it as the guest's.
+                        Some(s) => {
+                            libxl::backend_add(&mut self.xs.connect(0), s, sbdf)?;
+                            let adopted = self.engine_retry(|e| e.adopt_from_toolstack())?;
+                            if !adopted.iter().any(|a| a.sbdf == sbdf && a.domid == domid) {
+                                self.report.violations.push(format!(
+                                    "a stubdomain's backend was not adopted as its guest {domid}'s"
+                                ));
+                            }
+                            Ok(())
+                        }
                         // `ptguard watch` sees the toolstack's backend and adopts the device.
-                        Ok(self.engine_retry(|e| e.adopt(sbdf, domid)).map(|_| ())?)
+                        None => Ok(self.engine_retry(|e| e.adopt(sbdf, domid)).map(|_| ())?),
                     })
             }
             _ => Ok(libxl::attach(
@@ -437,7 +484,7 @@ impl Rig {
             return Err(LabError::NoGuest { name: name.into() });
         };
         let r = match self.policy {
-            Policy::Ptguard => {
+            Policy::Ptguard if g.stubdomain.is_none() => {
                 let broker = EngineBroker {
                     access: &self.ctl,
                     epoch: g.epoch,
@@ -478,6 +525,44 @@ impl Rig {
         Ok(r.map(|_| ())?)
     }
 
+    /// The stubdomain of guest `name` (`domid`): a PV domain naming it as `target`, named
+    /// by the guest's `image/device-model-domid`, as libxl writes them.
+    fn create_stubdomain(&mut self, name: &str, domid: DomId) -> Result<DomId, LabError> {
+        let s = self.host.create_domain(&format!("{name}-dm"), false);
+        self.host
+            .unpause(s)
+            .map_err(SimError::refused("unpause the stubdomain"))?;
+        let mut xs = self.xs.connect(0);
+        xs.write(
+            TxId::NONE,
+            &format!("/local/domain/{}/target", s.0),
+            domid.0.to_string().as_bytes(),
+        )?;
+        xs.write(
+            TxId::NONE,
+            &format!("/local/domain/{}/image/device-model-domid", domid.0),
+            s.0.to_string().as_bytes(),
+        )?;
+        Ok(s)
+    }
+
+    /// The guest's stubdomain dies (killed or crashed); its model never unmapped anything.
+    fn stubdomain_dies(&mut self, name: &str) -> Result<(), LabError> {
+        let Some(g) = self.guests.get_mut(name) else {
+            return Err(LabError::NoGuest { name: name.into() });
+        };
+        let Some(s) = g.stubdomain else {
+            return Err(LabError::Unexpected(format!("{name} has no stubdomain")));
+        };
+        g.dm.kill();
+        let _ = self.host.destroy_domain(s);
+        // The daemon's rounds run on: nothing of the running guest is torn down.
+        if matches!(self.policy, Policy::Ptguard | Policy::Sweep) {
+            self.engine_retry(|e| e.reconcile(engine::Trigger::Recover))?;
+        }
+        Ok(())
+    }
+
     /// Whether guest `g` currently owns the device (a refused hand-over is not a failure).
     fn host_got_device(&self, g: &str) -> bool {
         let Some(domid) = self.guests.get(g).map(|g| g.domid) else {
@@ -500,10 +585,22 @@ impl Rig {
     /// The guest shuts down (its device model behaving as it does) and the toolstack
     /// destroys the domain.
     fn destroy(&mut self, name: &str) -> Result<(), LabError> {
+        let r = self.destroy_guest(name);
+        // libxl__destroy_domid: the model's stubdomain is destroyed with its guest.
+        if let Some(s) = self.stubdomains_of.remove(name) {
+            let _ = self.host.destroy_domain(s);
+        }
+        r
+    }
+
+    fn destroy_guest(&mut self, name: &str) -> Result<(), LabError> {
         let sbdf = self.sbdf;
         let Some(mut g) = self.guests.remove(name) else {
             return Err(LabError::NoGuest { name: name.into() });
         };
+        if let Some(s) = g.stubdomain {
+            self.stubdomains_of.insert(name.to_string(), s);
+        }
         let domid = g.domid;
         let attached_here = self
             .host

@@ -641,3 +641,41 @@ fn a_suspended_or_soft_reset_guest_keeps_its_device() {
         h.clean(nic()).unwrap();
     }
 }
+
+/// Issue 27 (4): a guest whose device model runs in a stubdomain that dies before it, then
+/// the guest reboots, on every release profile: companion mode adopts the device through
+/// the stubdomain's backend and the next incarnation's interrupts arrive, never worse than
+/// the toolstack alone; ptguard's own attach (whose broker no stubdomain reaches) too.
+#[test]
+fn a_stubdomain_device_model_that_dies_first_leaves_the_device_working() {
+    use lab::matrix::{all_profiles, load_scenarios, run_matrix, sweep_worse_than_legacy};
+    use lab::rig::Policy;
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scenarios/stubdomain.scn"
+    );
+    let scenarios = load_scenarios(&[file.to_string()]).unwrap();
+    let mut rows = 0;
+    for p in all_profiles() {
+        let all = run_matrix(
+            &scenarios,
+            &DmBehaviour::ALL,
+            &[Policy::Legacy, Policy::Sweep, Policy::Ptguard],
+            p,
+        );
+        assert!(sweep_worse_than_legacy(&all).is_empty(), "{}", p.0.name());
+        for r in all.iter().filter(|r| r.policy != Policy::Legacy) {
+            rows += 1;
+            assert!(
+                r.works && r.report.violations.is_empty(),
+                "{} {:?} {:?}: {:?} {:?}",
+                r.profile,
+                r.policy,
+                r.device_model,
+                r.report.violations,
+                r.report.notices
+            );
+        }
+    }
+    assert!(rows > 0);
+}
