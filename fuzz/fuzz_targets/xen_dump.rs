@@ -1,5 +1,6 @@
 //! What users paste into `ptguard doctor --from-report`: a report's sections, Xen's Q/i/M
-//! dumps and lspci's MSI-X lines, from arbitrary bytes. Must never panic.
+//! dumps, lspci's MSI-X lines and the toolstacks' logs, from arbitrary bytes. Must never
+//! panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,4 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = engine::xen_dump::irq_bindings(&text);
     let _ = engine::xen_dump::msi_state(&text);
     let _ = engine::doctor::extra_guest_irqs(&text);
+    // The toolstacks' logs (`doctor --log`), under each name they come by.
+    for name in ["xl-g.log", "qemu-dm-g.log", "libxl-driver.log"] {
+        let _ = engine::doctor::logs::log_findings(name, &text);
+    }
 });

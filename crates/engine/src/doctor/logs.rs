@@ -387,6 +387,43 @@ mod tests {
         assert_eq!(libxl_bdf("0:3:0.9"), None);
     }
 
+    proptest::proptest! {
+        /// Logs are pasted by anyone: any text, pieces of the known lines included, never
+        /// panics, and yields only findings of known codes naming well-formed devices.
+        #[test]
+        fn any_text_reads_without_panic_and_only_known_codes(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("libxl: error: libxl_pci.c:1803:f: Domain ".to_string()),
+                    proptest::strategy::Just("libxl__device_pci_add failed for PCI device ".to_string()),
+                    proptest::strategy::Just(" is not assignable".to_string()),
+                    proptest::strategy::Just("The kernel doesn't support reset from sysfs for PCI device ".to_string()),
+                    proptest::strategy::Just("(XEN) d".to_string()),
+                    proptest::strategy::Just(": assign (".to_string()),
+                    proptest::strategy::Just(") failed (".to_string()),
+                    proptest::strategy::Just("cannot mask IRQ 3: masking MSI-X on Dom1's ".to_string()),
+                    proptest::strategy::Just("[00:05.0] f: Error: ".to_string()),
+                    proptest::strategy::Just("Unmapping of MSI-X pirq ".to_string()),
+                    proptest::strategy::Just("Mapping of MSI".to_string()),
+                    proptest::strategy::Just("\n".to_string()),
+                    "[0-9a-f:.()-]{0,12}",
+                    "\\PC{0,8}",
+                ],
+                0..24,
+            ),
+            name in "(xl-|qemu-dm-)?[a-z]{0,6}(\\.log)?",
+        ) {
+            let text: String = pieces.concat();
+            for f in log_findings(&name, &text) {
+                proptest::prop_assert!(
+                    super::super::CODES.iter().any(|(c, _, _)| *c == f.code),
+                    "{}", f.code
+                );
+                proptest::prop_assert!(!f.evidence.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn lines_nobody_knows_are_ignored() {
         let text = "libxl: debug: libxl_pci.c:1:whatever: Domain 3:something\n\

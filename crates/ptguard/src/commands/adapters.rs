@@ -193,6 +193,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// libvirt's XML comes from whoever defined the domain: any address attributes,
+        /// any text, never panic; what is accepted is a device address in range.
+        #[test]
+        fn any_domain_xml_reads_without_panic(
+            dom in "(0x)?[0-9a-fA-F]{0,6}|[0-9]{0,7}|.{0,4}",
+            bus in "(0x)?[0-9a-fA-F]{0,4}|.{0,4}",
+            slot in "(0x)?[0-9a-fA-F]{0,3}",
+            func in "(0x)?[0-9]{0,2}",
+            junk in "\\PC{0,40}",
+        ) {
+            let esc = |v: &str| v.replace('&', "&amp;").replace('\'', "&apos;").replace('<', "&lt;");
+            let xml = format!(
+                "<domain><devices><hostdev mode='subsystem' type='pci'><source><address domain='{}' bus='{}' slot='{}' function='{}'/></source></hostdev></devices></domain>",
+                esc(&dom), esc(&bus), esc(&slot), esc(&func)
+            );
+            if let Ok(devices) = libvirt_pci_devices(&xml) {
+                proptest::prop_assert_eq!(devices.len(), 1);
+            }
+            let _ = libvirt_pci_devices(&junk);
+            let _ = libvirt_pci_devices(&format!("<domain>{junk}</domain>"));
+        }
+    }
+
     #[test]
     fn only_the_operations_before_a_reset_are_acted_on() {
         assert!(libvirt_acts_on("prepare", "begin"));
