@@ -188,6 +188,17 @@ pub enum Command {
     /// paused, suspended). Idempotent. `watch` and the teardown sweep by themselves;
     /// this is for hooks and by hand.
     Sweep(DomidArg),
+    /// Serve one broker request here, as `ptguard watch` serves it on its socket, and print
+    /// the reply line.
+    ///
+    /// The request is one line of the broker protocol (docs/broker.md: bind, unbind,
+    /// map-pirq-msi, update-msi-irq, unbind-msi-irq, unmap-pirq), given as the argument or
+    /// `-` for standard input. This process is not the domain's recorded device model, so
+    /// the request must carry the assignment's token (`ptguard attach --json` prints it).
+    /// For trying a device model's requests by hand, and for the real-Xen differential check
+    /// (`--trace` lists the hypercalls the broker made). Exit 0 when the broker said ok.
+    #[command(name = "broker-request")]
+    BrokerRequest(BrokerRequestArgs),
     /// Entry points for a toolstack's hooks (companion mode).
     Hook(HookArgs),
     /// Drive the simulated host: create it, create domains, start guests.
@@ -507,6 +518,13 @@ pub struct LibvirtHookArgs {
     /// libvirt's extra argument (unused).
     #[arg(value_name = "EXTRA", default_value = "-")]
     pub extra: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerRequestArgs {
+    /// The request line (JSON), or `-` to read it from standard input.
+    #[arg(value_name = "REQUEST")]
+    pub request: String,
 }
 
 #[derive(Debug, Args)]

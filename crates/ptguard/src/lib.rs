@@ -62,6 +62,7 @@ fn dispatch(cli: Cli, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         Command::Show(a) => lc::show(&cli, a.sbdf, a.json, out),
         Command::ReleaseDomain(a) => lc::release_domain(&cli, a.domid, a.json, out),
         Command::Sweep(a) => lc::sweep(&cli, a.domid, a.json, out),
+        Command::BrokerRequest(a) => lc::broker_request(&cli, &a.request, out),
         Command::Hook(h) => match &h.what {
             crate::cli::HookCommand::PreReset(a) => lc::hook_pre_reset(&cli, a.sbdf, a.json, out),
             crate::cli::HookCommand::PreUnplug(a) => lc::hook_pre_unplug(&cli, a.sbdf, a.json, out),

@@ -755,3 +755,57 @@ fn a_command_resumes_only_its_own_devices_unfinished_teardown() {
     ok(&d, &["watch", "--once"]);
     assert_eq!(state("0000:03:00.0"), "assignable");
 }
+
+/// `ptguard broker-request`: one broker line served in-process, as the daemon serves it on
+/// its socket — with the assignment's token a bind is served (and traced), without it
+/// refused with the protocol's code, and a line that is not a request is `malformed`.
+#[test]
+fn a_broker_request_is_served_in_process_with_the_assignments_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.17.5"]);
+    ok(&d, &["assignable-add", "0000:03:00.0"]);
+    ok(&d, &["sim", "create", "g"]);
+    let attached: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["attach", "0000:03:00.0", "1", "--json"])).unwrap();
+    let token = attached["token"].as_str().unwrap().to_string();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["show", "0000:03:00.0", "--json"])).unwrap();
+    let tb = show["ledger"]["table_base"].as_u64().unwrap();
+    ok(&d, &["sim", "decoding", "0000:03:00.0", "on"]);
+    let bind = |token: &str| {
+        format!(
+            r#"{{"op":"bind","domid":1,"sbdf":"0000:03:00.0","epoch":1,"kind":{{"kind":"msix","entry":0,"table_base":{tb}}},"gvec":64,"gflags":0,"gtable":0{token}}}"#
+        )
+    };
+    let served = ok(
+        &d,
+        &[
+            "--trace",
+            "broker-request",
+            &bind(&format!(r#","token":"{token}""#)),
+        ],
+    );
+    let reply: wire::Reply = wire::Reply::parse_line(served.lines().next().unwrap()).unwrap();
+    assert!(reply.ok && reply.pirq.is_some(), "{served}");
+    assert!(served.contains("hypercall PHYSDEVOP_map_pirq"), "{served}");
+    assert!(
+        served.contains("hypercall XEN_DOMCTL_bind_pt_irq"),
+        "{served}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
+    assert!(
+        list[0]["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["pirq"] == reply.pirq.unwrap() && b["state"] == "bound"),
+        "in the ledger: {list}"
+    );
+    let o = ptguard(&d, &["broker-request", &bind("")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"code\":\"credential-required\""));
+    let o = ptguard(&d, &["broker-request", "{\"op\":\"format-disk\"}"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[malformed]"));
+}

@@ -55,6 +55,34 @@ fn finish(cli: &Cli, ctx: &mut HostCtx, out: &mut dyn Write) -> anyhow::Result<(
     print_log(cli, ctx, out)
 }
 
+/// `ptguard broker-request LINE`: one broker request served in this process.
+pub fn broker_request(cli: &Cli, request: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let line = if request == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), wire::MAX_LINE as u64 + 1),
+            &mut text,
+        )?;
+        text
+    } else {
+        request.to_string()
+    };
+    let mut ctx = cli.open_host()?;
+    let me = i32::try_from(std::process::id()).ok();
+    let reply = daemon::broker::handle_line(&mut ctx, line.trim_end_matches(['\n', '\r']), me);
+    out.write_all(reply.to_line().as_bytes())?;
+    ctx.save()?;
+    match reply.failure_code() {
+        // A refusal's trace is printed with the error (`ptguard::run`), once.
+        None => print_log(cli, &ctx, out),
+        Some(code) => anyhow::bail!(
+            "the broker refused the request [{}]: {}",
+            code.as_str(),
+            reply.error.as_deref().unwrap_or("no reason given")
+        ),
+    }
+}
+
 #[derive(Serialize)]
 struct Done<'a, T: Serialize> {
     sbdf: Sbdf,
