@@ -20,16 +20,6 @@ if [ "$mode" = real ]; then
         xl create -p "$f" >/dev/null 2>&1; xl domid "diff-$1"
     }
     drop_domain() { xl destroy "diff-$1" >/dev/null 2>&1; }
-    decoding() { case $1 in on) setpci -s 00:05.0 COMMAND=0006 ;; off) setpci -s 00:05.0 COMMAND=0000 ;; esac; }
-    # What the guest's own SCHEDOP_shutdown does (a paused HVM guest cannot run to it).
-    shut_down() {
-        python3 -c "import ctypes; xc = ctypes.CDLL('${XENCTRL:-libxenctrl.so}'); xc.xc_interface_open.restype = ctypes.c_void_p; h = ctypes.c_void_p(xc.xc_interface_open(None, None, 0)); xc.xc_domain_shutdown(h, ctypes.c_uint32($1), ctypes.c_int(0))" >/dev/null 2>&1
-    }
-    # The daemon would race the steps below (a shut-down domain is its to tear down):
-    # stopped for the lifecycle, started again after it.
-    if systemctl is-active -q ptguard.service 2>/dev/null; then
-        systemctl stop ptguard.service; trap 'systemctl start ptguard.service' EXIT
-    fi
 else
     SBDF=0000:03:00.0
     pt() { "${PTGUARD:-ptguard}" --host "sim:$simdir" "$@"; }
@@ -43,8 +33,6 @@ else
         pt sim create "${flags[@]}" "diff-$1"
     }
     drop_domain() { :; }
-    decoding() { pt sim decoding $SBDF "$1" >/dev/null; }
-    shut_down() { pt sim shutdown "$1" --reason poweroff >/dev/null; }
 fi
 n=0
 step() { # NAME ARGS... : one ptguard command, traced
@@ -66,46 +54,4 @@ d=$(new_domain nopt hvm no)
 step attach-no-iommu attach $SBDF "$d"
 drop_domain nopt
 step attach-dom0 attach $SBDF 0
-
-# The device-model paths: an HVM guest's model binding MSI-X vectors through the broker
-# (served in-process by `broker-request`, with the assignment's token), refused and
-# forced unbinds, the sweep of a shut-down guest's bound, mapped-unbound and unmapped
-# pirqs, and the teardown after it.
-last() { ls "$out" | tail -1; }
-token_of() { sed -n 's/.*"token": *"\([0-9a-f]*\)".*/\1/p' "$out/$(last)"; }
-field() { pt show $SBDF --json | python3 -c "import json, sys; print(json.load(sys.stdin)['ledger']['$1'])"; }
-request() { # OP DOMID EPOCH ENTRY [EXTRA-JSON]
-    printf '{"op":"%s","domid":%s,"sbdf":"%s","epoch":%s,"kind":{"kind":"msix","entry":%s,"table_base":%s},"gvec":%s,"gflags":0,"gtable":0,"token":"%s"%s}' \
-        "$1" "$2" "$SBDF" "$3" "$4" "$tb" "$((64 + $4))" "$token" "${5:-}"
-}
-map_only() { # DOMID ENTRY: a stock model's xc_physdev_map_pirq_msi, never bound
-    printf '{"op":"map-pirq-msi","domid":%s,"sbdf":"%s","entry":%s,"table_base":%s,"token":"%s"}' "$1" "$SBDF" "$2" "$tb" "$token"
-}
-d=$(new_domain dm hvm yes)
-decoding off
-step attach-hvm-model attach $SBDF "$d" --json
-token=$(token_of); epoch=$(field epoch); tb=$(field table_base)
-step dm-bind-decoding-off broker-request "$(request bind "$d" "$epoch" 0)"
-decoding on
-for e in 0 1 2; do
-    step "dm-bind-$e" broker-request "$(request bind "$d" "$epoch" $e)"
-done
-pirq2=$(sed -n 's/^{"ok":true,"pirq":\([0-9]*\)}.*/\1/p' "$out/$(last)")
-step dm-bind-stale-epoch broker-request "$(request bind "$d" "$((epoch + 1))" 3)"
-step dm-unbind-2 broker-request "$(request unbind "$d" "$epoch" 2 ",\"pirq\":${pirq2:-0}")"
-step detach-live-bindings detach $SBDF
-drop_domain dm
-
-d=$(new_domain sw hvm yes)
-decoding on
-step attach-hvm-swept attach $SBDF "$d" --json
-token=$(token_of); epoch=$(field epoch); tb=$(field table_base)
-for e in 0 1; do
-    step "dm-bind-sw-$e" broker-request "$(request bind "$d" "$epoch" $e)"
-done
-step dm-map-only broker-request "$(map_only "$d" 2)"
-shut_down "$d"
-step sweep-shut-down sweep "$d"
-step release-after-sweep release-domain "$d"
-drop_domain sw
 step assignable-remove assignable-remove $SBDF
