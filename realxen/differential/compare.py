@@ -3,7 +3,9 @@ lifecycle.sh on real Xen and one on the simulated host.
 
 Usage: compare.py REAL-DIR SIM-DIR KNOWN-DIFFERENCES
 Each step's --trace is reduced to its hypercalls (operation and answer; domain ids, pirqs
-and addresses differ by nature) and the command's exit status. Consecutive BAR permission
+and addresses differ by nature), the command's exit status, and the `state:` lines
+observe.py wrote after it (MSI-X Enable, Function Mask, memory decoding, the ledger's state
+and bindings). Consecutive BAR permission
 calls fold into one (the two devices have different BAR counts). A difference is allowed
 only when KNOWN-DIFFERENCES lists it (step and a reason); exits 1 on any other.
 """
@@ -16,12 +18,16 @@ real_dir, sim_dir, known_file = sys.argv[1:4]
 
 def reduce(path):
     calls = []
+    states = []
     rc = None
     with open(path, errors="replace") as f:
         for line in f:
             line = line.strip()
             if line.startswith("rc="):
                 rc = line
+                continue
+            if line.startswith("state: "):
+                states.append(line)
                 continue
             m = re.match(r"hypercall (\S+)(.*?)(?: -> (-E[A-Z]+))?(?: \(\d+\))?$", line)
             if not m:
@@ -32,7 +38,7 @@ def reduce(path):
                 if calls and calls[-1] == f"{op} {answer}":
                     continue
             calls.append(f"{op} {answer}")
-    return calls + [rc or "rc=?"]
+    return calls + [rc or "rc=?"] + states
 
 
 known = {}
@@ -52,7 +58,8 @@ for s in steps:
     name = s[3:-4]
     real, sim = reduce(os.path.join(real_dir, s)), reduce(os.path.join(sim_dir, s))
     if real == sim:
-        print(f"same       {name}: {len(real) - 1} hypercalls, {real[-1]}")
+        rc = next(c for c in real if c.startswith("rc="))
+        print(f"same       {name}: {real.index(rc)} hypercalls, {rc}, {' '.join(c[7:] for c in real if c.startswith('state: '))}")
         continue
     if name in known:
         print(f"known diff {name}: {known[name]}")

@@ -6,7 +6,7 @@
 # joined by '+'; `all`, the default, is every group but guests, paths and ptpaths)
 # chooses what runs; ptguard.soak=N the soak's length.
 # The library (lib.sh) and one file per group (groups/NAME.sh), run in this order:
-CHECK_GROUPS="diff core guests seed paths ptpaths companion preload soak zombie"
+CHECK_GROUPS="diff core guests seed paths ptpaths companion preload nvme soak zombie"
 T=/opt/ptguard-test
 . "$T/lib.sh"
 

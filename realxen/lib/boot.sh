@@ -18,10 +18,13 @@ dom0_args="root=/dev/vda ro console=hvc0 rootwait quiet ptguard.xen=$XEN_LINE pt
 : > "$console"
 # The dom0 writes what it captured (a tar) to a second disk.
 rm -f "$W/out.img"; truncate -s 64M "$W/out.img"
+rm -f "$W/nvme.img"; truncate -s 16M "$W/nvme.img"
 # -cpu qemu64 ($QEMU_CPU; +npt on a line without shadow paging): -cpu max crashes the PV
 # dom0 under TCG. intel-iommu with interrupt
 # remapping: Xen refuses device assignment without an IOMMU. e1000e at 00:05.0 is the
-# MSI-X device under test (5 vectors, table in BAR3).
+# MSI-X device under test (5 vectors, table in BAR3); QEMU's NVMe controller at 00:07.0 the
+# second (65 vectors: msix_qsize's default, the admin queue and 64 I/O queues), with a
+# 16 MB namespace of its own.
 "$QEMU_BIN" -accel tcg,thread=multi -machine q35 -cpu "$QEMU_CPU" -smp 2 -m 3072 \
     -L "$QEMU_FW" -display none -monitor none -serial "file:$console" -no-reboot \
     -kernel "$W/xen.elf" -append "$xen_args" \
@@ -30,7 +33,8 @@ rm -f "$W/out.img"; truncate -s 64M "$W/out.img"
     -drive "file=$W/dom0.img,if=none,id=d0,format=raw,snapshot=on" \
     -device virtio-blk-pci,drive=d0,addr=04.0 \
     -drive "file=$W/out.img,if=none,id=d1,format=raw" -device virtio-blk-pci,drive=d1,addr=06.0 \
-    -device e1000e,addr=05.0,mac=52:54:00:12:34:56 -nic none &
+    -device e1000e,addr=05.0,mac=52:54:00:12:34:56 -nic none \
+    -drive "file=$W/nvme.img,if=none,id=d2,format=raw" -device nvme,serial=ptguard-nvme,drive=d2,addr=07.0 &
 qemu=$!
 trap 'kill -9 $qemu 2>/dev/null' EXIT INT TERM
 SECONDS=0; booted=0 stalled=0

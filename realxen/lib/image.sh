@@ -26,6 +26,21 @@ for m in drivers/pci/xen-pcifront drivers/net/ethernet/intel/e1000e/e1000e; do
     else die "the dom0 tree has no $m module for the guest"
     fi
 done
+# QEMU's NVMe controller (dev=nvme guests): nvme.ko and what modules.dep says it needs,
+# loaded in that order, after the crypto drivers crc-t10dif and crc64-rocksoft ask for by
+# name (the guest has no modprobe to answer a request_module).
+nvme_mods=$(sed -n 's|^kernel/drivers/nvme/host/nvme\.ko[.a-z]*: *||p' "$R/lib/modules/$K/modules.dep" | tr ' ' '\n' | tac)
+for m in kernel/crypto/crct10dif_common kernel/lib/crc64 kernel/crypto/crct10dif_generic kernel/crypto/crc64_rocksoft_generic \
+    $nvme_mods kernel/drivers/nvme/host/nvme; do
+    m=${m%.ko*}; f=$R/lib/modules/$K/$m.ko; b=$(basename "$m")
+    grep -qx "$b" "$I/lib/modules/nvme.order" 2>/dev/null && continue
+    if [ -f "$f" ]; then cp "$f" "$I/lib/modules/"
+    elif [ -f "$f.xz" ]; then xz -dc "$f.xz" > "$I/lib/modules/$b.ko"
+    else continue
+    fi
+    echo "$b" >> "$I/lib/modules/nvme.order"
+done
+grep -qx nvme "$I/lib/modules/nvme.order" 2>/dev/null || die "the dom0 tree has no nvme module for the guest"
 install -m 755 "$HERE/../guest/init" "$I/init"
 mknod -m 600 "$I/dev/console" c 5 1; mknod -m 666 "$I/dev/null" c 1 3
 
@@ -51,6 +66,7 @@ mkdir -p "$T/groups"; install -m 644 "$HERE"/../dom0/groups/*.sh "$T/groups/"
 install -m 644 "$HERE/../dom0/broker_client.py" "$T/broker_client.py"
 install -m 644 "$HERE/../dom0/rogue_dm.py" "$T/rogue_dm.py"
 mkdir -p "$T/differential"; install -m 755 "$HERE/../differential/lifecycle.sh" "$T/differential/"
+install -m 644 "$HERE/../differential/observe.py" "$T/differential/"
 
 # The run's unit: after xenstored and xenconsoled, on the Xen console, then power off.
 cat > "$R/etc/systemd/system/ptguard-checks.service" <<'UNIT'

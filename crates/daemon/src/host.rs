@@ -234,6 +234,9 @@ impl PciHost for LoggedPci {
             || self.inner.pciback_allow_interrupt_control(s),
         )
     }
+    fn yield_to_dom0(&self, wait: std::time::Duration) {
+        self.inner.yield_to_dom0(wait);
+    }
     fn wait_backend_released(
         &self,
         domid: u16,
@@ -676,6 +679,12 @@ impl HostCtx {
         }
     }
 
+    /// The simulated platform, whose dom0 work (pciback, pcifront) a simulated toolstack
+    /// lets run while it waits; `None` on a real host.
+    pub fn sim_platform(&self) -> Option<SimPlatform> {
+        self.platform.sim.clone()
+    }
+
     /// Saves a simulated host's state when it changed (nothing to do for a real host or a
     /// dry run).
     pub fn save(&mut self) -> Result<(), DaemonError> {
@@ -683,8 +692,10 @@ impl HostCtx {
             return Ok(());
         }
         if let Some(simp) = &self.platform.sim {
-            // dom0's work after the command: pciback reacts to the backends it wrote.
-            simp.dom0_runs();
+            // dom0's work after the command: pciback reacts to the backends it wrote, and
+            // its worker gives back what a removed backend held (time passes between
+            // commands).
+            simp.settle();
         }
         if let (HostSpec::Sim(dir), Some((host, xs, state))) = (&self.spec, &mut self.sim) {
             state.journal = host.journal();

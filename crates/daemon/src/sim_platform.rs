@@ -111,6 +111,9 @@ impl PciHost for SimPlatform {
     fn driver_bind(&self, driver: &str, sbdf: Sbdf) -> Result<(), PciError> {
         self.kernel().driver_bind(driver, sbdf)
     }
+    fn yield_to_dom0(&self, _wait: std::time::Duration) {
+        self.dom0_runs();
+    }
     fn driver_unbind(&self, driver: &str, sbdf: Sbdf) -> Result<(), PciError> {
         self.kernel().driver_unbind(driver, sbdf)
     }

@@ -113,6 +113,25 @@ pub enum EngineError {
         domid: DomId,
         waited: std::time::Duration,
     },
+    #[error("{sbdf}: {domid}'s PCI backend also holds {others}, and {domid} has no pcifront connected to answer the Reconfiguring handshake (an HVM guest never has one; a PV guest only once its kernel has loaded it): pciback would keep exporting {sbdf} to it until the whole backend goes, and reset it then, under whichever guest has it next; nothing was changed. Shut {domid} down or destroy it: its teardown removes the whole backend, and pciback gives every device back at once")]
+    SharedBackendNoFrontend {
+        sbdf: Sbdf,
+        domid: DomId,
+        others: String,
+    },
+    #[error("{sbdf}: {domid}'s PCI backend is already set up (state {state}) and {domid}'s pcifront has not connected: pciback would export {sbdf} to no one, and the Reconfiguring that adds a device to a running guest would leave pcifront unconnected; nothing was changed. Give a PV guest every device before it is created (xl's pci=[...]), or attach this one once the guest has booted")]
+    PvBackendSetUp {
+        sbdf: Sbdf,
+        domid: DomId,
+        state: String,
+    },
+    #[error("{sbdf}: pciback did not finish {domid}'s Reconfiguring handshake in {waited:?} (backend state {state}, the device's state-N Closing); it still exports {sbdf} to {domid}. The teardown stops before any reset and resumes from this step on the next `ptguard watch` round or command")]
+    PcibackReconfigureStalled {
+        sbdf: Sbdf,
+        domid: DomId,
+        state: String,
+        waited: std::time::Duration,
+    },
     #[error("{domid} is a protected domain (dom0, dom_io, dom_xen, a reserved id or one given with --protect): ptguard does not {action} it")]
     ProtectedDomain { domid: DomId, action: &'static str },
     #[error("{sbdf}: Xen says a guest still holds the device (test_assign_device: {errno}) although the ledger says {state}; nothing was changed. Detach it from that guest first (`xl pci-detach`, or `ptguard detach` if ptguard attached it); `ptguard doctor` shows who holds it")]

@@ -255,6 +255,9 @@ impl Engine<'_> {
         self.refuse_protected(domid, "attach a device to")?;
         let hv = self.platform.hypervisor();
         let info = may_run(hv, domid)?;
+        if !info.hvm {
+            self.refuse_unreachable_pv_add(sbdf, domid)?;
+        }
         let rec = self.xs.transaction(|xs, tx| -> Result<DeviceRecord> {
             let mut rec = read_head(xs, tx, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
             match (rec.state, rec.owner) {
@@ -359,6 +362,7 @@ impl Engine<'_> {
     fn write_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
         let be = backend_dir(domid);
         let fe = format!("/local/domain/{}/device/pci/0", domid.0);
+        let hot_add = self.pcifront_connected(domid)?;
         self.xs.transaction(|xs, tx| -> Result<()> {
             let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
                 .and_then(|v| v.parse().ok())
@@ -398,8 +402,11 @@ impl Engine<'_> {
                 write(xs, tx, &format!("{fe}/backend"), &be)?;
                 write(xs, tx, &format!("{fe}/backend-id"), "0")?;
                 write(xs, tx, &format!("{fe}/state"), "1")?;
-            } else {
-                write(xs, tx, &format!("{be}/state"), "7")?;
+            } else if hot_add {
+                // As libxl's hot-add: the running guest's pcifront answers Reconfiguring and
+                // pciback exports the new device (xen_pcibk_reconfigure, state-N
+                // Initialising). Before pcifront connects it would break the connection.
+                write(xs, tx, &format!("{be}/state"), XENBUS_RECONFIGURING)?;
             }
             write(xs, tx, &format!("{be}/key-{n}"), &sbdf.to_string())?;
             write(xs, tx, &format!("{be}/dev-{n}"), &sbdf.to_string())?;
@@ -421,46 +428,213 @@ impl Engine<'_> {
         })
     }
 
-    /// Removes the device's backend entry; the whole backend goes with the last device.
-    /// Takes `sbdf` out of `domid`'s PCI backend; true when the domain has no PCI backend
-    /// left (this was its last device, or it was gone already).
-    pub(crate) fn remove_backend(&mut self, sbdf: Sbdf, domid: DomId) -> Result<bool> {
+    /// A device added to a PV guest's backend that pciback has already set up, before the
+    /// guest's pcifront connected, reaches neither: pciback exports devices only when the
+    /// backend is set up (InitWait) or when pcifront answers Reconfiguring, and a
+    /// Reconfiguring written before pcifront connects leaves it unconnected ("pciback not
+    /// responding", seen on real Xen 4.17.5). Refused before anything is written.
+    fn refuse_unreachable_pv_add(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let be = backend_dir(domid);
+        let state = read_opt(self.xs, TxId::NONE, &format!("{be}/state"))?;
+        let set_up = state
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .is_some_and(|s| s >= 3);
+        let lists_it = self.backend_peers(sbdf, domid)?.len()
+            < read_opt(self.xs, TxId::NONE, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+        if set_up && !lists_it && !self.pcifront_connected(domid)? {
+            return Err(EngineError::PvBackendSetUp {
+                sbdf,
+                domid,
+                state: state.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether pciback exports `sbdf` through `domid`'s backend: it publishes `vdev-N`
+    /// for each device it exported (xen_pcibk_export_device).
+    pub(crate) fn backend_exports(&mut self, sbdf: Sbdf, domid: DomId) -> Result<bool> {
+        let be = backend_dir(domid);
+        let n: u32 = read_opt(self.xs, TxId::NONE, &format!("{be}/num_devs"))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for i in 0..n {
+            if read_opt(self.xs, TxId::NONE, &format!("{be}/dev-{i}"))?.as_deref()
+                == Some(&sbdf.to_string())
+            {
+                return Ok(read_opt(self.xs, TxId::NONE, &format!("{be}/vdev-{i}"))?.is_some());
+            }
+        }
+        Ok(false)
+    }
+
+    /// The other devices `domid`'s PCI backend lists besides `sbdf`.
+    pub(crate) fn backend_peers(&mut self, sbdf: Sbdf, domid: DomId) -> Result<Vec<String>> {
+        let be = backend_dir(domid);
+        let n: u32 = read_opt(self.xs, TxId::NONE, &format!("{be}/num_devs"))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut peers = Vec::new();
+        for i in 0..n {
+            if let Some(d) = read_opt(self.xs, TxId::NONE, &format!("{be}/dev-{i}"))? {
+                if d != sbdf.to_string() {
+                    peers.push(d);
+                }
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Whether `domid`'s pcifront is connected (its frontend node `state` is Connected):
+    /// only a connected pcifront answers the Reconfiguring handshake that makes pciback
+    /// let go of one device of several (pcifront_detach_devices, then pciback's
+    /// xen_pcibk_reconfigure on the frontend's Reconfiguring).
+    pub(crate) fn pcifront_connected(&mut self, domid: DomId) -> Result<bool> {
+        let fe = format!("/local/domain/{}/device/pci/0/state", domid.0);
+        Ok(read_opt(self.xs, TxId::NONE, &fe)?
+            .as_deref()
+            .map(str::trim)
+            == Some(XENBUS_CONNECTED))
+    }
+
+    /// libxl's handshake for one device of several leaving a live PV guest: the device's
+    /// `state-N` Closing and the backend Reconfiguring in one transaction; the guest's
+    /// pcifront removes the device and answers Reconfiguring, pciback gives the device
+    /// back (reset, restore) and answers Reconfigured, then both return to Connected.
+    /// Waits for the backend to leave Reconfiguring; the nodes are removed after.
+    pub(crate) fn reconfigure_out(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
+        let be = backend_dir(domid);
+        let state_path = format!("{be}/state");
+        let started = self.xs.transaction(|xs, tx| -> Result<bool> {
+            let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            for i in 0..n {
+                if read_opt(xs, tx, &format!("{be}/dev-{i}"))?.as_deref() == Some(&sbdf.to_string())
+                {
+                    if read_opt(xs, tx, &format!("{be}/state-{i}"))?.as_deref()
+                        != Some(XENBUS_CLOSING)
+                    {
+                        write(xs, tx, &format!("{be}/state-{i}"), XENBUS_CLOSING)?;
+                        write(xs, tx, &state_path, XENBUS_RECONFIGURING)?;
+                    }
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        if !started {
+            return Ok(());
+        }
+        let pci = self.platform.pci();
+        let start = std::time::Instant::now();
+        loop {
+            let state = read_opt(self.xs, TxId::NONE, &state_path)?;
+            match state.as_deref().map(str::trim) {
+                None => return Ok(()),
+                Some(s) if s != XENBUS_RECONFIGURING => return Ok(()),
+                Some(s) => {
+                    if start.elapsed() >= PCIBACK_RELEASE {
+                        return Err(EngineError::PcibackReconfigureStalled {
+                            sbdf,
+                            domid,
+                            state: s.to_string(),
+                            waited: PCIBACK_RELEASE,
+                        });
+                    }
+                }
+            }
+            pci.yield_to_dom0(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Removes `domid`'s whole PCI backend and frontend (a domain that will not run again:
+    /// pciback then gives every device of it back).
+    pub(crate) fn remove_whole_backend(&mut self, domid: DomId) -> Result<()> {
+        let fe = format!("/local/domain/{}/device/pci", domid.0);
+        self.xs.transaction(|xs, tx| -> Result<()> {
+            rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
+            rm(xs, tx, &fe)
+        })
+    }
+
+    /// Takes `sbdf` out of `domid`'s PCI backend. The whole backend (and the frontend) goes
+    /// with the last device; a device of several is removed only with `one_of_several`
+    /// (after pciback let go of it), its nodes compacted as libxl does, else nothing is
+    /// written and the others are returned.
+    pub(crate) fn remove_backend(
+        &mut self,
+        sbdf: Sbdf,
+        domid: DomId,
+        one_of_several: bool,
+    ) -> Result<BackendRemoval> {
         let be = backend_dir(domid);
         let fe = format!("/local/domain/{}/device/pci", domid.0);
-        self.xs.transaction(|xs, tx| -> Result<bool> {
+        self.xs.transaction(|xs, tx| -> Result<BackendRemoval> {
             let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut devs = Vec::new();
             for i in 0..n {
-                if let Some(d) = read_opt(xs, tx, &format!("{be}/dev-{i}"))? {
-                    devs.push(d);
-                }
+                devs.push(read_opt(xs, tx, &format!("{be}/dev-{i}"))?);
             }
-            let before = devs.len();
-            devs.retain(|d| *d != sbdf.to_string());
-            if devs.len() == before {
-                return Ok(devs.is_empty());
-            }
-            if devs.is_empty() {
+            let me = sbdf.to_string();
+            let others: Vec<String> = devs
+                .iter()
+                .flatten()
+                .filter(|d| **d != me)
+                .cloned()
+                .collect();
+            let Some(i) = devs.iter().position(|d| d.as_deref() == Some(me.as_str())) else {
+                return Ok(if others.is_empty() {
+                    BackendRemoval::Whole
+                } else {
+                    BackendRemoval::NotListed
+                });
+            };
+            if others.is_empty() {
                 rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
                 rm(xs, tx, &fe)?;
-                return Ok(true);
+                return Ok(BackendRemoval::Whole);
             }
-            for i in 0..n {
-                for k in ["key", "dev", "vdevfn", "opts", "state"] {
-                    rm(xs, tx, &format!("{be}/{k}-{i}"))?;
+            if !one_of_several {
+                return Ok(BackendRemoval::Shared(others));
+            }
+            // libxl__device_pci_remove_xenstore: the entry's nodes go, the later ones move
+            // down one, num_devs shrinks.
+            const NODES: [&str; 7] = ["state", "key", "dev", "vdev", "opts", "vdevfn", "name"];
+            for k in NODES {
+                rm(xs, tx, &format!("{be}/{k}-{i}"))?;
+            }
+            for j in (i as u32 + 1)..n {
+                for k in NODES {
+                    let from = format!("{be}/{k}-{j}");
+                    if let Some(v) = read_opt(xs, tx, &from)? {
+                        write(xs, tx, &format!("{be}/{k}-{}", j - 1), &v)?;
+                        rm(xs, tx, &from)?;
+                    }
                 }
             }
-            for (i, d) in devs.iter().enumerate() {
-                write(xs, tx, &format!("{be}/key-{i}"), d)?;
-                write(xs, tx, &format!("{be}/dev-{i}"), d)?;
-                write(xs, tx, &format!("{be}/state-{i}"), "4")?;
-            }
-            write(xs, tx, &format!("{be}/num_devs"), &devs.len().to_string())?;
-            Ok(false)
+            write(xs, tx, &format!("{be}/num_devs"), &(n - 1).to_string())?;
+            Ok(BackendRemoval::Entry)
         })
     }
+}
+
+/// What [`Engine::remove_backend`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BackendRemoval {
+    /// The whole backend went (this was its last device), or there was none.
+    Whole,
+    /// The device's entry went; the backend keeps its other devices.
+    Entry,
+    /// Other devices share the backend: nothing was written.
+    Shared(Vec<String>),
+    /// The backend does not list the device, and lists others.
+    NotListed,
 }
 
 /// What Xen says of `domid`, a domain a device may be given to: refused when Xen does not
@@ -474,3 +648,8 @@ fn may_run(hv: &dyn xen::Hypervisor, domid: DomId) -> Result<xen::DomainInfo> {
         _ => Ok(info),
     }
 }
+
+/// xenbus states (Xen's public io/xenbus.h) as Xenstore holds them.
+const XENBUS_CONNECTED: &str = "4";
+const XENBUS_CLOSING: &str = "5";
+const XENBUS_RECONFIGURING: &str = "7";

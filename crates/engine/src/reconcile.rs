@@ -177,7 +177,38 @@ impl Engine<'_> {
     /// Hot-unplug: tears the device down while its owner may still run.
     pub fn detach(&mut self, sbdf: Sbdf) -> Result<Outcome> {
         self.refuse_protected_owner(sbdf)?;
+        self.refuse_unreleasable_unplug(sbdf)?;
         self.teardown(sbdf, "unplug")
+    }
+
+    /// One device of several in a live guest's backend leaves only through pcifront's
+    /// answer to the Reconfiguring handshake; without a connected pcifront pciback keeps
+    /// the device until the whole backend goes. Refused before anything is written.
+    fn refuse_unreleasable_unplug(&mut self, sbdf: Sbdf) -> Result<()> {
+        let rec =
+            read_head(self.xs, TxId::NONE, sbdf)?.ok_or(EngineError::UnknownDevice { sbdf })?;
+        let Some(owner) = rec.owner else {
+            return Ok(());
+        };
+        let alive = matches!(
+            self.platform.hypervisor().domain_info(owner)?,
+            Some(i) if Liveness::of(Some(&i)).may_run()
+        );
+        if !alive {
+            return Ok(());
+        }
+        let peers = self.backend_peers(sbdf, owner)?;
+        if peers.is_empty()
+            || !self.backend_exports(sbdf, owner)?
+            || self.pcifront_connected(owner)?
+        {
+            return Ok(());
+        }
+        Err(EngineError::SharedBackendNoFrontend {
+            sbdf,
+            domid: owner,
+            others: peers.join(", "),
+        })
     }
 
     /// An unplug someone asked for is refused, before anything is written, when the device

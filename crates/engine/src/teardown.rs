@@ -231,7 +231,38 @@ impl Engine<'_> {
         bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
         // The INTx line's permission goes with its pirq (Unbind): another device of the
         // same guest may share the line.
-        if self.remove_backend(sbdf, owner)? {
+        use crate::lifecycle::BackendRemoval;
+        let whole = match self.remove_backend(sbdf, owner, false)? {
+            BackendRemoval::Whole => true,
+            BackendRemoval::Entry | BackendRemoval::NotListed => false,
+            BackendRemoval::Shared(peers) => {
+                let alive =
+                    matches!(hv.domain_info(owner)?, Some(i) if Liveness::of(Some(&i)).may_run());
+                if !alive {
+                    // A domain that will not run again loses its whole backend: pciback
+                    // then gives every device back at once. Removing one entry would leave
+                    // pciback exporting it until the last device's teardown, and resetting
+                    // it then, under whichever guest has it by that time.
+                    self.remove_whole_backend(owner)?;
+                    true
+                } else if !self.backend_exports(sbdf, owner)? {
+                    // pciback never exported it (no vdev-N): nothing of pciback's to wait for.
+                    self.remove_backend(sbdf, owner, true)?;
+                    false
+                } else if self.pcifront_connected(owner)? {
+                    self.reconfigure_out(sbdf, owner)?;
+                    self.remove_backend(sbdf, owner, true)?;
+                    false
+                } else {
+                    return Err(EngineError::SharedBackendNoFrontend {
+                        sbdf,
+                        domid: owner,
+                        others: peers.join(", "),
+                    });
+                }
+            }
+        };
+        if whole {
             // pciback resets and gives the device back in its own worker, after the
             // Xenstore removal: everything from here on must come after that, or its reset
             // (and the old pciback's Command write) would undo ours.

@@ -102,6 +102,13 @@ pub trait PciHost: Send + Sync {
         domid: u16,
         timeout: std::time::Duration,
     ) -> Result<bool, PciError>;
+
+    /// Lets dom0's own work (pciback's xenbus worker, a guest's pcifront answering it) run
+    /// for about `wait` while ptguard waits for it in Xenstore. A real host sleeps; a
+    /// simulated one runs that work at once.
+    fn yield_to_dom0(&self, wait: std::time::Duration) {
+        std::thread::sleep(wait);
+    }
 }
 
 /// The pciback driver's name in sysfs.

@@ -674,6 +674,8 @@ pub enum SimCommand {
     Init(SimInitArgs),
     /// Create a domain (HVM unless --pv); prints its domid.
     Create(SimCreateArgs),
+    /// Unpause a domain created with --paused (`xl unpause`).
+    Unpause(DomidArg),
     /// Start a guest's use of a device: its device model binds through ptguard's
     /// broker and the guest driver enables MSI-X, then checks every vector.
     Start(SimStartArgs),
@@ -704,6 +706,27 @@ pub enum SimCommand {
     /// Turn the device's memory decoding on or off (`setpci COMMAND`), as a guest or an
     /// old pciback leaves it.
     Decoding(SimDecodingArgs),
+    /// A device model that bypasses ptguard maps one MSI-X entry of a device its guest
+    /// holds straight through Xen (`xc_physdev_map_pirq_msi`) and binds it
+    /// (`xc_domain_update_msi_irq`), or with --map-only never binds it; no ledger hears of
+    /// it (the test bed's rogue_dm.py on real Xen). Prints the pirq.
+    DmMap(SimDmMapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimDmMapArgs {
+    /// The guest's domain id.
+    #[arg(value_name = "DOMID")]
+    pub domid: u16,
+    /// The PCI address of the device.
+    #[arg(value_name = "SBDF")]
+    pub sbdf: pci::Sbdf,
+    /// The MSI-X entry to map.
+    #[arg(value_name = "ENTRY")]
+    pub entry: u16,
+    /// Map only: the pirq is never bound to the guest.
+    #[arg(long)]
+    pub map_only: bool,
 }
 
 /// `SHUTDOWN_*` reasons a guest gives (Xen's public sched.h).
@@ -786,6 +809,10 @@ pub struct SimCreateArgs {
     /// will refuse to assign it devices.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Leave it paused (`xl create -p`): a PV guest's pcifront connects only once it
+    /// runs (`sim unpause`).
+    #[arg(long)]
+    pub paused: bool,
     /// Print the new domain's id and name as JSON.
     #[arg(long)]
     pub json: bool,

@@ -809,3 +809,90 @@ fn a_broker_request_is_served_in_process_with_the_assignments_token() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("[malformed]"));
 }
+
+/// One device of two leaves a running PV guest only through the Reconfiguring handshake
+/// pcifront answers; a guest without a connected pcifront keeps both until it goes, and a
+/// second device for a PV guest whose pcifront has not connected would reach no one (seen
+/// on real Xen 4.17.5: "pcifront pci-0: pciback not responding!!!").
+#[test]
+fn one_device_of_two_leaves_a_guest_only_through_pcifronts_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    let (nic, other) = ("0000:03:00.0", "0000:04:00.0");
+    ok(&d, &["sim", "init"]);
+    ok(&d, &["assignable-add", nic]);
+    ok(&d, &["assignable-add", other]);
+
+    // A paused PV guest: pciback sets the backend up with the first device; the second
+    // is refused and nothing of it changes.
+    let g = ok(&d, &["sim", "create", "--pv", "--paused", "pv"])
+        .trim()
+        .to_string();
+    ok(&d, &["attach", nic, &g]);
+    let o = ptguard(&d, &["attach", other, &g]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("already set up"),
+        "{err}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
+    assert_eq!(list[1]["state"], "assignable", "{list}");
+
+    // Running, its pcifront connected: the second device is a hot-add, both work.
+    ok(&d, &["sim", "unpause", &g]);
+    ok(&d, &["sim", "check", &g, nic]);
+    ok(&d, &["attach", other, &g]);
+    for s in [nic, other] {
+        let r = ok(&d, &["sim", "start", &g, s]);
+        assert!(r.contains("3 of 3"), "{s}: {r}");
+    }
+
+    // The detach of one: Closing, Reconfiguring, pciback gives it back, then the nodes go.
+    let trace = ok(&d, &["--trace", "detach", other]);
+    let closing = trace
+        .find("backend/pci/1/0/state-1 (tx")
+        .expect("state-N written");
+    let removed = trace
+        .find("RM /local/domain/0/backend/pci/1/0/dev-1")
+        .expect("nodes removed");
+    assert!(
+        closing < removed,
+        "the handshake before the nodes go:\n{trace}"
+    );
+    let reset = trace.find("0000:04:00.0/reset").expect("reset");
+    assert!(
+        removed < reset,
+        "pciback let go before ptguard resets:\n{trace}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["sim", "state", other, "--json"])).unwrap();
+    assert_eq!(state["owner"], 0, "{state}");
+    let r = ok(&d, &["sim", "check", &g, nic]);
+    assert!(r.contains("3 of 3"), "the other device keeps working: {r}");
+
+    // An HVM guest has no pcifront: detaching one of its two exported devices is refused,
+    // before anything is written; its teardown gives both back.
+    ok(&d, &["detach", nic]);
+    let h = ok(&d, &["sim", "create", "hvm"]).trim().to_string();
+    ok(&d, &["attach", nic, &h]);
+    let before = ok(&d, &["show", nic, "--json"]);
+    let o = ptguard(&d, &["attach", other, &h]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Only a device pciback exported (vdev-N) needs the handshake: the second, added after
+    // the backend was set up, was exported to no one and leaves at once.
+    ok(&d, &["detach", other]);
+    ok(&d, &["attach", other, &h]);
+    let o = ptguard(&d, &["detach", nic]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no pcifront connected"),
+        "{err}"
+    );
+    let after = ok(&d, &["show", nic, "--json"]);
+    let epoch =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["ledger"]["epoch"].clone();
+    assert_eq!(epoch(&before), epoch(&after), "nothing changed");
+    ok(&d, &["sim", "destroy", &h]);
+    let w = ok(&d, &["watch", "--once"]);
+    assert!(w.matches("clean and assignable").count() >= 2, "{w}");
+}

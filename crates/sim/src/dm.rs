@@ -452,3 +452,30 @@ pub fn bind_directly(
     }
     Ok(pirqs)
 }
+
+/// What a device model that bypasses ptguard does for one MSI-X entry of a device its
+/// guest holds: `map_pirq` (Xen chooses the pirq) and, unless `map_only`, `bind_pt_irq`,
+/// each straight to Xen, the config space left as it is. The test bed's rogue_dm.py makes
+/// the same two calls through libxenctrl on real Xen.
+pub fn map_one_directly(
+    host: &SimHost,
+    domid: DomId,
+    sbdf: Sbdf,
+    entry: u16,
+    map_only: bool,
+) -> Result<Pirq, SimError> {
+    let tb = host.with_world(|w| w.device(sbdf).map_or(0, |d| d.hw.table_base()));
+    let pirq = host.map_pirq(&MapPirq::msix(domid, sbdf, entry, tb))?;
+    if !map_only {
+        host.bind_pt_irq(
+            domid,
+            &PtIrq::Msi {
+                pirq,
+                gvec: 0x50,
+                gflags: 0x10000,
+                gtable: 0,
+            },
+        )?;
+    }
+    Ok(pirq)
+}

@@ -179,6 +179,15 @@ pub enum SimOp {
         domid: DomId,
         listed: Vec<Sbdf>,
         present: bool,
+        /// Listed devices leaving through the Reconfiguring handshake, which the guest's
+        /// pcifront answered: pciback gives them back now.
+        #[serde(default)]
+        closing: Vec<Sbdf>,
+        /// Listed devices a hot-add brings in through the same handshake (`state-N`
+        /// Initialising): pciback exports them now. Other devices listed after the
+        /// backend was set up are exported to no one.
+        #[serde(default)]
+        adding: Vec<Sbdf>,
     },
     PvEnableMsix {
         sbdf: Sbdf,
@@ -446,15 +455,19 @@ impl SimHost {
         domid: DomId,
         listed: Vec<Sbdf>,
         present: bool,
+        closing: Vec<Sbdf>,
+        adding: Vec<Sbdf>,
     ) -> Result<(), Errno> {
-        let unchanged = self.with_world(|w| {
-            let had = w.pciback.xenbus.get(&domid);
-            let listed_set: BTreeSet<Sbdf> = listed.iter().copied().collect();
-            match had {
-                Some(h) => *h == listed_set,
-                // Nothing exported yet: a change only if some listed device can be.
-                None => listed.iter().all(|s| w.pciback_exportable(*s).is_err()),
+        let unchanged = self.with_world(|w| match w.pciback.xenbus.get(&domid) {
+            Some(h) => {
+                present
+                    && !adding
+                        .iter()
+                        .any(|s| !h.contains(s) && w.pciback_exportable(*s).is_ok())
+                    && !closing.iter().any(|s| h.contains(s))
             }
+            // Nothing exported yet: a change only if some listed device can be.
+            None => listed.iter().all(|s| w.pciback_exportable(*s).is_err()),
         });
         if unchanged {
             return Ok(());
@@ -463,6 +476,8 @@ impl SimHost {
             domid,
             listed,
             present,
+            closing,
+            adding,
         })
     }
     /// Lets dom0's asynchronous work (pciback's pending puts) run; true if any did.
@@ -644,25 +659,37 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             domid,
             listed,
             present,
+            closing,
+            adding,
         } => {
+            let first = !w.pciback.xenbus.contains_key(&domid);
             let had = w.pciback.xenbus.remove(&domid).unwrap_or_default();
             let mut now = BTreeSet::new();
             for sbdf in listed {
                 if had.contains(&sbdf) {
                     now.insert(sbdf);
-                } else if w.pciback_export(sbdf, domid).is_ok() {
+                } else if (first || adding.contains(&sbdf)) && w.pciback_export(sbdf, domid).is_ok()
+                {
+                    // xen_pcibk_setup_backend exports what the backend lists when it is
+                    // set up; later, only a hot-add's handshake does (xen_pcibk_reconfigure).
                     // A device not in pciback, or exported elsewhere, is refused
                     // (xen_pcibk_export_device's pcistub_get_pci_dev_by_slot fails).
                     now.insert(sbdf);
                 }
             }
-            for sbdf in had.difference(&now) {
+            for sbdf in had.difference(&now).copied().collect::<Vec<_>>() {
                 if present {
-                    // One of several devices left a live backend (real pciback waits for
-                    // libxl's Closing/Reconfiguring handshake; docs/simulator.md).
-                    w.pciback_put(*sbdf)?;
+                    // Nodes gone without the handshake: pciback's backend watch reacts only
+                    // to InitWait, so the device stays exported until the backend goes.
+                    now.insert(sbdf);
                 } else {
-                    w.pciback.pending_puts.insert(*sbdf);
+                    w.pciback.pending_puts.insert(sbdf);
+                }
+            }
+            for sbdf in closing {
+                // xen_pcibk_reconfigure: a Closing device is removed and given back.
+                if now.remove(&sbdf) {
+                    w.pciback_put(sbdf)?;
                 }
             }
             if !now.is_empty() {
@@ -962,6 +989,10 @@ impl PciHost for SimHost {
     }
     fn reset(&self, sbdf: Sbdf) -> Result<(), PciError> {
         self.sysfs(sbdf, dev_file(sbdf, "reset"), SimOp::Reset { sbdf })
+    }
+    fn yield_to_dom0(&self, _wait: std::time::Duration) {
+        // No xenbus watcher here (the daemon's simulated platform has one): time is the
+        // simulation's, nothing to wait for.
     }
     fn driver_bind(&self, driver: &str, sbdf: Sbdf) -> Result<(), PciError> {
         self.sysfs(

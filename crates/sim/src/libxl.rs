@@ -171,6 +171,18 @@ pub fn backend_remove(
     domid: DomId,
     sbdf: Sbdf,
 ) -> Result<(), xenstore::XenstoreError> {
+    backend_remove_with(xs, domid, sbdf, &mut || {})
+}
+
+/// [`backend_remove`], with `dom0_runs` called between the handshake's first write and the
+/// removal of the nodes: libxl waits there, for a PV guest, until the backend is Connected
+/// again (pcifront and pciback have let the device go); for an HVM guest it does not wait.
+pub fn backend_remove_with(
+    xs: &mut xenstore::XsClient,
+    domid: DomId,
+    sbdf: Sbdf,
+    dom0_runs: &mut dyn FnMut(),
+) -> Result<(), xenstore::XenstoreError> {
     let be = backend_dir(domid);
     let read =
         |xs: &mut xenstore::XsClient, p: &str| -> Result<Option<String>, xenstore::XenstoreError> {
@@ -194,6 +206,7 @@ pub fn backend_remove(
         xs.write(tx, &format!("{be}/state-{i}"), b"5")?;
         xs.write(tx, &format!("{be}/state"), b"7")
     })?;
+    dom0_runs();
     xs.transaction(|xs, tx| {
         for node in ["state", "dev", "vdev", "opts", "vdevfn", "key", "name"] {
             match xs.rm(tx, &format!("{be}/{node}-{i}")) {
@@ -215,5 +228,22 @@ pub fn backend_remove(
             (num - 1).to_string().as_bytes(),
         )?;
         xs.write(tx, &format!("{be}/state"), b"4")
-    })
+    })?;
+    if num == 1 {
+        // The last device: libxl__device_destroy removes the whole backend and frontend,
+        // and pciback then gives every device it exported back.
+        xs.transaction(|xs, tx| {
+            for path in [
+                format!("/local/domain/0/backend/pci/{}", domid.0),
+                format!("/local/domain/{}/device/pci", domid.0),
+            ] {
+                match xs.rm(tx, &path) {
+                    Err(e) if e.code() != Some(xenstore::ErrorCode::Enoent) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }

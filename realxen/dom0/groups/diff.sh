@@ -4,5 +4,5 @@
 if group diff; then
     bash $T/differential/lifecycle.sh real $OUT/differential
     n=$(ls $OUT/differential | wc -l)
-    expect differential-run "$n steps traced: $(grep -h '^rc=' $OUT/differential/* | tr '\n' ' ')" test "$n" = 8
+    expect differential-run "$n steps traced: $(grep -h '^rc=' $OUT/differential/* | tr '\n' ' ')" test "$n" = 35
 fi

@@ -470,6 +470,11 @@ pub fn sweep(cli: &Cli, domid: u16, json: bool, out: &mut dyn Write) -> anyhow::
         writeln!(out)?;
     } else if report.domain_gone {
         writeln!(out, "d{domid} is gone: Xen has freed all its pirqs")?;
+    } else if report.pv {
+        writeln!(
+            out,
+            "d{domid} is a PV guest: its MSI pirqs are dom0's pciback's, which unmaps them itself; nothing was tried"
+        )?;
     } else {
         let r = &report.range;
         let bounds = match r.nr_irqs_gsi {

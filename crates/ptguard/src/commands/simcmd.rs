@@ -243,8 +243,10 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
         SimCommand::Init(_) => {}
         SimCommand::Create(a) => {
             let d = host.create_domain_with(&a.name, !a.pv, !a.no_passthrough);
-            host.unpause(d)
-                .map_err(|e| anyhow::anyhow!("unpause {d}: {e}"))?;
+            if !a.paused {
+                host.unpause(d)
+                    .map_err(|e| anyhow::anyhow!("unpause {d}: {e}"))?;
+            }
             if a.json {
                 writeln!(
                     out,
@@ -254,6 +256,12 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             } else {
                 writeln!(out, "{}", d.0)?;
             }
+        }
+        SimCommand::Unpause(a) => {
+            let d = guest_domid(&host, a.domid)?;
+            host.unpause(d)
+                .map_err(|e| anyhow::anyhow!("unpause {d}: {e}"))?;
+            writeln!(out, "{d} unpaused")?;
         }
         SimCommand::Start(a) | SimCommand::Check(a) => {
             let sbdf: Sbdf = a.sbdf;
@@ -266,24 +274,46 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     .filter(|r| r.owner == Some(domid))
                     .map(|r| r.epoch)
                     .with_context(|| format!("{sbdf} is not attached to {domid}; run `ptguard attach {sbdf} {}` first", domid.0))?;
-                let mut dm = DeviceModel::new(domid, a.dm);
-                {
-                    let mut e = ctx.engine()?;
-                    let broker = EngineBroker {
-                        access: CtxAccess(RefCell::new(&mut e)),
-                        epoch,
-                    };
-                    dm.plug(&host, &broker, sbdf)
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                    dm.guest_enable_msix(&host, &broker, sbdf, a.vectors)
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                }
-                if let Some((_, _, state)) = &mut ctx.sim {
-                    state.device_models.insert(domid.0, dm);
-                    state.dm_epochs.insert(domid.0, epoch);
-                }
-                if host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm)) {
-                    record_device_model_pid(&mut ctx, domid)?;
+                let pv = host.with_world(|w| w.domains.get(&domid).is_some_and(|d| !d.hvm));
+                if pv {
+                    // A PV guest has no device model: its pcifront asks dom0's pciback,
+                    // which maps each vector for it, and the guest binds event channels.
+                    if let Some(p) = ctx.sim_platform() {
+                        p.dom0_runs();
+                    }
+                    // The guest driver's pci_enable_device and pci_set_master, written
+                    // through pcifront by pciback's config space handlers.
+                    let cmd = pci::config::regs::COMMAND_MEMORY | pci::config::regs::COMMAND_MASTER;
+                    host.write_config(sbdf, pci::config::regs::COMMAND, &cmd.to_le_bytes())
+                        .map_err(|e| anyhow::anyhow!("{domid}: enabling {sbdf}: {e}"))?;
+                    let pirqs = host.pv_enable_msix(sbdf, a.vectors).map_err(|e| {
+                        anyhow::anyhow!("{domid}: pcifront's enable_msix of {sbdf}: {e}")
+                    })?;
+                    for p in pirqs {
+                        host.pv_bind_evtchn(domid, p).map_err(|e| {
+                            anyhow::anyhow!("{domid}: binding pirq {p} of {sbdf}: {e}")
+                        })?;
+                    }
+                } else {
+                    let mut dm = DeviceModel::new(domid, a.dm);
+                    {
+                        let mut e = ctx.engine()?;
+                        let broker = EngineBroker {
+                            access: CtxAccess(RefCell::new(&mut e)),
+                            epoch,
+                        };
+                        dm.plug(&host, &broker, sbdf)
+                            .map_err(|e| anyhow::anyhow!(e))?;
+                        dm.guest_enable_msix(&host, &broker, sbdf, a.vectors)
+                            .map_err(|e| anyhow::anyhow!(e))?;
+                    }
+                    if let Some((_, _, state)) = &mut ctx.sim {
+                        state.device_models.insert(domid.0, dm);
+                        state.dm_epochs.insert(domid.0, epoch);
+                    }
+                    if host.with_world(|w| w.domains.get(&domid).is_some_and(|d| d.hvm)) {
+                        record_device_model_pid(&mut ctx, domid)?;
+                    }
                 }
             }
             report_interrupts(out, a.json, &host, domid, sbdf, a.vectors)?;
@@ -485,7 +515,12 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
             }
             let forced = r.map_err(|e| anyhow::anyhow!("xl pci-detach {} {sbdf}: {e}", domid.0))?;
             let backend_of = stubdomain_of(&mut ctx, domid).unwrap_or(domid);
-            sim::libxl::backend_remove(&mut ctx.xs, backend_of, sbdf)?;
+            let simp = ctx.sim_platform();
+            sim::libxl::backend_remove_with(&mut ctx.xs, backend_of, sbdf, &mut || {
+                if let Some(p) = &simp {
+                    p.dom0_runs();
+                }
+            })?;
             writeln!(out, "{sbdf} removed from {domid} by the toolstack{forced}")?;
         }
         SimCommand::KillDm(a) => {
@@ -510,6 +545,23 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
                     "{domid}: device model killed (SIGKILL); what it mapped stays mapped"
                 )?,
             }
+        }
+        SimCommand::DmMap(a) => {
+            let domid = guest_domid(&host, a.domid)?;
+            let pirq = sim::dm::map_one_directly(&host, domid, a.sbdf, a.entry, a.map_only)
+                .map_err(|e| {
+                    anyhow::anyhow!("{domid}: mapping entry {} of {}: {e}", a.entry, a.sbdf)
+                })?;
+            let how = if a.map_only {
+                "mapped, never bound"
+            } else {
+                "mapped and bound"
+            };
+            writeln!(
+                out,
+                "{domid}: entry {} of {} {how} as pirq {pirq}, behind ptguard's back",
+                a.entry, a.sbdf
+            )?;
         }
         SimCommand::Decoding(a) => {
             let sbdf = a.sbdf;
