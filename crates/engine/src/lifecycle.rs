@@ -504,7 +504,7 @@ impl Engine<'_> {
     /// `state-N` Closing and the backend Reconfiguring in one transaction; the guest's
     /// pcifront removes the device and answers Reconfiguring, pciback gives the device
     /// back (reset, restore) and answers Reconfigured, then both return to Connected.
-    /// Waits for the backend to leave Reconfiguring; the nodes are removed after.
+    /// Waits for the backend to be Connected again; the nodes are removed after.
     pub(crate) fn reconfigure_out(&mut self, sbdf: Sbdf, domid: DomId) -> Result<()> {
         let be = backend_dir(domid);
         let state_path = format!("{be}/state");
@@ -534,8 +534,10 @@ impl Engine<'_> {
         loop {
             let state = read_opt(self.xs, TxId::NONE, &state_path)?;
             match state.as_deref().map(str::trim) {
+                // As libxl: done when the backend is Connected again (pciback gave the
+                // device back before its Reconfigured, pcifront has rescanned since).
                 None => return Ok(()),
-                Some(s) if s != XENBUS_RECONFIGURING => return Ok(()),
+                Some(s) if s == XENBUS_CONNECTED => return Ok(()),
                 Some(s) => {
                     if start.elapsed() >= PCIBACK_RELEASE {
                         return Err(EngineError::PcibackReconfigureStalled {
