@@ -24,7 +24,8 @@ rm -f "$W/nvme.img"; truncate -s 16M "$W/nvme.img"
 # remapping: Xen refuses device assignment without an IOMMU. e1000e at 00:05.0 is the
 # MSI-X device under test (5 vectors, table in BAR3); QEMU's NVMe controller at 00:07.0 the
 # second (65 vectors: msix_qsize's default, the admin queue and 64 I/O queues), with a
-# 16 MB namespace of its own.
+# 16 MB namespace of its own, in an NVMe subsystem (QEMU's condition for SR-IOV: one
+# virtual function, sriov_max_vfs=1, with flexible resources for it).
 "$QEMU_BIN" -accel tcg,thread=multi -machine q35 -cpu "$QEMU_CPU" -smp 2 -m 3072 \
     -L "$QEMU_FW" -display none -monitor none -serial "file:$console" -no-reboot \
     -kernel "$W/xen.elf" -append "$xen_args" \
@@ -34,7 +35,9 @@ rm -f "$W/nvme.img"; truncate -s 16M "$W/nvme.img"
     -device virtio-blk-pci,drive=d0,addr=04.0 \
     -drive "file=$W/out.img,if=none,id=d1,format=raw" -device virtio-blk-pci,drive=d1,addr=06.0 \
     -device e1000e,addr=05.0,mac=52:54:00:12:34:56 -nic none \
-    -drive "file=$W/nvme.img,if=none,id=d2,format=raw" -device nvme,serial=ptguard-nvme,drive=d2,addr=07.0 &
+    -device nvme-subsys,id=nvss,nqn=ptguard-nvme \
+    -device nvme,serial=ptguard-nvme,subsys=nvss,addr=07.0,sriov_max_vfs=1,sriov_vq_flexible=2,sriov_vi_flexible=1 \
+    -drive "file=$W/nvme.img,if=none,id=d2,format=raw" -device nvme-ns,drive=d2 &
 qemu=$!
 trap 'kill -9 $qemu 2>/dev/null' EXIT INT TERM
 SECONDS=0; booted=0 stalled=0

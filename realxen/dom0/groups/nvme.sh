@@ -83,4 +83,39 @@ if group nvme; then
     say "nvme: at the end: NVMe ledger '$(nledger state)' MSI-X: $(nmsix); NIC ledger '$(ledger state)' MSI-X: $(msix)"
     capture nvme-end
     ptguard assignable-remove $NVME >/dev/null 2>&1
+    # SR-IOV: QEMU's NVMe controller exposes one virtual function (sriov_max_vfs=1), made
+    # by dom0's nvme driver (pciback has no sriov_configure) with driver autoprobe off, so
+    # the VF (whose controller has no resources until an admin command gives them) stays
+    # unclaimed. Xen reads memory decoding for a VF on its PF (arch/x86/msi.c,
+    # memory_decoded): with the PF's Memory bit off a VF vector cannot be mapped (-ENXIO),
+    # with it on it can; the VF's own Memory bit is hardwired 0.
+    PF=/sys/bus/pci/devices/$NVME
+    echo 0 > $PF/sriov_drivers_autoprobe 2>/dev/null
+    vfout=$(echo 1 2>&1 > $PF/sriov_numvfs); sleep 2
+    VF=$(basename "$(readlink $PF/virtfn0 2>/dev/null)" 2>/dev/null)
+    expect nvme-vf-present "sriov_totalvfs $(cat $PF/sriov_totalvfs 2>&1); numvfs $(cat $PF/sriov_numvfs 2>&1) $vfout; VF '$VF'; Xen: $(xl dmesg | grep -a 'virtual function' | tail -1)" \
+        test -n "$VF"
+    if [ -n "$VF" ]; then
+        out=$(ptguard assignable-add "$VF" 2>&1); rc=$?
+        cfg vfh hvm yes "" ""
+        d=$(paused vfh)
+        att=$(ptguard attach "$VF" "$d" --json 2>&1)
+        token=$(json_get token <<<"$att"); epoch=$(json_get epoch <<<"$att")
+        tb=$(ptguard show "$VF" --json 2>/dev/null | json_get ledger.table_base)
+        req() { printf '{"op":"bind","domid":%s,"sbdf":"%s","epoch":%s,"kind":{"kind":"msix","entry":%s,"table_base":%s},"gvec":%s,"gflags":0,"gtable":0,"token":"%s"}' "$d" "$VF" "$epoch" "$1" "$tb" "$((64 + $1))" "$token"; }
+        pfcmd=$(setpci -s $NBDF COMMAND)
+        setpci -s $NBDF COMMAND=$(printf '%04x' $((0x$pfcmd & ~2)))
+        off=$(ptguard broker-request "$(req 0)" 2>&1 | head -1)
+        setpci -s $NBDF COMMAND=$(printf '%04x' $((0x$pfcmd | 6)))
+        on=$(ptguard broker-request "$(req 0)" 2>&1 | head -1)
+        vfcmd=$(setpci -s "${VF#0000:}" COMMAND 2>&1)
+        expect nvme-vf-decoding-is-the-pfs "assignable-add rc=$rc; VF Command $vfcmd; PF Memory off: $off; PF Memory on: $on" \
+            has "$off | $on" 'ENXIO.* \| \{"ok":true'
+        out=$(ptguard detach "$VF" 2>&1); rc=$?
+        expect nvme-vf-detach-clean "rc=$rc $out; MSI-X: $(lspci -vv -s "${VF#0000:}" | sed -n 's/.*MSI-X: //p'); Xen: $(xl debug-keys Q >/dev/null; sleep 1; xl dmesg | grep -a "$VF - " | tail -1)" \
+            has "rc=$rc $out" 'rc=0 .*clean and assignable'
+        xl destroy vfh 2>/dev/null
+        ptguard assignable-remove "$VF" >/dev/null 2>&1
+        echo 0 > $PF/sriov_numvfs 2>/dev/null
+    fi
 fi
