@@ -113,13 +113,18 @@ step dm-unbind-2 broker-request "$(request unbind "$d" "$epoch" 2 ",\"pirq\":${p
 step detach-live-bindings detach $SBDF
 drop_domain dm
 
+# attach_bound ATTACH-STEP BIND-STEP-PREFIX DOMID ENTRY...: attach, then the model binds.
+attach_bound() {
+    local name=$1 prefix=$2 dom=$3 e; shift 3
+    step "$name" attach $SBDF "$dom" --json
+    token=$(token_of); epoch=$(field epoch); tb=$(field table_base)
+    for e in "$@"; do
+        step "$prefix-$e" broker-request "$(request bind "$dom" "$epoch" "$e")"
+    done
+}
 d=$(new_domain sw hvm yes)
 decoding on
-step attach-hvm-swept attach $SBDF "$d" --json
-token=$(token_of); epoch=$(field epoch); tb=$(field table_base)
-for e in 0 1; do
-    step "dm-bind-sw-$e" broker-request "$(request bind "$d" "$epoch" $e)"
-done
+attach_bound attach-hvm-swept dm-bind-sw "$d" 0 1
 step dm-map-only broker-request "$(map_only "$d" 2)"
 shut_down "$d"
 step sweep-shut-down sweep "$d"
@@ -154,11 +159,7 @@ drop_domain spv
 # The seed's teardown: a guest leaves its device with memory decoding off and vectors bound.
 d=$(new_domain seed hvm yes)
 decoding on
-step attach-hvm-seed attach $SBDF "$d" --json
-token=$(token_of); epoch=$(field epoch); tb=$(field table_base)
-for e in 0 1; do
-    step "dm-bind-seed-$e" broker-request "$(request bind "$d" "$epoch" $e)"
-done
+attach_bound attach-hvm-seed dm-bind-seed "$d" 0 1
 decoding off
 step detach-decoding-off detach $SBDF
 drop_domain seed
