@@ -23,7 +23,7 @@ rm -f "$W/nvme.img"; truncate -s 16M "$W/nvme.img"
 # dom0 under TCG. intel-iommu with interrupt
 # remapping: Xen refuses device assignment without an IOMMU. e1000e at 00:05.0 is the
 # MSI-X device under test (5 vectors, table in BAR3); QEMU's NVMe controller at 00:07.0 the
-# second (65 vectors: msix_qsize's default, the admin queue and 64 I/O queues), with a
+# second (64 vectors: msix_qsize 65 less the one interrupt resource kept for its VF), with a
 # 16 MB namespace of its own, in an NVMe subsystem (QEMU's condition for SR-IOV: one
 # virtual function, sriov_max_vfs=1, with flexible resources for it).
 "$QEMU_BIN" -accel tcg,thread=multi -machine q35 -cpu "$QEMU_CPU" -smp 2 -m 3072 \

@@ -1187,6 +1187,16 @@ fn a_virtual_functions_decoding_is_its_physical_functions() {
     });
     let mut e = Engine::new(&mut f.client, &f.platform);
     e.assignable_add(vf).unwrap();
+    // A VF is probed only through a driver_override when its PF's autoprobe is off.
+    assert_eq!(
+        host.driver_override(vf).unwrap().as_deref(),
+        Some("pciback")
+    );
+    assert_eq!(
+        host.driver_override(pf).unwrap(),
+        None,
+        "a PF binds as before"
+    );
     let run_guest = |e: &mut Engine, name: &str, behaviour: DmBehaviour| {
         let g = host.create_domain(name, true);
         let epoch = e.attach(vf, g).unwrap();

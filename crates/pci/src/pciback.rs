@@ -35,6 +35,13 @@ pub fn seize(host: &dyn PciHost, sbdf: Sbdf) -> Result<Seizure, PciError> {
     if !host.pciback_slots()?.contains(&sbdf) {
         host.pciback_new_slot(sbdf)?;
     }
+    // Linux probes a virtual function only when its PF's sriov_drivers_autoprobe is on or
+    // the VF names a driver_override (pci_device_can_probe); operators turn autoprobe off
+    // so that no dom0 driver takes the VFs, and pciback's bind then fails -ENODEV (seen on
+    // the test bed with QEMU's NVMe VF).
+    if host.physfn(sbdf)?.is_some() && host.driver_override(sbdf)?.as_deref() != Some(PCIBACK) {
+        host.set_driver_override(sbdf, Some(PCIBACK))?;
+    }
     host.driver_bind(PCIBACK, sbdf)?;
     Ok(Seizure {
         original_driver: original,
@@ -52,6 +59,9 @@ pub fn release(
         host.driver_unbind(PCIBACK, sbdf)?;
     }
     host.pciback_remove_slot(sbdf)?;
+    if host.driver_override(sbdf)?.as_deref() == Some(PCIBACK) {
+        host.set_driver_override(sbdf, None)?;
+    }
     if let Some(drv) = original_driver.filter(|d| *d != PCIBACK) {
         host.driver_bind(drv, sbdf)?;
     }
