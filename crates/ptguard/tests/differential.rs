@@ -1,7 +1,7 @@
 //! The differential check without the test bed: the simulated host runs the lifecycle of
-//! `realxen/differential/lifecycle.sh` and must answer as real Xen 4.17.5 did on the test
-//! bed (the traces in `tests/fixtures/differential/xen-4.17.5/`, captured by `realxen/run
-//! --checks diff`): the same hypercalls and answers, exit statuses and device states, step
+//! `realxen/differential/lifecycle.sh` and must answer as real Xen 4.17.5 and 4.20.4 did
+//! on the test bed (the traces in `tests/fixtures/differential/xen-*/`, captured by
+//! `realxen/run [--xen 4.20] --checks diff`, 2026-12-03): the same hypercalls and answers, exit statuses and device states, step
 //! by step, but for the known differences (`realxen/differential/known-differences.txt`).
 //!
 //! The scripts need bash and python3; CI installs them. Elsewhere a missing python3 is
@@ -31,6 +31,17 @@ fn python_present() -> bool {
 
 #[test]
 fn the_simulator_answers_the_lifecycle_as_real_xen_4_17_5_did() {
+    answers_as_real_xen("4.17", "xen-4.17.5");
+}
+
+#[test]
+fn the_simulator_answers_the_lifecycle_as_real_xen_4_20_4_did() {
+    answers_as_real_xen("4.20", "xen-4.20.4");
+}
+
+/// Runs the lifecycle on a simulated host with the profile `realxen/run --xen LINE` uses,
+/// and compares it with the real traces in `fixtures/differential/FIXTURE`.
+fn answers_as_real_xen(line: &str, fixture: &str) {
     if !python_present() {
         return;
     }
@@ -46,7 +57,7 @@ fn the_simulator_answers_the_lifecycle_as_real_xen_4_17_5_did() {
         .arg(&out)
         .arg(&host)
         .env("PTGUARD", env!("CARGO_BIN_EXE_ptguard"))
-        .env("REALXEN_XEN", "4.17")
+        .env("REALXEN_XEN", line)
         .env("PTGUARD_LOG", "error")
         .output()
         .unwrap();
@@ -55,7 +66,9 @@ fn the_simulator_answers_the_lifecycle_as_real_xen_4_17_5_did() {
         "lifecycle.sh: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/differential/xen-4.17.5");
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/differential")
+        .join(fixture);
     let cmp = Command::new("python3")
         .arg(diff.join("compare.py"))
         .arg(&real)
@@ -64,16 +77,20 @@ fn the_simulator_answers_the_lifecycle_as_real_xen_4_17_5_did() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&cmp.stdout);
-    assert!(cmp.status.success(), "{report}");
+    assert!(cmp.status.success(), "{fixture}: {report}");
     assert!(
         report.contains("differential: 35 steps, 0 unexplained differences"),
-        "{report}"
+        "{fixture}: {report}"
     );
     // Every step compared, not skipped: 34 the same, the one known difference listed.
     assert_eq!(
-        report.matches("\nsame ").count() + usize::from(report.starts_with("same ")),
+        report.lines().filter(|l| l.starts_with("same ")).count(),
         34,
-        "{report}"
+        "{fixture}: {report}"
     );
-    assert_eq!(report.matches("known diff").count(), 1, "{report}");
+    assert_eq!(
+        report.matches("known diff").count(),
+        1,
+        "{fixture}: {report}"
+    );
 }

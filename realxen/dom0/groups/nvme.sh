@@ -118,4 +118,6 @@ if group nvme; then
         ptguard assignable-remove "$VF" >/dev/null 2>&1
         echo 0 > $PF/sriov_numvfs 2>/dev/null
     fi
+    # The NIC goes back to dom0's e1000e, as the groups before leave it for the next.
+    ptguard assignable-remove $SBDF >/dev/null 2>&1
 fi
