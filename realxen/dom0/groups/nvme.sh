@@ -53,7 +53,7 @@ if group nvme; then
     a2=$(ptguard attach $NVME "$d" 2>&1 | head -1)
     wait_for 90 grep -aq GUEST-HOLD "$log"
     r1=$(grep -a GUEST-RESULT "$log" | tail -1 | tr -d '\r' | sed 's/.*GUEST-RESULT //'); r2=$(nvme_verdict "$log" 5)
-    expect nvme-hot-add-to-a-running-pv-guest "$a1; $a2; NIC: $r1; NVMe: $r2; backend: $(backend "$d")" \
+    expect nvme-hot-add-to-a-running-pv-guest "$a1; $a2; NIC: $r1; NVMe: $r2; backend: $(backend "$d"); guest's kernel: $(grep -aE 'nvme|pcifront' "$log" | tail -3 | tr -d '\r' | tr '\n' ' ' | cut -c1-300)" \
         has "$r1 $r2" '^IRQS-ARRIVE .* IRQS-ARRIVE'
     before=$(alive both)
     out=$(ptguard detach $NVME 2>&1); rc=$?
@@ -73,6 +73,9 @@ if group nvme; then
     log=$(guest_log bothxl pv); rm -f "$log"
     xl create /root/bothxl.cfg >/dev/null 2>&1; d=$(domid_of bothxl)
     wait_for 180 grep -aq GUEST-HOLD "$log"
+    r1=$(grep -a GUEST-RESULT "$log" | tail -1 | tr -d '\r' | sed 's/.*GUEST-RESULT //'); r2=$(nvme_verdict "$log" 5)
+    expect nvme-xl-two-devices-one-guest "NIC: $r1; NVMe: $r2; guest's kernel: $(grep -aE 'nvme|pcifront' "$log" | tail -3 | tr -d '\r' | tr '\n' ' ' | cut -c1-300)" \
+        has "$r1 $r2" '^IRQS-ARRIVE .* IRQS-ARRIVE'
     out=$(xl pci-detach bothxl $NVME 2>&1); rc=$?
     wait_for 30 sh -c "grep -a GUEST-ALIVE '$log' | tail -1 | grep -q nvme-device=gone"
     say "nvme: xl pci-detach rc=$rc: $(tr '\n' ' ' <<<"$out" | cut -c1-300); backend: $(backend "$d"); ledger $(nledger state); MSI-X: $(nmsix); Xen: $(nq); guest: $(alive bothxl)"
