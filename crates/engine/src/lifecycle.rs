@@ -440,10 +440,7 @@ impl Engine<'_> {
             .as_deref()
             .and_then(|v| v.trim().parse::<u8>().ok())
             .is_some_and(|s| s >= 3);
-        let lists_it = self.backend_peers(sbdf, domid)?.len()
-            < read_opt(self.xs, TxId::NONE, &format!("{be}/num_devs"))?
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
+        let lists_it = self.backend_slot(sbdf, domid)?.is_some();
         if set_up && !lists_it && !self.pcifront_connected(domid)? {
             return Err(EngineError::PvBackendSetUp {
                 sbdf,
@@ -457,18 +454,26 @@ impl Engine<'_> {
     /// Whether pciback exports `sbdf` through `domid`'s backend: it publishes `vdev-N`
     /// for each device it exported (xen_pcibk_export_device).
     pub(crate) fn backend_exports(&mut self, sbdf: Sbdf, domid: DomId) -> Result<bool> {
+        let Some(i) = self.backend_slot(sbdf, domid)? else {
+            return Ok(false);
+        };
+        let vdev = format!("{}/vdev-{i}", backend_dir(domid));
+        Ok(read_opt(self.xs, TxId::NONE, &vdev)?.is_some())
+    }
+
+    /// The N of the `dev-N` naming `sbdf` in `domid`'s PCI backend.
+    fn backend_slot(&mut self, sbdf: Sbdf, domid: DomId) -> Result<Option<u32>> {
         let be = backend_dir(domid);
         let n: u32 = read_opt(self.xs, TxId::NONE, &format!("{be}/num_devs"))?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         for i in 0..n {
-            if read_opt(self.xs, TxId::NONE, &format!("{be}/dev-{i}"))?.as_deref()
-                == Some(&sbdf.to_string())
-            {
-                return Ok(read_opt(self.xs, TxId::NONE, &format!("{be}/vdev-{i}"))?.is_some());
+            let dev = read_opt(self.xs, TxId::NONE, &format!("{be}/dev-{i}"))?;
+            if dev.as_deref() == Some(sbdf.to_string().as_str()) {
+                return Ok(Some(i));
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// The other devices `domid`'s PCI backend lists besides `sbdf`.
