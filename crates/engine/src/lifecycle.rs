@@ -561,11 +561,33 @@ impl Engine<'_> {
     /// Removes `domid`'s whole PCI backend and frontend (a domain that will not run again:
     /// pciback then gives every device of it back).
     pub(crate) fn remove_whole_backend(&mut self, domid: DomId) -> Result<()> {
-        let fe = format!("/local/domain/{}/device/pci", domid.0);
-        self.xs.transaction(|xs, tx| -> Result<()> {
-            rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
-            rm(xs, tx, &fe)
-        })
+        self.xs
+            .transaction(|xs, tx| -> Result<()> { rm_backend_and_frontend(xs, tx, domid) })
+    }
+
+    /// How `sbdf` leaves a backend it shares with `peers` (not empty), `owner` running or
+    /// not (`owner_may_run`, what Xen said of it); refused, before anything is written, when pciback exported it
+    /// and no pcifront is connected to answer the handshake (docs/design.md, revoke).
+    pub(crate) fn shared_backend_exit(
+        &mut self,
+        sbdf: Sbdf,
+        owner: DomId,
+        peers: &[String],
+        owner_may_run: bool,
+    ) -> Result<SharedBackendExit> {
+        if !owner_may_run {
+            Ok(SharedBackendExit::WholeBackend)
+        } else if !self.backend_exports(sbdf, owner)? {
+            Ok(SharedBackendExit::Entry)
+        } else if self.pcifront_connected(owner)? {
+            Ok(SharedBackendExit::Handshake)
+        } else {
+            Err(EngineError::SharedBackendNoFrontend {
+                sbdf,
+                domid: owner,
+                others: peers.join(", "),
+            })
+        }
     }
 
     /// Takes `sbdf` out of `domid`'s PCI backend. The whole backend (and the frontend) goes
@@ -579,7 +601,6 @@ impl Engine<'_> {
         one_of_several: bool,
     ) -> Result<BackendRemoval> {
         let be = backend_dir(domid);
-        let fe = format!("/local/domain/{}/device/pci", domid.0);
         self.xs.transaction(|xs, tx| -> Result<BackendRemoval> {
             let n: u32 = read_opt(xs, tx, &format!("{be}/num_devs"))?
                 .and_then(|v| v.parse().ok())
@@ -603,8 +624,7 @@ impl Engine<'_> {
                 });
             };
             if others.is_empty() {
-                rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
-                rm(xs, tx, &fe)?;
+                rm_backend_and_frontend(xs, tx, domid)?;
                 return Ok(BackendRemoval::Whole);
             }
             if !one_of_several {
@@ -629,6 +649,24 @@ impl Engine<'_> {
             Ok(BackendRemoval::Entry)
         })
     }
+}
+
+/// `domid`'s whole PCI backend and frontend directories, in transaction `tx`.
+fn rm_backend_and_frontend(xs: &mut xenstore::XsClient, tx: TxId, domid: DomId) -> Result<()> {
+    rm(xs, tx, &format!("/local/domain/0/backend/pci/{}", domid.0))?;
+    rm(xs, tx, &format!("/local/domain/{}/device/pci", domid.0))
+}
+
+/// How a device leaves a PCI backend it shares ([`Engine::shared_backend_exit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SharedBackendExit {
+    /// Its domain will not run again: the whole backend goes, pciback gives every device
+    /// back at once (one entry removed would stay exported until the last one goes).
+    WholeBackend,
+    /// pciback never exported it (no `vdev-N`): its entry goes, nothing to wait for.
+    Entry,
+    /// The Reconfiguring handshake with the guest's pcifront, then its entry goes.
+    Handshake,
 }
 
 /// What [`Engine::remove_backend`] did.
@@ -660,3 +698,8 @@ fn may_run(hv: &dyn xen::Hypervisor, domid: DomId) -> Result<xen::DomainInfo> {
 const XENBUS_CONNECTED: &str = "4";
 const XENBUS_CLOSING: &str = "5";
 const XENBUS_RECONFIGURING: &str = "7";
+
+/// Whether Xen says `domid` may still run (running, paused or suspended).
+pub(crate) fn owner_may_run(hv: &dyn xen::Hypervisor, domid: DomId) -> Result<bool> {
+    Ok(matches!(hv.domain_info(domid)?, Some(i) if Liveness::of(Some(&i)).may_run()))
+}

@@ -190,25 +190,14 @@ impl Engine<'_> {
         let Some(owner) = rec.owner else {
             return Ok(());
         };
-        let alive = matches!(
-            self.platform.hypervisor().domain_info(owner)?,
-            Some(i) if Liveness::of(Some(&i)).may_run()
-        );
-        if !alive {
+        if !crate::lifecycle::owner_may_run(self.platform.hypervisor(), owner)? {
             return Ok(());
         }
         let peers = self.backend_peers(sbdf, owner)?;
-        if peers.is_empty()
-            || !self.backend_exports(sbdf, owner)?
-            || self.pcifront_connected(owner)?
-        {
-            return Ok(());
+        if !peers.is_empty() {
+            self.shared_backend_exit(sbdf, owner, &peers, true)?;
         }
-        Err(EngineError::SharedBackendNoFrontend {
-            sbdf,
-            domid: owner,
-            others: peers.join(", "),
-        })
+        Ok(())
     }
 
     /// An unplug someone asked for is refused, before anything is written, when the device

@@ -231,34 +231,26 @@ impl Engine<'_> {
         bar_permissions(hv, pci, owner, sbdf, false, unless_gone)?;
         // The INTx line's permission goes with its pirq (Unbind): another device of the
         // same guest may share the line.
-        use crate::lifecycle::BackendRemoval;
+        use crate::lifecycle::{BackendRemoval, SharedBackendExit};
         let whole = match self.remove_backend(sbdf, owner, false)? {
             BackendRemoval::Whole => true,
             BackendRemoval::Entry | BackendRemoval::NotListed => false,
             BackendRemoval::Shared(peers) => {
-                let alive =
-                    matches!(hv.domain_info(owner)?, Some(i) if Liveness::of(Some(&i)).may_run());
-                if !alive {
-                    // A domain that will not run again loses its whole backend: pciback
-                    // then gives every device back at once. Removing one entry would leave
-                    // pciback exporting it until the last device's teardown, and resetting
-                    // it then, under whichever guest has it by that time.
-                    self.remove_whole_backend(owner)?;
-                    true
-                } else if !self.backend_exports(sbdf, owner)? {
-                    // pciback never exported it (no vdev-N): nothing of pciback's to wait for.
-                    self.remove_backend(sbdf, owner, true)?;
-                    false
-                } else if self.pcifront_connected(owner)? {
-                    self.reconfigure_out(sbdf, owner)?;
-                    self.remove_backend(sbdf, owner, true)?;
-                    false
-                } else {
-                    return Err(EngineError::SharedBackendNoFrontend {
-                        sbdf,
-                        domid: owner,
-                        others: peers.join(", "),
-                    });
+                let may_run = crate::lifecycle::owner_may_run(hv, owner)?;
+                match self.shared_backend_exit(sbdf, owner, &peers, may_run)? {
+                    SharedBackendExit::WholeBackend => {
+                        self.remove_whole_backend(owner)?;
+                        true
+                    }
+                    SharedBackendExit::Entry => {
+                        self.remove_backend(sbdf, owner, true)?;
+                        false
+                    }
+                    SharedBackendExit::Handshake => {
+                        self.reconfigure_out(sbdf, owner)?;
+                        self.remove_backend(sbdf, owner, true)?;
+                        false
+                    }
                 }
             }
         };
