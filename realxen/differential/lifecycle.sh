@@ -20,6 +20,9 @@ if [ "$mode" = real ]; then
             # shutdown`), so the sweep meets a shut-down domain, not xl's racing destroy.
             echo 'on_poweroff = "preserve"'
             [ "$3" = yes ] && echo 'passthrough = "enabled"'
+            # ptguard refuses a PV guest built without the host's memory map (xl's
+            # default without pci=): its devices' DMA would miss the IOMMU.
+            [ "$2$3" = pvyes ] && echo 'e820_host = 1'
             [ "$2" = hvm ] && { echo 'device_model_version = "qemu-xen"'; echo 'vnc = 0'; echo 'nographic = 1'; echo 'vga = "none"'; }
         } > "$f"
         xl create -p "$f" >/dev/null 2>&1; xl domid "diff-$1"
@@ -46,6 +49,7 @@ else
     new_domain() {
         local flags=()
         [ "$2" = pv ] && flags+=(--pv)
+        [ "$2$3" = pvyes ] && flags+=(--e820-host)
         [ "$3" = no ] && flags+=(--no-passthrough)
         pt sim create "${flags[@]}" "diff-$1" | tee "$simdir/diff-domid-$1"
     }

@@ -61,6 +61,11 @@ cfg() { # NAME TYPE PASSTHROUGH PCI EXTRA-KERNEL-ARGS
         [ -n "$4" ] && echo "pci = [ \"$4\" ]"
         echo 'on_poweroff = "destroy"'; echo 'on_crash = "preserve"'
         if [ "$2" = pv ]; then
+            # The host's memory map, holes and all, as xl gives a PV guest with pci=[...]:
+            # Linux 6.5 and later set up swiotlb-xen only when the map has reserved regions,
+            # and a device ptguard gives later would otherwise DMA to pseudo-physical
+            # addresses, which the IOMMU refuses (docs/realxen.md).
+            [ "$3" = yes ] && echo 'e820_host = 1'
             echo "extra = \"console=hvc0 loglevel=4 $5\""
         else
             echo 'device_model_version = "qemu-xen"'

@@ -2,7 +2,8 @@
 # Boots the Xen line's hypervisor (common.sh) and the dom0 image under QEMU (TCG) and waits
 # for the check runner's summary on the console. Always kills its QEMU; exits 0 only when
 # the summary says "M failed" with M = 0, 3 when the whole machine stalled (no output from
-# Xen, dom0 or the checks for REALXEN_STALL seconds, default 420), 1 otherwise.
+# Xen, dom0 or the checks for REALXEN_STALL seconds, default 420) or QEMU itself crashed
+# (died of a signal), 1 otherwise.
 # Usage: boot.sh CONSOLE-LOG [TIMEOUT-SECONDS]
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -66,10 +67,17 @@ while kill -0 $qemu 2>/dev/null; do
     fi
     sleep 2
 done
-kill -9 $qemu 2>/dev/null; wait $qemu 2>/dev/null
+kill -9 $qemu 2>/dev/null; wait $qemu 2>/dev/null; qemu_rc=$?
 summary=$(tr -d '\r' < "$console" | grep -aE "^realxen: [0-9]+ passed, [0-9]+ failed" | tail -1)
 log "QEMU gone after ${SECONDS} s"
 [ $stalled = 1 ] && exit 3
+# QEMU itself killed by a signal other than this script's SIGKILL, before the summary: the
+# emulator crashed (seen under TCG: QEMU 7.2's emulated VT-d and e1000e, a segfault and an
+# assertion), which is no more a failed check than a stall.
+if [ -z "$summary" ] && [ "$qemu_rc" -gt 128 ] && [ "$qemu_rc" -ne 137 ]; then
+    log "the emulator crashed: QEMU died of signal $((qemu_rc - 128)) (last group: $(tr -d '\r' < "$console" | sed -n 's/^CHECKS-GROUP //p' | tail -1))"
+    exit 3
+fi
 [ -n "$summary" ] || { log "no summary line on the console ($console)"; exit 1; }
 echo "$summary"
 # A boot that checked nothing proves nothing (a group file not found, a library that did

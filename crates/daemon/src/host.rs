@@ -273,6 +273,15 @@ impl Platform for CmdPlatform {
     fn pci(&self) -> &dyn PciHost {
         &self.pci
     }
+    fn pv_memory_map(&self, domain: &xen::DomainInfo) -> engine::PvMemoryMap {
+        match &self.sim {
+            Some(sim) => sim.pv_memory_map(domain),
+            None => crate::libxl_record::pv_memory_map(
+                Path::new(crate::libxl_record::XEN_LIB_DIR),
+                domain,
+            ),
+        }
+    }
 }
 
 /// Everything a command needs.

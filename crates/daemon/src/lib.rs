@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 pub mod broker;
 pub mod host;
+pub mod libxl_record;
 pub mod metrics;
 pub mod sim_platform;
 pub mod watch;

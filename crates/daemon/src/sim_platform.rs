@@ -60,6 +60,13 @@ impl Platform for SimPlatform {
     fn pci(&self) -> &dyn PciHost {
         self
     }
+    fn pv_memory_map(&self, domain: &xen::DomainInfo) -> engine::PvMemoryMap {
+        match self.host.host_memory_map(domain.domid) {
+            Some(true) => engine::PvMemoryMap::HostRegions,
+            Some(false) => engine::PvMemoryMap::RamOnly,
+            None => engine::PvMemoryMap::Unknown,
+        }
+    }
 }
 
 impl PciHost for SimPlatform {

@@ -57,6 +57,29 @@ pub use stepwise::{Acting, DeviceModelCall};
 pub trait Platform: Send + Sync {
     fn hypervisor(&self) -> &dyn Hypervisor;
     fn pci(&self) -> &dyn PciHost;
+    /// The memory map a PV domain's builder gave it. Xen answers `XENMEM_memory_map` only
+    /// for the calling domain, so this is the builder's own record (libxl's saved domain
+    /// configuration); [`PvMemoryMap::Unknown`] where there is none.
+    fn pv_memory_map(&self, _domain: &xen::DomainInfo) -> PvMemoryMap {
+        PvMemoryMap::Unknown
+    }
+}
+
+/// What a PV domain's memory map holds, as far as its guest's DMA is concerned. Linux 6.5
+/// and later set up swiotlb-xen in a PV guest only when the map Xen gives it has a
+/// reserved region (`xen_pv_pci_possible`, arch/x86/xen/setup.c); earlier kernels also set
+/// it up when pcifront connected. Without it the guest hands devices pseudo-physical
+/// addresses, and the IOMMU, which maps a PV domain by machine frame, refuses every DMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PvMemoryMap {
+    /// The host's map, holes and reserved regions included (libxl's `e820_host`, which xl
+    /// turns on for a PV guest with `pci=[...]`).
+    HostRegions,
+    /// RAM only: what libxl builds for a PV guest without `pci=[...]` or `e820_host=1`.
+    RamOnly,
+    /// No builder's record to read (another toolstack, or none kept).
+    Unknown,
 }
 
 /// Everything that can go wrong in the engine; each names the device, domain and step.
@@ -119,6 +142,8 @@ pub enum EngineError {
         domid: DomId,
         others: String,
     },
+    #[error("{sbdf}: {domid} is a PV guest whose memory map has no reserved region (built without `pci=[...]` or `e820_host = 1`): Linux 6.5 and later then never set up swiotlb-xen, and every DMA of a device given to it misses the IOMMU (Xen logs `DMAR: ... PTE Read access is not set`); nothing was changed. Create the guest with `e820_host = 1` in its xl config (or list the device in `pci = [...]`)")]
+    PvMemoryMapRamOnly { sbdf: Sbdf, domid: DomId },
     #[error("{sbdf}: {domid}'s PCI backend is already set up (state {state}) and {domid}'s pcifront has not connected: pciback would export {sbdf} to no one, and the Reconfiguring that adds a device to a running guest would leave pcifront unconnected; nothing was changed. Give a PV guest every device before it is created (xl's pci=[...]), or attach this one once the guest has booted")]
     PvBackendSetUp {
         sbdf: Sbdf,

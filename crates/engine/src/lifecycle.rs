@@ -256,6 +256,9 @@ impl Engine<'_> {
         let hv = self.platform.hypervisor();
         let info = may_run(hv, domid)?;
         if !info.hvm {
+            if self.platform.pv_memory_map(&info) == crate::PvMemoryMap::RamOnly {
+                return Err(EngineError::PvMemoryMapRamOnly { sbdf, domid });
+            }
             self.refuse_unreachable_pv_add(sbdf, domid)?;
         }
         let rec = self.xs.transaction(|xs, tx| -> Result<DeviceRecord> {

@@ -423,6 +423,7 @@ fn every_finding_code_has_a_check() {
         "held-by-guest",
         "no-passthrough",
         "pvh-guest",
+        "pv-memory-map",
         "guest-missing",
     ]
     .into();

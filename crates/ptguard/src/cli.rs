@@ -813,6 +813,12 @@ pub struct SimCreateArgs {
     /// runs (`sim unpause`).
     #[arg(long)]
     pub paused: bool,
+    /// A PV guest built with the host's memory map, reserved regions included (xl's
+    /// `e820_host = 1`, which xl also turns on for a PV guest with `pci=[...]`). Without
+    /// it, as xl builds a PV guest with neither, `ptguard attach` refuses the guest: Linux
+    /// 6.5+ sets up no swiotlb-xen for it and its devices' DMA misses the IOMMU.
+    #[arg(long)]
+    pub e820_host: bool,
     /// Print the new domain's id and name as JSON.
     #[arg(long)]
     pub json: bool,

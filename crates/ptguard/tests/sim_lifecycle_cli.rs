@@ -23,7 +23,7 @@ fn delivered(out: &str) -> &str {
 fn next_guest(d: &Path, name: &str, pv: bool) -> String {
     let mut args = vec!["sim", "create", name];
     if pv {
-        args.push("--pv");
+        args.extend(["--pv", "--e820-host"]);
     }
     let g = ok(d, &args).trim().to_string();
     let out = ok(d, &["sim", "plug", &g, NIC]);

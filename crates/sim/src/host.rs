@@ -48,6 +48,10 @@ pub enum SimOp {
         /// refuses to assign it devices.
         #[serde(default = "yes")]
         passthrough: bool,
+        /// A PV domain's memory map carries the host's reserved regions (libxl's
+        /// `e820_host`, on for a PV guest xl creates with `pci=[...]`).
+        #[serde(default = "yes")]
+        host_memory_map: bool,
         /// A chosen domid (Xen reuses ids); none: the next free one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         domid: Option<DomId>,
@@ -375,12 +379,27 @@ impl SimHost {
         self.create_domain_with(name, hvm, true)
     }
 
-    /// A domain created with (`passthrough`) or without an IOMMU context.
+    /// A domain created with (`passthrough`) or without an IOMMU context; a PV one with
+    /// the host's memory map, as xl builds a PV guest given devices in `pci=[...]`.
     pub fn create_domain_with(&self, name: &str, hvm: bool, passthrough: bool) -> DomId {
+        self.create_domain_mapped(name, hvm, passthrough, true)
+    }
+
+    /// As [`SimHost::create_domain_with`], choosing whether a PV domain's memory map has
+    /// the host's reserved regions (`host_memory_map`, libxl's `e820_host`): xl without
+    /// `pci=[...]` or `e820_host=1` builds it with RAM only.
+    pub fn create_domain_mapped(
+        &self,
+        name: &str,
+        hvm: bool,
+        passthrough: bool,
+        host_memory_map: bool,
+    ) -> DomId {
         match self.apply(SimOp::CreateDomain {
             name: name.into(),
             hvm,
             passthrough,
+            host_memory_map,
             domid: None,
             handle: None,
         }) {
@@ -408,6 +427,7 @@ impl SimHost {
             name: name.into(),
             hvm,
             passthrough: true,
+            host_memory_map: true,
             domid: Some(domid),
             handle,
         })? {
@@ -518,6 +538,12 @@ impl SimHost {
         self.lock().world.raise(sbdf, entry)
     }
 
+    /// Whether a domain's memory map carries the host's reserved regions (`None`: no such
+    /// domain); an HVM domain's firmware always lays out its own.
+    pub fn host_memory_map(&self, domid: DomId) -> Option<bool> {
+        self.with_world(|w| w.domains.get(&domid).map(|d| d.host_memory_map))
+    }
+
     /// Whether `domid` exists and is not dying.
     pub fn domain_alive(&self, domid: DomId) -> bool {
         self.with_world(|w| w.domains.get(&domid).is_some_and(|d| !d.dying))
@@ -539,10 +565,16 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             name,
             hvm,
             passthrough,
+            host_memory_map,
             domid,
             handle,
         } => w
             .create_domain(&name, hvm, passthrough, domid, handle)
+            .inspect(|d| {
+                if let Some(dom) = w.domains.get_mut(d) {
+                    dom.host_memory_map = host_memory_map || hvm;
+                }
+            })
             .map(SimValue::Domain),
         SimOp::Unpause { domid } => w.unpause(domid).map(|_| Unit),
         SimOp::Pause { domid } => w.pause(domid).map(|_| Unit),

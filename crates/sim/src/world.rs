@@ -83,6 +83,11 @@ pub struct Domain {
     pub extra_refs: u32,
     /// Has an IOMMU context (`XEN_DOMCTL_CDF_iommu`, from xl's `passthrough=`).
     pub iommu: bool,
+    /// A PV domain whose memory map its builder set from the host's, holes and reserved
+    /// regions included (`XENMEM_set_memory_map`; libxl's `e820_host`, which xl turns on
+    /// for a PV guest with `pci=[...]`). Without one Linux 6.5+ never sets up swiotlb-xen,
+    /// and a device given to the guest DMAs to pseudo-physical addresses.
+    pub host_memory_map: bool,
     /// `xen_domain_handle_t`: a fresh UUID per created domain, as xl gives (or the one
     /// the toolstack chose).
     pub handle: DomainHandle,
@@ -1307,6 +1312,7 @@ impl Domain {
             ioports: BTreeSet::new(),
             extra_refs: 0,
             iommu: true,
+            host_memory_map: true,
             handle: DomainHandle::default(),
             unique_id: 0,
             shutdown_reason: 0,

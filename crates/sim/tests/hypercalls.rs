@@ -153,16 +153,20 @@ fn arb_op() -> impl Strategy<Value = SimOp> {
         (
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
             proptest::option::of(0u16..4),
             proptest::option::of(0u8..2)
         )
-            .prop_map(|(hvm, passthrough, at, h)| SimOp::CreateDomain {
-                name: "g".into(),
-                hvm,
-                passthrough,
-                domid: at.map(DomId),
-                handle: h.map(|b| xen::DomainHandle([b; 16])),
-            }),
+            .prop_map(
+                |(hvm, passthrough, host_memory_map, at, h)| SimOp::CreateDomain {
+                    name: "g".into(),
+                    hvm,
+                    passthrough,
+                    host_memory_map,
+                    domid: at.map(DomId),
+                    handle: h.map(|b| xen::DomainHandle([b; 16])),
+                }
+            ),
         dom.clone().prop_map(|domid| SimOp::Unpause { domid }),
         dom.clone().prop_map(|domid| SimOp::Destroy { domid }),
         dom.clone().prop_map(|domid| SimOp::HoldReference { domid }),

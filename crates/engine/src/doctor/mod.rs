@@ -52,6 +52,7 @@ pub const CODES: &[(&str, Severity, &str)] = &[
     ("not-assignable", Severity::Error, "a guest can only be given a device pciback holds (and, on Xen 4.13+, dom_io): the start fails"),
     ("held-by-guest", Severity::Error, "Xen gives a device to one domain at a time: assigning it again fails (-EBUSY)"),
     ("no-passthrough", Severity::Error, "a domain created without passthrough= has no IOMMU context: assigning it a device answers -EOPNOTSUPP"),
+    ("pv-memory-map", Severity::Error, "a PV guest whose memory map has no reserved region (no e820_host): Linux 6.5+ sets up no swiotlb-xen, and its devices' DMA misses the IOMMU"),
     ("pvh-guest", Severity::Error, "PVH guests cannot take PCI devices (libxl refuses: passthrough not yet supported for PVH)"),
     ("guest-missing", Severity::Error, "there is no live domain to give the device to"),
     ("toolstack-pci-add-failed", Severity::Error, "the toolstack could not give the device to the guest: the guest started without it, or did not start"),

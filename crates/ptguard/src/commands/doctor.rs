@@ -691,6 +691,17 @@ fn xenstore_ls(xs: &mut xenstore::XsClient, path: &str, out: &mut String) {
     }
 }
 
+/// A PV guest whose memory map has no reserved region: its devices' DMA misses the IOMMU.
+fn pv_memory_map_finding(s: Sbdf, evidence: Vec<String>) -> Finding {
+    Finding::new(
+        "pv-memory-map",
+        Some(s),
+        "a PV guest built without the host's memory map: Linux 6.5+ sets up no swiotlb-xen, so the device's DMA would use pseudo-physical addresses, which the IOMMU refuses (ptguard attach refuses such a guest)".into(),
+        evidence,
+        "add `e820_host = 1` to the guest's xl config (xl turns it on itself when `pci = [...]` lists a device)".into(),
+    )
+}
+
 /// `ptguard preflight`: before a guest starts, whether this device will work for it.
 pub fn preflight(
     cli: &Cli,
@@ -773,6 +784,20 @@ pub fn preflight(
                     "use type = \"hvm\" or \"pv\" for a guest that takes devices".into(),
                 ));
             }
+            // xl builds a PV guest (its default type) with the host's memory map only for
+            // `e820_host = 1` or a non-empty `pci=[...]` (xl_parse.c); Linux 6.5+ sets up
+            // swiotlb-xen only with one (arch/x86/xen/setup.c, `xen_pv_pci_possible`).
+            let pv = match value("type").as_deref() {
+                Some(t) => t == "pv",
+                None => value("builder").as_deref() != Some("hvm"),
+            };
+            let truthy = |v: Option<String>| {
+                v.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            };
+            let pci_listed = value("pci").is_some_and(|v| v.contains(':'));
+            if pv && !pci_listed && !truthy(value("e820_host")) {
+                findings.push(pv_memory_map_finding(s, evidence("e820_host")));
+            }
             let pt = value("passthrough");
             if pt.as_deref() == Some("disabled") || (pt.is_none() && value("pci").is_none()) {
                 findings.push(Finding::new(
@@ -785,7 +810,21 @@ pub fn preflight(
             }
         }
         (None, Some(d)) => match Liveness::ask(hv, DomId(d)) {
-            Ok(l) if l.may_run() => {}
+            Ok(l) if l.may_run() => {
+                if let Ok(Some(info)) = hv.domain_info(DomId(d)) {
+                    if !info.hvm
+                        && engine::Platform::pv_memory_map(&ctx.platform, &info)
+                            == engine::PvMemoryMap::RamOnly
+                    {
+                        findings.push(pv_memory_map_finding(
+                            s,
+                            vec![format!(
+                                "libxl: d{d}'s saved configuration has e820_host False"
+                            )],
+                        ));
+                    }
+                }
+            }
             other => findings.push(Finding::new(
                 "guest-missing",
                 Some(s),

@@ -242,7 +242,7 @@ pub fn run(cli: &Cli, what: &SimCommand, out: &mut dyn Write) -> anyhow::Result<
     match what {
         SimCommand::Init(_) => {}
         SimCommand::Create(a) => {
-            let d = host.create_domain_with(&a.name, !a.pv, !a.no_passthrough);
+            let d = host.create_domain_mapped(&a.name, !a.pv, !a.no_passthrough, a.e820_host);
             if !a.paused {
                 host.unpause(d)
                     .map_err(|e| anyhow::anyhow!("unpause {d}: {e}"))?;

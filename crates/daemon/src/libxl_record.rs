@@ -1,0 +1,119 @@
+//! What libxl recorded of a domain it built: its saved domain configuration, the JSON
+//! file `xl list -l` prints (`XEN_LIB_DIR/userdata-d.DOMID.UUID.libxl-json`, written by
+//! `libxl__userdata_store`). Read for what Xen cannot be asked: the memory map libxl
+//! gave a PV domain (`XENMEM_memory_map` answers only for the calling domain).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use engine::PvMemoryMap;
+use xen::DomainInfo;
+
+/// libxl's `XEN_LIB_DIR` on Debian and upstream builds.
+pub const XEN_LIB_DIR: &str = "/var/lib/xen";
+
+/// A saved configuration is a few KiB; anything far larger is not libxl's.
+const MAX_RECORD: u64 = 4 << 20;
+
+/// Where libxl keeps `domain`'s configuration: the domid and the handle together name
+/// this incarnation, so a file a destroyed domain with the same id left is not read.
+pub fn record_path(dir: &Path, domain: &DomainInfo) -> PathBuf {
+    dir.join(format!(
+        "userdata-d.{}.{}.libxl-json",
+        domain.domid.0, domain.handle
+    ))
+}
+
+/// The PV memory map libxl built `domain` with, from its saved configuration in `dir`.
+pub fn pv_memory_map(dir: &Path, domain: &DomainInfo) -> PvMemoryMap {
+    let Ok(file) = std::fs::File::open(record_path(dir, domain)) else {
+        return PvMemoryMap::Unknown;
+    };
+    let mut text = Vec::new();
+    if file.take(MAX_RECORD).read_to_end(&mut text).is_err() {
+        return PvMemoryMap::Unknown;
+    }
+    pv_memory_map_of(&text)
+}
+
+/// From libxl's JSON: `b_info."type.pv".e820_host` is `"True"` or `"False"` once libxl
+/// has filled in its defaults (`libxl_defbool_to_string`), which it has before it saves.
+pub fn pv_memory_map_of(json: &[u8]) -> PvMemoryMap {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return PvMemoryMap::Unknown;
+    };
+    let b_info = &v["b_info"];
+    if b_info["type"].as_str() != Some("pv") {
+        return PvMemoryMap::Unknown;
+    }
+    match b_info["type.pv"]["e820_host"].as_str() {
+        Some("True") => PvMemoryMap::HostRegions,
+        Some("False") => PvMemoryMap::RamOnly,
+        _ => PvMemoryMap::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(e820_host: &str) -> String {
+        format!(
+            r#"{{"c_info": {{"type": "pv", "name": "g"}},
+               "b_info": {{"max_vcpus": 1, "type": "pv",
+                          "type.pv": {{"kernel": "/k", "e820_host": "{e820_host}"}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn reads_e820_host_as_libxl_saves_it() {
+        assert_eq!(
+            pv_memory_map_of(record("True").as_bytes()),
+            PvMemoryMap::HostRegions
+        );
+        assert_eq!(
+            pv_memory_map_of(record("False").as_bytes()),
+            PvMemoryMap::RamOnly
+        );
+        assert_eq!(
+            pv_memory_map_of(record("<default>").as_bytes()),
+            PvMemoryMap::Unknown
+        );
+    }
+
+    #[test]
+    fn anything_else_is_unknown() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            br#"{"b_info": {"type": "hvm", "type.hvm": {}}}"#,
+            br#"{"b_info": {"type": "pv"}}"#,
+        ] {
+            assert_eq!(pv_memory_map_of(bad), PvMemoryMap::Unknown, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reads_the_file_of_this_incarnation_only() {
+        let dir = std::env::temp_dir().join(format!("ptguard-libxl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = DomainInfo {
+            domid: xen::DomId(7),
+            dying: false,
+            shutdown: false,
+            hvm: false,
+            paused: true,
+            shutdown_reason: 0,
+            handle: xen::DomainHandle([0x11; 16]),
+            unique_id: None,
+        };
+        std::fs::write(record_path(&dir, &d), record("False")).unwrap();
+        assert_eq!(pv_memory_map(&dir, &d), PvMemoryMap::RamOnly);
+        assert!(record_path(&dir, &d)
+            .ends_with("userdata-d.7.11111111-1111-1111-1111-111111111111.libxl-json"));
+        d.handle = xen::DomainHandle([0x22; 16]);
+        assert_eq!(pv_memory_map(&dir, &d), PvMemoryMap::Unknown);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
