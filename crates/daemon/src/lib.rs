@@ -1,8 +1,9 @@
 //! The daemon's side of ptguard: which host a command or the daemon acts on ([`host`]:
 //! the real dom0 through privcmd, sysfs and xenstored's socket, or a simulated host kept
 //! in a directory), the locks by which commands and the daemon take turns on the ledger,
-//! the dry-run wrapper that records instead of acting, and the broker's socket
-//! ([`broker`]) on which device models ask for their bindings. It owns I/O and
+//! the dry-run wrapper that records instead of acting, what libxl recorded of a domain it
+//! built ([`libxl_record`], read only), and the broker's socket ([`broker`]) on which
+//! device models ask for their bindings. It owns I/O and
 //! scheduling, never policy: what a teardown does, who may bind what and when a device is
 //! clean are the engine's, the protocol's shapes are `wire`'s, and command-line parsing
 //! and printing are the binary's. It must not depend on the test lab.
