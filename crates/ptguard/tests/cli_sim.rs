@@ -710,6 +710,33 @@ fn a_pv_guest_without_the_hosts_memory_map_is_refused_before_anything_changes() 
     assert!(codes(&[&mapped]).is_empty());
     let out = ok(&d, &["attach", nic, &mapped]);
     assert!(out.contains(&format!("attached to d{mapped}")), "{out}");
+    let doctor = |d: &Path| -> Vec<(String, String)> {
+        let o = ptguard(d, &["doctor", "--json"]);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        v.iter()
+            .map(|f| {
+                let sbdf = f["sbdf"].as_str().unwrap_or_default().to_string();
+                (f["code"].as_str().unwrap().to_string(), sbdf)
+            })
+            .collect()
+    };
+    assert!(!doctor(&d).iter().any(|(c, _)| c == "pv-memory-map"));
+    // Stock xl gives a device to such a guest all the same (pci-attach checks nothing):
+    // doctor names the device and the fix.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let d2 = tmp2.path().join("host");
+    ok(&d2, &["sim", "init", "--xen", "4.20.0", "--pciback", "new"]);
+    ok(&d2, &["assignable-add", nic]);
+    let bare = ok(&d2, &["sim", "create", "--pv", "bare"])
+        .trim()
+        .to_string();
+    ok(&d2, &["sim", "plug", &bare, nic]);
+    let found = doctor(&d2);
+    assert!(
+        found.contains(&("pv-memory-map".to_string(), nic.to_string())),
+        "{found:?}"
+    );
 }
 
 /// Issue 17: under systemd (JOURNAL_STREAM set) log lines carry journald's `<N>` level

@@ -207,6 +207,29 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
             };
             findings.append(&mut diagnose(pci, &records, &owner_life));
             findings.append(&mut reconcile(pci, &records, &held, &backends));
+            // A PV guest holding a device (ptguard's or the toolstack's) without the host's
+            // memory map: stock `xl pci-attach` gives it one all the same.
+            let holders: std::collections::BTreeSet<(DomId, Sbdf)> = backends
+                .iter()
+                .copied()
+                .chain(records.iter().filter_map(|r| Some((r.owner?, r.sbdf))))
+                .collect();
+            for (d, s) in holders {
+                let Ok(Some(info)) = hv.domain_info(d) else {
+                    continue;
+                };
+                if !info.hvm
+                    && engine::Platform::pv_memory_map(&ctx.platform, &info)
+                        == engine::PvMemoryMap::RamOnly
+                {
+                    findings.push(pv_memory_map_finding(
+                        s,
+                        vec![format!(
+                            "{d} holds it; libxl: {d}'s saved configuration has e820_host False"
+                        )],
+                    ));
+                }
+            }
             // Doctor's own Xenstore is a dry-run copy of ptguard's subtrees on a real host:
             // the domains are listed from the real one.
             let mut known = match &cli.host {
