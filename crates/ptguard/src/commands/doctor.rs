@@ -214,22 +214,11 @@ fn live_findings(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<Vec<Finding>> {
                 .copied()
                 .chain(records.iter().filter_map(|r| Some((r.owner?, r.sbdf))))
                 .collect();
-            for (d, s) in holders {
-                let Ok(Some(info)) = hv.domain_info(d) else {
-                    continue;
-                };
-                if !info.hvm
-                    && engine::Platform::pv_memory_map(&ctx.platform, &info)
-                        == engine::PvMemoryMap::RamOnly
-                {
-                    findings.push(pv_memory_map_finding(
-                        s,
-                        vec![format!(
-                            "{d} holds it; libxl: {d}'s saved configuration has e820_host False"
-                        )],
-                    ));
-                }
-            }
+            findings.extend(
+                holders
+                    .into_iter()
+                    .filter_map(|(d, s)| pv_memory_map_check(&ctx.platform, d, s, true)),
+            );
             // Doctor's own Xenstore is a dry-run copy of ptguard's subtrees on a real host:
             // the domains are listed from the real one.
             let mut known = match &cli.host {
@@ -714,6 +703,30 @@ fn xenstore_ls(xs: &mut xenstore::XsClient, path: &str, out: &mut String) {
     }
 }
 
+/// pv-memory-map when `d` is a PV guest its builder's record says has RAM only (`holds`:
+/// it has the device already).
+fn pv_memory_map_check(
+    platform: &dyn engine::Platform,
+    d: DomId,
+    s: Sbdf,
+    holds: bool,
+) -> Option<Finding> {
+    let info = platform.hypervisor().domain_info(d).ok()??;
+    (!info.hvm && platform.pv_memory_map(&info) == engine::PvMemoryMap::RamOnly).then(|| {
+        let holder = if holds {
+            format!("{d} holds it; ")
+        } else {
+            String::new()
+        };
+        pv_memory_map_finding(
+            s,
+            vec![format!(
+                "{holder}libxl: {d}'s saved configuration has no e820_host"
+            )],
+        )
+    })
+}
+
 /// A PV guest whose memory map has no reserved region: its devices' DMA misses the IOMMU.
 fn pv_memory_map_finding(s: Sbdf, evidence: Vec<String>) -> Finding {
     Finding::new(
@@ -834,19 +847,7 @@ pub fn preflight(
         }
         (None, Some(d)) => match Liveness::ask(hv, DomId(d)) {
             Ok(l) if l.may_run() => {
-                if let Ok(Some(info)) = hv.domain_info(DomId(d)) {
-                    if !info.hvm
-                        && engine::Platform::pv_memory_map(&ctx.platform, &info)
-                            == engine::PvMemoryMap::RamOnly
-                    {
-                        findings.push(pv_memory_map_finding(
-                            s,
-                            vec![format!(
-                                "libxl: d{d}'s saved configuration has e820_host False"
-                            )],
-                        ));
-                    }
-                }
+                findings.extend(pv_memory_map_check(&ctx.platform, DomId(d), s, false));
             }
             other => findings.push(Finding::new(
                 "guest-missing",
