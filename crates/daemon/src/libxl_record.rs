@@ -36,20 +36,25 @@ pub fn pv_memory_map(dir: &Path, domain: &DomainInfo) -> PvMemoryMap {
     pv_memory_map_of(&text)
 }
 
-/// From libxl's JSON: `b_info."type.pv".e820_host` is `"True"` or `"False"` once libxl
-/// has filled in its defaults (`libxl_defbool_to_string`), which it has before it saves.
+/// From libxl's JSON, for a domain Xen says is PV. libxl saves the configuration as its
+/// user gave it, not with its defaults filled in (`d_config_saved` in libxl_create.c),
+/// and leaves a default-valued field out (gentypes.py's `get_default_expr`), but always
+/// writes an aggregate, so a PV guest's build info is always under `b_info."type.pv"`
+/// (the union's key, `type`, then the member's name). Its `e820_host` is `"True"` when
+/// the config set it (or xl did, for a PV guest with `pci=[...]`), and otherwise absent
+/// or `"False"`, which libxl builds as off (`libxl_defbool_setdefault(.., false)`).
+/// Without `"type.pv"` the record is not what this reads: unknown.
 pub fn pv_memory_map_of(json: &[u8]) -> PvMemoryMap {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
         return PvMemoryMap::Unknown;
     };
-    let b_info = &v["b_info"];
-    if b_info["type"].as_str() != Some("pv") {
+    let Some(pv) = v["b_info"]["type.pv"].as_object() else {
         return PvMemoryMap::Unknown;
-    }
-    match b_info["type.pv"]["e820_host"].as_str() {
-        Some("True") => PvMemoryMap::HostRegions,
-        Some("False") => PvMemoryMap::RamOnly,
-        _ => PvMemoryMap::Unknown,
+    };
+    match pv.get("e820_host").map(|e| e.as_str()) {
+        Some(Some("True")) => PvMemoryMap::HostRegions,
+        Some(Some("False")) | Some(Some("<default>")) | None => PvMemoryMap::RamOnly,
+        Some(_) => PvMemoryMap::Unknown,
     }
 }
 
@@ -60,25 +65,20 @@ mod tests {
     fn record(e820_host: &str) -> String {
         format!(
             r#"{{"c_info": {{"type": "pv", "name": "g"}},
-               "b_info": {{"max_vcpus": 1, "type": "pv",
+               "b_info": {{"max_vcpus": 1,
                           "type.pv": {{"kernel": "/k", "e820_host": "{e820_host}"}}}}}}"#
         )
     }
 
     #[test]
     fn reads_e820_host_as_libxl_saves_it() {
-        assert_eq!(
-            pv_memory_map_of(record("True").as_bytes()),
-            PvMemoryMap::HostRegions
-        );
-        assert_eq!(
-            pv_memory_map_of(record("False").as_bytes()),
-            PvMemoryMap::RamOnly
-        );
-        assert_eq!(
-            pv_memory_map_of(record("<default>").as_bytes()),
-            PvMemoryMap::Unknown
-        );
+        let map = |j: &str| pv_memory_map_of(j.as_bytes());
+        assert_eq!(map(&record("True")), PvMemoryMap::HostRegions);
+        assert_eq!(map(&record("False")), PvMemoryMap::RamOnly);
+        assert_eq!(map(&record("<default>")), PvMemoryMap::RamOnly);
+        // Left out, as libxl leaves a default-valued field out: off.
+        let unset = r#"{"c_info": {"type": "pv"}, "b_info": {"type.pv": {"kernel": "/k"}}}"#;
+        assert_eq!(map(unset), PvMemoryMap::RamOnly);
     }
 
     #[test]
@@ -88,7 +88,8 @@ mod tests {
             b"{",
             b"[]",
             br#"{"b_info": {"type": "hvm", "type.hvm": {}}}"#,
-            br#"{"b_info": {"type": "pv"}}"#,
+            br#"{"c_info": {"type": "pv"}, "b_info": {"max_vcpus": 1}}"#,
+            br#"{"b_info": {"type.pv": {"e820_host": 1}}}"#,
         ] {
             assert_eq!(pv_memory_map_of(bad), PvMemoryMap::Unknown, "{bad:?}");
         }

@@ -50,7 +50,7 @@ if group nvme; then
     d=$(paused nomap)
     rec=$(ls /var/lib/xen/userdata-d."$d".*.libxl-json 2>/dev/null | head -1)
     out=$(ptguard attach $NVME "$d" 2>&1); rc=$?
-    expect nvme-pv-guest-without-host-memory-map-refused "rc=$rc $(tr '\n' ' ' <<<"$out" | cut -c1-200); libxl's record $(basename "$rec" 2>/dev/null): $(grep -o '"type": *"[a-z]*"' "$rec" 2>/dev/null | head -2 | tr '\n' ' ')e820_host $(grep -o '"e820_host": *"[^"]*"' "$rec" 2>/dev/null || echo absent); ledger $(nledger state)" \
+    expect nvme-pv-guest-without-host-memory-map-refused "rc=$rc $(tr '\n' ' ' <<<"$out" | cut -c1-200); libxl's record $(basename "$rec" 2>/dev/null): $(tr -d ' \n\t' < "$rec" 2>/dev/null | grep -o '"type[.a-z]*":[^,]\{0,24\}' | head -4 | tr '\n' ' ')e820_host $(grep -o '"e820_host": *"[^"]*"' "$rec" 2>/dev/null || echo absent); ledger $(nledger state)" \
         has "rc=$rc $out $(nledger state)" 'rc=1 .*no reserved region.* assignable$'
     xl destroy nomap 2>/dev/null
     # Two devices, one PV guest, given by ptguard. A second device for a paused PV guest
