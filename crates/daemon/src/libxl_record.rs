@@ -45,7 +45,9 @@ pub fn pv_memory_map(dir: &Path, domain: &DomainInfo) -> PvMemoryMap {
 /// or `"False"`, which libxl builds as off (`libxl_defbool_setdefault(.., false)`).
 /// Without `"type.pv"` the record is not what this reads: unknown.
 pub fn pv_memory_map_of(json: &[u8]) -> PvMemoryMap {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+    // libxl stores the string with its terminating NUL (`strlen + 1`, libxl_internal.c).
+    let end = json.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json[..end]) else {
         return PvMemoryMap::Unknown;
     };
     let Some(pv) = v["b_info"]["type.pv"].as_object() else {
@@ -79,6 +81,32 @@ mod tests {
         // Left out, as libxl leaves a default-valued field out: off.
         let unset = r#"{"c_info": {"type": "pv"}, "b_info": {"type.pv": {"kernel": "/k"}}}"#;
         assert_eq!(map(unset), PvMemoryMap::RamOnly);
+    }
+
+    /// The record real Xen 4.17.5's libxl wrote for a PV guest with `passthrough` and no
+    /// `pci=` (the bed, 2026-12-03), with the NUL libxl stores after it.
+    #[test]
+    fn reads_the_record_libxl_wrote_on_the_bed() {
+        let mut rec = br#"{"c_info": {"type": "pv", "name": "nomap", "domid": 4294967295,
+            "uuid": "a025cfb4-92d1-4584-b5a4-581a5da330d2", "run_hotplug_scripts": "True",
+            "passthrough": "enabled"},
+          "b_info": {"max_vcpus": 1, "avail_vcpus": [0], "max_memkb": 262144,
+            "target_memkb": 262144, "video_memkb": 0, "sched_params": {},
+            "claim_mode": "True", "kernel": "/opt/ptguard-test/guest-vmlinuz",
+            "cmdline": "console=hvc0 loglevel=4", "ramdisk": "/opt/ptguard-test/guest-initrd.gz",
+            "type.pv": {}, "arch_arm": {}, "arch_x86": {"msr_relaxed": "False"}},
+          "on_reboot": "restart", "on_crash": "preserve", "on_soft_reset": "soft_reset"}
+"#
+        .to_vec();
+        rec.push(0);
+        assert_eq!(pv_memory_map_of(&rec), PvMemoryMap::RamOnly);
+        let mapped = String::from_utf8(rec)
+            .unwrap()
+            .replace(r#""type.pv": {}"#, r#""type.pv": {"e820_host": "True"}"#);
+        assert_eq!(
+            pv_memory_map_of(mapped.as_bytes()),
+            PvMemoryMap::HostRegions
+        );
     }
 
     #[test]

@@ -50,9 +50,8 @@ if group nvme; then
     d=$(paused nomap)
     rec=$(ls /var/lib/xen/userdata-d."$d".*.libxl-json 2>/dev/null | head -1)
     out=$(ptguard attach $NVME "$d" 2>&1); rc=$?
-    # Not a check yet: on the bed libxl's record has not read as the simulator's does (the
-    # attach went through); what it holds is printed for the next look.
-    say "nvme: PV guest without e820_host: attach rc=$rc $(head -1 <<<"$out" | cut -c1-160); ledger $(nledger state); libxl's record $(basename "$rec" 2>/dev/null), $(wc -c < "$rec" 2>/dev/null) bytes: $(tr -d ' \n\t' < "$rec" 2>/dev/null | cut -c1-700)"
+    expect nvme-pv-guest-without-host-memory-map-refused "rc=$rc $(head -1 <<<"$out" | cut -c1-200); libxl's record $(basename "$rec" 2>/dev/null): $(tr -d ' \n\t\0' < "$rec" 2>/dev/null | grep -o '"type.pv":{[^}]\{0,60\}}'); ledger $(nledger state)" \
+        has "rc=$rc $out $(nledger state)" 'rc=1 .*no reserved region.* assignable$'
     [ "$(nledger state)" = attached ] && ptguard detach $NVME >/dev/null 2>&1
     xl destroy nomap 2>/dev/null
     # Two devices, one PV guest, given by ptguard. A second device for a paused PV guest
