@@ -70,8 +70,7 @@ pub trait Platform: Send + Sync {
 /// reserved region (`xen_pv_pci_possible`, arch/x86/xen/setup.c); earlier kernels also set
 /// it up when pcifront connected. Without it the guest hands devices pseudo-physical
 /// addresses, and the IOMMU, which maps a PV domain by machine frame, refuses every DMA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PvMemoryMap {
     /// The host's map, holes and reserved regions included (libxl's `e820_host`, which xl
     /// turns on for a PV guest with `pci=[...]`).
