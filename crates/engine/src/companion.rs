@@ -38,6 +38,10 @@ pub struct BackendDevice {
     pub leaving: bool,
 }
 
+/// The reason the ledger records for the teardown of a device that left a guest that
+/// still runs (`follow_departures`).
+pub(crate) const DEPARTURE_REASON: &str = "hot-unplug";
+
 /// `XenbusStateClosing` and `XenbusStateClosed`.
 const LEAVING_STATES: [&str; 2] = ["5", "6"];
 
@@ -300,7 +304,7 @@ impl Engine<'_> {
                 Some(DumpOwner::Domain(to)) => Some(self.hand_over(&rec, owner, to)?),
                 Some(DumpOwner::Io | DumpOwner::Xen) => {
                     self.say(NoticeKind::LeftOwnerCleaning { sbdf, owner });
-                    Some(self.teardown(sbdf, "hot-unplug")?)
+                    Some(self.teardown(sbdf, DEPARTURE_REASON)?)
                 }
             };
             out.push(Departure {

@@ -74,6 +74,9 @@ pub enum NoticeKind {
     LeftOwnerCleaning { sbdf: Sbdf, owner: DomId },
     /// The toolstack gave the device on before ptguard could clean it.
     HandedOver { sbdf: Sbdf, from: DomId, to: DomId },
+    /// pciback still exported a device that left a running HVM guest whose backend lists
+    /// others; unbound from pciback and bound again, so that pciback gave it back now.
+    PcibackGaveBack { sbdf: Sbdf, owner: DomId },
     /// No guest holds the device but its MSI-X state is dirty.
     Dirty {
         sbdf: Sbdf,
@@ -118,6 +121,7 @@ impl NoticeKind {
             | NoticeKind::Adopted { .. }
             | NoticeKind::UnplugDecodingOn { .. }
             | NoticeKind::LeftOwnerCleaning { .. }
+            | NoticeKind::PcibackGaveBack { .. }
             | NoticeKind::CorruptEntrySkipped { .. } => NoticeLevel::Info,
             NoticeKind::Quarantined { .. }
             | NoticeKind::Swept { .. }
@@ -148,6 +152,7 @@ impl NoticeKind {
             NoticeKind::LeftRunningOwnerNotCleaned { .. } => "left-running-owner",
             NoticeKind::LeftOwnerCleaning { .. } => "left-owner-cleaning",
             NoticeKind::HandedOver { .. } => "handed-over",
+            NoticeKind::PcibackGaveBack { .. } => "pciback-gave-back",
             NoticeKind::Dirty {
                 cure: CureResult::NotTried,
                 ..
@@ -193,6 +198,7 @@ impl fmt::Display for NoticeKind {
             NoticeKind::LeftRunningOwnerNotCleaned { sbdf, owner } => write!(f, "{sbdf}: left {owner} while {owner} runs; report-only: not cleaned (`ptguard detach {sbdf}` cleans it)"),
             NoticeKind::LeftOwnerCleaning { sbdf, owner } => write!(f, "{sbdf}: left {owner} before {owner} was gone (an unplug, or a destroy that takes the devices first); cleaning it before any guest gets it"),
             NoticeKind::HandedOver { sbdf, from, to } => write!(f, "{sbdf}: the toolstack moved it from {from} to {to} before ptguard could clean it; {to} may have received {from}'s MSI-X state; nothing is reset under {to}"),
+            NoticeKind::PcibackGaveBack { sbdf, owner } => write!(f, "{sbdf}: left {owner}, an HVM guest that runs on with other devices in its PCI backend: pciback still exported it there (it gives an HVM guest's device back only when the whole backend goes, and would reset it then, under whoever has it); unbound from pciback and bound again, so pciback gave it back now"),
             NoticeKind::Dirty { sbdf, found, cure: CureResult::NotTried } => write!(f, "{sbdf}: no guest holds it but {found}; report-only: not cured (`ptguard repair {sbdf}` cures it)"),
             NoticeKind::Dirty { sbdf, found, cure: CureResult::Cured { done } } => write!(f, "{sbdf}: no guest held it but {found}; cured: {}", done.join(", ")),
             NoticeKind::Dirty { sbdf, found, cure: CureResult::Failed { error } } => write!(f, "{sbdf}: no guest holds it but {found}, and the cure failed: {error}"),

@@ -202,6 +202,7 @@ impl Engine<'_> {
                     }
                 }
                 StepWork::Reset => {
+                    self.pciback_give_back(&rec, owner)?;
                     let pci = self.platform.pci();
                     if pci.can_reset(sbdf)? {
                         pci.reset(sbdf)?;
@@ -266,6 +267,41 @@ impl Engine<'_> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Makes pciback let go of a device that left a running HVM guest whose PCI backend
+    /// still lists other devices. libxl's unplug takes the device's nodes out without a
+    /// handshake anyone answers (pciback reconfigures on the guest's pcifront, and an HVM
+    /// guest has none), so pciback keeps it exported there until the whole backend goes,
+    /// and then resets it under whoever has it by then; meanwhile no other guest's backend
+    /// can export it. Unbinding it from pciback releases it from that backend (reset,
+    /// restore: pcistub_remove → xen_pcibk_release_pci_dev), binding it again seizes it
+    /// afresh. Runs after the holder check: Xen shows the device with no guest.
+    /// Only a departure needs it: ptguard's own detach takes a device pciback exported out
+    /// of a shared backend through the handshake, or refuses (revoke).
+    fn pciback_give_back(&mut self, rec: &DeviceRecord, owner: DomId) -> Result<()> {
+        let sbdf = rec.sbdf;
+        if rec.reason.as_deref() != Some(crate::companion::DEPARTURE_REASON) {
+            return Ok(());
+        }
+        let listed = read_opt(
+            self.xs,
+            TxId::NONE,
+            &format!("{}/num_devs", backend_dir(owner)),
+        )?;
+        let pci = self.platform.pci();
+        if listed.is_none() || pci.driver(sbdf)?.as_deref() != Some(pci::host::PCIBACK) {
+            return Ok(());
+        }
+        let info = self.platform.hypervisor().domain_info(owner)?;
+        let life = Liveness::of_owner(rec, info.as_ref());
+        if !info.is_some_and(|i| i.hvm) || !life.exists() || life.finished() {
+            return Ok(());
+        }
+        pci.driver_unbind(pci::host::PCIBACK, sbdf)?;
+        pci.driver_bind(pci::host::PCIBACK, sbdf)?;
+        self.say(NoticeKind::PcibackGaveBack { sbdf, owner });
         Ok(())
     }
 
@@ -585,6 +621,9 @@ impl Engine<'_> {
         let hv = self.platform.hypervisor();
         match hv.release_msix(sbdf) {
             Ok(()) => {
+                // Xen sets the table up only for a device that decodes memory (-ENXIO);
+                // whoever prepared it first (pciback's bind) may have left decoding off.
+                self.ensure_memory_decoding(sbdf)?;
                 hv.prepare_msix(sbdf)?;
                 Ok(true)
             }

@@ -30,9 +30,12 @@ fn other_nic() -> Sbdf {
 }
 
 fn host(xen: XenProfile) -> Host {
+    host_with(xen, PcibackProfile::AfterCommandFix)
+}
+
+fn host_with(xen: XenProfile, pciback: PcibackProfile) -> Host {
     let xs = LocalXenstore::new(Quotas::default());
-    let host = SimHost::new(Profile::new(xen, PcibackProfile::AfterCommandFix))
-        .with_sink(std::sync::Arc::new(xs.clone()));
+    let host = SimHost::new(Profile::new(xen, pciback)).with_sink(std::sync::Arc::new(xs.clone()));
     host.add_device(DeviceSpec::nic(nic(), 8));
     host.add_device(DeviceSpec::nic(other_nic(), 4));
     let platform = SimPlatform::new(host.clone(), xs.connect(0)).unwrap();
@@ -242,6 +245,87 @@ fn a_pv_guests_vectors_are_left_to_pciback() {
         "{done:?}"
     );
     assert_eq!(h.clean(nic()), Ok(()));
+}
+
+/// `xl pci-detach` of one of two devices from a running HVM guest: libxl takes the device's
+/// nodes out of the guest's PCI backend with no handshake anyone answers (an HVM guest has
+/// no pcifront), so pciback keeps it exported there until the whole backend goes — and
+/// resets it then, under whoever has it. The daemon's round makes pciback give it back at
+/// once (unbind, bind); the next guest keeps its interrupts when the first one is destroyed.
+#[test]
+fn a_device_of_two_leaving_a_running_hvm_guest_is_given_back_by_pciback_now() {
+    for (xen, pciback) in [
+        (XenProfile::Xen4_17_0, PcibackProfile::AfterCommandFix),
+        (XenProfile::Xen4_17_0, PcibackProfile::BeforeCommandFix),
+        (XenProfile::Xen4_20_0, PcibackProfile::AfterCommandFix),
+    ] {
+        let mut h = host_with(xen, pciback);
+        h.assignable();
+        let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
+        let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
+        h.give_to(g, other_nic(), &mut dm_other);
+        h.round(false);
+        assert_eq!(h.host.with_world(|w| w.exported_to(nic())), Some(g));
+
+        h.unplug(g, nic(), &mut dm);
+        let (done, notices) = h.round(false);
+        assert!(
+            matches!(done.as_slice(), [(s, Outcome::Assignable { .. })] if *s == nic()),
+            "{done:?} {notices:?}"
+        );
+        assert!(
+            notices.iter().any(|n| n.kind.code() == "pciback-gave-back"),
+            "{notices:?}"
+        );
+        assert_eq!(h.host.with_world(|w| w.exported_to(nic())), None);
+        assert_eq!(
+            h.host.with_world(|w| w.exported_to(other_nic())),
+            Some(g),
+            "g's other device still exported to g"
+        );
+        assert_eq!(h.clean(nic()), Ok(()));
+
+        let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
+        assert_eq!(check_interrupts(&h.host, g2, nic(), 3).delivered(), 3);
+        // g goes: its backend's removal gives back only what pciback still exports there.
+        let direct = DirectBroker(h.host.clone());
+        sim::libxl::destroy(&h.host, g, &[other_nic()], &mut dm_other, &direct).unwrap();
+        sim::libxl::backend_remove(&mut h.client, g, other_nic()).unwrap();
+        h.round(false);
+        h.host.settle();
+        let r = check_interrupts(&h.host, g2, nic(), 3);
+        assert_eq!(r.delivered(), 3, "{xen:?}: nothing reset under g2: {r:?}");
+    }
+}
+
+/// The same unplug with the round in report-only mode: pciback keeps the device exported
+/// for g, and g's destroy resets it under the guest that has it by then (the test of the
+/// test above).
+#[test]
+fn without_the_give_back_the_first_guests_end_resets_the_device_under_the_next() {
+    let mut h = host(XenProfile::Xen4_17_0);
+    h.assignable();
+    let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
+    let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
+    h.give_to(g, other_nic(), &mut dm_other);
+    h.round(true);
+    h.unplug(g, nic(), &mut dm);
+    h.round(true);
+    assert_eq!(h.host.with_world(|w| w.exported_to(nic())), Some(g));
+    let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
+    assert_eq!(check_interrupts(&h.host, g2, nic(), 3).delivered(), 3);
+    let direct = DirectBroker(h.host.clone());
+    sim::libxl::destroy(&h.host, g, &[other_nic()], &mut dm_other, &direct).unwrap();
+    sim::libxl::backend_remove(&mut h.client, g, other_nic()).unwrap();
+    h.round(true);
+    // pciback's worker runs its give-back.
+    assert!(h.host.settle());
+    let r = check_interrupts(&h.host, g2, nic(), 3);
+    assert_eq!(
+        r.delivered(),
+        0,
+        "pciback's give-back reset it under g2: {r:?}"
+    );
 }
 
 /// The toolstack moves the device from a running guest straight to another before the

@@ -486,8 +486,11 @@ impl SimHost {
                         .any(|s| !h.contains(s) && w.pciback_exportable(*s).is_ok())
                     && !closing.iter().any(|s| h.contains(s))
             }
-            // Nothing exported yet: a change only if some listed device can be.
-            None => listed.iter().all(|s| w.pciback_exportable(*s).is_err()),
+            // Nothing exported yet: a change only if some listed device can be, or is
+            // exported to this domain already (libxl's attach exported it).
+            None => listed
+                .iter()
+                .all(|s| w.pciback_exportable(*s).is_err() && w.exported_to(*s) != Some(domid)),
         });
         if unchanged {
             return Ok(());
@@ -700,7 +703,8 @@ fn apply_to(w: &mut World, op: SimOp) -> Result<SimValue, Errno> {
             for sbdf in listed {
                 if had.contains(&sbdf) {
                     now.insert(sbdf);
-                } else if (first || adding.contains(&sbdf)) && w.pciback_export(sbdf, domid).is_ok()
+                } else if (first || adding.contains(&sbdf))
+                    && (w.exported_to(sbdf) == Some(domid) || w.pciback_export(sbdf, domid).is_ok())
                 {
                     // xen_pcibk_setup_backend exports what the backend lists when it is
                     // set up; later, only a hot-add's handshake does (xen_pcibk_reconfigure).

@@ -5,7 +5,7 @@
 use pci::host::PciHost;
 use pci::{pciback, Sbdf};
 use xen::abi::XEN_DOMCTL_DEV_RDM_RELAXED;
-use xen::{DomId, Hypervisor, MapPirq, Pirq};
+use xen::{DomId, Errno, Hypervisor, MapPirq, Pirq};
 
 use crate::dm::{DeviceModel, VectorBroker};
 use crate::error::SimError;
@@ -73,8 +73,13 @@ pub fn attach(
         host.irq_permission(domid, Pirq(irq as i32), true)?;
     }
     host.assign_device(domid, sbdf, XEN_DOMCTL_DEV_RDM_RELAXED)?;
-    host.pciback_export(sbdf, domid)
-        .map_err(SimError::refused("pciback export"))
+    // pciback exports the device when it reads the backend's nodes; one that another
+    // backend still exports is refused there (xen_pcibk_export_device), which only dom0's
+    // log shows: the attach succeeds, and qemu passes the device through regardless.
+    match host.pciback_export(sbdf, domid) {
+        Err(Errno::EBUSY) => Ok(()),
+        r => r.map_err(SimError::refused("pciback export")),
+    }
 }
 
 /// `do_pci_remove` (§4.3): `device_del` (aborts without `force` if qemu does not finish),
@@ -108,6 +113,17 @@ pub fn detach(
     pci_reset(host, sbdf)?;
     if let Err(e) = host.deassign_device(domid, sbdf) {
         tracing::warn!("xc_deassign_device failed: {e}");
+    }
+    // A device exported through the guest's xenbus backend is pciback's to give back, when
+    // it reacts to the backend's nodes (the handshake, or the whole backend going): an HVM
+    // guest's backend that lists other devices keeps it exported until it goes.
+    if host.with_world(|w| {
+        w.pciback
+            .xenbus
+            .get(&domid)
+            .is_some_and(|e| e.contains(&sbdf))
+    }) {
+        return Ok(());
     }
     host.pciback_put(sbdf)
         .map_err(SimError::refused("pciback give-back"))

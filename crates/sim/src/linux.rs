@@ -154,10 +154,24 @@ impl World {
             dev.linux.saved_config = None;
             dev.linux.exported_to = None;
         }
+        // pcistub_remove of a device in use releases it from its backend
+        // (xen_pcibk_release_pci_dev): that backend's later removal no longer gives it back.
+        for exported in self.pciback.xenbus.values_mut() {
+            exported.remove(&sbdf);
+        }
+        self.pciback
+            .xenbus
+            .retain(|_, exported| !exported.is_empty());
+        self.pciback.pending_puts.remove(&sbdf);
         self.pciback.permissive.remove(&sbdf);
         self.pciback.allow_interrupt_control.remove(&sbdf);
         self.note(format!("pciback: released {sbdf}"));
         Ok(())
+    }
+
+    /// The domain pciback exports the device to, if any.
+    pub fn exported_to(&self, sbdf: Sbdf) -> Option<DomId> {
+        self.devices.get(&sbdf).and_then(|d| d.linux.exported_to)
     }
 
     /// Whether a backend could take the device: it is pciback's and exported nowhere.
@@ -174,7 +188,15 @@ impl World {
 
     /// `xen_pcibk_export_device`: the backend for `domid` takes the device.
     pub fn pciback_export(&mut self, sbdf: Sbdf, domid: DomId) -> R<()> {
-        self.pciback_exportable(sbdf)?;
+        if let Err(e) = self.pciback_exportable(sbdf) {
+            if let Some(holder) = self.exported_to(sbdf).filter(|h| *h != domid) {
+                self.log(format!(
+                    "pciback {sbdf}: not exported to domain {}: still in use by domain {}'s backend",
+                    domid.0, holder.0
+                ));
+            }
+            return Err(e);
+        }
         if let Some(dev) = self.devices.get_mut(&sbdf) {
             dev.linux.exported_to = Some(domid);
         }

@@ -31,16 +31,42 @@ if group nvme; then
     expect nvme-preflight-pirq-budget "$(grep -a pirq-budget <<<"$pf" | head -2 | tr '\n' ' ')" has "$pf" 'pirq-budget'
     doc=$(ptguard doctor 2>&1)
     expect nvme-doctor-pirq-budget "$(grep -a pirq-budget <<<"$doc" | head -1)" has "$doc" 'pirq-budget.*0000:00:07.0|0000:00:07.0.*pirq-budget'
-    # An HVM guest through stock xl and qemu-xen (pci=): native MSI-X, 64 table entries
-    # emulated by qemu; ptguard adopts it and tears it down when xl destroys the guest.
-    cfg nvhvm hvm yes $NVME "dev=nvme"
+    # An HVM guest through stock xl and qemu-xen, the NVMe controller and the NIC in pci=:
+    # native MSI-X, 64 table entries emulated by qemu; ptguard adopts both. Then `xl
+    # pci-detach` of the NVMe controller while the guest runs on with the NIC: libxl takes
+    # its nodes out of the backend with no handshake anyone answers (an HVM guest has no
+    # pcifront), so pciback keeps it exported there until the whole backend goes, and would
+    # reset it then. ptguard's round makes pciback give it back at once (unbind, bind;
+    # pciback warns that it was still in use); a PV guest's pcifront can then be given it,
+    # and keeps its interrupts when the HVM guest is destroyed.
+    xl pci-assignable-add $SBDF >/dev/null 2>&1
+    cfg nvhvm hvm yes "$NVME\", \"$SBDF" "dev=nvme hold=1"
     log=$(guest_log nvhvm hvm); rm -f "$log"
-    xl create /root/nvhvm.cfg >/dev/null 2>&1
+    xl create /root/nvhvm.cfg >/dev/null 2>&1; hd=$(domid_of nvhvm)
     r=$(nvme_verdict "$log" 240)
-    wait_for 90 sh -c "! xl domid nvhvm >/dev/null 2>&1" || xl destroy nvhvm 2>/dev/null
+    wait_for 30 test "$(nledger state)" = attached
+    expect nvme-hvm-guest-irqs "guest: ${r:-no verdict}; ledger $(nledger state); MSI-X: $(nmsix)" \
+        has "$r $(nledger state)" '^IRQS-ARRIVE .* attached$'
+    k0=$(dmesg | wc -l)
+    out=$(xl pci-detach nvhvm $NVME 2>&1); rc=$?
+    wait_for 60 sh -c "dmesg | tail -n +$((k0 + 1)) | grep -q '$NVME.*in-use by domain'"
+    wait_for 30 sh -c "lspci -vv -s $NBDF | grep -q 'MSI-X: Enable- .*Masked-'"
+    inuse=$(dmesg | tail -n +$((k0 + 1)) | grep -a "$NVME" | grep -a 'in-use by domain' | head -1 | sed 's/^\[[^]]*\] //')
+    gave=$(watch_log 300 | grep -a "pciback gave it back" | tail -1 | cut -c1-300)
+    expect nvme-hvm-detach-one-of-two-given-back-by-pciback "xl pci-detach rc=$rc $out; dom0: '$inuse'; daemon: '$gave'; MSI-X: $(nmsix); Xen: $(nq); HVM guest: $(xl list | grep -c nvhvm) running" \
+        has "$rc $inuse | $gave | $(nmsix)" "^0 .*in-use by domain $hd.* \| .*pciback gave it back .*\| .*Enable- .*Masked-"
+    cfg nvpv2 pv yes "$NVME" "dev=nvme hold=1"
+    plog=$(guest_log nvpv2 pv); rm -f "$plog"
+    xl create /root/nvpv2.cfg >/dev/null 2>&1
+    r2=$(nvme_verdict "$plog" 180)
+    wait_for 30 grep -aq GUEST-ALIVE "$plog"
+    xl destroy nvhvm 2>/dev/null; wait_for 30 sh -c "! xl domid nvhvm >/dev/null 2>&1"
+    a=$(grep -a GUEST-ALIVE "$plog" | tail -1 | tr -d '\r' | sed -n 's/.*nvme=//p'); sleep 22
+    b=$(grep -a GUEST-ALIVE "$plog" | tail -1 | tr -d '\r' | sed -n 's/.*nvme=//p')
+    expect nvme-next-guest-keeps-it-when-the-hvm-guest-goes "PV guest: ${r2:-no verdict}; its NVMe interrupts $a before the HVM guest's destroy, $b after; MSI-X: $(nmsix)" \
+        has "$r2 $((${b:-0} > ${a:-0}))" '^IRQS-ARRIVE .* 1$'
+    xl destroy nvpv2 2>/dev/null; wait_for 30 sh -c "! xl domid nvpv2 >/dev/null 2>&1"
     wait_for 60 test "$(nledger state)" = assignable
-    expect nvme-hvm-guest-irqs "guest: ${r:-no verdict}; then ledger $(nledger state), MSI-X: $(nmsix), Xen: $(nq)" \
-        has "$r $(nledger state) $(nmsix)" '^IRQS-ARRIVE .* assignable .*Enable- .*Masked-'
     # A PV guest built without the host's memory map (what xl builds without pci=[...] or
     # e820_host=1): a Linux 6.5+ guest sets up no swiotlb-xen, so its devices' DMA uses
     # pseudo-physical addresses and misses the IOMMU (seen here on 4.20.4 with Linux 6.12:
