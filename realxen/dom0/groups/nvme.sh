@@ -52,16 +52,16 @@ if group nvme; then
     wait_for 60 sh -c "dmesg | tail -n +$((k0 + 1)) | grep -q '$NVME.*in-use by domain'"
     wait_for 30 sh -c "lspci -vv -s $NBDF | grep -q 'MSI-X: Enable- .*Masked-'"
     inuse=$(dmesg | tail -n +$((k0 + 1)) | grep -a "$NVME" | grep -a 'in-use by domain' | head -1 | sed 's/^\[[^]]*\] //')
-    gave=$(watch_log 300 | grep -a "pciback gave it back" | tail -1 | cut -c1-300)
+    gave=$(watch_log 300 | grep -a "pciback gave it back" | tail -1 | sed 's/.*\(pciback still exported\)/\1/' | cut -c1-240)
     expect nvme-hvm-detach-one-of-two-given-back-by-pciback "xl pci-detach rc=$rc $out; dom0: '$inuse'; daemon: '$gave'; MSI-X: $(nmsix); Xen: $(nq); HVM guest: $(xl list | grep -c nvhvm) running" \
-        has "$rc $inuse | $gave | $(nmsix)" "^0 .*in-use by domain $hd.* \| .*pciback gave it back .*\| .*Enable- .*Masked-"
+        has "$rc $inuse | $gave | $(nmsix)" "^0 .*in-use by domain $hd.* \| pciback still exported it there.*unbound from pciback and bound again.* \| .*Enable- .*Masked-"
     cfg nvpv2 pv yes "$NVME" "dev=nvme hold=1"
     plog=$(guest_log nvpv2 pv); rm -f "$plog"
     xl create /root/nvpv2.cfg >/dev/null 2>&1
     r2=$(nvme_verdict "$plog" 180)
     wait_for 30 grep -aq GUEST-ALIVE "$plog"
     xl destroy nvhvm 2>/dev/null; wait_for 30 sh -c "! xl domid nvhvm >/dev/null 2>&1"
-    a=$(grep -a GUEST-ALIVE "$plog" | tail -1 | tr -d '\r' | sed -n 's/.*nvme=//p'); sleep 22
+    a=$(grep -a GUEST-ALIVE "$plog" | tail -1 | tr -d '\r' | sed -n 's/.*nvme=//p'); sleep 12
     b=$(grep -a GUEST-ALIVE "$plog" | tail -1 | tr -d '\r' | sed -n 's/.*nvme=//p')
     expect nvme-next-guest-keeps-it-when-the-hvm-guest-goes "PV guest: ${r2:-no verdict}; its NVMe interrupts $a before the HVM guest's destroy, $b after; MSI-X: $(nmsix)" \
         has "$r2 $((${b:-0} > ${a:-0}))" '^IRQS-ARRIVE .* 1$'
