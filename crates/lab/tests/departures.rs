@@ -82,6 +82,25 @@ impl Host {
         sim::libxl::backend_remove(&mut self.client, g, sbdf).unwrap();
     }
 
+    /// An HVM guest given both NICs by the toolstack, each through its own device model
+    /// (the second is `other_nic`'s).
+    fn hvm_guest_with_both(&mut self, dm: DmBehaviour) -> (DomId, DeviceModel, DeviceModel) {
+        let (g, dm) = self.give("g", true, nic(), dm);
+        let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
+        self.give_to(g, other_nic(), &mut dm_other);
+        (g, dm, dm_other)
+    }
+
+    /// `xl destroy` of `g`, which holds only `other_nic` now: its whole backend goes, and
+    /// pciback's worker gives back what that backend still exports.
+    fn destroy_with_other(&mut self, g: DomId, dm_other: &mut DeviceModel, report_only: bool) {
+        let direct = DirectBroker(self.host.clone());
+        sim::libxl::destroy(&self.host, g, &[other_nic()], dm_other, &direct).unwrap();
+        sim::libxl::backend_remove(&mut self.client, g, other_nic()).unwrap();
+        self.round(report_only);
+        self.host.settle();
+    }
+
     /// One round of the daemon, as `watch` runs it on a backend change.
     fn round(&mut self, report_only: bool) -> (Vec<(Sbdf, Outcome)>, Vec<engine::Notice>) {
         let mut e = Engine::new(&mut self.client, &self.platform);
@@ -129,10 +148,8 @@ fn a_hot_unplug_from_a_running_guest_whose_model_died_is_clean_for_the_next_gues
     for xen in [XenProfile::Xen4_17_0, XenProfile::Xen4_20_0] {
         let mut h = host(xen);
         h.assignable();
-        let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::Crashes);
         // The same guest's second device, whose vectors must survive.
-        let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
-        h.give_to(g, other_nic(), &mut dm_other);
+        let (g, mut dm, _dm_other) = h.hvm_guest_with_both(DmBehaviour::Crashes);
         h.round(false);
         assert_eq!(h.record(nic()).unwrap().owner, Some(g), "adopted");
         let others_before = h.mapped(other_nic());
@@ -261,9 +278,7 @@ fn a_device_of_two_leaving_a_running_hvm_guest_is_given_back_by_pciback_now() {
     ] {
         let mut h = host_with(xen, pciback);
         h.assignable();
-        let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
-        let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
-        h.give_to(g, other_nic(), &mut dm_other);
+        let (g, mut dm, mut dm_other) = h.hvm_guest_with_both(DmBehaviour::WellBehaved);
         h.round(false);
         assert_eq!(h.host.with_world(|w| w.exported_to(nic())), Some(g));
 
@@ -288,11 +303,7 @@ fn a_device_of_two_leaving_a_running_hvm_guest_is_given_back_by_pciback_now() {
         let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
         assert_eq!(check_interrupts(&h.host, g2, nic(), 3).delivered(), 3);
         // g goes: its backend's removal gives back only what pciback still exports there.
-        let direct = DirectBroker(h.host.clone());
-        sim::libxl::destroy(&h.host, g, &[other_nic()], &mut dm_other, &direct).unwrap();
-        sim::libxl::backend_remove(&mut h.client, g, other_nic()).unwrap();
-        h.round(false);
-        h.host.settle();
+        h.destroy_with_other(g, &mut dm_other, false);
         let r = check_interrupts(&h.host, g2, nic(), 3);
         assert_eq!(r.delivered(), 3, "{xen:?}: nothing reset under g2: {r:?}");
     }
@@ -305,21 +316,14 @@ fn a_device_of_two_leaving_a_running_hvm_guest_is_given_back_by_pciback_now() {
 fn without_the_give_back_the_first_guests_end_resets_the_device_under_the_next() {
     let mut h = host(XenProfile::Xen4_17_0);
     h.assignable();
-    let (g, mut dm) = h.give("g", true, nic(), DmBehaviour::WellBehaved);
-    let mut dm_other = DeviceModel::new(g, DmBehaviour::WellBehaved);
-    h.give_to(g, other_nic(), &mut dm_other);
+    let (g, mut dm, mut dm_other) = h.hvm_guest_with_both(DmBehaviour::WellBehaved);
     h.round(true);
     h.unplug(g, nic(), &mut dm);
     h.round(true);
     assert_eq!(h.host.with_world(|w| w.exported_to(nic())), Some(g));
     let (g2, _dm2) = h.give("g2", true, nic(), DmBehaviour::WellBehaved);
     assert_eq!(check_interrupts(&h.host, g2, nic(), 3).delivered(), 3);
-    let direct = DirectBroker(h.host.clone());
-    sim::libxl::destroy(&h.host, g, &[other_nic()], &mut dm_other, &direct).unwrap();
-    sim::libxl::backend_remove(&mut h.client, g, other_nic()).unwrap();
-    h.round(true);
-    // pciback's worker runs its give-back.
-    assert!(h.host.settle());
+    h.destroy_with_other(g, &mut dm_other, true);
     let r = check_interrupts(&h.host, g2, nic(), 3);
     assert_eq!(
         r.delivered(),
