@@ -240,8 +240,10 @@ pub struct SimProfileArgs {
     /// Xen release the simulated host behaves as: 4.11.0 (the seed's era: no quarantine, no
     /// assign-time MSI-X reset), 4.11.3 and 4.12.2 (both backported), 4.13.0, 4.17.0 (adds
     /// -ENODATA for unprepared maps), 4.17.5 (what the real-Xen test bed runs: also clears a
-    /// Function Mask found at boot) or 4.20.0. `4.17` is taken as 4.17.0.
-    #[arg(long, default_value = "4.11.0", value_parser = ["4.11.0", "4.11.3", "4.12.2", "4.13.0", "4.17", "4.17.0", "4.17.5", "4.20.0"])]
+    /// Function Mask found at boot), 4.20.0 (Debian 13's line), 4.21.0 (adds
+    /// get_domain_state: a unique domain id) or 4.22.0. A line alone (`4.17`, `4.20`) is
+    /// taken as its first profile.
+    #[arg(long, default_value = "4.11.0", value_parser = parse_xen)]
     pub xen: String,
 
     /// Linux pciback: old (before 7681f31ec9cd, Command:=0 on reset) or new.
@@ -273,6 +275,16 @@ impl SimProfileArgs {
         } else {
             sim::PcibackProfile::BeforeCommandFix
         }
+    }
+}
+
+fn parse_xen(s: &str) -> Result<String, String> {
+    match sim::XenProfile::from_release(s) {
+        Some(p) => Ok(p.release().to_string()),
+        None => Err(format!(
+            "expected one of {}",
+            sim::XenProfile::ALL.map(|p| p.release()).join(", ")
+        )),
     }
 }
 

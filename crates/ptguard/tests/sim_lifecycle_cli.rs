@@ -116,3 +116,37 @@ fn lifecycle_events_refuse_what_is_not_there() {
     let o = common::ptguard(&d, &["sim", "shutdown", "1", "--reason", "nap"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("poweroff"));
 }
+
+/// `xl pci-detach` of one of two devices from a running HVM guest, as the test bed's nvme
+/// group runs it on real Xen: pciback still exports the device in the guest's backend
+/// (no pcifront answers the Reconfiguring), so the daemon's round makes it give it back;
+/// a PV guest's pcifront can then be given it, and keeps it when the HVM guest goes.
+#[test]
+fn a_device_of_two_leaving_a_running_hvm_guest_can_go_to_a_pv_guest() {
+    const OTHER: &str = "0000:04:00.0";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("host");
+    ok(&d, &["sim", "init", "--xen", "4.20"]);
+    ok(&d, &["assignable-add", NIC]);
+    ok(&d, &["assignable-add", OTHER]);
+    let h = ok(&d, &["sim", "create", "h"]).trim().to_string();
+    ok(&d, &["sim", "plug", &h, NIC]);
+    ok(&d, &["sim", "plug", &h, OTHER]);
+    ok(&d, &["watch", "--once"]);
+
+    ok(&d, &["sim", "unplug", &h, NIC]);
+    let round = ok(&d, &["watch", "--once"]);
+    assert!(round.contains("pciback gave it back"), "{round}");
+    assert!(round.contains("clean and assignable"), "{round}");
+    let r = ok(&d, &["sim", "check", &h, OTHER]);
+    assert!(r.contains("3 of 3"), "the HVM guest's other device: {r}");
+
+    let p = next_guest(&d, "p", true);
+    ok(&d, &["sim", "destroy", &h]);
+    ok(&d, &["watch", "--once"]);
+    let r = ok(&d, &["sim", "check", &p, NIC]);
+    assert!(
+        r.contains("3 of 3"),
+        "nothing reset under the PV guest: {r}"
+    );
+}

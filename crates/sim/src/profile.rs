@@ -74,10 +74,22 @@ impl XenProfile {
     pub fn name(self) -> String {
         format!("xen-{}", self.release())
     }
-    /// Parses a release name (`4.17` is taken as 4.17.0, the old profile's name).
+    /// Parses a release name; a line alone (`4.17`, `4.20`) is taken as its first profile
+    /// (4.17.0 was once the only 4.17 one).
     pub fn from_release(s: &str) -> Option<XenProfile> {
-        let s = if s == "4.17" { "4.17.0" } else { s };
-        XenProfile::ALL.into_iter().find(|p| p.release() == s)
+        let line = format!("{s}.");
+        XenProfile::ALL
+            .into_iter()
+            .find(|p| p.release() == s)
+            .or_else(|| {
+                (s.matches('.').count() == 1)
+                    .then(|| {
+                        XenProfile::ALL
+                            .into_iter()
+                            .find(|p| p.release().starts_with(&line))
+                    })
+                    .flatten()
+            })
     }
     /// Whether `dom_io` exists for assignment (quarantine) and deassign sends devices
     /// there (`iommu_quarantine`, on by default): 4.13.0, backported to 4.11.3/4.12.2.
