@@ -285,13 +285,11 @@ impl Engine<'_> {
         if rec.reason.as_deref() != Some(crate::companion::DEPARTURE_REASON) {
             return Ok(());
         }
-        let listed = read_opt(
-            self.xs,
-            TxId::NONE,
-            &format!("{}/num_devs", backend_dir(owner)),
-        )?;
+        if self.backend_peers(sbdf, owner)?.is_empty() {
+            return Ok(());
+        }
         let pci = self.platform.pci();
-        if listed.is_none() || pci.driver(sbdf)?.as_deref() != Some(pci::host::PCIBACK) {
+        if pci.driver(sbdf)?.as_deref() != Some(pci::host::PCIBACK) {
             return Ok(());
         }
         let info = self.platform.hypervisor().domain_info(owner)?;

@@ -77,19 +77,16 @@ impl XenProfile {
     /// Parses a release name; a line alone (`4.17`, `4.20`) is taken as its first profile
     /// (4.17.0 was once the only 4.17 one).
     pub fn from_release(s: &str) -> Option<XenProfile> {
+        if let Some(p) = XenProfile::ALL.into_iter().find(|p| p.release() == s) {
+            return Some(p);
+        }
+        if s.matches('.').count() != 1 {
+            return None;
+        }
         let line = format!("{s}.");
         XenProfile::ALL
             .into_iter()
-            .find(|p| p.release() == s)
-            .or_else(|| {
-                (s.matches('.').count() == 1)
-                    .then(|| {
-                        XenProfile::ALL
-                            .into_iter()
-                            .find(|p| p.release().starts_with(&line))
-                    })
-                    .flatten()
-            })
+            .find(|p| p.release().starts_with(&line))
     }
     /// Whether `dom_io` exists for assignment (quarantine) and deassign sends devices
     /// there (`iommu_quarantine`, on by default): 4.13.0, backported to 4.11.3/4.12.2.
